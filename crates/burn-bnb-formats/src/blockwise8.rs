@@ -124,10 +124,18 @@ pub fn quantize_with_code(code: &[f32; 256], x: f32) -> u8 {
     }
     if x > val {
         let midpoint = (upper + val) * 0.5;
-        if x > midpoint { upper_pivot as u8 } else { pivot as u8 }
+        if x > midpoint {
+            upper_pivot as u8
+        } else {
+            pivot as u8
+        }
     } else {
         let midpoint = (lower + val) * 0.5;
-        if x < midpoint { lower_pivot as u8 } else { pivot as u8 }
+        if x < midpoint {
+            lower_pivot as u8
+        } else {
+            pivot as u8
+        }
     }
 }
 
@@ -156,7 +164,12 @@ mod tests {
         let q = Blockwise8::quantize(&data, &code, 256).unwrap();
         let back = q.dequantize(&code).unwrap();
         let n = data.len() as f64;
-        let abserr: f64 = data.iter().zip(&back).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / n;
+        let abserr: f64 = data
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .sum::<f64>()
+            / n;
         let relerr: f64 = data
             .iter()
             .zip(&back)

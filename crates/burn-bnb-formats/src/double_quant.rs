@@ -108,7 +108,8 @@ impl DoubleQuant {
     #[inline]
     pub fn absmax_of(&self, block: usize, code: u8) -> f32 {
         // Two roundings, as the GPU does: the product, then the sum (no fused multiply-add).
-        let scaled = self.nested_code[code as usize] * self.nested_absmax[block / self.nested_blocksize];
+        let scaled =
+            self.nested_code[code as usize] * self.nested_absmax[block / self.nested_blocksize];
         scaled + self.offset
     }
 }
@@ -119,7 +120,9 @@ mod tests {
 
     #[test]
     fn reconstruction_is_close() {
-        let absmax: Vec<f32> = (0..1000).map(|i| 0.5 + (i as f32 * 0.37).sin() * 0.2).collect();
+        let absmax: Vec<f32> = (0..1000)
+            .map(|i| 0.5 + (i as f32 * 0.37).sin() * 0.2)
+            .collect();
         let dq = DoubleQuant::compress(&absmax).unwrap();
         dq.validate().unwrap();
         assert_eq!(dq.nested_absmax.len(), 4);
@@ -134,7 +137,12 @@ mod tests {
         dq.nested_absmax.pop();
         assert!(matches!(
             dq.validate(),
-            Err(FormatError::LengthMismatch { what: "nested_absmax", expected: 2, actual: 1, .. })
+            Err(FormatError::LengthMismatch {
+                what: "nested_absmax",
+                expected: 2,
+                actual: 1,
+                ..
+            })
         ));
     }
 }

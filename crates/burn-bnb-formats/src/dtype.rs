@@ -163,6 +163,9 @@ mod tests {
     #[test]
     fn non_finite_is_reported_with_its_index() {
         let data = [1.0f32, 2.0, f32::NAN, f32::INFINITY];
-        assert!(matches!(check_finite(&data), Err(FormatError::NonFinite { index: 2, .. })));
+        assert!(matches!(
+            check_finite(&data),
+            Err(FormatError::NonFinite { index: 2, .. })
+        ));
     }
 }

@@ -52,7 +52,12 @@ impl Int8Rows {
     ///
     /// # Errors
     /// A length that is not `rows * cols`, a negative or NaN threshold, or non-finite input.
-    pub fn quantize<T: FloatElement>(data: &[T], rows: usize, cols: usize, threshold: f32) -> Result<Self> {
+    pub fn quantize<T: FloatElement>(
+        data: &[T],
+        rows: usize,
+        cols: usize,
+        threshold: f32,
+    ) -> Result<Self> {
         if data.len() != rows * cols {
             return Err(FormatError::LengthMismatch {
                 what: "int8 input",
@@ -106,7 +111,11 @@ fn quantize_rows_f16(data: &[f16], rows: usize, cols: usize, threshold: f32) -> 
         .map(|(out, row)| {
             let absmax = row.iter().fold(0.0f32, |m, x| {
                 let a = x.to_f32().abs();
-                if !decompose || a < threshold_h { m.max(a) } else { m }
+                if !decompose || a < threshold_h {
+                    m.max(a)
+                } else {
+                    m
+                }
             });
             let scale = 127.0f32 / absmax;
             for (q, x) in out.iter_mut().zip(row) {
@@ -140,7 +149,11 @@ fn quantize_rows_f16(data: &[f16], rows: usize, cols: usize, threshold: f32) -> 
 /// `__float2int_rn` then the int8 store: round half to even; NaN (an all-zero row) gives 0.
 #[inline]
 fn round_to_i8(x: f32) -> i8 {
-    if x.is_nan() { 0 } else { x.round_ties_even().clamp(-128.0, 127.0) as i8 }
+    if x.is_nan() {
+        0
+    } else {
+        x.round_ties_even().clamp(-128.0, 127.0) as i8
+    }
 }
 
 /// The int8 product with int32 accumulation: `acc = a bᵀ` for row-major `a: [m, k]` and
@@ -157,13 +170,15 @@ pub fn int8_matmul(a: &[i8], b: &[i8], m: usize, n: usize, k: usize) -> Result<V
         });
     }
     let mut out = vec![0i32; m * n];
-    out.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
-        let a = &a[i * k..(i + 1) * k];
-        for (j, o) in row.iter_mut().enumerate() {
-            let b = &b[j * k..(j + 1) * k];
-            *o = a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum();
-        }
-    });
+    out.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            let a = &a[i * k..(i + 1) * k];
+            for (j, o) in row.iter_mut().enumerate() {
+                let b = &b[j * k..(j + 1) * k];
+                *o = a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum();
+            }
+        });
     Ok(out)
 }
 
@@ -172,7 +187,12 @@ pub fn int8_matmul(a: &[i8], b: &[i8], m: usize, n: usize, k: usize) -> Result<V
 ///
 /// # Errors
 /// Lengths that disagree with `row_stats.len() x col_stats.len()`.
-pub fn int8_mm_dequant(acc: &[i32], row_stats: &[f32], col_stats: &[f32], bias: Option<&[f16]>) -> Result<Vec<f16>> {
+pub fn int8_mm_dequant(
+    acc: &[i32],
+    row_stats: &[f32],
+    col_stats: &[f32],
+    bias: Option<&[f16]>,
+) -> Result<Vec<f16>> {
     let (m, n) = (row_stats.len(), col_stats.len());
     if acc.len() != m * n || bias.is_some_and(|b| b.len() != n) {
         return Err(FormatError::ShapeMismatch {
@@ -182,13 +202,15 @@ pub fn int8_mm_dequant(acc: &[i32], row_stats: &[f32], col_stats: &[f32], bias: 
         });
     }
     let mut out = vec![f16::ZERO; m * n];
-    out.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
-        for (j, o) in row.iter_mut().enumerate() {
-            let b = bias.map_or(0.0, |b| b[j].to_f32());
-            let v = acc[i * n + j] as f32 * row_stats[i] * col_stats[j];
-            *o = f16::from_f32(v.mul_add(MM_DEQUANT_CONST, b));
-        }
-    });
+    out.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            for (j, o) in row.iter_mut().enumerate() {
+                let b = bias.map_or(0.0, |b| b[j].to_f32());
+                let v = acc[i * n + j] as f32 * row_stats[i] * col_stats[j];
+                *o = f16::from_f32(v.mul_add(MM_DEQUANT_CONST, b));
+            }
+        });
     Ok(out)
 }
 
@@ -220,8 +242,13 @@ pub fn linear_8bit_lt<T: FloatElement>(
     let xq = Int8Rows::quantize(x, m, k, threshold)?;
     let acc = int8_matmul(&xq.codes, &weight.codes, m, n, k)?;
 
-    let bias_f16: Option<Vec<f16>> = bias.map(|b| b.iter().map(|v| f16::from_f32(v.to_f32())).collect());
-    let fused = if T::DTYPE == crate::FloatDtype::F16 { bias_f16.as_deref() } else { None };
+    let bias_f16: Option<Vec<f16>> =
+        bias.map(|b| b.iter().map(|v| f16::from_f32(v.to_f32())).collect());
+    let fused = if T::DTYPE == crate::FloatDtype::F16 {
+        bias_f16.as_deref()
+    } else {
+        None
+    };
     let mut y: Vec<f16> = int8_mm_dequant(&acc, &xq.absmax, &weight.absmax, fused)?;
     if let (Some(b), None) = (bias_f16.as_deref(), fused) {
         for row in y.chunks_mut(n) {
@@ -283,14 +310,20 @@ mod tests {
     fn int8_matmul_is_exact() {
         let a = [1i8, -2, 3, 127, -128, 0];
         let b = [4i8, 5, 6];
-        assert_eq!(int8_matmul(&a, &b, 2, 1, 3).unwrap(), vec![4 - 10 + 18, 508 - 640]);
+        assert_eq!(
+            int8_matmul(&a, &b, 2, 1, 3).unwrap(),
+            vec![4 - 10 + 18, 508 - 640]
+        );
     }
 
     #[test]
     fn negative_threshold_is_an_error() {
         assert!(matches!(
             Int8Rows::quantize(&[1.0f32], 1, 1, -1.0),
-            Err(FormatError::InvalidParameter { what: "threshold", .. })
+            Err(FormatError::InvalidParameter {
+                what: "threshold",
+                ..
+            })
         ));
     }
 }

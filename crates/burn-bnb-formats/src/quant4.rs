@@ -137,7 +137,11 @@ impl Quantized4 {
     /// # Errors
     /// An unsupported blocksize, a shape whose element count differs from `data.len()`, or a
     /// NaN/infinite element.
-    pub fn quantize<T: FloatElement>(data: &[T], shape: &[usize], config: Quant4Config) -> Result<Self> {
+    pub fn quantize<T: FloatElement>(
+        data: &[T],
+        shape: &[usize],
+        config: Quant4Config,
+    ) -> Result<Self> {
         check_blocksize_4bit(config.blocksize)?;
         let numel: usize = shape.iter().product();
         if numel != data.len() {
@@ -188,7 +192,11 @@ impl Quantized4 {
     #[inline]
     pub fn code_at(&self, index: usize) -> u8 {
         let byte = self.packed[index / 2];
-        if index % 2 == 0 { byte >> 4 } else { byte & 0x0F }
+        if index.is_multiple_of(2) {
+            byte >> 4
+        } else {
+            byte & 0x0F
+        }
     }
 
     /// Checks that the packed data, absmax and double-quantization state agree with the shape.
@@ -262,7 +270,7 @@ impl Quantized4 {
     }
 
     fn dequantize_rows<T: Send>(&self, out: &mut [T], convert: impl Fn(f32) -> T + Sync) {
-        let code = self.quant_type.code();
+        let code = self.quant_type.dequant_lut();
         let absmax = self.absmax.to_f32();
         let bs = self.blocksize;
         out.par_chunks_mut(bs)
@@ -271,7 +279,7 @@ impl Quantized4 {
             .for_each(|((out, bytes), &scale)| {
                 for (i, o) in out.iter_mut().enumerate() {
                     let byte = bytes[i / 2];
-                    let q = if i % 2 == 0 { byte >> 4 } else { byte & 0x0F };
+                    let q = if i.is_multiple_of(2) { byte >> 4 } else { byte & 0x0F };
                     *o = convert(code[q as usize] * scale);
                 }
             });
@@ -311,7 +319,11 @@ mod tests {
         let data = vec![0.0f32; 64];
         for config in [Quant4Config::nf4(), Quant4Config::fp4()] {
             let q = Quantized4::quantize(&data, &[64], config).unwrap();
-            assert_eq!(q.code_at(0), 0, "bitsandbytes emits code 0 for an all-zero block");
+            assert_eq!(
+                q.code_at(0),
+                0,
+                "bitsandbytes emits code 0 for an all-zero block"
+            );
             assert!(q.dequantize_f32().unwrap().iter().all(|&x| x == 0.0));
         }
     }
@@ -319,7 +331,10 @@ mod tests {
     #[test]
     fn exact_codes_survive_the_round_trip() {
         // Every NF4 value times a power of two is reproduced exactly.
-        let data: Vec<bf16> = crate::code::NF4_CODE.iter().map(|&v| bf16::from_f32(v * 4.0)).collect();
+        let data: Vec<bf16> = crate::code::NF4_CODE
+            .iter()
+            .map(|&v| bf16::from_f32(v * 4.0))
+            .collect();
         let q = Quantized4::quantize(&data, &[16], Quant4Config::nf4().with_blocksize(32)).unwrap();
         assert_eq!(q.dtype, FloatDtype::BF16);
         let back: Vec<bf16> = q.dequantize().unwrap();
@@ -334,7 +349,11 @@ mod tests {
         ));
         assert!(matches!(
             Quantized4::quantize(&[1.0f32; 64], &[8, 9], Quant4Config::nf4()),
-            Err(FormatError::LengthMismatch { expected: 72, actual: 64, .. })
+            Err(FormatError::LengthMismatch {
+                expected: 72,
+                actual: 64,
+                ..
+            })
         ));
         let mut data = vec![1.0f32; 64];
         data[5] = f32::INFINITY;
@@ -344,6 +363,12 @@ mod tests {
         ));
         let mut q = Quantized4::quantize(&[1.0f32; 128], &[128], Quant4Config::nf4()).unwrap();
         q.packed.pop();
-        assert!(matches!(q.validate(), Err(FormatError::LengthMismatch { what: "packed 4-bit data", .. })));
+        assert!(matches!(
+            q.validate(),
+            Err(FormatError::LengthMismatch {
+                what: "packed 4-bit data",
+                ..
+            })
+        ));
     }
 }
