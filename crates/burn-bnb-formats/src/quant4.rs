@@ -279,7 +279,11 @@ impl Quantized4 {
             .for_each(|((out, bytes), &scale)| {
                 for (i, o) in out.iter_mut().enumerate() {
                     let byte = bytes[i / 2];
-                    let q = if i.is_multiple_of(2) { byte >> 4 } else { byte & 0x0F };
+                    let q = if i.is_multiple_of(2) {
+                        byte >> 4
+                    } else {
+                        byte & 0x0F
+                    };
                     *o = convert(code[q as usize] * scale);
                 }
             });
