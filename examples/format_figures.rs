@@ -8,9 +8,11 @@
 //! the formats do.
 
 use std::error::Error;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use burn_bnb::formats::{BLOCKSIZES_4BIT, FP4_CODE, NF4_CODE, Quant4Config, QuantType, Quantized4};
+use plotters::coord::types::RangedCoordf32;
 use plotters::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -53,17 +55,13 @@ fn code_points(path: &Path, data: &[f32]) -> Res {
         .map(|(i, &c)| (-1.0 + (i as f32 + 0.5) * 2.0 / BINS as f32, c as f32 / peak))
         .collect();
 
-    let root = SVGBackend::new(path, (760, 380)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "4-bit code values over normalized weights (w / absmax, blocks of 64)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(-1.05f32..1.05f32, 0f32..1.75f32)?;
+    let mut chart = chart(
+        path,
+        380,
+        "4-bit code values over normalized weights (w / absmax, blocks of 64)",
+        -1.05f32..1.05f32,
+        0f32..1.75f32,
+    )?;
     chart
         .configure_mesh()
         .x_desc("normalized value")
@@ -88,14 +86,7 @@ fn code_points(path: &Path, data: &[f32]) -> Res {
         .draw_series(marks(&FP4_CODE, 1.04, GREEN))?
         .label("bitsandbytes FP4")
         .legend(|(x, y)| Circle::new((x + 7, y), 5, GREEN.filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// One block of 64 weights, its absmax, and what NF4 reconstructs.
@@ -105,17 +96,13 @@ fn block_scaling(path: &Path, block: &[f32]) -> Res {
     let absmax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
     let lim = absmax * 1.15;
 
-    let root = SVGBackend::new(path, (760, 340)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "One NF4 block of 64 weights: w (dots) and code[q] · absmax (bars)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0f32..block.len() as f32, -lim..lim)?;
+    let mut chart = chart(
+        path,
+        340,
+        "One NF4 block of 64 weights: w (dots) and code[q] · absmax (bars)",
+        0f32..block.len() as f32,
+        -lim..lim,
+    )?;
     chart
         .configure_mesh()
         .x_desc("element of the block")
@@ -156,14 +143,7 @@ fn block_scaling(path: &Path, block: &[f32]) -> Res {
         )?
         .label("original")
         .legend(|(x, y)| Circle::new((x + 7, y), 3, BLACK.filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(chart, SeriesLabelPosition::LowerRight)
 }
 
 /// Mean absolute round-trip error on N(0,1) weights by blocksize, measured here.
@@ -198,17 +178,13 @@ fn error_by_blocksize(path: &Path, data: &[f32]) -> Res {
         series.push((name, color, width, points));
     }
 
-    let root = SVGBackend::new(path, (760, 380)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Mean |w − w'| on N(0,1) weights by blocksize",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(4.8f32..12.2f32, 0.06f32..0.14f32)?;
+    let mut chart = chart(
+        path,
+        380,
+        "Mean |w − w'| on N(0,1) weights by blocksize",
+        4.8f32..12.2f32,
+        0.06f32..0.14f32,
+    )?;
     chart
         .configure_mesh()
         .x_desc("blocksize")
@@ -229,12 +205,37 @@ fn error_by_blocksize(path: &Path, data: &[f32]) -> Res {
                 .map(|p| Circle::new(p, 4, color.filled())),
         )?;
     }
+    finish(chart, SeriesLabelPosition::UpperLeft)
+}
+
+type Chart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf32, RangedCoordf32>>;
+
+/// A white canvas 760 pixels wide with a caption and axes over `x` and `y`.
+fn chart<'a>(
+    path: &'a Path,
+    height: u32,
+    caption: &str,
+    x: Range<f32>,
+    y: Range<f32>,
+) -> Result<Chart<'a>, Box<dyn Error>> {
+    let root = SVGBackend::new(path, (760, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)?)
+}
+
+/// Draws the legend and writes the file.
+fn finish(mut chart: Chart<'_>, position: SeriesLabelPosition) -> Res {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK.mix(0.3))
         .draw()?;
-    root.present()?;
+    chart.plotting_area().present()?;
     Ok(())
 }
