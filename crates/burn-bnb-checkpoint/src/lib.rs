@@ -56,7 +56,8 @@
 //! - LLM.int8() weights in the tiled layouts of bitsandbytes < 0.45 (`weight_format` 1, 2, 3)
 //!   are refused; a missing `weight_format` means row-major, as in bitsandbytes.
 //! - The writer always writes `weight_format = 0` for 8-bit modules (bitsandbytes >= 0.45
-//!   does) and the `+0.0` that bitsandbytes stores at FP4's code 8.
+//!   does) and the stored tables of [`QuantType::code`](burn_bnb_formats::QuantType::code)
+//!   (with the `+0.0` bitsandbytes stores at FP4's code 8).
 
 #![warn(missing_docs)]
 
@@ -73,7 +74,7 @@ pub use checkpoint::{Checkpoint, Entry, INDEX_FILE, Layout, SINGLE_FILE};
 pub use config::BnbQuantizationConfig;
 pub use error::{CheckpointError, Result};
 pub use file::{SafetensorsFile, TensorData, TensorRef};
-pub use linear::{Linear4bitWeights, Linear8bitWeights, stored_quant_map};
+pub use linear::{Linear4bitWeights, Linear8bitWeights};
 pub use quant_state::{QuantStorage, python_float_repr};
 pub use quantize::{
     QuantizeMethod, QuantizePlan, looks_like_linear_weight, matches_module_pattern,

@@ -23,8 +23,7 @@ use std::borrow::Cow;
 
 use burn_bnb_formats::blockwise8::BLOCKSIZES_8BIT;
 use burn_bnb_formats::{
-    Absmax, DoubleQuant, FP4_CODE, FormatError, Int8Rows, NF4_CODE, QuantType, Quantized4,
-    check_blocksize_4bit,
+    Absmax, DoubleQuant, FormatError, Int8Rows, QuantType, Quantized4, check_blocksize_4bit,
 };
 use safetensors::Dtype;
 
@@ -71,21 +70,6 @@ pub(crate) fn strip_module_suffix<'n>(name: &'n str, suffix: &str) -> Option<&'n
 /// The `quant_state` key suffix bitsandbytes uses for a quant type.
 pub(crate) fn quant_state_suffix(quant_type: QuantType) -> String {
     format!("weight.quant_state.bitsandbytes__{}", quant_type.name())
-}
-
-/// The `quant_map` bitsandbytes stores: `get_4bit_type`'s float32 table.
-///
-/// For FP4 that is [`FP4_CODE`] except entry 8, which torch builds from the Python integer `-0`
-/// and therefore stores as `+0.0`.
-pub fn stored_quant_map(quant_type: QuantType) -> [f32; 16] {
-    match quant_type {
-        QuantType::Nf4 => NF4_CODE,
-        QuantType::Fp4 => {
-            let mut code = FP4_CODE;
-            code[8] = 0.0;
-            code
-        }
-    }
 }
 
 /// A 4-bit (NF4/FP4) quantized linear module: `bnb.nn.Linear4bit`'s state dict.
@@ -358,11 +342,7 @@ impl<'a> Linear4bitWeights<'a> {
         }
         out.push((
             key(p, "weight.quant_map"),
-            TensorData::owned(
-                Dtype::F32,
-                vec![16],
-                f32_bytes(&stored_quant_map(q.quant_type)),
-            ),
+            TensorData::owned(Dtype::F32, vec![16], f32_bytes(q.quant_type.code())),
         ));
         out.push((
             key(p, &quant_state_suffix(q.quant_type)),
@@ -527,7 +507,7 @@ fn expect_shape(t: &TensorRef<'_>, shape: &[usize], what: &str) -> Result<()> {
 fn check_quant_map(t: &TensorRef<'_>, quant_type: QuantType) -> Result<()> {
     expect_shape(t, &[16], "the 16-entry 4-bit code table")?;
     let stored = t.finite_f32()?;
-    let standard = stored_quant_map(quant_type);
+    let standard = quant_type.code();
     // `==`, so ±0 compare equal: FP4's code 8 may be written either way.
     if let Some(index) = (0..16).find(|&i| stored[i] != standard[i]) {
         return Err(CheckpointError::NonStandardQuantMap {

@@ -217,12 +217,15 @@ fn fp4_quant_map_is_stored_with_positive_zero() {
             let map = checkpoint
                 .tensor(&format!("{prefix}.weight.quant_map"))
                 .unwrap();
-            let expected: Vec<u8> = burn_bnb_checkpoint::stored_quant_map(
-                checkpoint.linear4bit(&prefix).unwrap().weight.quant_type,
-            )
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+            let expected: Vec<u8> = checkpoint
+                .linear4bit(&prefix)
+                .unwrap()
+                .weight
+                .quant_type
+                .code()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
             assert_eq!(map.data, expected, "{name}: {prefix}");
             if checkpoint.linear4bit(&prefix).unwrap().weight.quant_type == QuantType::Fp4 {
                 assert_eq!(&map.data[32..36], &[0, 0, 0, 0]);
