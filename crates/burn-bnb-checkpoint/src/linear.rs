@@ -179,7 +179,7 @@ impl<'a> Linear4bitWeights<'a> {
         let absmax_t = src
             .get(&absmax_key)
             .ok_or_else(|| missing(absmax_key, "the per-block absmax of a 4-bit weight"))?;
-        expect_shape(&absmax_t, &[nblocks], "one absmax per block")?;
+        let one_per_block = "one absmax per block";
 
         let map_key = key(prefix, "weight.quant_map");
         let map_t = src
@@ -202,7 +202,7 @@ impl<'a> Linear4bitWeights<'a> {
                         "F32 (U8 codes need the nested_* fields of double quantization)",
                     ));
                 }
-                Absmax::Plain(absmax_t.finite_f32()?)
+                Absmax::Plain(finite_f32(&absmax_t, &[nblocks], one_per_block)?)
             }
             Some(NestedJson { blocksize, offset }) => {
                 if !BLOCKSIZES_8BIT.contains(blocksize) {
@@ -219,27 +219,26 @@ impl<'a> Linear4bitWeights<'a> {
                     return Err(absmax_t
                         .wrong_dtype("U8 (8-bit codes, as the quant_state has nested_offset)"));
                 }
+                expect_shape(&absmax_t, &[nblocks], one_per_block)?;
                 let nested_t = src.get(&nested_key).ok_or_else(|| {
                     missing(nested_key, "double quantization needs the nested absmax")
                 })?;
-                expect_shape(
+                let nested_absmax = finite_f32(
                     &nested_t,
                     &[nblocks.div_ceil(*blocksize)],
                     "one absmax per nested block",
                 )?;
-                let nested_absmax = nested_t.finite_f32()?;
                 let nested_map_t = src.get(&nested_map_key).ok_or_else(|| {
                     missing(
                         nested_map_key,
                         "double quantization needs the 256-entry nested map",
                     )
                 })?;
-                expect_shape(&nested_map_t, &[256], "the 256-entry 8-bit dynamic map")?;
-                let nested_code: Box<[f32; 256]> = nested_map_t
-                    .finite_f32()?
-                    .into_boxed_slice()
-                    .try_into()
-                    .expect("the shape was checked to be [256]");
+                let nested_code: Box<[f32; 256]> =
+                    finite_f32(&nested_map_t, &[256], "the 256-entry 8-bit dynamic map")?
+                        .into_boxed_slice()
+                        .try_into()
+                        .expect("the shape was checked to be [256]");
                 Absmax::Double(DoubleQuant {
                     codes: absmax_t.data.to_vec(),
                     offset: *offset,
@@ -414,8 +413,7 @@ impl<'a> Linear8bitWeights<'a> {
         let scb = src
             .get(&scb_key)
             .ok_or_else(|| missing(scb_key, "the per-row absmax of an int8 weight"))?;
-        expect_shape(&scb, &[rows], "one absmax per output row")?;
-        let absmax = scb.finite_f32()?;
+        let absmax = finite_f32(&scb, &[rows], "one absmax per output row")?;
 
         // Absent means row-major, as in bitsandbytes' load hook.
         if let Some(f) = src.get(&key(prefix, "weight_format")) {
@@ -504,9 +502,15 @@ fn expect_shape(t: &TensorRef<'_>, shape: &[usize], what: &str) -> Result<()> {
     }
 }
 
+/// The values of a float32 tensor of `shape`, all finite (dtype checked first).
+fn finite_f32(t: &TensorRef<'_>, shape: &[usize], what: &str) -> Result<Vec<f32>> {
+    t.expect_dtype(Dtype::F32)?;
+    expect_shape(t, shape, what)?;
+    t.finite_f32()
+}
+
 fn check_quant_map(t: &TensorRef<'_>, quant_type: QuantType) -> Result<()> {
-    expect_shape(t, &[16], "the 16-entry 4-bit code table")?;
-    let stored = t.finite_f32()?;
+    let stored = finite_f32(t, &[16], "the 16-entry 4-bit code table")?;
     let standard = quant_type.code();
     // `==`, so ±0 compare equal: FP4's code 8 may be written either way.
     if let Some(index) = (0..16).find(|&i| stored[i] != standard[i]) {
