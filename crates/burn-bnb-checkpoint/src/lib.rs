@@ -13,9 +13,9 @@
 //! | one or several safetensors shards | [`Checkpoint`], [`SafetensorsFile`] |
 //! | which keys form quantized modules | [`Layout`] ([`Checkpoint::layout`]) |
 //! | a 4-bit / 8-bit linear module | [`Linear4bitWeights`], [`Linear8bitWeights`] |
-//! | writing | [`CheckpointWriter`] |
+//! | writing one file, or a folder of shards | [`CheckpointWriter`], [`ShardedWriter`] |
 //! | `config.json`'s `quantization_config` | [`BnbQuantizationConfig`] |
-//! | quantizing a float checkpoint like transformers | [`quantize_checkpoint`], [`QuantizePlan`] |
+//! | quantizing a float checkpoint like transformers | [`quantize_checkpoint`], [`quantize_entries`], [`QuantizePlan`] |
 //!
 //! Every malformation is a [`CheckpointError`] naming the file and the tensor; nothing panics on
 //! a bad file.
@@ -78,9 +78,9 @@ pub use linear::{Linear4bitWeights, Linear8bitWeights};
 pub use quant_state::{QuantStorage, python_float_repr};
 pub use quantize::{
     QuantizeMethod, QuantizePlan, looks_like_linear_weight, matches_module_pattern,
-    quantize_checkpoint,
+    quantize_checkpoint, quantize_entries,
 };
-pub use writer::CheckpointWriter;
+pub use writer::{CheckpointWriter, DEFAULT_MAX_SHARD_SIZE, ShardedWriter};
 
 /// The safetensors crate's dtype, as used in [`TensorData`] and [`TensorRef`].
 pub use safetensors::Dtype;

@@ -101,11 +101,14 @@ pub fn looks_like_linear_weight(t: &TensorRef<'_>) -> bool {
 
 /// Quantizes the linear weights of a float checkpoint as transformers + bitsandbytes do when
 /// loading it with a `BitsAndBytesConfig`, and returns every entry to write: quantized modules
-/// (with their biases) and the other tensors untouched.
+/// (with their biases) and the other tensors untouched, sorted by key.
 ///
 /// A tensor `P.weight` is quantized if `is_linear` accepts it and `plan` does not skip module
 /// `P`. Weights are quantized in the dtype they are stored in, which becomes the quant_state
 /// `dtype` (4-bit); LLM.int8() first rounds them to float16, as bitsandbytes does.
+///
+/// This holds every quantized module in memory; [`quantize_entries`] yields them one at a time
+/// for a [`ShardedWriter`](crate::ShardedWriter).
 ///
 /// # Errors
 /// [`CheckpointError::Config`] if the checkpoint already holds quantized modules,
@@ -115,6 +118,19 @@ pub fn quantize_checkpoint<'a>(
     plan: &QuantizePlan,
     is_linear: impl Fn(&TensorRef<'_>) -> bool,
 ) -> Result<Vec<Entry<'a>>> {
+    quantize_entries(src, plan, is_linear)?.collect()
+}
+
+/// [`quantize_checkpoint`], lazily: each module is quantized when the iterator reaches it.
+///
+/// # Errors
+/// [`CheckpointError::Config`] at once if the checkpoint already holds quantized modules; the
+/// items carry quantization errors.
+pub fn quantize_entries<'a>(
+    src: &'a Checkpoint,
+    plan: &QuantizePlan,
+    is_linear: impl Fn(&TensorRef<'_>) -> bool,
+) -> Result<impl Iterator<Item = Result<Entry<'a>>> + 'a> {
     let layout = src.layout()?;
     if let Some(p) = layout.linear4bit.first().or(layout.linear8bit.first()) {
         return Err(CheckpointError::Config {
@@ -123,31 +139,30 @@ pub fn quantize_checkpoint<'a>(
             ),
         });
     }
-    let modules: BTreeSet<&str> = layout
+    let modules: BTreeSet<String> = layout
         .tensors
         .iter()
         .filter_map(|name| {
             let prefix = strip_module_suffix(name, "weight")?;
             let t = src.tensor(name)?;
-            (is_linear(&t) && plan.should_quantize(prefix)).then_some(prefix)
+            (is_linear(&t) && plan.should_quantize(prefix)).then(|| prefix.to_string())
         })
         .collect();
-
-    let mut out = Vec::with_capacity(layout.tensors.len());
-    for name in &layout.tensors {
+    let method = plan.method;
+    Ok(layout.tensors.into_iter().filter_map(move |name| {
         let t = src
-            .tensor(name)
+            .tensor(&name)
             .expect("layout names come from the checkpoint");
-        if let Some(prefix) = strip_module_suffix(name, "weight").filter(|p| modules.contains(p)) {
+        if let Some(prefix) = strip_module_suffix(&name, "weight").filter(|p| modules.contains(*p))
+        {
             let bias = src.tensor(&key(prefix, "bias")).map(|b| b.to_data());
-            out.push(quantize_linear(&t, prefix, bias, plan.method)?);
-        } else if strip_module_suffix(name, "bias").is_some_and(|p| modules.contains(p)) {
-            // Written with its module.
+            Some(quantize_linear(&t, prefix, bias, method))
+        } else if strip_module_suffix(&name, "bias").is_some_and(|p| modules.contains(p)) {
+            None // written with its module
         } else {
-            out.push(Entry::Tensor(name.clone(), t.to_data()));
+            Some(Ok(Entry::Tensor(name, t.to_data())))
         }
-    }
-    Ok(out)
+    }))
 }
 
 fn quantize_linear<'a>(

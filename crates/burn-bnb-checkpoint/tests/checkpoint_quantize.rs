@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn_bnb_checkpoint::{
-    BnbQuantizationConfig, Checkpoint, CheckpointWriter, QuantizeMethod, QuantizePlan,
-    SafetensorsFile, TensorData, looks_like_linear_weight, quantize_checkpoint,
+    BnbQuantizationConfig, Checkpoint, CheckpointWriter, DEFAULT_MAX_SHARD_SIZE, QuantizeMethod,
+    QuantizePlan, SafetensorsFile, ShardedWriter, TensorData, looks_like_linear_weight,
+    quantize_checkpoint, quantize_entries,
 };
 use burn_bnb_formats::QuantType;
 use common::{diff_tensors, load_tensors, model_dirs, quantized_model_dirs};
@@ -183,4 +184,61 @@ fn int8_weights_match_bitsandbytes_within_one_code() {
         checked >= 1,
         "no int8 golden checkpoint with a float source"
     );
+}
+
+#[test]
+fn quantized_folder_is_the_transformers_file_or_its_shards() {
+    let (name, src, dir, config) = pairs()
+        .into_iter()
+        .find(|(_, _, _, c)| c.load_in_4bit && c.quant_type == QuantType::Nf4)
+        .expect("an NF4 golden checkpoint with a float source");
+    let plan = QuantizePlan::from_config(&config).unwrap();
+    let src = Checkpoint::open(&src).unwrap();
+    let golden_file = dir.join("model.safetensors");
+    let out = tempfile::tempdir().unwrap();
+
+    // One file: the very bytes transformers saved.
+    let mut writer = ShardedWriter::new(out.path(), DEFAULT_MAX_SHARD_SIZE).unwrap();
+    for entry in quantize_entries(&src, &plan, looks_like_linear_weight).unwrap() {
+        writer.push(entry.unwrap()).unwrap();
+    }
+    let files = writer.finish().unwrap();
+    assert_eq!(files, [out.path().join("model.safetensors")]);
+    assert!(
+        std::fs::read(&files[0]).unwrap() == std::fs::read(&golden_file).unwrap(),
+        "{name}: file bytes differ"
+    );
+
+    // Shards of at most ~100 kB, a module never split, the same tensors; the single file of
+    // the previous save is removed so it cannot shadow the index.
+    let mut writer = ShardedWriter::new(out.path(), 100_000).unwrap();
+    for entry in quantize_entries(&src, &plan, looks_like_linear_weight).unwrap() {
+        writer.push(entry.unwrap()).unwrap();
+    }
+    let files = writer.finish().unwrap();
+    assert!(files.len() > 3, "{files:?}");
+    assert!(!out.path().join("model.safetensors").exists());
+    let sharded = Checkpoint::open(out.path()).unwrap();
+    assert_eq!(sharded.files().len(), files.len() - 1);
+    let layout = sharded.layout().unwrap();
+    for prefix in &layout.linear4bit {
+        let shard = |suffix: &str| {
+            sharded
+                .tensor(&format!("{prefix}.{suffix}"))
+                .unwrap()
+                .file
+                .to_path_buf()
+        };
+        assert_eq!(
+            shard("weight"),
+            shard("weight.absmax"),
+            "{prefix} was split"
+        );
+    }
+    let ours: BTreeMap<String, TensorData<'_>> = sharded
+        .names()
+        .map(|n| (n.to_string(), sharded.tensor(n).unwrap().to_data()))
+        .collect();
+    let diffs = diff_tensors(&load_tensors(&golden_file), &ours);
+    assert!(diffs.is_empty(), "{name}: {diffs:#?}");
 }
