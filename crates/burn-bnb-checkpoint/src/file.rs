@@ -37,11 +37,26 @@ impl<'a> TensorData<'a> {
 
     /// A float32 tensor.
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> TensorData<'static> {
-        TensorData::owned(
-            Dtype::F32,
-            shape,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        TensorData::owned(Dtype::F32, shape, f32_bytes(values))
+    }
+
+    /// The values widened to f32, for F32, F16 and BF16 tensors (`None` for other dtypes).
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        let halves = || {
+            self.data
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        };
+        match self.dtype {
+            Dtype::F32 => Some(f32_values(&self.data)),
+            Dtype::F16 => Some(halves().map(|h| half::f16::from_bits(h).to_f32()).collect()),
+            Dtype::BF16 => Some(
+                halves()
+                    .map(|h| half::bf16::from_bits(h).to_f32())
+                    .collect(),
+            ),
+            _ => None,
+        }
     }
 
     /// Number of elements (1 for a scalar).

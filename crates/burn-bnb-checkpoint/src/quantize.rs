@@ -40,7 +40,8 @@ impl QuantizePlan {
     /// The plan transformers follows for `config`: blocksize 64, and `llm_int8_skip_modules` or,
     /// when that is `None`, the default `["lm_head"]` (transformers adds the output embedding
     /// and tied weights, which for causal LMs is `lm_head`; an embedding is never an
-    /// `nn.Linear` anyway).
+    /// `nn.Linear` anyway). Architectures whose output layer has another name (GPT-NeoX's
+    /// `embed_out`) need it added to [`skip_modules`](Self::skip_modules).
     ///
     /// # Errors
     /// [`CheckpointError::Config`] if the config enables neither 4-bit nor 8-bit loading.

@@ -128,6 +128,14 @@ fn truncated_files_name_the_first_missing_tensor() {
         err.to_string().contains(&cut.display().to_string()),
         "{err}"
     );
+    // Even an empty one, and a folder without weights.
+    std::fs::write(&cut, b"").unwrap();
+    let err = Checkpoint::open(&cut).unwrap_err();
+    assert!(matches!(err, CheckpointError::Safetensors { .. }), "{err}");
+    std::fs::remove_file(&cut).unwrap();
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(matches!(err, CheckpointError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
 }
 
 #[test]

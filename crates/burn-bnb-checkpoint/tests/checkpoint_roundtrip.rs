@@ -120,7 +120,16 @@ fn layout_matches_the_config_and_transformers_module_choice() {
                     assert_eq!(l.weight.codes.len(), l.out_features() * l.in_features());
                     assert!(l.weight.absmax.iter().all(|&s| s > 0.0));
                 }
-                Entry::Tensor(..) => {}
+                Entry::Tensor(name, t) => {
+                    if matches!(
+                        t.dtype,
+                        burn_bnb_checkpoint::Dtype::BF16 | burn_bnb_checkpoint::Dtype::F16
+                    ) {
+                        let values = t.to_f32().unwrap();
+                        assert_eq!(values.len(), t.numel(), "{name}");
+                        assert!(values.iter().all(|v| v.is_finite()), "{name}");
+                    }
+                }
             }
         }
     }
