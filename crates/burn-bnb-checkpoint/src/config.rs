@@ -283,6 +283,100 @@ impl BnbQuantizationConfig {
     }
 }
 
+/// A JSON document as transformers writes `config.json`: Python's
+/// `json.dumps(value, indent=2, sort_keys=True)` (ASCII only, floats as Python's `repr`).
+///
+/// Append a newline for the file, as transformers does (see [`write_model_config`]).
+pub fn to_transformers_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_python_json(&mut out, value, 0);
+    out
+}
+
+/// Writes a `config.json` document exactly as transformers' `save_pretrained` would.
+///
+/// # Errors
+/// [`CheckpointError::Io`] if the file cannot be written.
+pub fn write_model_config(path: impl AsRef<Path>, config: &Value) -> Result<()> {
+    let path = path.as_ref();
+    std::fs::write(path, to_transformers_json(config) + "\n").map_err(|source| {
+        CheckpointError::Io {
+            file: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+fn write_python_json(out: &mut String, value: &Value, level: usize) {
+    let indent = |out: &mut String, level: usize| out.extend(std::iter::repeat_n("  ", level));
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => out.push_str(&crate::python_float_repr(f)),
+            _ => out.push_str(&n.to_string()),
+        },
+        Value::String(s) => write_python_string(out, s),
+        Value::Array(items) if items.is_empty() => out.push_str("[]"),
+        Value::Array(items) => {
+            out.push_str("[\n");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(",\n");
+                }
+                indent(out, level + 1);
+                write_python_json(out, item, level + 1);
+            }
+            out.push('\n');
+            indent(out, level);
+            out.push(']');
+        }
+        Value::Object(map) if map.is_empty() => out.push_str("{}"),
+        Value::Object(map) => {
+            // Sorted by code point whatever serde_json's map type (`preserve_order` or not).
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push_str("{\n");
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(",\n");
+                }
+                indent(out, level + 1);
+                write_python_string(out, k);
+                out.push_str(": ");
+                write_python_json(out, v, level + 1);
+            }
+            out.push('\n');
+            indent(out, level);
+            out.push('}');
+        }
+    }
+}
+
+/// Python's `ensure_ascii` string escaping: everything outside `' '..='~'` is escaped.
+fn write_python_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +408,14 @@ mod tests {
             r#"{"_load_in_4bit":true,"_load_in_8bit":false,"bnb_4bit_compute_dtype":"bfloat16","bnb_4bit_quant_storage":"uint8","bnb_4bit_quant_type":"nf4","bnb_4bit_use_double_quant":true,"llm_int8_enable_fp32_cpu_offload":false,"llm_int8_has_fp16_weight":false,"llm_int8_skip_modules":["lm_head"],"llm_int8_threshold":6.0,"load_in_4bit":true,"load_in_8bit":false,"quant_method":"bitsandbytes"}"#
         );
         assert_eq!(BnbQuantizationConfig::from_json(&c.to_json()).unwrap(), c);
+    }
+
+    #[test]
+    fn python_json_dumps() {
+        let value = json!({"b": [1, 2.5, 1e-5, {}], "a": {"z": null, "y": "é\"\\\n\u{1F600}\u{7f}"}, "c": []});
+        // json.dumps(value, indent=2, sort_keys=True) in CPython.
+        let expected = "{\n  \"a\": {\n    \"y\": \"\\u00e9\\\"\\\\\\n\\ud83d\\ude00\\u007f\",\n    \"z\": null\n  },\n  \"b\": [\n    1,\n    2.5,\n    1e-05,\n    {}\n  ],\n  \"c\": []\n}";
+        assert_eq!(to_transformers_json(&value), expected);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! | which keys form quantized modules | [`Layout`] ([`Checkpoint::layout`]) |
 //! | a 4-bit / 8-bit linear module | [`Linear4bitWeights`], [`Linear8bitWeights`] |
 //! | writing one file, or a folder of shards | [`CheckpointWriter`], [`ShardedWriter`] |
-//! | `config.json`'s `quantization_config` | [`BnbQuantizationConfig`] |
+//! | `config.json`'s `quantization_config`, and the file as transformers writes it | [`BnbQuantizationConfig`], [`write_model_config`] |
 //! | quantizing a float checkpoint like transformers | [`quantize_checkpoint`], [`quantize_entries`], [`QuantizePlan`] |
 //!
 //! Every malformation is a [`CheckpointError`] naming the file and the tensor; nothing panics on
@@ -71,7 +71,7 @@ mod quantize;
 mod writer;
 
 pub use checkpoint::{Checkpoint, Entry, INDEX_FILE, Layout, SINGLE_FILE};
-pub use config::BnbQuantizationConfig;
+pub use config::{BnbQuantizationConfig, to_transformers_json, write_model_config};
 pub use error::{CheckpointError, Result};
 pub use file::{SafetensorsFile, TensorData, TensorRef};
 pub use linear::{Linear4bitWeights, Linear8bitWeights};

@@ -242,3 +242,30 @@ fn fp4_quant_map_is_stored_with_positive_zero() {
         }
     }
 }
+
+#[test]
+fn config_files_are_written_as_transformers_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for (name, model) in model_dirs() {
+        for file in ["config.json", "generation_config.json"] {
+            let Ok(text) = std::fs::read_to_string(model.join(file)) else {
+                continue;
+            };
+            let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            // Re-set the quantization block from the parsed config: still the same bytes.
+            if let Some(config) = BnbQuantizationConfig::from_model_config(&value).unwrap() {
+                config.write_into(&mut value).unwrap();
+            }
+            let out = dir.path().join(format!("{name}-{file}"));
+            burn_bnb_checkpoint::write_model_config(&out, &value).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&out).unwrap(),
+                text,
+                "{name}/{file}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+}
