@@ -38,7 +38,7 @@ pub mod quant4;
 pub mod reduce;
 
 pub use blockwise8::Blockwise8;
-pub use code::{FP4_CODE, NF4_CODE, QuantType, dynamic_map_construction, dynamic_map_signed};
+pub use code::{FP4_CODE, NF4_CODE, QuantType, dynamic_map_signed};
 pub use double_quant::{DoubleQuant, NESTED_BLOCKSIZE};
 pub use dtype::{FloatDtype, FloatElement};
 pub use error::{FormatError, Result};
