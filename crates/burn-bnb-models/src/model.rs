@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 
-use burn::module::{Ignored, Module, Param};
+use burn::module::{Ignored, Module};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::linear;
