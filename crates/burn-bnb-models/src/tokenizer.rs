@@ -190,4 +190,12 @@ impl TextStream {
         self.emitted = text.len();
         Ok(new)
     }
+
+    /// The text not emitted yet (an incomplete character at the end, decoded lossily).
+    pub fn finish(&mut self, tokenizer: &TextTokenizer) -> Result<String, GenerateError> {
+        let text = tokenizer.decode(&self.tokens)?;
+        let rest = text.get(self.emitted..).unwrap_or_default().to_string();
+        self.emitted = text.len().max(self.emitted);
+        Ok(rest)
+    }
 }
