@@ -322,12 +322,12 @@ impl ModelConfig {
 
     /// `Qwen/Qwen2.5-14B`.
     pub fn qwen_2_5_14b() -> Self {
-        Self::qwen_2_5(152064, 5120, 13824, 48, 40, 8, false)
+        Self::qwen_2_5(152064, 5120, 13824, 48, 40, 8, false).with_max_position_embeddings(131072)
     }
 
     /// `Qwen/Qwen2.5-32B`.
     pub fn qwen_2_5_32b() -> Self {
-        Self::qwen_2_5(152064, 5120, 27648, 64, 40, 8, false)
+        Self::qwen_2_5(152064, 5120, 27648, 64, 40, 8, false).with_max_position_embeddings(131072)
     }
 
     /// The preset named like its Hub repository (case-insensitive, organization optional):

@@ -191,3 +191,35 @@ impl<B: Backend> CausalLm<B> {
         self.forward_logits(ForwardInput::single(tokens, 0, device), &mut cache)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+
+    use super::*;
+    use crate::config::Family;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn random_model_shapes_and_tied_head() {
+        let device = Default::default();
+        // No head_dim: 96 / 6 = 16; three query heads per key/value head.
+        let config = ModelConfig::new(Family::Qwen2, 50, 96, 160, 2, 6, 2)
+            .with_tie_word_embeddings(true)
+            .with_qkv_bias(true)
+            .with_max_position_embeddings(64);
+        let model = config.init::<B>(&device);
+        assert!(model.lm_head.is_none());
+        assert_eq!(model.layers[0].self_attn.k_proj.features(), [96, 32]);
+        let tokens: Vec<u32> = (0..7).collect();
+        let logits = model.score(&tokens, &device);
+        assert_eq!(logits.dims(), [1, 7, 50]);
+        // Tied: the logits are the final hidden states times the embedding matrix.
+        let mut cache = model.new_cache(1, 7, &device);
+        let hidden = model.forward(ForwardInput::single(&tokens, 0, &device), &mut cache);
+        let manual = hidden.matmul(model.embed_tokens.weight.val().transpose().unsqueeze());
+        let diff = (manual - logits).abs().max().into_scalar();
+        assert!(diff < 1e-5, "{diff}");
+    }
+}
