@@ -1,1 +1,51 @@
-//! Placeholder: being built (see the issues).
+//! Llama 3.x and Qwen 2.5 decoders for [Burn](https://burn.dev), generic over the backend.
+//!
+//! - [`ModelConfig`]: the architecture, with presets of the benchmark models
+//!   ([`ModelConfig::llama_3_1_8b`], ...) and parsing of any Hugging Face `config.json` of the
+//!   two families (transformers 4.x `rope_theta`/`rope_scaling` or 5.x `rope_parameters`).
+//! - [`CausalLm`]: one decoder for both families: GQA attention that never repeats keys and
+//!   values, RoPE (with Llama 3.1's frequency scaling), float32 RMSNorm, SwiGLU, a preallocated
+//!   [`KvCache`], batched prefill/decode with left padding.
+//! - Loading: [`Pretrained::load`] resolves a folder or a Hub id ([`resolve_model`]), reads
+//!   `config.json`, the tokenizer and the (sharded) safetensors weights tensor by tensor from a
+//!   memory map ([`SafetensorsCheckpoint`]).
+//! - Generation: [`generate`] (greedy or temperature/top-k/top-p sampling, streaming callback,
+//!   batched), [`perplexity`].
+//!
+//! # Where quantized layers plug in
+//! Every q/k/v/o/gate/up/down projection is a [`Projection`] enum, built by a
+//! [`ProjectionLoader`] that receives the projection's [`ProjectionSpec`] (name, kind, shape,
+//! bias, the checkpoint's `quantization_config`) and a [`TensorSource`] over the checkpoint.
+//! [`DenseLoader`] builds [`Projection::Dense`]; quantized loaders (pre-quantized bitsandbytes
+//! tensors or quantize-on-load) return their own variants. Embeddings and lm_head stay dense.
+
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod generate;
+mod hub;
+mod loader;
+mod model;
+pub mod nn;
+mod pretrained;
+mod tokenizer;
+mod weights;
+
+pub use config::{Family, ModelConfig, QuantizationConfig, RopeScaling};
+pub use error::{GenerateError, LoadError};
+pub use generate::{
+    GenerationConfig, Perplexity, Sampler, Sampling, Session, TokenEvent, generate, perplexity,
+};
+pub use hub::{hub_cache, hub_offline, resolve_model};
+pub use loader::{
+    DenseLoader, LoadOptions, ProjectionLoader, ProjectionSpec, dense_tensor, load_bias, load_model,
+};
+pub use model::{CausalLm, ForwardInput};
+pub use nn::{KvCache, Projection, ProjectionKind};
+pub use pretrained::Pretrained;
+pub use tokenizer::{TextStream, TextTokenizer};
+pub use weights::{
+    INDEX_FILE, RawTensor, SINGLE_FILE, SafetensorsCheckpoint, TensorSource, read_index,
+    shard_names,
+};

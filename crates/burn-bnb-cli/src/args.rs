@@ -1,0 +1,139 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run Llama 3.x and Qwen 2.5 checkpoints with Burn, dense or bitsandbytes-quantized.
+#[derive(Debug, Parser)]
+#[command(name = "burn-bnb", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a completion of one or more prompts (batched, left-padded), streamed when there
+    /// is one prompt.
+    Generate(GenerateArgs),
+    /// Perplexity of a text: exp of the mean NLL of tokens 2..T given their prefixes (as
+    /// transformers' loss with labels = input ids; a BOS only when the tokenizer adds one).
+    Perplexity(PerplexityArgs),
+    /// Architecture, storage formats, bytes per tensor group and estimated memory, from
+    /// config.json and the safetensors headers (no weight is read).
+    Inspect(InspectArgs),
+}
+
+/// Weight format of the decoder's linear projections (embeddings and lm_head stay dense).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Quant {
+    /// Dense weights: bf16 on CUDA, f32 on CPU and wgpu.
+    Bf16,
+    /// 4-bit NormalFloat, blocksize 64.
+    Nf4,
+    /// NF4 with double-quantized absmax.
+    Nf4Dq,
+    /// bitsandbytes' 4-bit float.
+    Fp4,
+    /// LLM.int8() without outlier decomposition (threshold 0).
+    Int8,
+    /// LLM.int8() with outlier decomposition (threshold 6).
+    Int8Decomp,
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// NVIDIA GPU through Burn's CUDA backend (bf16 activations).
+    Cuda,
+    /// GPU through Burn's wgpu backend (f32 activations).
+    Wgpu,
+    /// CPU through Burn's NdArray backend (f32 activations).
+    Cpu,
+}
+
+impl Device {
+    /// CUDA when this binary has it, else the CPU.
+    pub const DEFAULT: Device = if cfg!(feature = "cuda") {
+        Device::Cuda
+    } else {
+        Device::Cpu
+    };
+}
+
+/// Options shared by the commands that load weights.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model folder (config.json, tokenizer.json, *.safetensors) or Hugging Face id `org/name`.
+    #[arg(long, short)]
+    pub model: String,
+    /// Weight format of the linear projections.
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub quant: Quant,
+    /// Backend [default: cuda when built with it, else cpu].
+    #[arg(long, value_enum, default_value_t = Device::DEFAULT, hide_default_value = true)]
+    pub device: Device,
+    /// No progress bar while loading.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `generate` options.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model, format, device.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text; repeat for a batch.
+    #[arg(long, short, required = true)]
+    pub prompt: Vec<String>,
+    /// Most tokens to generate per prompt.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample within the smallest set of tokens whose probability reaches p.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep generating after an end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+/// `perplexity` options.
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    /// Model, format, device.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// File whose text is scored.
+    #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
+    pub text: Option<PathBuf>,
+    /// Text to score.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Print one JSON object (`perplexity`, `nll`, `tokens`, ...).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `inspect` options.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Model folder or Hugging Face id `org/name`.
+    #[arg(long, short)]
+    pub model: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}

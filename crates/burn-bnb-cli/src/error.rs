@@ -1,0 +1,40 @@
+//! Errors of the command line.
+
+use std::path::PathBuf;
+
+use burn_bnb_models::{GenerateError, LoadError};
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The model could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Generation or scoring refused the input.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    /// An input file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A weight format whose modules are not wired in yet.
+    #[error(
+        "--quant {format} is not yet supported: the quantized linear layers are not wired into the models yet; use --quant bf16"
+    )]
+    QuantNotYetSupported {
+        /// The requested format.
+        format: String,
+    },
+    /// A backend this binary was built without.
+    #[error(
+        "--device {device} is not available: this binary was built without the `{device}` feature (rebuild burn-bnb-cli with `--features {device}`)"
+    )]
+    DeviceNotBuilt {
+        /// The device.
+        device: &'static str,
+    },
+}

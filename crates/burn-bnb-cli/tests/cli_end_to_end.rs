@@ -1,0 +1,300 @@
+//! The `burn-bnb` binary end to end on the CPU with the tiny golden checkpoints.
+
+use std::process::{Command, Output};
+
+use burn_bnb_models::{ModelConfig, TextTokenizer};
+use serde_json::Value;
+
+// The model tests' helpers: golden folder, case discovery, JSON files.
+#[path = "../../burn-bnb-models/tests/common/mod.rs"]
+mod common;
+
+use common::{families, models_dir as golden_models, read_json as json_file};
+
+fn model(fam: &str) -> String {
+    golden_models()
+        .join(format!("{fam}-bf16"))
+        .display()
+        .to_string()
+}
+
+fn burn_bnb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_burn-bnb"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run burn-bnb")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = burn_bnb(args);
+    assert!(
+        out.status.success(),
+        "burn-bnb {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail and returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = burn_bnb(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "burn-bnb {args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr
+}
+
+#[test]
+fn perplexity_json_matches_transformers() {
+    let eval = golden_models().join("eval.txt");
+    let refs = json_file(&golden_models().join("reference.json"));
+    let eval_tokens = json_file(&golden_models().join("prompt.json"))["eval_tokens"].as_u64();
+    for fam in families() {
+        let stdout = ok(&[
+            "perplexity",
+            "--model",
+            &model(&fam),
+            "--text",
+            eval.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ]);
+        let v: Value =
+            serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        let ppl = v["perplexity"].as_f64().unwrap();
+        let expected = refs[format!("{fam}-bf16")]["eval_perplexity"]
+            .as_f64()
+            .unwrap();
+        println!("{fam}: burn-bnb perplexity {ppl:.4}, transformers {expected:.4}");
+        assert!(
+            (ppl - expected).abs() / expected < 0.01,
+            "{fam}: {ppl} vs {expected}"
+        );
+        assert_eq!(v["tokens"].as_u64(), eval_tokens);
+        assert!((v["nll"].as_f64().unwrap().exp() - ppl).abs() < 1e-9 * ppl);
+    }
+    let stdout = ok(&[
+        "perplexity",
+        "-m",
+        &model("llama"),
+        "--prompt",
+        "import torch\nimport torch.nn as nn\n",
+        "--device",
+        "cpu",
+    ]);
+    assert!(stdout.starts_with("perplexity "), "{stdout}");
+}
+
+#[test]
+fn greedy_generation_prints_transformers_tokens() {
+    let prompt = json_file(&golden_models().join("prompt.json"));
+    let text = prompt["prompt"].as_str().unwrap();
+    let refs = json_file(&golden_models().join("reference.json"));
+    for fam in families() {
+        let dir = golden_models().join(format!("{fam}-bf16"));
+        let config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+        let tokenizer = TextTokenizer::load(&dir, &config).unwrap();
+        let greedy: Vec<u32> = refs[format!("{fam}-bf16")]["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let expected = format!("{text}{}\n", tokenizer.decode(&greedy).unwrap());
+        let n = greedy.len().to_string();
+        let stdout = ok(&[
+            "generate",
+            "--model",
+            &model(&fam),
+            "--prompt",
+            text,
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            &n,
+            "--quiet",
+        ]);
+        assert_eq!(stdout, expected, "{fam}");
+    }
+}
+
+#[test]
+fn batch_and_sampling() {
+    let m = model("qwen2");
+    let stdout = ok(&[
+        "generate",
+        "-m",
+        &m,
+        "-p",
+        "def f(x):",
+        "-p",
+        "import",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "5",
+        "--quiet",
+    ]);
+    assert!(
+        stdout.starts_with("--- 0 ---\ndef f(x):") && stdout.contains("--- 1 ---\nimport"),
+        "{stdout}"
+    );
+    let sample = |seed: &str| {
+        ok(&[
+            "generate",
+            "-m",
+            &m,
+            "-p",
+            "class",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "1.2",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--quiet",
+        ])
+    };
+    assert_eq!(sample("3"), sample("3"));
+}
+
+#[test]
+fn inspect_reports_architecture_and_storage() {
+    let v: Value =
+        serde_json::from_str(ok(&["inspect", "--model", &model("llama"), "--json"]).trim())
+            .unwrap();
+    assert_eq!(v["architecture"], "LlamaForCausalLM");
+    assert_eq!(v["rope"]["scaling"]["type"], "llama3");
+    assert_eq!(v["quantization"], Value::Null);
+    let groups = v["groups"].as_object().unwrap();
+    let sum: u64 = groups.values().map(|g| g["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(sum, v["bytes"].as_u64().unwrap());
+    assert_eq!(groups["mlp"]["tensors"], 6);
+    // Dense bf16 weights: the estimate equals the stored bytes.
+    assert_eq!(v["estimated_weight_bytes"]["bf16"], v["bytes"]);
+    let est = &v["estimated_weight_bytes"];
+    assert!(
+        est["nf4-dq"].as_u64() < est["nf4"].as_u64() && est["nf4"].as_u64() < est["int8"].as_u64()
+    );
+
+    // A pre-quantized checkpoint can be inspected (headers only) even before it can be loaded.
+    let q = golden_models().join("qwen2-nf4-dq");
+    if q.is_dir() {
+        let v: Value =
+            serde_json::from_str(ok(&["inspect", "--model", q.to_str().unwrap(), "--json"]).trim())
+                .unwrap();
+        assert_eq!(v["quantization"], "nf4-dq");
+        assert_eq!(v["tied_embeddings"], true);
+        assert!(v["bytes_per_dtype"]["U8"].as_u64().unwrap() > 0);
+    }
+    let text = ok(&["inspect", "--model", &model("qwen2")]);
+    assert!(text.starts_with("Qwen2ForCausalLM"), "{text}");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let m = model("llama");
+    let e = fails(&[
+        "generate", "-m", &m, "-p", "x", "--quant", "nf4", "--device", "cpu",
+    ]);
+    assert!(e.contains("--quant nf4 is not yet supported"), "{e}");
+
+    let e = fails(&[
+        "perplexity",
+        "-m",
+        "/no/such/model",
+        "--prompt",
+        "x",
+        "--device",
+        "cpu",
+    ]);
+    assert!(e.contains("/no/such/model"), "{e}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let e = fails(&["inspect", "-m", empty.path().to_str().unwrap()]);
+    assert!(e.contains("no config.json"), "{e}");
+
+    let e = fails(&[
+        "perplexity",
+        "-m",
+        &m,
+        "--text",
+        "/no/such/file.txt",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(e.contains("/no/such/file.txt"), "{e}");
+
+    let e = fails(&[
+        "perplexity",
+        "-m",
+        &m,
+        "--prompt",
+        "x",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(e.contains("at least 2 tokens"), "{e}");
+
+    let e = fails(&[
+        "generate",
+        "-m",
+        &m,
+        "-p",
+        "x",
+        "--temperature=-1",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(e.contains("temperature"), "{e}");
+
+    // A Hub id that is not in the (empty) cache, offline.
+    let out = Command::new(env!("CARGO_BIN_EXE_burn-bnb"))
+        .args(["inspect", "-m", "meta-llama/Llama-3.1-8B"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", empty.path())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("huggingface-cli download meta-llama/Llama-3.1-8B"),
+        "{e}"
+    );
+
+    // A prompt longer than the context.
+    let small = common::copy_model("llama");
+    common::edit_config(small.path(), |c| c["max_position_embeddings"] = 8.into());
+    let long = "def forward(self, input: Tensor) -> Tensor:\n    return input";
+    let e = fails(&[
+        "generate",
+        "-m",
+        small.path().to_str().unwrap(),
+        "-p",
+        long,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(e.contains("context is 8 tokens"), "{e}");
+
+    if !cfg!(feature = "cuda") {
+        let e = fails(&["generate", "-m", &m, "-p", "x", "--device", "cuda"]);
+        assert!(e.contains("without the `cuda` feature"), "{e}");
+    }
+    if !cfg!(feature = "wgpu") {
+        let e = fails(&["generate", "-m", &m, "-p", "x", "--device", "wgpu"]);
+        assert!(e.contains("without the `wgpu` feature"), "{e}");
+    }
+}

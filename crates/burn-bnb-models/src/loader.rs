@@ -1,0 +1,284 @@
+//! Building a [`CausalLm`] from checkpoint tensors, with the projection loader as the seam for
+//! quantized layers.
+
+use burn::module::{Ignored, Param};
+use burn::nn::{Embedding, Linear};
+use burn::prelude::*;
+use burn::tensor::Element;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{ModelConfig, QuantizationConfig};
+use crate::error::LoadError;
+use crate::model::CausalLm;
+use crate::nn::{DecoderLayer, Projection, ProjectionKind, RmsNorm};
+use crate::weights::{RawTensor, TensorSource};
+
+/// What a [`ProjectionLoader`] is asked to build: one linear layer of one decoder layer.
+#[derive(Debug, Clone)]
+pub struct ProjectionSpec<'a> {
+    /// Module prefix in the checkpoint, e.g. `model.layers.3.self_attn.q_proj`; the weight is
+    /// `{name}.weight`, the bias `{name}.bias`.
+    pub name: String,
+    /// Decoder layer index.
+    pub layer: usize,
+    /// Which projection.
+    pub kind: ProjectionKind,
+    /// Input features `K`.
+    pub in_features: usize,
+    /// Output features `N` (the weight is `[N, K]` in the checkpoint).
+    pub out_features: usize,
+    /// Whether the configuration gives this projection a bias.
+    pub bias: bool,
+    /// The checkpoint's bitsandbytes quantization (`quantization_config`), if pre-quantized.
+    pub quantization: Option<&'a QuantizationConfig>,
+}
+
+impl<'a> ProjectionSpec<'a> {
+    /// The spec of projection `kind` of decoder layer `layer` under `config`.
+    pub fn new(config: &'a ModelConfig, layer: usize, kind: ProjectionKind) -> Self {
+        let h = config.hidden_size;
+        let q = config.num_attention_heads * config.head_dim();
+        let kv = config.num_key_value_heads * config.head_dim();
+        let i = config.intermediate_size;
+        let (in_features, out_features, bias) = match kind {
+            ProjectionKind::Query => (h, q, config.qkv_bias),
+            ProjectionKind::Key | ProjectionKind::Value => (h, kv, config.qkv_bias),
+            ProjectionKind::Output => (q, h, config.o_bias),
+            ProjectionKind::Gate | ProjectionKind::Up => (h, i, config.mlp_bias),
+            ProjectionKind::Down => (i, h, config.mlp_bias),
+        };
+        Self {
+            name: format!("model.layers.{layer}.{}", kind.module_path()),
+            layer,
+            kind,
+            in_features,
+            out_features,
+            bias,
+            quantization: config.quantization.as_ref(),
+        }
+    }
+}
+
+/// Builds each decoder projection from the checkpoint: **the seam for quantized layers**.
+///
+/// The loader receives the projection's name, kind and shape plus read access to every tensor
+/// of the checkpoint, so it can read a dense weight (and quantize it on load), or a
+/// bitsandbytes-serialized one (`weight`, `weight.absmax`, `weight.quant_map`,
+/// `weight.quant_state.bitsandbytes__nf4`, `SCB`, ...), and return the matching [`Projection`]
+/// variant. Embeddings, norms and lm_head are always read dense by [`load_model`].
+pub trait ProjectionLoader<B: Backend> {
+    /// Builds the projection `spec` on `device`.
+    fn load(
+        &self,
+        spec: &ProjectionSpec<'_>,
+        tensors: &dyn TensorSource,
+        device: &B::Device,
+    ) -> Result<Projection<B>, LoadError>;
+}
+
+/// Reads dense (F32/BF16/F16) weights into [`Projection::Dense`] in the backend's float type.
+///
+/// Refuses a pre-quantized checkpoint with [`LoadError::PreQuantized`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DenseLoader;
+
+impl<B: Backend> ProjectionLoader<B> for DenseLoader {
+    fn load(
+        &self,
+        spec: &ProjectionSpec<'_>,
+        tensors: &dyn TensorSource,
+        device: &B::Device,
+    ) -> Result<Projection<B>, LoadError> {
+        let weight_name = format!("{}.weight", spec.name);
+        let weight = tensors.tensor(&weight_name)?;
+        if let Some(q) = spec.quantization
+            && !matches!(
+                weight.dtype,
+                safetensors::Dtype::F32 | safetensors::Dtype::BF16 | safetensors::Dtype::F16
+            )
+        {
+            return Err(LoadError::PreQuantized {
+                name: spec.name.clone(),
+                format: q.format_name(),
+            });
+        }
+        weight.expect_shape(&[spec.out_features, spec.in_features])?;
+        let weight = dense_tensor::<B, 2>(weight, true, device)?;
+        let bias = load_bias::<B>(spec, tensors, device)?;
+        Ok(Projection::dense(weight, bias))
+    }
+}
+
+/// Reads `{name}.bias` of a projection when the configuration says it has one; a bias the
+/// configuration does not expect is an error too (it would silently be dropped otherwise).
+pub fn load_bias<B: Backend>(
+    spec: &ProjectionSpec<'_>,
+    tensors: &dyn TensorSource,
+    device: &B::Device,
+) -> Result<Option<Tensor<B, 1>>, LoadError> {
+    let name = format!("{}.bias", spec.name);
+    match (spec.bias, tensors.contains(&name)) {
+        (true, _) => {
+            let raw = tensors.tensor(&name)?;
+            raw.expect_shape(&[spec.out_features])?;
+            Ok(Some(dense_tensor::<B, 1>(raw, false, device)?))
+        }
+        (false, false) => Ok(None),
+        (false, true) => Err(LoadError::InvalidConfig {
+            reason: format!(
+                "the checkpoint has `{name}` but the configuration gives {} no bias",
+                spec.name
+            ),
+        }),
+    }
+}
+
+/// Uploads a stored float tensor in the backend's float type, optionally transposing a matrix
+/// (Hugging Face `[out, in]` to Burn's `[in, out]`).
+pub fn dense_tensor<B: Backend, const D: usize>(
+    raw: RawTensor<'_>,
+    transpose: bool,
+    device: &B::Device,
+) -> Result<Tensor<B, D>, LoadError> {
+    if raw.shape.len() != D {
+        return Err(LoadError::ShapeMismatch {
+            name: raw.name.to_string(),
+            expected: vec![0; D],
+            found: raw.shape.to_vec(),
+        });
+    }
+    let data = raw.to_float_data(<B::FloatElem as Element>::dtype(), transpose)?;
+    Ok(Tensor::from_data(data, device))
+}
+
+/// Options of [`load_model`].
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Show an indicatif progress bar on stderr (hidden when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { progress: true }
+    }
+}
+
+/// Counts the bytes read through it for the progress bar.
+struct Progress<'a> {
+    inner: &'a dyn TensorSource,
+    bar: ProgressBar,
+}
+
+impl TensorSource for Progress<'_> {
+    fn tensor(&self, name: &str) -> Result<RawTensor<'_>, LoadError> {
+        let t = self.inner.tensor(name)?;
+        self.bar.inc(t.data.len() as u64);
+        Ok(t)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.inner.names()
+    }
+}
+
+/// Builds the model of `config` from `tensors`, tensor by tensor (each is converted and
+/// uploaded before the next is read), with `projections` deciding each q/k/v/o/gate/up/down.
+pub fn load_model<B: Backend>(
+    config: &ModelConfig,
+    tensors: &dyn TensorSource,
+    projections: &dyn ProjectionLoader<B>,
+    options: LoadOptions,
+    device: &B::Device,
+) -> Result<CausalLm<B>, LoadError> {
+    config.validate()?;
+    let bar = if options.progress {
+        let total: u64 = tensors
+            .names()
+            .iter()
+            .filter_map(|n| tensors.tensor(n).ok())
+            .map(|t| t.data.len() as u64)
+            .sum();
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "loading {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            )
+            .expect("static template"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let tensors = Progress {
+        inner: tensors,
+        bar,
+    };
+    let model = build(config, &tensors, projections, device)?;
+    tensors.bar.finish_and_clear();
+    Ok(model)
+}
+
+fn build<B: Backend>(
+    config: &ModelConfig,
+    tensors: &dyn TensorSource,
+    projections: &dyn ProjectionLoader<B>,
+    device: &B::Device,
+) -> Result<CausalLm<B>, LoadError> {
+    let h = config.hidden_size;
+    let eps = config.rms_norm_eps;
+
+    let matrix =
+        |name: &str, shape: [usize; 2], transpose: bool| -> Result<Tensor<B, 2>, LoadError> {
+            let raw = tensors.tensor(name)?;
+            raw.expect_shape(&shape)?;
+            dense_tensor(raw, transpose, device)
+        };
+    let norm = |name: &str| -> Result<RmsNorm<B>, LoadError> {
+        let raw = tensors.tensor(name)?;
+        raw.expect_shape(&[h])?;
+        Ok(RmsNorm::from_weight(dense_tensor(raw, false, device)?, eps))
+    };
+    let projection = |spec: ProjectionSpec<'_>| -> Result<Projection<B>, LoadError> {
+        let projection = projections.load(&spec, tensors, device)?;
+        let [k, n] = projection.features();
+        if [k, n] != [spec.in_features, spec.out_features] {
+            return Err(LoadError::ShapeMismatch {
+                name: spec.name,
+                expected: vec![spec.out_features, spec.in_features],
+                found: vec![n, k],
+            });
+        }
+        Ok(projection)
+    };
+
+    let embed = matrix("model.embed_tokens.weight", [config.vocab_size, h], false)?;
+    let layers = (0..config.num_hidden_layers)
+        .map(|layer| DecoderLayer::build(config, layer, norm, projection))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let final_norm = norm("model.norm.weight")?;
+    // A tied checkpoint may still carry a copy of lm_head.weight: the tie wins, as in transformers.
+    let lm_head = if config.tie_word_embeddings {
+        None
+    } else {
+        Some(Linear {
+            weight: Param::from_tensor(matrix("lm_head.weight", [config.vocab_size, h], true)?),
+            bias: None,
+        })
+    };
+
+    Ok(CausalLm {
+        embed_tokens: Embedding {
+            weight: Param::from_tensor(embed),
+        },
+        layers,
+        norm: final_norm,
+        lm_head,
+        config: Ignored(config.clone()),
+    })
+}

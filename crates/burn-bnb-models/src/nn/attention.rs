@@ -1,0 +1,89 @@
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::activation::softmax;
+
+use crate::nn::cache::LayerCache;
+use crate::nn::projection::Projection;
+use crate::nn::rope::apply_rope;
+
+/// Grouped-query self-attention with rotary embeddings and a KV cache.
+///
+/// `attn(x) = o(softmax(rope(q(x)) rope(k(x))^T / sqrt(head_dim) + mask) v(x))`, where each of
+/// the `kv_heads` key/value heads serves `group = heads / kv_heads` consecutive query heads
+/// (query head `h` reads key/value head `h / group`, as transformers' `repeat_kv`).
+///
+/// Keys and values are never repeated: queries are arranged as `[batch, kv_heads, group * seq,
+/// head_dim]` and multiplied against `[batch, kv_heads, len, head_dim]`. The scores are
+/// soft-maxed in float32.
+///
+/// # Shapes
+/// - input: `[batch, seq, hidden]`
+/// - output: `[batch, seq, hidden]`
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[hidden] -> [heads * head_dim]`.
+    pub q_proj: Projection<B>,
+    /// `[hidden] -> [kv_heads * head_dim]`.
+    pub k_proj: Projection<B>,
+    /// `[hidden] -> [kv_heads * head_dim]`.
+    pub v_proj: Projection<B>,
+    /// `[heads * head_dim] -> [hidden]`.
+    pub o_proj: Projection<B>,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Attends the new tokens to themselves and to everything in `cache`.
+    ///
+    /// `rope` is `(cos, sin)` of the new tokens' positions (`[batch, seq, 1, head_dim]`), `bias`
+    /// the additive float32 mask `[batch, 1, 1, seq, start + seq]`, `start` the first cache slot
+    /// of the new tokens.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        bias: &Tensor<B, 5>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let group = h / kvh;
+        let (cos, sin) = rope;
+
+        let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
+        let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, hd]);
+        let v = self.v_proj.forward(x).reshape([b, s, kvh, hd]);
+        let q = apply_rope(q, cos, sin);
+        let k = apply_rope(k, cos, sin);
+
+        let (k, v) = cache.append(k.swap_dims(1, 2), v.swap_dims(1, 2), start);
+        let len = start + s;
+
+        // Query head kv * group + g -> [b, kv, g, s, hd], flattened to [b, kv, g * s, hd].
+        let q = q
+            .reshape([b, s, kvh, group, hd])
+            .permute([0, 2, 3, 1, 4])
+            .reshape([b, kvh, group * s, hd]);
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar((hd as f64).powf(-0.5));
+        let dtype = scores.dtype();
+        let scores = scores.cast(DType::F32).reshape([b, kvh, group, s, len]) + bias.clone();
+        let probs = softmax(scores, 4)
+            .cast(dtype)
+            .reshape([b, kvh, group * s, len]);
+        let out = probs
+            .matmul(v)
+            .reshape([b, kvh, group, s, hd])
+            .permute([0, 3, 1, 2, 4])
+            .reshape([b, s, h * hd]);
+        self.o_proj.forward(out)
+    }
+}

@@ -1,0 +1,82 @@
+use burn::module::Module;
+use burn::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::loader::ProjectionSpec;
+use crate::nn::attention::Attention;
+use crate::nn::cache::LayerCache;
+use crate::nn::mlp::Mlp;
+use crate::nn::projection::{Projection, ProjectionKind};
+use crate::nn::rms_norm::RmsNorm;
+
+/// One pre-norm decoder layer: `x += attn(norm1(x)); x += mlp(norm2(x))`.
+///
+/// # Shapes
+/// - input: `[batch, seq, hidden]`
+/// - output: `[batch, seq, hidden]`
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Self-attention.
+    pub self_attn: Attention<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+    /// SwiGLU MLP.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// Assembles layer `layer` of `config`: `norm` builds a norm from its checkpoint name
+    /// (`model.layers.{layer}.input_layernorm.weight`, ...), `projection` each linear layer.
+    pub fn build<E>(
+        config: &ModelConfig,
+        layer: usize,
+        mut norm: impl FnMut(&str) -> Result<RmsNorm<B>, E>,
+        mut projection: impl FnMut(ProjectionSpec<'_>) -> Result<Projection<B>, E>,
+    ) -> Result<Self, E> {
+        let prefix = format!("model.layers.{layer}");
+        let mut proj = |kind| projection(ProjectionSpec::new(config, layer, kind));
+        Ok(DecoderLayer {
+            input_layernorm: norm(&format!("{prefix}.input_layernorm.weight"))?,
+            self_attn: Attention {
+                q_proj: proj(ProjectionKind::Query)?,
+                k_proj: proj(ProjectionKind::Key)?,
+                v_proj: proj(ProjectionKind::Value)?,
+                o_proj: proj(ProjectionKind::Output)?,
+                heads: config.num_attention_heads,
+                kv_heads: config.num_key_value_heads,
+                head_dim: config.head_dim(),
+            },
+            post_attention_layernorm: norm(&format!("{prefix}.post_attention_layernorm.weight"))?,
+            mlp: Mlp {
+                gate_proj: proj(ProjectionKind::Gate)?,
+                up_proj: proj(ProjectionKind::Up)?,
+                down_proj: proj(ProjectionKind::Down)?,
+            },
+        })
+    }
+
+    /// Applies the layer; see [`Attention::forward`] for `rope`, `bias` and `start`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        bias: &Tensor<B, 5>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> Tensor<B, 3> {
+        let attn = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            rope,
+            bias,
+            cache,
+            start,
+        );
+        let x = x + attn;
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()));
+        x + mlp
+    }
+}

@@ -1,0 +1,17 @@
+//! The decoder's building blocks.
+
+pub(crate) mod attention;
+pub(crate) mod cache;
+pub(crate) mod decoder;
+pub(crate) mod mlp;
+pub(crate) mod projection;
+pub(crate) mod rms_norm;
+pub(crate) mod rope;
+
+pub use attention::Attention;
+pub use cache::{KvCache, LayerCache};
+pub use decoder::DecoderLayer;
+pub use mlp::Mlp;
+pub use projection::{Projection, ProjectionKind};
+pub use rms_norm::RmsNorm;
+pub use rope::{RotaryEmbedding, apply_rope, inv_freq};

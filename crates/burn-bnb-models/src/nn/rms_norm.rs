@@ -1,0 +1,49 @@
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::DType;
+
+/// Root-mean-square normalization as Llama and Qwen 2 compute it.
+///
+/// `y = weight * to_input_dtype(x32 / sqrt(mean(x32^2) + eps))` with `x32 = f32(x)`: the statistic
+/// and the division run in float32 whatever the model's dtype, the scale is applied after the
+/// cast back, exactly as transformers' `LlamaRMSNorm` does.
+///
+/// # Shapes
+/// - input: `[..., hidden]`
+/// - output: `[..., hidden]`
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Per-channel scale `[hidden]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// A norm with unit scale.
+    pub fn new(hidden: usize, eps: f64, device: &B::Device) -> Self {
+        Self::from_weight(Tensor::ones([hidden], device), eps)
+    }
+
+    /// A norm with the given scale `[hidden]`.
+    pub fn from_weight(weight: Tensor<B, 1>, eps: f64) -> Self {
+        Self {
+            weight: Param::from_tensor(weight),
+            eps,
+        }
+    }
+
+    /// Normalizes the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
+        let inv_rms = x
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt()
+            .recip();
+        (x * inv_rms).cast(dtype) * self.weight.val().unsqueeze()
+    }
+}
