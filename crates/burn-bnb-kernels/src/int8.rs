@@ -381,6 +381,287 @@ fn write_int8_output<F: Float>(
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Int8CmmaConfig {
+    bm: u32,
+    bn: u32,
+    fuse_bias: bool,
+    add_bias: bool,
+    partial: bool,
+}
+
+/// K step of the int8 tensor-core kernel, in codes.
+const BK8: u32 = 64;
+
+/// Tensor-core int8 product. Operand tiles live in shared memory as `[k / 16][row][16]` bytes:
+/// every 16x16 fragment then starts on a 256-byte boundary (wmma needs 32) with a 16-byte pitch,
+/// and the global loads stay coalesced (4 consecutive units read one row's 64 bytes).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn int8_matmul_cmma_kernel<F: Float>(
+    a: &Array<Line<i8>>,
+    b: &Array<Line<i8>>,
+    sca: &Array<f32>,
+    scb: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    partial: &mut Array<i32>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    n_tiles: u32,
+    m_tiles: u32,
+    tiles_per_split: u32,
+    #[comptime] cfg: Int8CmmaConfig,
+) {
+    let units = comptime!(cfg.bn * 2);
+    let fm = comptime!(cfg.bm / 16);
+    let slices = comptime!(BK8 / 16);
+    let a_total = comptime!(cfg.bm * slices);
+    let a_lines = comptime!(a_total.div_ceil(units));
+
+    let id = CUBE_POS as u32;
+    let tile_n = id % n_tiles;
+    let rest = id / n_tiles;
+    let tile_m = rest % m_tiles;
+    let split = rest / m_tiles;
+    let n0 = tile_n * cfg.bn;
+    let m0 = tile_m * cfg.bm;
+    #[allow(clippy::manual_div_ceil)]
+    let k_tiles = (k_total + BK8 - 1) / BK8;
+    let kt_start = split * tiles_per_split;
+    if kt_start >= k_tiles {
+        terminate!();
+    }
+    let kt_end = min(k_tiles, kt_start + tiles_per_split);
+    let k_lines = k_total / 16;
+
+    let mut a_s = SharedMemory::<i8>::new_aligned(comptime!((a_total) as usize), 16usize, 256usize);
+    let mut b_s =
+        SharedMemory::<i8>::new_aligned(comptime!((cfg.bn * slices) as usize), 16usize, 256usize);
+    let mut b_regs = Array::<Line<i8>>::new(2usize);
+    let mut a_regs = Array::<Line<i8>>::new(comptime!(a_lines as usize));
+
+    fetch_int8_tiles(
+        a,
+        b,
+        kt_start,
+        m0,
+        n0,
+        m_total,
+        n_total,
+        k_lines,
+        &mut a_regs,
+        &mut b_regs,
+        units,
+        a_lines,
+        a_total,
+    );
+
+    let mut accs = Sequence::<cmma::Matrix<i32>>::new();
+    #[unroll]
+    for _ in 0..fm {
+        accs.push(cmma::Matrix::<i32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            16usize,
+            16usize,
+            16usize,
+            cmma::MatrixLayout::Undefined,
+            0i32,
+        ));
+    }
+    let warp = UNIT_POS / 32;
+
+    let mut kt = kt_start;
+    while kt < kt_end {
+        #[unroll]
+        for i in 0..2u32 {
+            let l = UNIT_POS + i * units;
+            b_s[((l % slices) * cfg.bn + l / slices) as usize] = b_regs[i as usize];
+        }
+        #[unroll]
+        for i in 0..a_lines {
+            let l = UNIT_POS + i * units;
+            if l < a_total {
+                a_s[((l % slices) * cfg.bm + l / slices) as usize] = a_regs[i as usize];
+            }
+        }
+        sync_cube();
+        if kt + 1 < kt_end {
+            fetch_int8_tiles(
+                a,
+                b,
+                kt + 1,
+                m0,
+                n0,
+                m_total,
+                n_total,
+                k_lines,
+                &mut a_regs,
+                &mut b_regs,
+                units,
+                a_lines,
+                a_total,
+            );
+        }
+        #[unroll]
+        for kk in 0..slices {
+            let b_frag = cmma::Matrix::<i8>::from_slice(
+                cmma::MatrixIdent::B,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::ColMajor,
+                &b_s.slice(
+                    (kk * cfg.bn + warp * 16) as usize,
+                    (kk * cfg.bn + warp * 16 + 16) as usize,
+                )
+                .try_cast_unchecked(),
+                16u32,
+            );
+            #[unroll]
+            for f in 0..fm {
+                let a_frag = cmma::Matrix::<i8>::from_slice(
+                    cmma::MatrixIdent::A,
+                    16usize,
+                    16usize,
+                    16usize,
+                    cmma::MatrixLayout::RowMajor,
+                    &a_s.slice(
+                        (kk * cfg.bm + f * 16) as usize,
+                        (kk * cfg.bm + f * 16 + 16) as usize,
+                    )
+                    .try_cast_unchecked(),
+                    16u32,
+                );
+                let acc = accs.index(f as usize);
+                cmma::execute::<i8, i8, i32, i32>(&a_frag, &b_frag, acc, acc);
+            }
+        }
+        sync_cube();
+        kt += 1;
+    }
+
+    let mut c_s =
+        SharedMemory::<i32>::new_aligned(comptime!((cfg.bm * cfg.bn) as usize), 1usize, 128usize);
+    #[unroll]
+    for f in 0..fm {
+        let start = (f * 16 * cfg.bn + warp * 16) as usize;
+        let mut slice = c_s
+            .slice_mut(start, comptime!((cfg.bm * cfg.bn) as usize))
+            .try_cast_unchecked::<i32>();
+        cmma::store(
+            &mut slice,
+            accs.index(f as usize),
+            cfg.bn,
+            cmma::MatrixLayout::RowMajor,
+        );
+    }
+    sync_cube();
+    #[unroll]
+    for i in 0..comptime!(cfg.bm * cfg.bn / units) {
+        let e = UNIT_POS + i * units;
+        let m = m0 + e / cfg.bn;
+        let n = n0 + e % cfg.bn;
+        if m < m_total && n < n_total {
+            let v = c_s[e as usize][0];
+            if cfg.partial {
+                partial[((split * m_total + m) * n_total + n) as usize] = v;
+            } else {
+                out[(m * n_total + n) as usize] = dequant_int8::<F>(
+                    v,
+                    sca[m as usize],
+                    scb[n as usize],
+                    bias,
+                    n,
+                    cfg.fuse_bias,
+                    cfg.add_bias,
+                );
+            }
+        }
+    }
+}
+
+/// Global loads of one K step: two 16-byte lines of weight codes per unit, and the activation
+/// lines (zeros past `M` and `K`; weight rows past `N` are clamped, their outputs dropped).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn fetch_int8_tiles(
+    a: &Array<Line<i8>>,
+    b: &Array<Line<i8>>,
+    kt: u32,
+    m0: u32,
+    n0: u32,
+    m_total: u32,
+    n_total: u32,
+    k_lines: u32,
+    a_regs: &mut Array<Line<i8>>,
+    b_regs: &mut Array<Line<i8>>,
+    #[comptime] units: u32,
+    #[comptime] a_lines: u32,
+    #[comptime] a_total: u32,
+) {
+    let slices = comptime!(BK8 / 16);
+    #[unroll]
+    for i in 0..2u32 {
+        let l = UNIT_POS + i * units;
+        let n = min(n0 + l / slices, n_total - 1);
+        let kl = kt * slices + l % slices;
+        let mut v = Line::<i8>::empty(16usize).fill(i8::new(0));
+        if kl < k_lines {
+            v = b[(n * k_lines + kl) as usize];
+        }
+        b_regs[i as usize] = v;
+    }
+    #[unroll]
+    for i in 0..a_lines {
+        let l = UNIT_POS + i * units;
+        let m = m0 + l / slices;
+        let kl = kt * slices + l % slices;
+        let mut v = Line::<i8>::empty(16usize).fill(i8::new(0));
+        if l < a_total && m < m_total && kl < k_lines {
+            v = a[(m * k_lines + kl) as usize];
+        }
+        a_regs[i as usize] = v;
+    }
+}
+
+/// Adds the int32 split-K partial sums (exact in any order) and dequantizes.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn int8_reduce_splits_kernel<F: Float>(
+    partial: &Array<i32>,
+    sca: &Array<f32>,
+    scb: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    mn: u32,
+    n_total: u32,
+    #[comptime] splits: u32,
+    #[comptime] fuse_bias: bool,
+    #[comptime] add_bias: bool,
+) {
+    let i = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
+    if i >= mn {
+        terminate!();
+    }
+    let mut acc = 0i32;
+    #[unroll]
+    for s in 0..splits {
+        acc += partial[(s * mn + i) as usize];
+    }
+    let n = i % n_total;
+    out[i as usize] = dequant_int8::<F>(
+        acc,
+        sca[(i / n_total) as usize],
+        scb[n as usize],
+        bias,
+        n,
+        fuse_bias,
+        add_bias,
+    );
+}
+
 /// One unit per output: adds the outlier columns' 16-bit product (a no-op when `count` is 0).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -498,6 +779,12 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
     })
 }
 
+/// An `I8` tensor (`K % 16 == 0`) as lines of 16 codes.
+fn i8_lines<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
+    // SAFETY: the buffer holds the tensor's bytes, a multiple of 16.
+    unsafe { ArrayArg::from_raw_parts::<i8>(&t.handle, t.shape.num_elements(), 16) }
+}
+
 /// Any 4-byte-element tensor as a `u32` array (masks and dummies).
 fn words_arg_any<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     // SAFETY: the tensor's buffer holds `size / 4` words.
@@ -566,6 +853,16 @@ pub enum Int8Strategy {
         /// Units per cube.
         cube_size: u32,
     },
+    /// Tensor cores (i8 x i8 -> i32 `cmma`, 16x16x16), `bm x bn` output tiles, K split over
+    /// `splits` cubes whose int32 partial sums are added exactly by a second kernel.
+    Cmma {
+        /// Output rows per cube: 16, 32 or 64.
+        bm: u32,
+        /// Output columns per cube: 64 or 128.
+        bn: u32,
+        /// K slices.
+        splits: u32,
+    },
 }
 
 /// Whether the runtime offers 16x16x16 `cmma` on i8 with i32 accumulation.
@@ -621,7 +918,14 @@ pub fn int8_matmul_dequant_with<R: CubeRuntime>(
     }
     check_bias(bias, n, dtype)?;
     let out = empty(&a.codes, vec![m, n], dtype);
-    with_float!(dtype, "output", F => launch_int8_simt::<R, F>(a, b, bias, &out, None, m, n, k, strategy)?);
+    let strategy = match strategy {
+        Int8Strategy::Auto => auto_int8_strategy(&a.codes.client, m, n, k),
+        s => s,
+    };
+    with_float!(dtype, "output", F => match strategy {
+        Int8Strategy::Cmma { bm, bn, splits } => launch_int8_cmma::<R, F>(a, b, bias, &out, m, n, k, bm, bn, splits)?,
+        s => launch_int8_simt::<R, F>(a, b, bias, &out, None, m, n, k, s)?,
+    });
     Ok(out)
 }
 
@@ -660,6 +964,122 @@ pub fn int8_matmul_i32<R: CubeRuntime>(
     Ok(out)
 }
 
+/// The strategy [`int8_matmul_dequant`] uses for an `[M, K] x [N, K]ᵀ` product.
+pub fn auto_int8_strategy<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Int8Strategy {
+    if m > 1 && k.is_multiple_of(16) && supports_int8_cmma(client) {
+        let (bm, bn) = match m {
+            0..=16 => (16, 64),
+            17..=32 => (32, 64),
+            _ => (64, 128),
+        };
+        let tiles = n.div_ceil(bn as usize) * m.div_ceil(bm as usize);
+        let splits = crate::launch::split_k(client, tiles, k.div_ceil(BK8 as usize));
+        return Int8Strategy::Cmma { bm, bn, splits };
+    }
+    Int8Strategy::Auto
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_int8_cmma<R: CubeRuntime, F: Float + CubeElement>(
+    a: &Int8Matrix<R>,
+    b: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    out: &CubeTensor<R>,
+    m: usize,
+    n: usize,
+    k: usize,
+    bm: u32,
+    bn: u32,
+    splits: u32,
+) -> Result<()> {
+    let client = &a.codes.client;
+    if !supports_int8_cmma(client) || !k.is_multiple_of(16) {
+        return Err(KernelError::Unsupported {
+            what: "int8 cmma strategy",
+            reason: format!("needs 16x16x16 i8 cmma and K % 16 == 0 (K = {k})"),
+        });
+    }
+    if !matches!(
+        (bm, bn),
+        (16, 64) | (32, 64) | (32, 128) | (64, 64) | (64, 128)
+    ) || splits == 0
+    {
+        return Err(KernelError::Unsupported {
+            what: "int8 cmma parameters",
+            reason: format!("bm {bm}, bn {bn}, splits {splits}"),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let n_tiles = n.div_ceil(bn as usize);
+    let m_tiles = m.div_ceil(bm as usize);
+    let k_tiles = k.div_ceil(BK8 as usize);
+    let splits = (splits as usize).min(k_tiles);
+    let tiles_per_split = k_tiles.div_ceil(splits);
+    let splits = k_tiles.div_ceil(tiles_per_split);
+    let partial = (splits > 1).then(|| empty(&a.codes, vec![splits * m * n], DType::I32));
+    let is_f16 = out.dtype == DType::F16;
+    let cfg = Int8CmmaConfig {
+        bm,
+        bn,
+        fuse_bias: bias.is_some() && is_f16,
+        add_bias: bias.is_some() && !is_f16,
+        partial: partial.is_some(),
+    };
+    let bias_t = bias.unwrap_or(&a.absmax);
+    let partial_t = partial.as_ref().unwrap_or(&a.absmax);
+    // SAFETY: rows past `N` are clamped, rows past `M` and K lines past the end are zeros, and
+    // stores are bounds-checked.
+    unsafe {
+        int8_matmul_cmma_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, n_tiles * m_tiles * splits),
+            CubeDim::new_1d(bn * 2),
+            i8_lines(&a.codes),
+            i8_lines(&b.codes),
+            f32_arg(&a.absmax),
+            f32_arg(&b.absmax),
+            float_arg(bias_t, 1),
+            float_arg(out, 1),
+            words_arg_any(partial_t),
+            ScalarArg::new(m as u32),
+            ScalarArg::new(n as u32),
+            ScalarArg::new(k as u32),
+            ScalarArg::new(n_tiles as u32),
+            ScalarArg::new(m_tiles as u32),
+            ScalarArg::new(tiles_per_split as u32),
+            cfg,
+        )
+        .map_err(|e| KernelError::launch("int8_matmul (cmma)", e))?;
+        if let Some(partial) = &partial {
+            let mn = m * n;
+            int8_reduce_splits_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, mn.div_ceil(256)),
+                CubeDim::new_1d(256),
+                words_arg_any(partial),
+                f32_arg(&a.absmax),
+                f32_arg(&b.absmax),
+                float_arg(bias_t, 1),
+                float_arg(out, 1),
+                ScalarArg::new(mn as u32),
+                ScalarArg::new(n as u32),
+                splits as u32,
+                cfg.fuse_bias,
+                cfg.add_bias,
+            )
+            .map_err(|e| KernelError::launch("int8_matmul (split-K reduction)", e))?;
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch_int8_simt<R: CubeRuntime, F: Float + CubeElement>(
     a: &Int8Matrix<R>,
@@ -682,8 +1102,8 @@ fn launch_int8_simt<R: CubeRuntime, F: Float + CubeElement>(
             mt,
             cube_size,
         } => (rows, mt, cube_size),
-        Int8Strategy::Auto if m == 1 => (4, 1, 128),
-        Int8Strategy::Auto => (2, 4, 128),
+        Int8Strategy::Auto | Int8Strategy::Cmma { .. } if m == 1 => (4, 1, 128),
+        Int8Strategy::Auto | Int8Strategy::Cmma { .. } => (2, 4, 128),
     };
     if !matches!(rows, 1..=8)
         || !matches!(mt, 1..=8)

@@ -212,3 +212,22 @@ pub(crate) fn has_cmma16<R: CubeRuntime>(
             k: 16,
         })
 }
+
+/// Split-K factor for a tiled product with `tiles` output tiles and `k_tiles` K steps: enough
+/// cubes for two waves over the multiprocessors, keeping at least 4 K steps per cube.
+pub(crate) fn split_k<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    tiles: usize,
+    k_tiles: usize,
+) -> u32 {
+    let sms = client
+        .properties()
+        .hardware
+        .num_streaming_multiprocessors
+        .unwrap_or(100) as usize;
+    let mut splits = 1;
+    while tiles * splits < 2 * sms && k_tiles / (splits * 2) >= 4 && splits < 16 {
+        splits *= 2;
+    }
+    splits as u32
+}

@@ -665,22 +665,8 @@ pub fn auto_strategy<R: CubeRuntime>(
             _ => (64, 128),
         };
         let tiles = n.div_ceil(bn as usize) * m.div_ceil(bm as usize);
-        let sms = client
-            .properties()
-            .hardware
-            .num_streaming_multiprocessors
-            .unwrap_or(100) as usize;
-        let k_tiles = k.div_ceil(BK as usize);
-        // Enough cubes for two waves, but keep at least 4 K steps per cube.
-        let mut splits = 1;
-        while tiles * splits < 2 * sms && k_tiles / (splits * 2) >= 4 && splits < 16 {
-            splits *= 2;
-        }
-        return Matmul4Strategy::Cmma(CmmaParams {
-            bm,
-            bn,
-            splits: splits as u32,
-        });
+        let splits = crate::launch::split_k(client, tiles, k.div_ceil(BK as usize));
+        return Matmul4Strategy::Cmma(CmmaParams { bm, bn, splits });
     }
     let mt = if m == 1 { 1 } else { 4 };
     let rows = if m == 1 { 4 } else { 2 };

@@ -45,7 +45,8 @@ cuda_tests!(
     matmul4_random,
     golden_matmul4,
     golden_int8,
-    int8_random
+    int8_random,
+    int8_strategies
 );
 
 #[test]

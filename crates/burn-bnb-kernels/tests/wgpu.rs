@@ -49,6 +49,7 @@ wgpu_test!(matmul4_random);
 wgpu_test!(golden_matmul4);
 wgpu_test!(golden_int8);
 wgpu_test!(int8_random);
+wgpu_test!(int8_strategies);
 
 #[test]
 fn errors() {

@@ -15,9 +15,10 @@ use burn_bnb_formats::{
     self as formats, Absmax, FloatElement, Int8Rows, Quant4Config, QuantType, Quantized4,
 };
 use burn_bnb_kernels::{
-    Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, KernelError, Matmul4Strategy, Quant4Options,
-    Quant4Weight, SimtParams, dequantize_4bit, int8_matmul_dequant, int8_matmul_i32,
-    int8_quantize_rows, linear_8bit_lt, matmul_4bit_with, quantize_4bit,
+    Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, Int8Strategy, KernelError, Matmul4Strategy,
+    Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_matmul_dequant,
+    int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows, linear_8bit_lt,
+    matmul_4bit_with, quantize_4bit,
 };
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -911,6 +912,114 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             } else {
                 check_close(&actual, &expected, 4e-3, &what);
             }
+        }
+    }
+}
+
+/// Every int8 product strategy (SIMT shapes, tensor cores where available) against the CPU
+/// reference `int8_mm_dequant(int8_matmul(..))`, bit for bit, on shapes that are not multiples
+/// of the tiles.
+pub fn int8_strategies<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(9);
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 33, 272),
+        (2, 70, 1040),
+        (8, 129, 272),
+        (17, 64, 528),
+        (32, 100, 1024),
+        (45, 131, 80),
+    ];
+    for &(m, n, k) in shapes {
+        let codes = |rng: &mut StdRng, len: usize| -> Vec<i8> {
+            (0..len)
+                .map(|_| rng.random_range(-127i32..=127) as i8)
+                .collect()
+        };
+        let a = Int8Rows {
+            codes: codes(&mut rng, m * k),
+            absmax: (0..m).map(|_| rng.random_range(0.5f32..4.0)).collect(),
+            rows: m,
+            cols: k,
+            outlier_cols: vec![],
+        };
+        let b = Int8Rows {
+            codes: codes(&mut rng, n * k),
+            absmax: (0..n).map(|_| rng.random_range(0.01f32..0.1)).collect(),
+            rows: n,
+            cols: k,
+            outlier_cols: vec![],
+        };
+        let bias: Vec<f32> = randn(&mut rng, n, 0.5)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let bias_h: Vec<f16> = bias.iter().map(|&v| f16::from_f32(v)).collect();
+        let acc = formats::int8_matmul(&a.codes, &b.codes, m, n, k).unwrap();
+        let fused = F::KIND == DType::F16;
+        let y16 =
+            formats::int8_mm_dequant(&acc, &a.absmax, &b.absmax, fused.then_some(&bias_h[..]))
+                .unwrap();
+        let expected: Vec<f32> = y16
+            .iter()
+            .enumerate()
+            .map(|(i, y)| {
+                let y = if fused {
+                    y.to_f32()
+                } else {
+                    f16::from_f32(y.to_f32() + bias_h[i % n].to_f32()).to_f32()
+                };
+                round::<F>(y)
+            })
+            .collect();
+        let (da, db) = (dev.int8(&a), dev.int8(&b));
+        let bt = dev.floats::<F>(&bias, vec![n]);
+        let raw = int8_matmul_i32(&da, &db).unwrap();
+        let raw: Vec<i32> = bytemuck::cast_slice(&dev.bytes_of(&raw)).to_vec();
+        assert_eq!(raw, acc, "int32 product {m}x{n}x{k}");
+        let mut strategies = vec![
+            Int8Strategy::Auto,
+            Int8Strategy::Simt {
+                rows: 1,
+                mt: 1,
+                cube_size: 32,
+            },
+            Int8Strategy::Simt {
+                rows: 3,
+                mt: 2,
+                cube_size: 64,
+            },
+        ];
+        if k % 16 == 0 && burn_bnb_kernels::int8::supports_int8_cmma(&dev.client) {
+            strategies.push(Int8Strategy::Cmma {
+                bm: 16,
+                bn: 64,
+                splits: 1,
+            });
+            strategies.push(Int8Strategy::Cmma {
+                bm: 32,
+                bn: 64,
+                splits: 3,
+            });
+            strategies.push(Int8Strategy::Cmma {
+                bm: 64,
+                bn: 128,
+                splits: 2,
+            });
+        }
+        for strategy in strategies {
+            let out = int8_matmul_dequant_with(&da, &db, Some(&bt), F::KIND, strategy).unwrap();
+            let actual = dev.read_f32(&out);
+            let bad = actual
+                .iter()
+                .zip(&expected)
+                .filter(|(a, e)| a.to_bits() != e.to_bits())
+                .count();
+            assert_eq!(
+                bad,
+                0,
+                "int8 {m}x{n}x{k} {strategy:?} {}: {bad} elements differ",
+                F::NAME
+            );
         }
     }
 }
