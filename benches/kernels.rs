@@ -108,9 +108,30 @@ fn main() {
     let mut marker = 0u32;
     let marker_buf = ctx.client.empty(4);
 
+    // Under ncu, a marker precedes every group of kernels, setup included, so that
+    // `ncu_summary.py` can attribute each kernel to its case.
+    let mut mark = |label: String| {
+        if ncu {
+            marker += 1;
+            eprintln!("ncu-marker {marker}: {label}");
+            // SAFETY: a 4-byte buffer, one unit writes it.
+            unsafe {
+                bnb_bench_marker_kernel::launch::<R>(
+                    &ctx.client,
+                    CubeCount::Static(1, 1, 1),
+                    CubeDim::new_1d(1),
+                    ArrayArg::from_raw_parts::<u32>(&marker_buf, 1, 1),
+                    ScalarArg::new(marker),
+                )
+                .unwrap();
+            }
+        }
+    };
     for (n, k) in SHAPES {
+        mark(format!("setup {n}x{k}"));
         let weights = Weights::new(&ctx, n, k);
         for m in BATCHES {
+            mark(format!("setup {n}x{k} m {m}"));
             let x_bf16 =
                 random_normal::<R>(Shape::from(vec![m, k]), &ctx.device, 0.0, 1.0, DType::BF16);
             let x_f16 = burn_cubecl::kernel::cast(x_bf16.clone(), DType::F16);
@@ -121,22 +142,7 @@ fn main() {
                     continue;
                 }
                 if ncu {
-                    marker += 1;
-                    eprintln!(
-                        "ncu-marker {marker}: {n}x{k} m {m} {} {}",
-                        case.format, case.variant
-                    );
-                    // SAFETY: a 4-byte buffer, one unit writes it.
-                    unsafe {
-                        bnb_bench_marker_kernel::launch::<R>(
-                            &ctx.client,
-                            CubeCount::Static(1, 1, 1),
-                            CubeDim::new_1d(1),
-                            ArrayArg::from_raw_parts::<u32>(&marker_buf, 1, 1),
-                            ScalarArg::new(marker),
-                        )
-                        .unwrap();
-                    }
+                    mark(format!("{n}x{k} m {m} {} {}", case.format, case.variant));
                     (case.run)(0);
                     (case.run)(1);
                     ctx.sync();
@@ -321,15 +327,15 @@ fn cases<'a>(
     q4("nf4-dq", true, Matmul4Strategy::Auto);
     if sweep {
         if m == 1 {
-            for (rows, cube_size) in [
-                (1, 128),
-                (2, 64),
-                (2, 128),
-                (4, 64),
-                (4, 128),
-                (4, 256),
-                (8, 64),
-                (8, 128),
+            // max_cubes 0: one wave that loops over the rows; u32::MAX: one cube per row group.
+            for (rows, cube_size, max_cubes) in [
+                (4, 128, u32::MAX),
+                (2, 128, 0),
+                (4, 64, 0),
+                (4, 128, 0),
+                (4, 256, 0),
+                (8, 64, 0),
+                (8, 128, 0),
             ] {
                 q4(
                     "nf4",
@@ -338,20 +344,13 @@ fn cases<'a>(
                         rows,
                         mt: 1,
                         cube_size,
+                        max_cubes,
                     }),
                 );
             }
         } else {
             let bm = if m <= 16 { 16 } else { 32 };
-            for (bn, splits) in [
-                (64, 1),
-                (64, 2),
-                (64, 4),
-                (64, 8),
-                (128, 1),
-                (128, 2),
-                (128, 4),
-            ] {
+            for (bn, splits) in [(64, 2), (64, 4), (64, 8), (64, 16), (128, 4), (128, 8)] {
                 if bn == 128 && bm == 16 {
                     continue;
                 }
@@ -368,6 +367,7 @@ fn cases<'a>(
                     rows: 2,
                     mt: 8,
                     cube_size: 128,
+                    max_cubes: 0,
                 }),
             );
         }
@@ -409,7 +409,7 @@ fn cases<'a>(
             }
         } else {
             let bm = if m <= 16 { 16 } else { 32 };
-            for (bn, splits) in [(64, 1), (64, 2), (64, 4), (64, 8), (128, 2)] {
+            for (bn, splits) in [(64, 4), (64, 8), (64, 16), (128, 8)] {
                 if bn == 128 && bm == 16 {
                     continue;
                 }

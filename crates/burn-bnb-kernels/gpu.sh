@@ -6,7 +6,7 @@
 #                                              # xz-compressed), bitsandbytes and its anchor script
 #   crates/burn-bnb-kernels/gpu.sh run DIR     # there, from the checkout root: CUDA tests in f32,
 #                                              # f16 and bf16, the benches (+ variant sweep with
-#                                              # SWEEP=1), ncu device times, bitsandbytes' anchors
+#                                              # SWEEP=1), ncu device times (unless NCU=0), bitsandbytes' anchors
 #
 # `run` writes at most 8 files to $OUT: run.log (device, tests, anchors), bench.log, kernels.json,
 # kernels.md, ncu.csv, ncu-markers.log, kernel-anchors-h100.json, cubecl-src.log.gz (the CUDA
@@ -56,15 +56,16 @@ run)
         # One process per group: a CUDA fault in one must not hide the others' results.
         for t in errors golden_dequantize golden_quantize random_quant_roundtrip golden_int8 int8_random \
             int8_strategies matmul4_random golden_matmul4; do
-            CUBECL_DEBUG_LOG=/tmp/cubecl-$t.log timeout 300 "$dir/kernel-tests" --ignored --test-threads=1 "$t" 2>&1 \
+            CUBECL_DEBUG_LOG=/tmp/cubecl-$t.log timeout 150 "$dir/kernel-tests" --ignored --test-threads=1 "$t" 2>&1 \
                 | grep -v '^$'
         done
     } > "$out/run.log" 2>&1
     cat /tmp/cubecl-*.log 2>/dev/null | gzip > "$out/cubecl-src.log.gz"
+    # shellcheck disable=SC2086 # BENCH_ARGS are criterion's options, split on purpose
     BNB_BENCH_OUT=$out BNB_SWEEP=${SWEEP:-} timeout "${BENCH_TIMEOUT:-420}" "$dir/kernel-bench" --bench \
-        > "$out/bench.log" 2>&1
-    if command -v ncu > /dev/null; then
-        BNB_NCU=1 BNB_SWEEP=${SWEEP:-} timeout "${NCU_TIMEOUT:-240}" ncu --clock-control none \
+        ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
+    if [ "${NCU:-1}" != 0 ] && command -v ncu > /dev/null; then
+        BNB_NCU=1 BNB_SWEEP=${NCU_SWEEP:-} timeout "${NCU_TIMEOUT:-240}" ncu --clock-control none \
             --metrics gpu__time_duration.sum --csv --log-file "$out/ncu.csv" "$dir/kernel-bench" --bench \
             2> "$out/ncu-markers.log" > /dev/null
     fi

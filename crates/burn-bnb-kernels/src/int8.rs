@@ -439,8 +439,9 @@ fn int8_matmul_cmma_kernel<F: Float>(
     let mut a_s = SharedMemory::<i8>::new_aligned(comptime!((a_total) as usize), 16usize, 256usize);
     let mut b_s =
         SharedMemory::<i8>::new_aligned(comptime!((cfg.bn * slices) as usize), 16usize, 256usize);
-    let mut b_regs = Array::<Line<i8>>::new(2usize);
-    let mut a_regs = Array::<Line<i8>>::new(comptime!(a_lines as usize));
+    // `lined`: a local array of 16-byte lines (`new` would hold scalars).
+    let mut b_regs = Array::<Line<i8>>::lined(2usize, 16usize);
+    let mut a_regs = Array::<Line<i8>>::lined(comptime!(a_lines as usize), 16usize);
 
     fetch_int8_tiles(
         a,
@@ -1102,7 +1103,7 @@ fn launch_int8_simt<R: CubeRuntime, F: Float + CubeElement>(
             mt,
             cube_size,
         } => (rows, mt, cube_size),
-        Int8Strategy::Auto | Int8Strategy::Cmma { .. } if m == 1 => (4, 1, 128),
+        Int8Strategy::Auto | Int8Strategy::Cmma { .. } if m == 1 => (2, 1, 128),
         Int8Strategy::Auto | Int8Strategy::Cmma { .. } => (2, 4, 128),
     };
     if !matches!(rows, 1..=8)

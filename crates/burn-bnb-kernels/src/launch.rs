@@ -213,8 +213,11 @@ pub(crate) fn has_cmma16<R: CubeRuntime>(
         })
 }
 
-/// Split-K factor for a tiled product with `tiles` output tiles and `k_tiles` K steps: enough
-/// cubes for two waves over the multiprocessors, keeping at least 4 K steps per cube.
+/// Split-K factor for a tiled product with `tiles` output tiles and `k_tiles` K steps.
+///
+/// The tensor-core kernels keep one K step of loads in flight per unit, so a multiprocessor needs
+/// several cubes at once to cover the memory latency: aim for about 6 cubes per multiprocessor,
+/// keeping at least 4 K steps per cube.
 pub(crate) fn split_k<R: CubeRuntime>(
     client: &ComputeClient<R>,
     tiles: usize,
@@ -226,7 +229,7 @@ pub(crate) fn split_k<R: CubeRuntime>(
         .num_streaming_multiprocessors
         .unwrap_or(100) as usize;
     let mut splits = 1;
-    while tiles * splits < 2 * sms && k_tiles / (splits * 2) >= 4 && splits < 16 {
+    while tiles * splits < 6 * sms && k_tiles / (splits * 2) >= 4 && splits < 32 {
         splits *= 2;
     }
     splits as u32
