@@ -327,15 +327,14 @@ fn cases<'a>(
     q4("nf4-dq", true, Matmul4Strategy::Auto);
     if sweep {
         if m == 1 {
-            // max_cubes 0: one wave that loops over the rows; u32::MAX: one cube per row group.
-            for (rows, cube_size, max_cubes) in [
-                (4, 128, u32::MAX),
-                (2, 128, 0),
-                (4, 64, 0),
-                (4, 128, 0),
-                (4, 256, 0),
-                (8, 64, 0),
-                (8, 128, 0),
+            for (rows, cube_size) in [
+                (2, 64),
+                (2, 128),
+                (4, 64),
+                (4, 128),
+                (4, 256),
+                (8, 64),
+                (8, 128),
             ] {
                 q4(
                     "nf4",
@@ -344,7 +343,6 @@ fn cases<'a>(
                         rows,
                         mt: 1,
                         cube_size,
-                        max_cubes,
                     }),
                 );
             }
@@ -367,7 +365,6 @@ fn cases<'a>(
                     rows: 2,
                     mt: 8,
                     cube_size: 128,
-                    max_cubes: 0,
                 }),
             );
         }

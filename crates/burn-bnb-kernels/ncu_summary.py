@@ -26,7 +26,7 @@ for r in csv.DictReader(text[start:]):
         continue
     value = float(r["Metric Value"].replace(",", ""))
     unit = r["Metric Unit"]
-    us = value / 1000.0 if unit == "nsecond" else value if unit == "usecond" else value * 1000.0
+    us = value / 1000.0 if unit in ("ns", "nsecond") else value if unit in ("us", "usecond") else value * 1000.0
     rows.append((r["Kernel Name"], us))
 
 groups = []

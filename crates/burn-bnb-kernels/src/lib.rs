@@ -24,6 +24,20 @@
 //! | [`Int8Matrix::codes`] | `I8` | `[rows, K]` | LLM.int8() codes, `K % 4 == 0` |
 //! | [`Int8Matrix::absmax`] | `F32` | `[rows]` | row absmax (`SCB` / `SCA`) |
 //!
+//! # Example
+//!
+//! ```no_run
+//! use burn_bnb_kernels::{Quant4Options, Result, dequantize_4bit, matmul_4bit, quantize_4bit};
+//! use burn_cubecl::{CubeRuntime, tensor::CubeTensor};
+//!
+//! /// `w`: a `[N, K]` bf16 weight, `x`: `[M, K]` bf16 activations.
+//! fn forward<R: CubeRuntime>(w: &CubeTensor<R>, x: &CubeTensor<R>) -> Result<CubeTensor<R>> {
+//!     let nf4 = quantize_4bit(w, Quant4Options { double_quant: true, ..Default::default() })?;
+//!     let _w_back = dequantize_4bit(&nf4, w.dtype)?; // [N, K], bit-exact with bitsandbytes
+//!     matmul_4bit(x, &nf4, None) // [M, N] in the dtype of x
+//! }
+//! ```
+//!
 //! # Launchers
 //!
 //! | function | computes | bitsandbytes |
