@@ -1,0 +1,1264 @@
+//! LLM.int8() on the device: row-wise activation quantization with outlier-column detection, the
+//! int8 product with int32 accumulation, its dequantization with the bias fused, and the
+//! outlier columns multiplied in 16-bit, all without a device-to-host synchronization.
+//!
+//! For `y = x Wᵀ + b`, `x: [M, K]`, `W: [N, K]` (as bitsandbytes ≥ 0.45 computes it):
+//!
+//! ```text
+//! xh        = f16(x)
+//! cols      = { k : any_m |xh[m,k]| >= f16(t) }                  (t > 0 only)
+//! SCA[m]    = max_k |xh[m,k]| over |xh| < f16(t)
+//! CA[m,k]   = 0 if k in cols or |xh| >= t, else round_half_even(xh * f32(127 / SCA[m]))
+//! acc       = CA CBᵀ                                             (int32, exact)
+//! y16[m,n]  = f16(fma(acc * SCA[m] * SCB[n], 1/127², b[n]))       (bias fused when x is f16)
+//! y         = F(f32(F(y16)) + Σ_{k in cols} x[m,k] * F(CB[n,k] * SCB[n] / 127))
+//! ```
+//!
+//! The outlier columns are found by one kernel and compacted (in ascending order) by another
+//! into a device list and count; the outlier kernel reads the count, so nothing waits on the
+//! host. Where bitsandbytes differs: it computes `127 / absmax` with fast approximate division;
+//! these kernels divide exactly, so a code can differ by one where the product lands on a
+//! rounding tie (bitsandbytes' own tests accept ±1).
+
+use burn_backend::DType;
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::ir::{ElemType, IntKind};
+use cubecl::prelude::*;
+
+use crate::decode::{cube_sum, i8_of, round_to_f16, segment_max};
+use crate::error::{KernelError, Result};
+use crate::launch::{
+    check_activations, check_bias, empty, empty_bytes, grid, has_cmma16, output_shape, plane_size,
+    with_float,
+};
+use crate::layout::{Int8Matrix, check_float, f32_arg, float_arg, words_arg};
+
+/// bitsandbytes' `MM_DEQUANT_CONST`, float32 of `1 / (127 * 127)`.
+const MM_DEQUANT_CONST: f32 = 6.200_012e-5;
+/// bitsandbytes' float32 `1 / 127`.
+#[allow(clippy::excessive_precision)]
+const INV_127: f32 = 7.874_015_718_698_502e-3;
+
+/// The outlier columns of one activation matrix, on the device.
+///
+/// | field | dtype | elements | content |
+/// |---|---|---|---|
+/// | `mask` | `U32` | `ceil(K / 32)` | bit `k % 32` of word `k / 32` set iff column `k` has an outlier |
+/// | `cols` | `U32` | `K` | the outlier column indices, ascending, in the first `count` slots |
+/// | `count` | `U32` | 1 | number of outlier columns |
+#[derive(Debug, Clone)]
+pub struct OutlierColumns<R: CubeRuntime> {
+    /// Column bitmask.
+    pub mask: CubeTensor<R>,
+    /// Compacted column indices.
+    pub cols: CubeTensor<R>,
+    /// Number of valid entries of `cols`.
+    pub count: CubeTensor<R>,
+}
+
+/// Row-wise int8 quantization of activations (or of a weight), with the outlier columns when a
+/// threshold was given.
+#[derive(Debug, Clone)]
+pub struct Int8Activations<R: CubeRuntime> {
+    /// `CA` (`I8 [M, K]`) and `SCA` (`F32 [M]`).
+    pub quantized: Int8Matrix<R>,
+    /// The columns left out of `CA`, for `threshold > 0`.
+    pub outliers: Option<OutlierColumns<R>>,
+}
+
+const ROW_CUBE: u32 = 256;
+
+/// One cube per 32-column word of the mask: units stride over the rows, then OR-reduce.
+#[cube(launch_unchecked)]
+fn outlier_mask_kernel<F: Float>(
+    x: &Array<F>,
+    mask: &mut Array<u32>,
+    m_total: u32,
+    k_total: u32,
+    threshold_h: f32,
+    #[comptime] cube_size: u32,
+) {
+    let wi = CUBE_POS as u32;
+    if wi * 32 >= k_total {
+        terminate!();
+    }
+    let mut bits = 0u32;
+    let mut row = UNIT_POS;
+    while row < m_total {
+        #[unroll]
+        for j in 0..32u32 {
+            let col = wi * 32 + j;
+            if col < k_total {
+                let v = round_to_f16(f32::cast_from(x[(row * k_total + col) as usize]));
+                if f32::abs(v) >= threshold_h {
+                    bits |= 1u32 << j;
+                }
+            }
+        }
+        row += cube_size;
+    }
+    let mut red = SharedMemory::<u32>::new(comptime!(cube_size as usize));
+    red[UNIT_POS as usize] = bits;
+    sync_cube();
+    let mut stride = comptime!(cube_size / 2).runtime();
+    while stride > 0 {
+        if UNIT_POS < stride {
+            let other = red[(UNIT_POS + stride) as usize];
+            red[UNIT_POS as usize] |= other;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if UNIT_POS == 0 {
+        mask[wi as usize] = red[0];
+    }
+}
+
+/// One cube: per-unit bit counts, an inclusive scan in shared memory, then every unit writes its
+/// columns at its offset, so the list is in ascending order.
+#[cube(launch_unchecked)]
+fn compact_outliers_kernel(
+    mask: &Array<u32>,
+    cols: &mut Array<u32>,
+    count: &mut Array<u32>,
+    num_words: u32,
+    words_per_unit: u32,
+    #[comptime] cube_size: u32,
+) {
+    let u = UNIT_POS;
+    let w0 = u * words_per_unit;
+    let mut c = 0u32;
+    for i in 0..words_per_unit {
+        let w = w0 + i;
+        if w < num_words {
+            c += u32::count_ones(mask[w as usize]);
+        }
+    }
+    let mut scan = SharedMemory::<u32>::new(comptime!(cube_size as usize));
+    scan[u as usize] = c;
+    sync_cube();
+    let mut offset = 1u32;
+    while offset < cube_size {
+        let mut v = scan[u as usize];
+        if u >= offset {
+            v += scan[(u - offset) as usize];
+        }
+        sync_cube();
+        scan[u as usize] = v;
+        sync_cube();
+        offset *= 2;
+    }
+    let mut pos = scan[u as usize] - c;
+    for i in 0..words_per_unit {
+        let w = w0 + i;
+        if w < num_words {
+            let word = mask[w as usize];
+            if word != 0 {
+                for j in 0..32u32 {
+                    if ((word >> j) & 1u32) == 1u32 {
+                        cols[pos as usize] = w * 32 + j;
+                        pos += 1;
+                    }
+                }
+            }
+        }
+    }
+    if u == cube_size - 1 {
+        count[0] = scan[u as usize];
+    }
+}
+
+/// One cube per row: the absmax over the non-outliers, then the codes, 4 per word.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn quantize_rows_kernel<F: Float>(
+    x: &Array<Line<F>>,
+    mask: &Array<u32>,
+    codes: &mut Array<u32>,
+    absmax: &mut Array<f32>,
+    m_total: u32,
+    k_total: u32,
+    threshold_h: f32,
+    threshold: f32,
+    #[comptime] cube_size: u32,
+    #[comptime] decompose: bool,
+) {
+    let row = CUBE_POS as u32;
+    if row >= m_total {
+        terminate!();
+    }
+    let words = k_total / 4;
+    let base = row * words;
+    let mut local_max = 0.0f32;
+    let mut w = UNIT_POS;
+    while w < words {
+        let v = x[(base + w) as usize];
+        #[unroll]
+        for e in 0..4u32 {
+            let a = f32::abs(round_to_f16(f32::cast_from(v[e as usize])));
+            if !decompose || a < threshold_h {
+                local_max = max(local_max, a);
+            }
+        }
+        w += cube_size;
+    }
+    let mut red = SharedMemory::<f32>::new(comptime!(cube_size as usize));
+    let amax = segment_max(&mut red, local_max, cube_size);
+    let scale = 127.0f32 / amax;
+    let mut w = UNIT_POS;
+    while w < words {
+        let v = x[(base + w) as usize];
+        let mut flagged = 0u32;
+        if decompose {
+            flagged = (mask[(w / 8) as usize] >> ((w % 8) * 4)) & 15u32;
+        }
+        let mut word = 0u32;
+        #[unroll]
+        for e in 0..4u32 {
+            let xh = round_to_f16(f32::cast_from(v[e as usize]));
+            let mut q = 0i32;
+            let outlier =
+                decompose && (((flagged >> e) & 1u32) == 1u32 || f32::abs(xh) >= threshold);
+            if amax > 0.0f32 && !outlier {
+                q = i32::cast_from(clamp(f32::round(xh * scale), -128.0f32, 127.0f32));
+            }
+            word |= (u32::reinterpret(q) & 255u32) << (8 * e);
+        }
+        codes[(base + w) as usize] = word;
+        w += cube_size;
+    }
+    if UNIT_POS == 0 {
+        absmax[row as usize] = amax;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Int8SimtConfig {
+    rows: u32,
+    mt: u32,
+    /// Words (of 4 codes) per load: 4 (16 bytes, K % 16 == 0) or 1.
+    lw: u32,
+    cube_size: u32,
+    plane: u32,
+    /// Fuse the bias into the FMA (x is f16), or add it after rounding to f16, or neither.
+    fuse_bias: bool,
+    add_bias: bool,
+    /// Write the raw int32 products instead of dequantizing.
+    raw: bool,
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn int8_matmul_simt_kernel<F: Float>(
+    a: &Array<Line<u32>>,
+    b: &Array<Line<u32>>,
+    sca: &Array<f32>,
+    scb: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    out_raw: &mut Array<i32>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    groups: u32,
+    #[comptime] cfg: Int8SimtConfig,
+) {
+    let id = CUBE_POS as u32;
+    let g = id % groups;
+    let n0 = g * cfg.rows;
+    let m0 = (id / groups) * cfg.mt;
+    if m0 >= m_total {
+        terminate!();
+    }
+    let chunks_per_row = k_total / comptime!(cfg.lw * 4);
+    let rm = comptime!(cfg.rows * cfg.mt);
+    let mut acc = Array::<i32>::new(comptime!(rm as usize));
+    #[unroll]
+    for i in 0..rm {
+        acc[i as usize] = 0i32;
+    }
+    let mut c = UNIT_POS;
+    while c < chunks_per_row {
+        let mut wreg = Array::<u32>::new(comptime!((cfg.rows * cfg.lw) as usize));
+        #[unroll]
+        for r in 0..cfg.rows {
+            let n = min(n0 + r, n_total - 1);
+            let line = b[(n * chunks_per_row + c) as usize];
+            #[unroll]
+            for j in 0..cfg.lw {
+                wreg[(r * cfg.lw + j) as usize] = line[j as usize];
+            }
+        }
+        #[unroll]
+        for mi in 0..cfg.mt {
+            let m = min(m0 + mi, m_total - 1);
+            let xline = a[(m * chunks_per_row + c) as usize];
+            #[unroll]
+            for j in 0..cfg.lw {
+                let xw = xline[j as usize];
+                let x0 = i8_of(xw, 0u32);
+                let x1 = i8_of(xw, 1u32);
+                let x2 = i8_of(xw, 2u32);
+                let x3 = i8_of(xw, 3u32);
+                #[unroll]
+                for r in 0..cfg.rows {
+                    let ww = wreg[(r * cfg.lw + j) as usize];
+                    let i = (r * cfg.mt + mi) as usize;
+                    acc[i] += x0 * i8_of(ww, 0u32)
+                        + x1 * i8_of(ww, 1u32)
+                        + x2 * i8_of(ww, 2u32)
+                        + x3 * i8_of(ww, 3u32);
+                }
+            }
+        }
+        c += cfg.cube_size;
+    }
+
+    let total = cube_sum::<i32>(&acc, rm, cfg.cube_size, cfg.plane);
+    if UNIT_POS < rm {
+        write_int8_output::<F>(
+            total, UNIT_POS, n0, m0, m_total, n_total, sca, scb, bias, out, out_raw, cfg,
+        );
+    }
+}
+
+/// `int8_mm_dequant`: `f16(fma(acc * SCA * SCB, 1/127², bias))`, then the output dtype.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dequant_int8<F: Float>(
+    acc: i32,
+    sca: f32,
+    scb: f32,
+    bias: &Array<F>,
+    n: u32,
+    #[comptime] fuse_bias: bool,
+    #[comptime] add_bias: bool,
+) -> F {
+    let mut b = 0.0f32;
+    if fuse_bias {
+        b = f32::cast_from(bias[n as usize]);
+    }
+    let mut y = round_to_f16(fma(f32::cast_from(acc) * sca * scb, MM_DEQUANT_CONST, b));
+    if add_bias {
+        y = round_to_f16(y + round_to_f16(f32::cast_from(bias[n as usize])));
+    }
+    F::cast_from(y)
+}
+
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn write_int8_output<F: Float>(
+    total: i32,
+    i: u32,
+    n0: u32,
+    m0: u32,
+    m_total: u32,
+    n_total: u32,
+    sca: &Array<f32>,
+    scb: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    out_raw: &mut Array<i32>,
+    #[comptime] cfg: Int8SimtConfig,
+) {
+    let n = n0 + i / cfg.mt;
+    let m = m0 + i % cfg.mt;
+    if n < n_total && m < m_total {
+        if cfg.raw {
+            out_raw[(m * n_total + n) as usize] = total;
+        } else {
+            out[(m * n_total + n) as usize] = dequant_int8::<F>(
+                total,
+                sca[m as usize],
+                scb[n as usize],
+                bias,
+                n,
+                cfg.fuse_bias,
+                cfg.add_bias,
+            );
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Int8CmmaConfig {
+    bm: u32,
+    bn: u32,
+    fuse_bias: bool,
+    add_bias: bool,
+    partial: bool,
+}
+
+/// K step of the int8 tensor-core kernel, in codes.
+const BK8: u32 = 64;
+
+/// Tensor-core int8 product. Operand tiles live in shared memory as `[k / 16][row][16]` bytes:
+/// every 16x16 fragment then starts on a 256-byte boundary (wmma needs 32) with a 16-byte pitch,
+/// and the global loads stay coalesced (4 consecutive units read one row's 64 bytes).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn int8_matmul_cmma_kernel<F: Float>(
+    a: &Array<Line<i8>>,
+    b: &Array<Line<i8>>,
+    sca: &Array<f32>,
+    scb: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    partial: &mut Array<i32>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    n_tiles: u32,
+    m_tiles: u32,
+    tiles_per_split: u32,
+    #[comptime] cfg: Int8CmmaConfig,
+) {
+    let units = comptime!(cfg.bn * 2);
+    let fm = comptime!(cfg.bm / 16);
+    let slices = comptime!(BK8 / 16);
+    let a_total = comptime!(cfg.bm * slices);
+    let a_lines = comptime!(a_total.div_ceil(units));
+
+    let id = CUBE_POS as u32;
+    let tile_n = id % n_tiles;
+    let rest = id / n_tiles;
+    let tile_m = rest % m_tiles;
+    let split = rest / m_tiles;
+    let n0 = tile_n * cfg.bn;
+    let m0 = tile_m * cfg.bm;
+    #[allow(clippy::manual_div_ceil)]
+    let k_tiles = (k_total + BK8 - 1) / BK8;
+    let kt_start = split * tiles_per_split;
+    if kt_start >= k_tiles {
+        terminate!();
+    }
+    let kt_end = min(k_tiles, kt_start + tiles_per_split);
+    let k_lines = k_total / 16;
+
+    let mut a_s = SharedMemory::<i8>::new_aligned(comptime!((a_total) as usize), 16usize, 256usize);
+    let mut b_s =
+        SharedMemory::<i8>::new_aligned(comptime!((cfg.bn * slices) as usize), 16usize, 256usize);
+    // `lined`: a local array of 16-byte lines (`new` would hold scalars).
+    let mut b_regs = Array::<Line<i8>>::lined(2usize, 16usize);
+    let mut a_regs = Array::<Line<i8>>::lined(comptime!(a_lines as usize), 16usize);
+
+    fetch_int8_tiles(
+        a,
+        b,
+        kt_start,
+        m0,
+        n0,
+        m_total,
+        n_total,
+        k_lines,
+        &mut a_regs,
+        &mut b_regs,
+        units,
+        a_lines,
+        a_total,
+    );
+
+    let mut accs = Sequence::<cmma::Matrix<i32>>::new();
+    #[unroll]
+    for _ in 0..fm {
+        accs.push(cmma::Matrix::<i32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            16usize,
+            16usize,
+            16usize,
+            cmma::MatrixLayout::Undefined,
+            0i32,
+        ));
+    }
+    let warp = UNIT_POS / 32;
+
+    let mut kt = kt_start;
+    while kt < kt_end {
+        #[unroll]
+        for i in 0..2u32 {
+            let l = UNIT_POS + i * units;
+            b_s[((l % slices) * cfg.bn + l / slices) as usize] = b_regs[i as usize];
+        }
+        #[unroll]
+        for i in 0..a_lines {
+            let l = UNIT_POS + i * units;
+            if l < a_total {
+                a_s[((l % slices) * cfg.bm + l / slices) as usize] = a_regs[i as usize];
+            }
+        }
+        sync_cube();
+        if kt + 1 < kt_end {
+            fetch_int8_tiles(
+                a,
+                b,
+                kt + 1,
+                m0,
+                n0,
+                m_total,
+                n_total,
+                k_lines,
+                &mut a_regs,
+                &mut b_regs,
+                units,
+                a_lines,
+                a_total,
+            );
+        }
+        #[unroll]
+        for kk in 0..slices {
+            let b_frag = cmma::Matrix::<i8>::from_slice(
+                cmma::MatrixIdent::B,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::ColMajor,
+                &b_s.slice(
+                    (kk * cfg.bn + warp * 16) as usize,
+                    (kk * cfg.bn + warp * 16 + 16) as usize,
+                )
+                .try_cast_unchecked(),
+                16u32,
+            );
+            #[unroll]
+            for f in 0..fm {
+                let a_frag = cmma::Matrix::<i8>::from_slice(
+                    cmma::MatrixIdent::A,
+                    16usize,
+                    16usize,
+                    16usize,
+                    cmma::MatrixLayout::RowMajor,
+                    &a_s.slice(
+                        (kk * cfg.bm + f * 16) as usize,
+                        (kk * cfg.bm + f * 16 + 16) as usize,
+                    )
+                    .try_cast_unchecked(),
+                    16u32,
+                );
+                let acc = accs.index(f as usize);
+                cmma::execute::<i8, i8, i32, i32>(&a_frag, &b_frag, acc, acc);
+            }
+        }
+        sync_cube();
+        kt += 1;
+    }
+
+    let mut c_s =
+        SharedMemory::<i32>::new_aligned(comptime!((cfg.bm * cfg.bn) as usize), 1usize, 128usize);
+    #[unroll]
+    for f in 0..fm {
+        let start = (f * 16 * cfg.bn + warp * 16) as usize;
+        let mut slice = c_s
+            .slice_mut(start, comptime!((cfg.bm * cfg.bn) as usize))
+            .try_cast_unchecked::<i32>();
+        cmma::store(
+            &mut slice,
+            accs.index(f as usize),
+            cfg.bn,
+            cmma::MatrixLayout::RowMajor,
+        );
+    }
+    sync_cube();
+    #[unroll]
+    for i in 0..comptime!(cfg.bm * cfg.bn / units) {
+        let e = UNIT_POS + i * units;
+        let m = m0 + e / cfg.bn;
+        let n = n0 + e % cfg.bn;
+        if m < m_total && n < n_total {
+            let v = c_s[e as usize][0];
+            if cfg.partial {
+                partial[((split * m_total + m) * n_total + n) as usize] = v;
+            } else {
+                out[(m * n_total + n) as usize] = dequant_int8::<F>(
+                    v,
+                    sca[m as usize],
+                    scb[n as usize],
+                    bias,
+                    n,
+                    cfg.fuse_bias,
+                    cfg.add_bias,
+                );
+            }
+        }
+    }
+}
+
+/// Global loads of one K step: two 16-byte lines of weight codes per unit, and the activation
+/// lines (zeros past `M` and `K`; weight rows past `N` are clamped, their outputs dropped).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn fetch_int8_tiles(
+    a: &Array<Line<i8>>,
+    b: &Array<Line<i8>>,
+    kt: u32,
+    m0: u32,
+    n0: u32,
+    m_total: u32,
+    n_total: u32,
+    k_lines: u32,
+    a_regs: &mut Array<Line<i8>>,
+    b_regs: &mut Array<Line<i8>>,
+    #[comptime] units: u32,
+    #[comptime] a_lines: u32,
+    #[comptime] a_total: u32,
+) {
+    let slices = comptime!(BK8 / 16);
+    #[unroll]
+    for i in 0..2u32 {
+        let l = UNIT_POS + i * units;
+        let n = min(n0 + l / slices, n_total - 1);
+        let kl = kt * slices + l % slices;
+        let mut v = Line::<i8>::empty(16usize).fill(i8::new(0));
+        if kl < k_lines {
+            v = b[(n * k_lines + kl) as usize];
+        }
+        b_regs[i as usize] = v;
+    }
+    #[unroll]
+    for i in 0..a_lines {
+        let l = UNIT_POS + i * units;
+        let m = m0 + l / slices;
+        let kl = kt * slices + l % slices;
+        let mut v = Line::<i8>::empty(16usize).fill(i8::new(0));
+        if l < a_total && m < m_total && kl < k_lines {
+            v = a[(m * k_lines + kl) as usize];
+        }
+        a_regs[i as usize] = v;
+    }
+}
+
+/// Adds the int32 split-K partial sums (exact in any order) and dequantizes.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn int8_reduce_splits_kernel<F: Float>(
+    partial: &Array<i32>,
+    sca: &Array<f32>,
+    scb: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    mn: u32,
+    n_total: u32,
+    #[comptime] splits: u32,
+    #[comptime] fuse_bias: bool,
+    #[comptime] add_bias: bool,
+) {
+    let i = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
+    if i >= mn {
+        terminate!();
+    }
+    let mut acc = 0i32;
+    #[unroll]
+    for s in 0..splits {
+        acc += partial[(s * mn + i) as usize];
+    }
+    let n = i % n_total;
+    out[i as usize] = dequant_int8::<F>(
+        acc,
+        sca[(i / n_total) as usize],
+        scb[n as usize],
+        bias,
+        n,
+        fuse_bias,
+        add_bias,
+    );
+}
+
+/// One unit per output: adds the outlier columns' 16-bit product (a no-op when `count` is 0).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn add_outliers_kernel<F: Float>(
+    x: &Array<F>,
+    cb: &Array<u32>,
+    scb: &Array<f32>,
+    cols: &Array<u32>,
+    count: &Array<u32>,
+    out: &mut Array<F>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+) {
+    let cnt = count[0];
+    let i = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
+    if cnt == 0 || i >= m_total * n_total {
+        terminate!();
+    }
+    let m = i / n_total;
+    let n = i % n_total;
+    let s = scb[n as usize];
+    let mut dot = 0.0f32;
+    for j in 0..cnt {
+        let col = cols[j as usize];
+        let e = n * k_total + col;
+        let q = i8_of(cb[(e / 4) as usize], e % 4);
+        let w = f32::cast_from(F::cast_from(f32::cast_from(q) * s * INV_127));
+        dot += f32::cast_from(x[(m * k_total + col) as usize]) * w;
+    }
+    out[i as usize] = F::cast_from(f32::cast_from(out[i as usize]) + dot);
+}
+
+/// Row-wise int8 quantization (`int8_vectorwise_quant`), of activations or of a weight.
+///
+/// With `threshold > 0` (LLM.int8() decomposition), the columns holding an `|x| >= threshold`
+/// are detected and compacted on the device, left out of the row absmax and zeroed in the
+/// codes. Quantizing a weight (`W: [N, K]` to `CB`, `SCB`) is the same call with threshold 0.
+///
+/// # Shapes
+/// - `x`: `[..., K]` of f32, f16 or bf16 (quantized from its float16 rounding, as bitsandbytes
+///   casts), `K` a multiple of 4
+/// - result codes: `I8 [M, K]`, absmax `F32 [M]`, `M` the product of the leading dimensions
+///
+/// # Errors
+/// An unsupported dtype, `K % 4 != 0`, or a negative or NaN threshold.
+pub fn int8_quantize_rows<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    threshold: f32,
+) -> Result<Int8Activations<R>> {
+    check_float(x, "x")?;
+    if threshold.is_nan() || threshold < 0.0 {
+        return Err(KernelError::Unsupported {
+            what: "threshold",
+            reason: format!("{threshold} is not a non-negative number"),
+        });
+    }
+    let k = *x.shape.dims.last().ok_or_else(|| KernelError::Shape {
+        tensor: "x",
+        expected: "at least one dimension".into(),
+        actual: vec![],
+    })?;
+    let m = x.shape.num_elements() / k.max(1);
+    if k % 4 != 0 || k == 0 {
+        return Err(KernelError::Unsupported {
+            what: "int8 columns",
+            reason: format!("K = {k} is not a positive multiple of 4"),
+        });
+    }
+    let x = burn_cubecl::kernel::into_contiguous(x.clone());
+    let client = &x.client;
+    let codes_flat = empty_bytes(&x, m * k, DType::I8);
+    let codes = CubeTensor::new_contiguous(
+        client.clone(),
+        x.device.clone(),
+        vec![m, k].into(),
+        codes_flat.handle,
+        DType::I8,
+    );
+    let absmax = empty(&x, vec![m], DType::F32);
+    let decompose = threshold > 0.0;
+    let threshold_h = half::f16::from_f32(threshold).to_f32();
+    let outliers = if decompose {
+        Some(outlier_columns(&x, m, k, threshold_h)?)
+    } else {
+        None
+    };
+    if m > 0 {
+        let mask_t = outliers.as_ref().map_or(&absmax, |o| &o.mask);
+        with_float!(x.dtype, "x", F => {
+            // SAFETY: one cube per row; word indices are below `K / 4` within the row.
+            unsafe {
+                quantize_rows_kernel::launch_unchecked::<F, R>(
+                    client,
+                    grid(client, m),
+                    CubeDim::new_1d(ROW_CUBE),
+                    float_arg(&x, 4),
+                    words_arg_any(mask_t),
+                    words_arg(&codes, 1),
+                    f32_arg(&absmax),
+                    ScalarArg::new(m as u32),
+                    ScalarArg::new(k as u32),
+                    ScalarArg::new(threshold_h),
+                    ScalarArg::new(threshold),
+                    ROW_CUBE,
+                    decompose,
+                )
+                .map_err(|e| KernelError::launch("int8_quantize_rows", e))?;
+            }
+        });
+    }
+    Ok(Int8Activations {
+        quantized: Int8Matrix { codes, absmax },
+        outliers,
+    })
+}
+
+/// An `I8` tensor (`K % 16 == 0`) as lines of 16 codes.
+fn i8_lines<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
+    // SAFETY: the buffer holds the tensor's bytes, a multiple of 16.
+    unsafe { ArrayArg::from_raw_parts::<i8>(&t.handle, t.shape.num_elements(), 16) }
+}
+
+/// Any 4-byte-element tensor as a `u32` array (masks and dummies).
+fn words_arg_any<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
+    // SAFETY: the tensor's buffer holds `size / 4` words.
+    unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, t.handle.size() as usize / 4, 1) }
+}
+
+fn outlier_columns<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    m: usize,
+    k: usize,
+    threshold_h: f32,
+) -> Result<OutlierColumns<R>> {
+    let client = &x.client;
+    let num_words = k.div_ceil(32);
+    let mask = empty(x, vec![num_words], DType::U32);
+    let cols = empty(x, vec![k], DType::U32);
+    let count = empty(x, vec![1], DType::U32);
+    with_float!(x.dtype, "x", F => {
+        // SAFETY: one cube per mask word; loads bounded by `M` and `K`.
+        unsafe {
+            outlier_mask_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, num_words),
+                CubeDim::new_1d(ROW_CUBE),
+                float_arg(x, 1),
+                words_arg_any(&mask),
+                ScalarArg::new(m as u32),
+                ScalarArg::new(k as u32),
+                ScalarArg::new(threshold_h),
+                ROW_CUBE,
+            )
+            .map_err(|e| KernelError::launch("int8 outlier mask", e))?;
+        }
+    });
+    let words_per_unit = num_words.div_ceil(ROW_CUBE as usize);
+    // SAFETY: one cube; at most `K` columns are written.
+    unsafe {
+        compact_outliers_kernel::launch_unchecked::<R>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(ROW_CUBE),
+            words_arg_any(&mask),
+            words_arg_any(&cols),
+            words_arg_any(&count),
+            ScalarArg::new(num_words as u32),
+            ScalarArg::new(words_per_unit as u32),
+            ROW_CUBE,
+        )
+        .map_err(|e| KernelError::launch("int8 outlier compaction", e))?;
+    }
+    Ok(OutlierColumns { mask, cols, count })
+}
+
+/// How [`int8_matmul_dequant_with`] computes the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Int8Strategy {
+    /// Pick from the shapes and the device.
+    #[default]
+    Auto,
+    /// SIMT kernel with `rows` weight rows and `mt` activation rows per cube of `cube_size` units.
+    Simt {
+        /// Weight rows per cube.
+        rows: u32,
+        /// Activation rows per cube.
+        mt: u32,
+        /// Units per cube.
+        cube_size: u32,
+    },
+    /// Tensor cores (i8 x i8 -> i32 `cmma`, 16x16x16), `bm x bn` output tiles, K split over
+    /// `splits` cubes whose int32 partial sums are added exactly by a second kernel.
+    Cmma {
+        /// Output rows per cube: 16, 32 or 64.
+        bm: u32,
+        /// Output columns per cube: 64 or 128.
+        bn: u32,
+        /// K slices.
+        splits: u32,
+    },
+}
+
+/// Whether the runtime offers 16x16x16 `cmma` on i8 with i32 accumulation.
+pub fn supports_int8_cmma<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+    has_cmma16(
+        client,
+        ElemType::Int(IntKind::I8).into(),
+        ElemType::Int(IntKind::I32).into(),
+    )
+}
+
+/// The int8 product of quantized activations and weight, dequantized:
+/// `out[m, n] = F(f16(fma(acc * SCA[m] * SCB[n], 1/127², bias[n])))` with
+/// `acc = Σ_k CA[m,k] CB[n,k]` in int32 (bitsandbytes' `int8_linear_matmul` + `int8_mm_dequant`).
+/// The bias is fused into the FMA when `dtype` is f16, and otherwise added in float16 after it,
+/// as bitsandbytes does.
+///
+/// # Shapes
+/// - `a`: `CA` `I8 [M, K]`, `SCA` `F32 [M]`; `b`: `CB` `I8 [N, K]`, `SCB` `F32 [N]`
+/// - `bias`: `[N]` of `dtype`, optional
+/// - output: `[M, N]` of `dtype` (f32, f16 or bf16)
+///
+/// # Errors
+/// Shapes or dtypes that do not fit.
+pub fn int8_matmul_dequant<R: CubeRuntime>(
+    a: &Int8Matrix<R>,
+    b: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    dtype: DType,
+) -> Result<CubeTensor<R>> {
+    int8_matmul_dequant_with(a, b, bias, dtype, Int8Strategy::Auto)
+}
+
+/// [`int8_matmul_dequant`] with an explicit kernel choice.
+///
+/// # Errors
+/// As [`int8_matmul_dequant`], and parameters outside their ranges.
+pub fn int8_matmul_dequant_with<R: CubeRuntime>(
+    a: &Int8Matrix<R>,
+    b: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    dtype: DType,
+    strategy: Int8Strategy,
+) -> Result<CubeTensor<R>> {
+    let (m, k) = a.dims()?;
+    let (n, kb) = b.dims()?;
+    if k != kb {
+        return Err(KernelError::Shape {
+            tensor: "weight codes",
+            expected: format!("[N, {k}]"),
+            actual: b.codes.shape.dims.clone(),
+        });
+    }
+    check_bias(bias, n, dtype)?;
+    let out = empty(&a.codes, vec![m, n], dtype);
+    let strategy = match strategy {
+        Int8Strategy::Auto => auto_int8_strategy(&a.codes.client, m, n, k),
+        s => s,
+    };
+    with_float!(dtype, "output", F => match strategy {
+        Int8Strategy::Cmma { bm, bn, splits } => launch_int8_cmma::<R, F>(a, b, bias, &out, m, n, k, bm, bn, splits)?,
+        s => launch_int8_simt::<R, F>(a, b, bias, &out, None, m, n, k, s)?,
+    });
+    Ok(out)
+}
+
+/// The raw int32 product `CA CBᵀ` (`int8_linear_matmul`), exact.
+///
+/// # Shapes
+/// - `a`: `I8 [M, K]`, `b`: `I8 [N, K]` (their absmax are not read), output `I32 [M, N]`
+///
+/// # Errors
+/// Shapes or dtypes that do not fit.
+pub fn int8_matmul_i32<R: CubeRuntime>(
+    a: &Int8Matrix<R>,
+    b: &Int8Matrix<R>,
+) -> Result<CubeTensor<R>> {
+    let (m, k) = a.dims()?;
+    let (n, kb) = b.dims()?;
+    if k != kb {
+        return Err(KernelError::Shape {
+            tensor: "weight codes",
+            expected: format!("[N, {k}]"),
+            actual: b.codes.shape.dims.clone(),
+        });
+    }
+    let out = empty(&a.codes, vec![m, n], DType::I32);
+    launch_int8_simt::<R, f32>(
+        a,
+        b,
+        None,
+        &a.absmax,
+        Some(&out),
+        m,
+        n,
+        k,
+        Int8Strategy::Auto,
+    )?;
+    Ok(out)
+}
+
+/// The strategy [`int8_matmul_dequant`] uses for an `[M, K] x [N, K]ᵀ` product.
+pub fn auto_int8_strategy<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Int8Strategy {
+    if m > 1 && k.is_multiple_of(16) && supports_int8_cmma(client) {
+        let (bm, bn) = match m {
+            0..=16 => (16, 64),
+            17..=32 => (32, 64),
+            _ => (64, 128),
+        };
+        let tiles = n.div_ceil(bn as usize) * m.div_ceil(bm as usize);
+        let splits = crate::launch::split_k(client, tiles, k.div_ceil(BK8 as usize));
+        return Int8Strategy::Cmma { bm, bn, splits };
+    }
+    Int8Strategy::Auto
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_int8_cmma<R: CubeRuntime, F: Float + CubeElement>(
+    a: &Int8Matrix<R>,
+    b: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    out: &CubeTensor<R>,
+    m: usize,
+    n: usize,
+    k: usize,
+    bm: u32,
+    bn: u32,
+    splits: u32,
+) -> Result<()> {
+    let client = &a.codes.client;
+    if !supports_int8_cmma(client) || !k.is_multiple_of(16) {
+        return Err(KernelError::Unsupported {
+            what: "int8 cmma strategy",
+            reason: format!("needs 16x16x16 i8 cmma and K % 16 == 0 (K = {k})"),
+        });
+    }
+    if !matches!(
+        (bm, bn),
+        (16, 64) | (32, 64) | (32, 128) | (64, 64) | (64, 128)
+    ) || splits == 0
+    {
+        return Err(KernelError::Unsupported {
+            what: "int8 cmma parameters",
+            reason: format!("bm {bm}, bn {bn}, splits {splits}"),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let n_tiles = n.div_ceil(bn as usize);
+    let m_tiles = m.div_ceil(bm as usize);
+    let k_tiles = k.div_ceil(BK8 as usize);
+    let splits = (splits as usize).min(k_tiles);
+    let tiles_per_split = k_tiles.div_ceil(splits);
+    let splits = k_tiles.div_ceil(tiles_per_split);
+    let partial = (splits > 1).then(|| empty(&a.codes, vec![splits * m * n], DType::I32));
+    let is_f16 = out.dtype == DType::F16;
+    let cfg = Int8CmmaConfig {
+        bm,
+        bn,
+        fuse_bias: bias.is_some() && is_f16,
+        add_bias: bias.is_some() && !is_f16,
+        partial: partial.is_some(),
+    };
+    let bias_t = bias.unwrap_or(&a.absmax);
+    let partial_t = partial.as_ref().unwrap_or(&a.absmax);
+    // SAFETY: rows past `N` are clamped, rows past `M` and K lines past the end are zeros, and
+    // stores are bounds-checked.
+    unsafe {
+        int8_matmul_cmma_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, n_tiles * m_tiles * splits),
+            CubeDim::new_1d(bn * 2),
+            i8_lines(&a.codes),
+            i8_lines(&b.codes),
+            f32_arg(&a.absmax),
+            f32_arg(&b.absmax),
+            float_arg(bias_t, 1),
+            float_arg(out, 1),
+            words_arg_any(partial_t),
+            ScalarArg::new(m as u32),
+            ScalarArg::new(n as u32),
+            ScalarArg::new(k as u32),
+            ScalarArg::new(n_tiles as u32),
+            ScalarArg::new(m_tiles as u32),
+            ScalarArg::new(tiles_per_split as u32),
+            cfg,
+        )
+        .map_err(|e| KernelError::launch("int8_matmul (cmma)", e))?;
+        if let Some(partial) = &partial {
+            let mn = m * n;
+            int8_reduce_splits_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, mn.div_ceil(256)),
+                CubeDim::new_1d(256),
+                words_arg_any(partial),
+                f32_arg(&a.absmax),
+                f32_arg(&b.absmax),
+                float_arg(bias_t, 1),
+                float_arg(out, 1),
+                ScalarArg::new(mn as u32),
+                ScalarArg::new(n as u32),
+                splits as u32,
+                cfg.fuse_bias,
+                cfg.add_bias,
+            )
+            .map_err(|e| KernelError::launch("int8_matmul (split-K reduction)", e))?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_int8_simt<R: CubeRuntime, F: Float + CubeElement>(
+    a: &Int8Matrix<R>,
+    b: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    out: &CubeTensor<R>,
+    raw: Option<&CubeTensor<R>>,
+    m: usize,
+    n: usize,
+    k: usize,
+    strategy: Int8Strategy,
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let client = &a.codes.client;
+    let (rows, mt, cube_size) = match strategy {
+        Int8Strategy::Simt {
+            rows,
+            mt,
+            cube_size,
+        } => (rows, mt, cube_size),
+        Int8Strategy::Auto | Int8Strategy::Cmma { .. } if m == 1 => (2, 1, 128),
+        Int8Strategy::Auto | Int8Strategy::Cmma { .. } => (2, 4, 128),
+    };
+    if !matches!(rows, 1..=8)
+        || !matches!(mt, 1..=8)
+        || !cube_size.is_power_of_two()
+        || cube_size < 32
+    {
+        return Err(KernelError::Unsupported {
+            what: "int8 SIMT parameters",
+            reason: format!("rows {rows}, mt {mt}, cube_size {cube_size}"),
+        });
+    }
+    let lw = if k.is_multiple_of(16) { 4 } else { 1 };
+    let plane = plane_size(client)
+        .filter(|&p| cube_size % p == 0)
+        .unwrap_or(0);
+    let is_f16 = out.dtype == DType::F16;
+    let cfg = Int8SimtConfig {
+        rows,
+        mt,
+        lw,
+        cube_size,
+        plane,
+        fuse_bias: bias.is_some() && is_f16,
+        add_bias: bias.is_some() && !is_f16,
+        raw: raw.is_some(),
+    };
+    let groups = n.div_ceil(rows as usize);
+    let cubes = groups * m.div_ceil(mt as usize);
+    let bias_t = bias.unwrap_or(&a.absmax);
+    let raw_t = raw.unwrap_or(&a.absmax);
+    let out_t = if raw.is_some() { &a.absmax } else { out };
+    // SAFETY: rows are clamped to `N - 1` / `M - 1`, chunks are below `K / (4 * lw)`, and stores
+    // are bounds-checked.
+    unsafe {
+        int8_matmul_simt_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, cubes),
+            CubeDim::new_1d(cube_size),
+            words_arg(&a.codes, lw as usize),
+            words_arg(&b.codes, lw as usize),
+            f32_arg(&a.absmax),
+            f32_arg(&b.absmax),
+            float_arg(bias_t, 1),
+            float_arg(out_t, 1),
+            words_arg_any(raw_t),
+            ScalarArg::new(m as u32),
+            ScalarArg::new(n as u32),
+            ScalarArg::new(k as u32),
+            ScalarArg::new(groups as u32),
+            cfg,
+        )
+        .map_err(|e| KernelError::launch("int8_matmul", e))?;
+    }
+    Ok(())
+}
+
+/// Adds the outlier columns' product to `out` in place:
+/// `out[m, n] = F(f32(out[m, n]) + Σ_{k in cols} x[m, k] * F(CB[n, k] * SCB[n] / 127))`.
+///
+/// # Shapes
+/// - `x`: `[M, K]` (the unquantized activations), `weight`: `CB I8 [N, K]`, `SCB F32 [N]`
+/// - `out`: `[M, N]` of the dtype of `x`, updated in place
+///
+/// # Errors
+/// Shapes or dtypes that do not fit.
+pub fn int8_add_outliers<R: CubeRuntime>(
+    out: &CubeTensor<R>,
+    x: &CubeTensor<R>,
+    weight: &Int8Matrix<R>,
+    outliers: &OutlierColumns<R>,
+) -> Result<()> {
+    let (n, k) = weight.dims()?;
+    let (m, _) = check_activations(x, k)?;
+    if out.dtype != x.dtype || out.shape.num_elements() != m * n || !out.is_contiguous() {
+        return Err(KernelError::Shape {
+            tensor: "out",
+            expected: format!("[{m}, {n}] contiguous, dtype of x"),
+            actual: out.shape.dims.clone(),
+        });
+    }
+    let x = burn_cubecl::kernel::into_contiguous(x.clone());
+    let client = &x.client;
+    let mn = m * n;
+    if mn == 0 {
+        return Ok(());
+    }
+    with_float!(x.dtype, "x", F => {
+        // SAFETY: one unit per output element; columns come from the compacted list (< K).
+        unsafe {
+            add_outliers_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, mn.div_ceil(256)),
+                CubeDim::new_1d(256),
+                float_arg(&x, 1),
+                words_arg(&weight.codes, 1),
+                f32_arg(&weight.absmax),
+                words_arg_any(&outliers.cols),
+                words_arg_any(&outliers.count),
+                float_arg(out, 1),
+                ScalarArg::new(m as u32),
+                ScalarArg::new(n as u32),
+                ScalarArg::new(k as u32),
+            )
+            .map_err(|e| KernelError::launch("int8 outliers", e))?;
+        }
+    });
+    Ok(())
+}
+
+/// bitsandbytes' `Linear8bitLt` forward (inference): `y = x Wᵀ + bias` with an int8 weight.
+///
+/// `threshold = 0` is bitsandbytes' "INT8"; `threshold > 0` (6.0 by default in transformers)
+/// is "INT8+Decomp", with the outlier columns multiplied in the dtype of `x`.
+///
+/// # Shapes
+/// - `x`: `[..., K]` of f32, f16 or bf16
+/// - `weight`: `CB I8 [N, K]`, `SCB F32 [N]`
+/// - `bias`: `[N]` of the dtype of `x`, optional
+/// - output: `[..., N]` of the dtype of `x`
+///
+/// # Errors
+/// Shapes or dtypes that do not fit, `K % 4 != 0`, or a negative threshold.
+pub fn linear_8bit_lt<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    threshold: f32,
+) -> Result<CubeTensor<R>> {
+    let (n, k) = weight.dims()?;
+    let (m, _) = check_activations(x, k)?;
+    check_bias(bias, n, x.dtype)?;
+    let x = burn_cubecl::kernel::into_contiguous(x.clone());
+    let x2 = CubeTensor {
+        shape: vec![m, k].into(),
+        strides: vec![k, 1],
+        ..x.clone()
+    };
+    let q = int8_quantize_rows(&x2, threshold)?;
+    let out = int8_matmul_dequant(&q.quantized, weight, bias, x.dtype)?;
+    if let Some(outliers) = &q.outliers {
+        int8_add_outliers(&out, &x2, weight, outliers)?;
+    }
+    let shape = output_shape(&x, n);
+    Ok(CubeTensor {
+        strides: contiguous_strides(&shape),
+        shape: shape.into(),
+        ..out
+    })
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}

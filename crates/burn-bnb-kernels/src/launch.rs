@@ -1,0 +1,236 @@
+//! Host-side helpers shared by the launchers: dtype dispatch, line sizes, grids, device
+//! capabilities.
+
+use burn_backend::{DType, Shape};
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::features::Plane;
+use cubecl::prelude::*;
+use cubecl::server::CubeCountSelection;
+
+use crate::error::{KernelError, Result};
+use crate::layout::{Absmax4, Quant4Weight};
+
+/// Runs `$body` with the type alias `$f` bound to the Rust float type of `$dtype`.
+macro_rules! with_float {
+    ($dtype:expr, $tensor:expr, $f:ident => $body:expr) => {
+        match $dtype {
+            burn_backend::DType::F32 => {
+                type $f = f32;
+                $body
+            }
+            burn_backend::DType::F16 => {
+                type $f = half::f16;
+                $body
+            }
+            burn_backend::DType::BF16 => {
+                type $f = half::bf16;
+                $body
+            }
+            actual => {
+                return Err($crate::error::KernelError::DType {
+                    tensor: $tensor,
+                    expected: "f32, f16 or bf16",
+                    actual,
+                })
+            }
+        }
+    };
+}
+pub(crate) use with_float;
+
+/// The widest line of `elem_size`-byte elements, at most 16 bytes, that the runtime supports
+/// and that divides `divides`.
+pub(crate) fn line_size<R: CubeRuntime>(elem_size: usize, divides: usize) -> usize {
+    R::supported_line_sizes()
+        .iter()
+        .copied()
+        .filter(|&l| l * elem_size <= 16 && divides.is_multiple_of(l))
+        .max()
+        .unwrap_or(1)
+}
+
+/// A grid of at least `cubes` cubes, spread over the axes the runtime allows; kernels read
+/// their linear index from `CUBE_POS` and skip indices past `cubes`.
+pub(crate) fn grid<R: CubeRuntime>(client: &ComputeClient<R>, cubes: usize) -> CubeCount {
+    CubeCountSelection::new(client, cubes as u32).cube_count()
+}
+
+/// Whether plane (warp) reductions can be used, and the plane size they would run with.
+///
+/// Only when the runtime advertises plane operations and a fixed plane size: lavapipe runs plane
+/// ops without advertising them, and a variable plane size would break the shared-memory layout
+/// of the reductions.
+pub(crate) fn plane_size<R: CubeRuntime>(client: &ComputeClient<R>) -> Option<u32> {
+    let props = client.properties();
+    let hw = &props.hardware;
+    (props.features.plane.contains(Plane::Ops)
+        && hw.plane_size_min == hw.plane_size_max
+        && hw.plane_size_min >= 4)
+        .then_some(hw.plane_size_min)
+}
+
+/// A new contiguous tensor.
+pub(crate) fn empty<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    shape: Vec<usize>,
+    dtype: DType,
+) -> CubeTensor<R> {
+    empty_device_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(shape),
+        dtype,
+    )
+}
+
+/// A new contiguous byte tensor of `numel` elements whose buffer is padded to a multiple of 4
+/// bytes, as the kernels write it in 32-bit words.
+pub(crate) fn empty_bytes<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    numel: usize,
+    dtype: DType,
+) -> CubeTensor<R> {
+    let handle = like.client.empty(numel.div_ceil(4) * 4);
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(vec![numel]),
+        handle,
+        dtype,
+    )
+}
+
+/// The arguments every 4-bit kernel takes to decode block scales.
+pub(crate) struct ScaleArgs<'a, R: CubeRuntime> {
+    pub absmax: ArrayArg<'a, R>,
+    pub dq_codes: ArrayArg<'a, R>,
+    pub nested_absmax: ArrayArg<'a, R>,
+    pub nested_code: ArrayArg<'a, R>,
+    pub offset: ArrayArg<'a, R>,
+    pub nested_shift: u32,
+    pub dq: bool,
+}
+
+impl<'a, R: CubeRuntime> ScaleArgs<'a, R> {
+    /// The scale arguments of `weight`; the arguments a layout does not use are bound to a
+    /// buffer the kernel never reads.
+    pub(crate) fn new(weight: &'a Quant4Weight<R>) -> Self {
+        use crate::layout::{f32_arg, words_arg};
+        match &weight.absmax {
+            Absmax4::Plain(a) => ScaleArgs {
+                absmax: f32_arg(a),
+                dq_codes: words_arg(&weight.packed, 1),
+                nested_absmax: f32_arg(a),
+                nested_code: f32_arg(&weight.code),
+                offset: f32_arg(&weight.code),
+                nested_shift: 0,
+                dq: false,
+            },
+            Absmax4::Double(dq) => ScaleArgs {
+                absmax: f32_arg(&dq.nested_absmax),
+                dq_codes: words_arg(&dq.codes, 1),
+                nested_absmax: f32_arg(&dq.nested_absmax),
+                nested_code: f32_arg(&dq.nested_code),
+                offset: f32_arg(&dq.offset),
+                nested_shift: dq.nested_blocksize.trailing_zeros(),
+                dq: true,
+            },
+        }
+    }
+}
+
+/// Checks that the activations `x` (`[..., K]`) fit a weight of `K` inputs; returns `(M, K)`.
+pub(crate) fn check_activations<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    k: usize,
+) -> Result<(usize, usize)> {
+    crate::layout::check_float(x, "x")?;
+    let dims = &x.shape.dims;
+    match dims.last() {
+        Some(&last) if last == k && !dims.is_empty() => {
+            let m = dims[..dims.len() - 1].iter().product::<usize>();
+            Ok((m, k))
+        }
+        _ => Err(KernelError::Shape {
+            tensor: "x",
+            expected: format!("[..., {k}]"),
+            actual: dims.clone(),
+        }),
+    }
+}
+
+/// The output shape `[..., N]` for activations of shape `[..., K]`.
+pub(crate) fn output_shape<R: CubeRuntime>(x: &CubeTensor<R>, n: usize) -> Vec<usize> {
+    let mut dims = x.shape.dims.clone();
+    *dims.last_mut().expect("checked rank") = n;
+    dims
+}
+
+/// Checks an optional bias of `n` elements in the dtype of `x`.
+pub(crate) fn check_bias<R: CubeRuntime>(
+    bias: Option<&CubeTensor<R>>,
+    n: usize,
+    dtype: DType,
+) -> Result<()> {
+    if let Some(b) = bias {
+        if b.dtype != dtype {
+            return Err(KernelError::DType {
+                tensor: "bias",
+                expected: "the dtype of x",
+                actual: b.dtype,
+            });
+        }
+        if b.shape.num_elements() != n || !b.is_contiguous() {
+            return Err(KernelError::Shape {
+                tensor: "bias",
+                expected: format!("[{n}]"),
+                actual: b.shape.dims.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether the runtime offers 16x16x16 `cmma` with `ab` inputs and `cd` accumulators.
+pub(crate) fn has_cmma16<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    ab: cubecl::ir::StorageType,
+    cd: cubecl::ir::StorageType,
+) -> bool {
+    client
+        .properties()
+        .features
+        .cmma
+        .contains(&cubecl::features::MmaConfig {
+            a_type: ab,
+            b_type: ab,
+            cd_type: cd,
+            m: 16,
+            n: 16,
+            k: 16,
+        })
+}
+
+/// Split-K factor for a tiled product with `tiles` output tiles and `k_tiles` K steps.
+///
+/// The tensor-core kernels keep one K step of loads in flight per unit, so a multiprocessor needs
+/// several cubes at once to cover the memory latency: aim for about 6 cubes per multiprocessor,
+/// keeping at least 4 K steps per cube.
+pub(crate) fn split_k<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    tiles: usize,
+    k_tiles: usize,
+) -> u32 {
+    let sms = client
+        .properties()
+        .hardware
+        .num_streaming_multiprocessors
+        .unwrap_or(100) as usize;
+    let mut splits = 1;
+    while tiles * splits < 6 * sms && k_tiles / (splits * 2) >= 4 && splits < 32 {
+        splits *= 2;
+    }
+    splits as u32
+}

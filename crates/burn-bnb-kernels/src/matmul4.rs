@@ -1,0 +1,857 @@
+//! Fused 4-bit matrix products `y = x Wᵀ (+ bias)` that never write the dequantized weight to
+//! global memory.
+//!
+//! - [`Matmul4Strategy::Simt`]: the GEMV for one token (and the portable fallback for any `M`).
+//!   Every cube owns `rows` weight rows; its units stride over the row in 16-byte chunks of 32
+//!   codes, dequantize them in registers through the 16-entry table kept in shared memory,
+//!   multiply with the activations and accumulate in f32, then reduce across the cube (plane sums
+//!   where the runtime has them, a shared-memory tree otherwise).
+//! - [`Matmul4Strategy::Cmma`]: tensor cores for `M > 1` (f16/bf16 where the runtime offers
+//!   16x16x16 `cmma`). A cube owns a `bm x bn` output tile; per 64-wide K step it dequantizes the
+//!   weight tile into shared memory (one 16-byte load of packed codes per unit) next to the
+//!   activation tile, prefetching the next step's global loads into registers while the warps
+//!   multiply. Split-K spreads small problems over the GPU; partial sums are reduced by a second
+//!   small kernel in a fixed order, so results are deterministic.
+//!
+//! Both accumulate in f32 and round once to the output dtype. Double-quantized absmax values are
+//! decoded inside the kernels.
+
+use burn_backend::DType;
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::ir::{ElemType, FloatKind};
+use cubecl::prelude::*;
+
+use crate::decode::{block_scale, byte_of, cube_sum};
+use crate::error::{KernelError, Result};
+use crate::launch::{
+    ScaleArgs, check_activations, check_bias, empty, grid, has_cmma16, line_size, output_shape,
+    plane_size, with_float,
+};
+use crate::layout::{Quant4Weight, f32_arg, float_arg, words_arg};
+
+/// Comptime shape of the SIMT kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SimtParams {
+    /// Weight rows per cube.
+    pub rows: u32,
+    /// Activation rows per cube.
+    pub mt: u32,
+    /// Units per cube.
+    pub cube_size: u32,
+}
+
+/// Comptime shape of the tensor-core kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CmmaParams {
+    /// Output rows (activation rows) per cube: 16, 32 or 64.
+    pub bm: u32,
+    /// Output columns (weight rows) per cube: 64 or 128 (one warp per 16 columns).
+    pub bn: u32,
+    /// Number of K slices computed by separate cubes (1 = no split).
+    pub splits: u32,
+}
+
+/// How [`matmul_4bit_with`] computes the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Matmul4Strategy {
+    /// Pick from the shapes and the device (what [`matmul_4bit`] does).
+    #[default]
+    Auto,
+    /// The register-dequantizing SIMT kernel.
+    Simt(SimtParams),
+    /// The tensor-core kernel (CUDA-class runtimes with f16/bf16 `cmma`).
+    Cmma(CmmaParams),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SimtConfig {
+    rows: u32,
+    mt: u32,
+    /// Packed words per load: 4 (16 bytes, K % 32 == 0) or 1.
+    lw: u32,
+    /// Activation line size.
+    xl: u32,
+    cube_size: u32,
+    /// Plane size for plane reductions; 0 for the shared-memory tree.
+    plane: u32,
+    dq: bool,
+    bias: bool,
+}
+
+/// One cube per work item (`rows` weight rows x `mt` activation rows): its units stride over
+/// K in chunks, dequantize in registers and accumulate in f32, then the cube reduces.
+///
+/// A grid-stride variant that prefetched the next chunk (also across items) measured 10-25%
+/// slower on the H100: the kernel is bound by instruction issue, not by memory latency, and the
+/// prefetch added index arithmetic per chunk.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul4_simt_kernel<F: Float>(
+    x: &Array<Line<F>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    absmax: &Array<f32>,
+    dq_codes: &Array<u32>,
+    nested_absmax: &Array<f32>,
+    nested_code: &Array<f32>,
+    offset: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    groups: u32,
+    log2_bs: u32,
+    nested_shift: u32,
+    zero: u32,
+    #[comptime] cfg: SimtConfig,
+) {
+    let id = CUBE_POS as u32;
+    let g = id % groups;
+    let n0 = g * cfg.rows;
+    let m0 = (id / groups) * cfg.mt;
+    if m0 >= m_total {
+        terminate!();
+    }
+
+    let mut lut = SharedMemory::<f32>::new(16usize);
+    if UNIT_POS < 16 {
+        lut[UNIT_POS as usize] = code[UNIT_POS as usize];
+    }
+    sync_cube();
+
+    let mut off = 0.0f32;
+    if cfg.dq {
+        off = offset[0];
+    }
+    let chunk_elems = comptime!(cfg.lw * 8);
+    let chunks_per_row = k_total / chunk_elems;
+    let rm = comptime!(cfg.rows * cfg.mt);
+    let xw = comptime!(8 / cfg.xl);
+
+    let mut acc = Array::<f32>::new(comptime!(rm as usize));
+    #[unroll]
+    for i in 0..rm {
+        acc[i as usize] = 0.0f32;
+    }
+
+    let mut c = UNIT_POS;
+    while c < chunks_per_row {
+        let mut wreg = Array::<u32>::new(comptime!((cfg.rows * cfg.lw) as usize));
+        let mut sc = Array::<f32>::new(comptime!(cfg.rows as usize));
+        #[unroll]
+        for r in 0..cfg.rows {
+            let n = min(n0 + r, n_total - 1);
+            let line = packed[(n * chunks_per_row + c) as usize];
+            #[unroll]
+            for j in 0..cfg.lw {
+                wreg[(r * cfg.lw + j) as usize] = line[j as usize];
+            }
+            sc[r as usize] = block_scale(
+                (n * k_total + c * chunk_elems) >> log2_bs,
+                absmax,
+                dq_codes,
+                nested_absmax,
+                nested_code,
+                off,
+                nested_shift,
+                zero,
+                cfg.dq,
+            );
+        }
+        let mut s = Array::<f32>::new(comptime!(rm as usize));
+        #[unroll]
+        for i in 0..rm {
+            s[i as usize] = 0.0f32;
+        }
+        #[unroll]
+        for j in 0..cfg.lw {
+            let mut xr = Array::<f32>::new(comptime!((cfg.mt * 8) as usize));
+            #[unroll]
+            for mi in 0..cfg.mt {
+                let m = min(m0 + mi, m_total - 1);
+                let base = (m * k_total + c * chunk_elems + j * 8) / cfg.xl;
+                #[unroll]
+                for t in 0..xw {
+                    let xv = x[(base + t) as usize];
+                    #[unroll]
+                    for e in 0..cfg.xl {
+                        xr[(mi * 8 + t * cfg.xl + e) as usize] = f32::cast_from(xv[e as usize]);
+                    }
+                }
+            }
+            #[unroll]
+            for r in 0..cfg.rows {
+                let word = wreg[(r * cfg.lw + j) as usize];
+                #[unroll]
+                for b in 0..4u32 {
+                    let byte = byte_of(word, b);
+                    let hi = lut[(byte >> 4) as usize];
+                    let lo = lut[(byte & 15u32) as usize];
+                    #[unroll]
+                    for mi in 0..cfg.mt {
+                        let i = (r * cfg.mt + mi) as usize;
+                        s[i] += xr[(mi * 8 + 2 * b) as usize] * hi
+                            + xr[(mi * 8 + 2 * b + 1) as usize] * lo;
+                    }
+                }
+            }
+        }
+        #[unroll]
+        for r in 0..cfg.rows {
+            #[unroll]
+            for mi in 0..cfg.mt {
+                let i = (r * cfg.mt + mi) as usize;
+                acc[i] += s[i] * sc[r as usize];
+            }
+        }
+        c += cfg.cube_size;
+    }
+
+    let total = cube_sum::<f32>(&acc, rm, cfg.cube_size, cfg.plane);
+    if UNIT_POS < rm {
+        write_simt_output::<F>(
+            total, UNIT_POS, n0, m0, m_total, n_total, bias, out, cfg.mt, cfg.bias,
+        );
+    }
+}
+
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn write_simt_output<F: Float>(
+    total: f32,
+    i: u32,
+    n0: u32,
+    m0: u32,
+    m_total: u32,
+    n_total: u32,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    #[comptime] mt: u32,
+    #[comptime] has_bias: bool,
+) {
+    let n = n0 + i / mt;
+    let m = m0 + i % mt;
+    if n < n_total && m < m_total {
+        let mut v = total;
+        if has_bias {
+            v += f32::cast_from(bias[n as usize]);
+        }
+        out[(m * n_total + n) as usize] = F::cast_from(v);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CmmaConfig {
+    bm: u32,
+    bn: u32,
+    dq: bool,
+    bias: bool,
+    /// Write f32 partial sums (split-K) instead of the final output.
+    partial: bool,
+}
+
+/// K step of the tensor-core kernel.
+const BK: u32 = 64;
+/// Shared-memory row pitch of the operand tiles, in elements: `BK` plus one 16-byte line, so
+/// that the 16-byte stores of consecutive rows land in distinct banks.
+const LDS: u32 = BK + 8;
+/// Lines of 8 elements per shared-memory row.
+const LDS_LINES: u32 = LDS / 8;
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul4_cmma_kernel<F: Float>(
+    x: &Array<Line<F>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    absmax: &Array<f32>,
+    dq_codes: &Array<u32>,
+    nested_absmax: &Array<f32>,
+    nested_code: &Array<f32>,
+    offset: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    partial: &mut Array<f32>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    n_tiles: u32,
+    m_tiles: u32,
+    tiles_per_split: u32,
+    log2_bs: u32,
+    nested_shift: u32,
+    zero: u32,
+    #[comptime] cfg: CmmaConfig,
+) {
+    let units = comptime!(cfg.bn * 2);
+    let fm = comptime!(cfg.bm / 16);
+    let a_lines = comptime!(cfg.bm * BK / 8 / (cfg.bn * 2));
+
+    let id = CUBE_POS as u32;
+    let tile_n = id % n_tiles;
+    let rest = id / n_tiles;
+    let tile_m = rest % m_tiles;
+    let split = rest / m_tiles;
+    let n0 = tile_n * cfg.bn;
+    let m0 = tile_m * cfg.bm;
+    let k_tiles = k_total.div_ceil(BK);
+    let kt_start = split * tiles_per_split;
+    if kt_start >= k_tiles {
+        terminate!();
+    }
+    let kt_end = min(k_tiles, kt_start + tiles_per_split);
+
+    let mut lut = SharedMemory::<f32>::new(16usize);
+    if UNIT_POS < 16 {
+        lut[UNIT_POS as usize] = code[UNIT_POS as usize];
+    }
+    let mut a_s =
+        SharedMemory::<F>::new_aligned(comptime!((cfg.bm * LDS_LINES) as usize), 8usize, 128usize);
+    let mut b_s =
+        SharedMemory::<F>::new_aligned(comptime!((cfg.bn * LDS_LINES) as usize), 8usize, 128usize);
+
+    let mut off = 0.0f32;
+    if cfg.dq {
+        off = offset[0];
+    }
+    let chunks_per_row = k_total / 32;
+    let x_row_lines = k_total / 8;
+
+    // This unit's weight chunk: row `b_row` of the tile, 32 elements at `b_half * 32`.
+    let b_row = UNIT_POS / 2;
+    let b_half = UNIT_POS % 2;
+    let b_n = min(n0 + b_row, n_total - 1);
+
+    let mut w_line = Line::<u32>::empty(4usize).fill(0u32);
+    let mut w_scale = 0.0f32;
+    // `lined`: a local array of 8-element lines (`new` would hold scalars).
+    let mut a_regs = Array::<Line<F>>::lined(comptime!(a_lines as usize), 8usize);
+
+    // Prefetch of step `kt_start`.
+    fetch_tiles::<F>(
+        x,
+        packed,
+        absmax,
+        dq_codes,
+        nested_absmax,
+        nested_code,
+        off,
+        nested_shift,
+        zero,
+        kt_start,
+        b_n,
+        b_half,
+        m0,
+        m_total,
+        k_total,
+        chunks_per_row,
+        x_row_lines,
+        log2_bs,
+        &mut w_line,
+        &mut w_scale,
+        &mut a_regs,
+        units,
+        a_lines,
+        cfg.dq,
+    );
+    sync_cube();
+
+    let mut accs = Sequence::<cmma::Matrix<f32>>::new();
+    #[unroll]
+    for _ in 0..fm {
+        accs.push(cmma::Matrix::<f32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            16usize,
+            16usize,
+            16usize,
+            cmma::MatrixLayout::Undefined,
+            0.0f32,
+        ));
+    }
+    let warp = UNIT_POS / 32;
+
+    let mut kt = kt_start;
+    while kt < kt_end {
+        // Registers -> shared memory: activations as they are, weights dequantized.
+        #[unroll]
+        for i in 0..a_lines {
+            let l = UNIT_POS + i * units;
+            a_s[((l / 8) * LDS_LINES + l % 8) as usize] = a_regs[i as usize];
+        }
+        #[unroll]
+        for j in 0..4u32 {
+            let word = w_line[j as usize];
+            let mut v = Line::<F>::empty(8usize);
+            #[unroll]
+            for b in 0..4u32 {
+                let byte = byte_of(word, b);
+                v[(2 * b) as usize] = F::cast_from(lut[(byte >> 4) as usize] * w_scale);
+                v[(2 * b + 1) as usize] = F::cast_from(lut[(byte & 15u32) as usize] * w_scale);
+            }
+            b_s[(b_row * LDS_LINES + b_half * 4 + j) as usize] = v;
+        }
+        sync_cube();
+
+        if kt + 1 < kt_end {
+            fetch_tiles::<F>(
+                x,
+                packed,
+                absmax,
+                dq_codes,
+                nested_absmax,
+                nested_code,
+                off,
+                nested_shift,
+                zero,
+                kt + 1,
+                b_n,
+                b_half,
+                m0,
+                m_total,
+                k_total,
+                chunks_per_row,
+                x_row_lines,
+                log2_bs,
+                &mut w_line,
+                &mut w_scale,
+                &mut a_regs,
+                units,
+                a_lines,
+                cfg.dq,
+            );
+        }
+
+        #[unroll]
+        for kk in 0..comptime!(BK / 16) {
+            let b_frag = cmma::Matrix::<F>::from_slice(
+                cmma::MatrixIdent::B,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::ColMajor,
+                &b_s.slice(
+                    ((warp * 16) * LDS_LINES + kk * 2) as usize,
+                    ((warp * 16 + 16) * LDS_LINES) as usize,
+                )
+                .try_cast_unchecked(),
+                LDS,
+            );
+            #[unroll]
+            for f in 0..fm {
+                let a_frag = cmma::Matrix::<F>::from_slice(
+                    cmma::MatrixIdent::A,
+                    16usize,
+                    16usize,
+                    16usize,
+                    cmma::MatrixLayout::RowMajor,
+                    &a_s.slice(
+                        ((f * 16) * LDS_LINES + kk * 2) as usize,
+                        ((f * 16 + 16) * LDS_LINES) as usize,
+                    )
+                    .try_cast_unchecked(),
+                    LDS,
+                );
+                let acc = accs.index(f as usize);
+                cmma::execute::<F, F, f32, f32>(&a_frag, &b_frag, acc, acc);
+            }
+        }
+        sync_cube();
+        kt += 1;
+    }
+
+    // Accumulators -> shared memory -> global, with bias and rounding (or raw partial sums).
+    let mut c_s =
+        SharedMemory::<f32>::new_aligned(comptime!((cfg.bm * cfg.bn) as usize), 1usize, 128usize);
+    #[unroll]
+    for f in 0..fm {
+        let start = (f * 16 * cfg.bn + warp * 16) as usize;
+        let mut slice = c_s
+            .slice_mut(start, comptime!((cfg.bm * cfg.bn) as usize))
+            .try_cast_unchecked::<f32>();
+        cmma::store(
+            &mut slice,
+            accs.index(f as usize),
+            cfg.bn,
+            cmma::MatrixLayout::RowMajor,
+        );
+    }
+    sync_cube();
+    let per_unit = comptime!(cfg.bm * cfg.bn / units);
+    #[unroll]
+    for i in 0..per_unit {
+        let e = UNIT_POS + i * units;
+        let m = m0 + e / cfg.bn;
+        let n = n0 + e % cfg.bn;
+        if m < m_total && n < n_total {
+            let v = c_s[e as usize][0];
+            if cfg.partial {
+                partial[((split * m_total + m) * n_total + n) as usize] = v;
+            } else {
+                let mut y = v;
+                if cfg.bias {
+                    y += f32::cast_from(bias[n as usize]);
+                }
+                out[(m * n_total + n) as usize] = F::cast_from(y);
+            }
+        }
+    }
+}
+
+/// Global loads of one K step into registers: this unit's 16 bytes of packed weights and their
+/// scale, and its lines of activations (zeros past `M` and `K`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn fetch_tiles<F: Float>(
+    x: &Array<Line<F>>,
+    packed: &Array<Line<u32>>,
+    absmax: &Array<f32>,
+    dq_codes: &Array<u32>,
+    nested_absmax: &Array<f32>,
+    nested_code: &Array<f32>,
+    off: f32,
+    nested_shift: u32,
+    zero: u32,
+    kt: u32,
+    b_n: u32,
+    b_half: u32,
+    m0: u32,
+    m_total: u32,
+    k_total: u32,
+    chunks_per_row: u32,
+    x_row_lines: u32,
+    log2_bs: u32,
+    w_line: &mut Line<u32>,
+    w_scale: &mut f32,
+    a_regs: &mut Array<Line<F>>,
+    #[comptime] units: u32,
+    #[comptime] a_lines: u32,
+    #[comptime] dq: bool,
+) {
+    let k0 = kt * BK;
+    let chunk = kt * 2 + b_half;
+    if chunk < chunks_per_row {
+        *w_line = packed[(b_n * chunks_per_row + chunk) as usize];
+        *w_scale = block_scale(
+            (b_n * k_total + chunk * 32) >> log2_bs,
+            absmax,
+            dq_codes,
+            nested_absmax,
+            nested_code,
+            off,
+            nested_shift,
+            zero,
+            dq,
+        );
+    } else {
+        *w_scale = 0.0f32;
+    }
+    #[unroll]
+    for i in 0..a_lines {
+        let l = UNIT_POS + i * units;
+        let m = m0 + l / 8;
+        let kl = k0 / 8 + l % 8;
+        let mut v = Line::<F>::empty(8usize).fill(F::new(0.0));
+        if m < m_total && kl < x_row_lines {
+            v = x[(m * x_row_lines + kl) as usize];
+        }
+        a_regs[i as usize] = v;
+    }
+}
+
+/// Sums the split-K partial products in split order, adds the bias and rounds to `F`.
+#[cube(launch_unchecked)]
+fn reduce_splits_kernel<F: Float>(
+    partial: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    mn: u32,
+    n_total: u32,
+    #[comptime] splits: u32,
+    #[comptime] has_bias: bool,
+) {
+    let i = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
+    if i >= mn {
+        terminate!();
+    }
+    let mut v = 0.0f32;
+    #[unroll]
+    for s in 0..splits {
+        v += partial[(s * mn + i) as usize];
+    }
+    if has_bias {
+        v += f32::cast_from(bias[(i % n_total) as usize]);
+    }
+    out[i as usize] = F::cast_from(v);
+}
+
+/// `y = x Wᵀ + bias` for a 4-bit weight, picking the kernel from the shapes and the device.
+///
+/// # Shapes
+/// - `x`: `[..., K]`, f32, f16 or bf16 (made contiguous if it is not)
+/// - `weight`: a [`Quant4Weight`] of shape `[N, K]`, `K` a multiple of 8
+/// - `bias`: `[N]` in the dtype of `x`, optional
+/// - output: `[..., N]` in the dtype of `x`
+///
+/// # Errors
+/// Shapes or dtypes that do not fit, `K` not a multiple of 8, or an inconsistent weight.
+pub fn matmul_4bit<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+) -> Result<CubeTensor<R>> {
+    matmul_4bit_with(x, weight, bias, Matmul4Strategy::Auto)
+}
+
+/// Whether the runtime offers 16x16x16 `cmma` with `F` inputs and f32 accumulation.
+pub fn supports_cmma<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
+    let kind = match dtype {
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => return false,
+    };
+    has_cmma16(
+        client,
+        ElemType::Float(kind).into(),
+        ElemType::Float(FloatKind::F32).into(),
+    )
+}
+
+/// [`matmul_4bit`] with an explicit kernel choice (benchmarks and tests use this to pin a
+/// variant).
+///
+/// # Errors
+/// As [`matmul_4bit`]; also a strategy the device or the shapes cannot run (`Cmma` without
+/// tensor-core support or with `K % 32 != 0`, parameters outside their documented ranges).
+pub fn matmul_4bit_with<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+    strategy: Matmul4Strategy,
+) -> Result<CubeTensor<R>> {
+    weight.validate()?;
+    let (n, k) = weight.linear_dims()?;
+    let (m, _) = check_activations(x, k)?;
+    check_bias(bias, n, x.dtype)?;
+    if k % 8 != 0 {
+        return Err(KernelError::Unsupported {
+            what: "in_features",
+            reason: format!("K = {k} is not a multiple of 8"),
+        });
+    }
+    let x = burn_cubecl::kernel::into_contiguous(x.clone());
+    let out = empty(&x, output_shape(&x, n), x.dtype);
+    if m == 0 {
+        return Ok(out);
+    }
+    let strategy = match strategy {
+        Matmul4Strategy::Auto => auto_strategy(&x.client, x.dtype, m, n, k),
+        s => s,
+    };
+    with_float!(x.dtype, "x", F => match strategy {
+        Matmul4Strategy::Simt(p) => launch_simt::<R, F>(&x, weight, bias, &out, m, n, k, p)?,
+        Matmul4Strategy::Cmma(p) => launch_cmma::<R, F>(&x, weight, bias, &out, m, n, k, p)?,
+        Matmul4Strategy::Auto => unreachable!("resolved above"),
+    });
+    Ok(out)
+}
+
+/// The strategy [`matmul_4bit`] uses for an `[M, K] x [N, K]ᵀ` product of `dtype`.
+pub fn auto_strategy<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Matmul4Strategy {
+    if m > 1 && k.is_multiple_of(32) && supports_cmma(client, dtype) {
+        let (bm, bn) = match m {
+            0..=16 => (16, 64),
+            17..=32 => (32, 64),
+            _ => (64, 128),
+        };
+        let tiles = n.div_ceil(bn as usize) * m.div_ceil(bm as usize);
+        let splits = crate::launch::split_k(client, tiles, k.div_ceil(BK as usize));
+        return Matmul4Strategy::Cmma(CmmaParams { bm, bn, splits });
+    }
+    let mt = if m == 1 { 1 } else { 4 };
+    let rows = if m == 1 { 4 } else { 2 };
+    Matmul4Strategy::Simt(SimtParams {
+        rows,
+        mt,
+        cube_size: 128,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+    out: &CubeTensor<R>,
+    m: usize,
+    n: usize,
+    k: usize,
+    p: SimtParams,
+) -> Result<()> {
+    if !matches!(p.rows, 1..=8)
+        || !matches!(p.mt, 1..=8)
+        || !p.cube_size.is_power_of_two()
+        || p.cube_size < 32
+    {
+        return Err(KernelError::Unsupported {
+            what: "SIMT parameters",
+            reason: format!("{p:?}: rows and mt in 1..=8, cube_size a power of two >= 32"),
+        });
+    }
+    let client = &x.client;
+    let lw = if k.is_multiple_of(32) { 4 } else { 1 };
+    let xl = line_size::<R>(x.dtype.size(), k.min(8)).min(8);
+    let xl = if 8 % xl == 0 { xl } else { 1 };
+    let plane = plane_size(client)
+        .filter(|&p_size| p.cube_size.is_multiple_of(p_size))
+        .unwrap_or(0);
+    let cfg = SimtConfig {
+        rows: p.rows,
+        mt: p.mt,
+        lw,
+        xl: xl as u32,
+        cube_size: p.cube_size,
+        plane,
+        dq: matches!(weight.absmax, crate::layout::Absmax4::Double(_)),
+        bias: bias.is_some(),
+    };
+    let groups = n.div_ceil(p.rows as usize);
+    let cubes = groups * m.div_ceil(p.mt as usize);
+    let scales = ScaleArgs::new(weight);
+    let bias_t = bias.unwrap_or(x);
+    // SAFETY: weight rows are clamped to `N - 1` and activation rows to `M - 1`; chunk indices
+    // are below `K / (8 * lw)`; stores are bounds-checked.
+    unsafe {
+        matmul4_simt_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, cubes),
+            CubeDim::new_1d(p.cube_size),
+            float_arg(x, xl),
+            words_arg(&weight.packed, lw as usize),
+            f32_arg(&weight.code),
+            scales.absmax,
+            scales.dq_codes,
+            scales.nested_absmax,
+            scales.nested_code,
+            scales.offset,
+            float_arg(bias_t, 1),
+            float_arg(out, 1),
+            ScalarArg::new(m as u32),
+            ScalarArg::new(n as u32),
+            ScalarArg::new(k as u32),
+            ScalarArg::new(groups as u32),
+            ScalarArg::new(weight.blocksize.trailing_zeros()),
+            ScalarArg::new(scales.nested_shift),
+            ScalarArg::new(0u32),
+            cfg,
+        )
+        .map_err(|e| KernelError::launch("matmul_4bit (simt)", e))?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+    out: &CubeTensor<R>,
+    m: usize,
+    n: usize,
+    k: usize,
+    p: CmmaParams,
+) -> Result<()> {
+    let client = &x.client;
+    if !supports_cmma(client, x.dtype) || !k.is_multiple_of(32) {
+        return Err(KernelError::Unsupported {
+            what: "cmma strategy",
+            reason: format!(
+                "needs 16x16x16 cmma for {:?} and K % 32 == 0 (K = {k})",
+                x.dtype
+            ),
+        });
+    }
+    let valid_tile = matches!(
+        (p.bm, p.bn),
+        (16, 64) | (32, 64) | (32, 128) | (64, 64) | (64, 128)
+    );
+    if !valid_tile || p.splits == 0 {
+        return Err(KernelError::Unsupported {
+            what: "cmma parameters",
+            reason: format!("{p:?}: (bm, bn) in (16|32|64, 64) or (32|64, 128), splits >= 1"),
+        });
+    }
+    let n_tiles = n.div_ceil(p.bn as usize);
+    let m_tiles = m.div_ceil(p.bm as usize);
+    let k_tiles = k.div_ceil(BK as usize);
+    let splits = (p.splits as usize).min(k_tiles);
+    let tiles_per_split = k_tiles.div_ceil(splits);
+    let splits = k_tiles.div_ceil(tiles_per_split);
+    let partial = (splits > 1).then(|| empty(x, vec![splits * m * n], DType::F32));
+    let cfg = CmmaConfig {
+        bm: p.bm,
+        bn: p.bn,
+        dq: matches!(weight.absmax, crate::layout::Absmax4::Double(_)),
+        bias: bias.is_some(),
+        partial: partial.is_some(),
+    };
+    let scales = ScaleArgs::new(weight);
+    let bias_t = bias.unwrap_or(x);
+    let partial_t = partial.as_ref().unwrap_or(&weight.code);
+    let cubes = n_tiles * m_tiles * splits;
+    // SAFETY: weight rows are clamped to `N - 1`, activation rows and K chunks past the ends are
+    // replaced by zeros, and every store is bounds-checked.
+    unsafe {
+        matmul4_cmma_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, cubes),
+            CubeDim::new_1d(p.bn * 2),
+            float_arg(x, 8),
+            words_arg(&weight.packed, 4),
+            f32_arg(&weight.code),
+            scales.absmax,
+            scales.dq_codes,
+            scales.nested_absmax,
+            scales.nested_code,
+            scales.offset,
+            float_arg(bias_t, 1),
+            float_arg(out, 1),
+            f32_arg(partial_t),
+            ScalarArg::new(m as u32),
+            ScalarArg::new(n as u32),
+            ScalarArg::new(k as u32),
+            ScalarArg::new(n_tiles as u32),
+            ScalarArg::new(m_tiles as u32),
+            ScalarArg::new(tiles_per_split as u32),
+            ScalarArg::new(weight.blocksize.trailing_zeros()),
+            ScalarArg::new(scales.nested_shift),
+            ScalarArg::new(0u32),
+            cfg,
+        )
+        .map_err(|e| KernelError::launch("matmul_4bit (cmma)", e))?;
+        if let Some(partial) = &partial {
+            let mn = m * n;
+            reduce_splits_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, mn.div_ceil(256)),
+                CubeDim::new_1d(256),
+                f32_arg(partial),
+                float_arg(bias_t, 1),
+                float_arg(out, 1),
+                ScalarArg::new(mn as u32),
+                ScalarArg::new(n as u32),
+                splits as u32,
+                bias.is_some(),
+            )
+            .map_err(|e| KernelError::launch("matmul_4bit (split-K reduction)", e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1075 @@
+//! The kernel test suite, generic over the CubeCL runtime and the float type; `wgpu.rs` runs it
+//! in f32 on any Vulkan adapter (lavapipe in CI), `cuda.rs` in f32, f16 and bf16 on a CUDA GPU.
+//!
+//! References: bitsandbytes' golden vectors (`BURN_BNB_GOLDEN`, default
+//! `tests/fixtures/golden`), cases discovered from the file's keys, and the CPU reference
+//! `burn-bnb-formats` on random inputs whose shapes are not multiples of any tile size.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use burn_backend::DType;
+use burn_bnb_formats::{
+    self as formats, Absmax, FloatElement, Int8Rows, Quant4Config, QuantType, Quantized4,
+};
+use burn_bnb_kernels::{
+    Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, Int8Strategy, KernelError, Matmul4Strategy,
+    Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_matmul_dequant,
+    int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows, linear_8bit_lt,
+    matmul_4bit_with, quantize_4bit,
+};
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+use half::{bf16, f16};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
+use safetensors::{Dtype, SafeTensors};
+
+// ---------------------------------------------------------------------------------------------
+// Float types under test
+
+/// A float type the kernels compute in, with host conversions.
+pub trait TestFloat: FloatElement {
+    const KIND: DType;
+    /// Golden-file name of the dtype.
+    const NAME: &'static str;
+    /// Relative tolerance of a K-long dot product accumulated in f32 and rounded to this type.
+    const RTOL: f64;
+}
+
+impl TestFloat for f32 {
+    const KIND: DType = DType::F32;
+    const NAME: &'static str = "f32";
+    const RTOL: f64 = 2e-5;
+}
+impl TestFloat for f16 {
+    const KIND: DType = DType::F16;
+    const NAME: &'static str = "f16";
+    const RTOL: f64 = 2e-3;
+}
+impl TestFloat for bf16 {
+    const KIND: DType = DType::BF16;
+    const NAME: &'static str = "bf16";
+    const RTOL: f64 = 1.6e-2;
+}
+
+fn to_bytes<F: TestFloat>(values: &[f32]) -> Vec<u8> {
+    match F::KIND {
+        DType::F32 => bytemuck::cast_slice(values).to_vec(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => unreachable!(),
+    }
+}
+
+fn from_bytes(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => panic!("not a float dtype: {dtype:?}"),
+    }
+}
+
+/// Rounds to `F` and back.
+pub fn round<F: TestFloat>(x: f32) -> f32 {
+    F::from_f32(x).to_f32()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device buffers
+
+pub struct Dev<R: CubeRuntime> {
+    pub client: ComputeClient<R>,
+    pub device: R::Device,
+}
+
+impl<R: CubeRuntime> Dev<R> {
+    pub fn new(device: R::Device) -> Self {
+        Dev {
+            client: R::client(&device),
+            device,
+        }
+    }
+
+    /// A contiguous tensor from raw bytes; the buffer is zero-padded to a multiple of 4 bytes.
+    pub fn tensor(&self, bytes: &[u8], shape: Vec<usize>, dtype: DType) -> CubeTensor<R> {
+        let mut padded = bytes.to_vec();
+        padded.resize(bytes.len().div_ceil(4) * 4, 0);
+        let handle = self.client.create_from_slice(&padded);
+        CubeTensor::new_contiguous(
+            self.client.clone(),
+            self.device.clone(),
+            shape.into(),
+            handle,
+            dtype,
+        )
+    }
+
+    pub fn floats<F: TestFloat>(&self, values: &[f32], shape: Vec<usize>) -> CubeTensor<R> {
+        self.tensor(&to_bytes::<F>(values), shape, F::KIND)
+    }
+
+    pub fn f32s(&self, values: &[f32]) -> CubeTensor<R> {
+        self.tensor(bytemuck::cast_slice(values), vec![values.len()], DType::F32)
+    }
+
+    pub fn bytes_of(&self, t: &CubeTensor<R>) -> Vec<u8> {
+        let mut bytes = self.client.read_one(t.handle.clone()).to_vec();
+        bytes.truncate(t.shape.num_elements() * t.dtype.size());
+        bytes
+    }
+
+    pub fn read_f32(&self, t: &CubeTensor<R>) -> Vec<f32> {
+        from_bytes(&self.bytes_of(t), t.dtype)
+    }
+
+    /// Uploads a CPU-reference 4-bit tensor.
+    pub fn quant4(&self, q: &Quantized4) -> Quant4Weight<R> {
+        let absmax = match &q.absmax {
+            Absmax::Plain(a) => Absmax4::Plain(self.f32s(a)),
+            Absmax::Double(dq) => Absmax4::Double(DoubleQuant4 {
+                codes: self.tensor(&dq.codes, vec![dq.codes.len()], DType::U8),
+                nested_absmax: self.f32s(&dq.nested_absmax),
+                nested_code: self.f32s(&dq.nested_code[..]),
+                offset: self.f32s(&[dq.offset]),
+                nested_blocksize: dq.nested_blocksize,
+            }),
+        };
+        Quant4Weight {
+            quant_type: q.quant_type,
+            packed: self.tensor(&q.packed, vec![q.packed.len()], DType::U8),
+            absmax,
+            code: self.f32s(q.quant_type.code()),
+            shape: q.shape.clone(),
+            blocksize: q.blocksize,
+        }
+    }
+
+    pub fn int8(&self, rows: &Int8Rows) -> Int8Matrix<R> {
+        Int8Matrix {
+            codes: self.tensor(
+                bytemuck::cast_slice(&rows.codes),
+                vec![rows.rows, rows.cols],
+                DType::I8,
+            ),
+            absmax: self.f32s(&rows.absmax),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden vectors
+
+pub fn golden_bytes() -> Vec<u8> {
+    let dir = std::env::var_os("BURN_BNB_GOLDEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/fixtures/golden"
+            ))
+        });
+    let path = dir.join("kernels/bnb_kernels.safetensors");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("golden vectors {}: {e}", path.display()))
+}
+
+fn view_f32(st: &SafeTensors, key: &str) -> Vec<f32> {
+    let v = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+    match v.dtype() {
+        Dtype::F32 => from_bytes(v.data(), DType::F32),
+        Dtype::F16 => from_bytes(v.data(), DType::F16),
+        Dtype::BF16 => from_bytes(v.data(), DType::BF16),
+        other => panic!("{key}: unexpected dtype {other:?}"),
+    }
+}
+
+fn view_raw<'a>(st: &'a SafeTensors, key: &str) -> (&'a [u8], Vec<usize>) {
+    let v = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+    let shape = v.shape().to_vec();
+    (v.data(), shape)
+}
+
+/// A 4-bit case of the golden file: `q4.{type}.b{bs}.dq{0|1}.{dt}.{R}x{C}`.
+struct Q4Case {
+    prefix: String,
+    quant_type: QuantType,
+    blocksize: usize,
+    dq: bool,
+    dtype: String,
+    shape: Vec<usize>,
+}
+
+fn q4_cases(st: &SafeTensors) -> Vec<Q4Case> {
+    let prefixes: BTreeSet<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("q4.") && n.ends_with(".packed"))
+        .map(|n| n.trim_end_matches(".packed").to_string())
+        .collect();
+    prefixes
+        .into_iter()
+        .map(|prefix| {
+            let parts: Vec<&str> = prefix.split('.').collect();
+            let shape = parts[5].split('x').map(|d| d.parse().unwrap()).collect();
+            Q4Case {
+                quant_type: parts[1].parse().unwrap(),
+                blocksize: parts[2][1..].parse().unwrap(),
+                dq: parts[3] == "dq1",
+                dtype: parts[4].to_string(),
+                shape,
+                prefix,
+            }
+        })
+        .collect()
+}
+
+fn golden_quant4<R: CubeRuntime>(dev: &Dev<R>, st: &SafeTensors, case: &Q4Case) -> Quant4Weight<R> {
+    let p = &case.prefix;
+    let (packed, _) = view_raw(st, &format!("{p}.packed"));
+    let absmax = if case.dq {
+        let (codes, _) = view_raw(st, &format!("{p}.absmax_q"));
+        let nested_absmax = view_f32(st, &format!("{p}.state2.absmax"));
+        Absmax4::Double(DoubleQuant4 {
+            codes: dev.tensor(codes, vec![codes.len()], DType::U8),
+            nested_absmax: dev.f32s(&nested_absmax),
+            nested_code: dev.f32s(&view_f32(st, &format!("{p}.state2.code"))),
+            offset: dev.f32s(&view_f32(st, &format!("{p}.offset"))),
+            nested_blocksize: 256,
+        })
+    } else {
+        Absmax4::Plain(dev.f32s(&view_f32(st, &format!("{p}.absmax"))))
+    };
+    Quant4Weight {
+        quant_type: case.quant_type,
+        packed: dev.tensor(packed, vec![packed.len()], DType::U8),
+        absmax,
+        code: dev.f32s(&view_f32(st, &format!("code.{}", case.quant_type))),
+        shape: case.shape.clone(),
+        blocksize: case.blocksize,
+    }
+}
+
+/// Every golden 4-bit case of dtype `F` dequantizes bit-exactly to bitsandbytes' output.
+pub fn golden_dequantize<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let bytes = golden_bytes();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let cases: Vec<Q4Case> = q4_cases(&st)
+        .into_iter()
+        .filter(|c| c.dtype == F::NAME)
+        .collect();
+    assert!(!cases.is_empty(), "no golden 4-bit cases for {}", F::NAME);
+    for case in &cases {
+        let w = golden_quant4(dev, &st, case);
+        let out = dequantize_4bit(&w, F::KIND).unwrap();
+        assert_eq!(out.shape.dims, case.shape);
+        let (expected, _) = view_raw(&st, &format!("{}.dequant", case.prefix));
+        let actual = dev.bytes_of(&out);
+        let mismatches = actual
+            .chunks(F::KIND.size())
+            .zip(expected.chunks(F::KIND.size()))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            mismatches, 0,
+            "{}: {mismatches} elements differ from bitsandbytes",
+            case.prefix
+        );
+    }
+    eprintln!(
+        "dequantize: {} golden cases bit-exact ({})",
+        cases.len(),
+        F::NAME
+    );
+}
+
+/// Quantizing the golden inputs on the device reproduces the CPU reference bit for bit and
+/// bitsandbytes' codes up to its documented ties (FP4 from 16-bit inputs).
+pub fn golden_quantize<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let bytes = golden_bytes();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let cases: Vec<Q4Case> = q4_cases(&st)
+        .into_iter()
+        .filter(|c| c.dtype == F::NAME)
+        .collect();
+    assert!(!cases.is_empty());
+    for case in &cases {
+        let dims = format!("{}x{}", case.shape[0], case.shape[1]);
+        let input = view_f32(&st, &format!("input.{}.{dims}", F::NAME));
+        let x = dev.floats::<F>(&input, case.shape.clone());
+        let options = Quant4Options {
+            quant_type: case.quant_type,
+            blocksize: case.blocksize,
+            double_quant: case.dq,
+        };
+        let q = quantize_4bit(&x, options).unwrap();
+        let packed = dev.bytes_of(&q.packed);
+        let (expected_packed, _) = view_raw(&st, &format!("{}.packed", case.prefix));
+        let code_mismatches: usize = packed
+            .iter()
+            .zip(expected_packed)
+            .map(|(a, b)| ((a >> 4) != (b >> 4)) as usize + ((a & 15) != (b & 15)) as usize)
+            .sum();
+        let allowed = if case.quant_type == QuantType::Fp4 && F::NAME != "f32" {
+            64
+        } else {
+            0
+        };
+        assert!(
+            code_mismatches <= allowed,
+            "{}: {code_mismatches} codes differ from bitsandbytes",
+            case.prefix
+        );
+        // The CPU reference rounds exactly like the kernel: bit-exact.
+        let host: Vec<F> = input.iter().map(|&v| F::from_f32(v)).collect();
+        let cpu = Quantized4::quantize(
+            &host,
+            &case.shape,
+            Quant4Config {
+                quant_type: case.quant_type,
+                blocksize: case.blocksize,
+                double_quant: case.dq,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            packed, cpu.packed,
+            "{}: packed codes differ from burn-bnb-formats",
+            case.prefix
+        );
+        match (&q.absmax, &cpu.absmax) {
+            (Absmax4::Plain(a), Absmax::Plain(b)) => {
+                let a = dev.read_f32(a);
+                assert_eq!(a, *b, "{}: absmax", case.prefix);
+                assert_eq!(
+                    a,
+                    view_f32(&st, &format!("{}.absmax", case.prefix)),
+                    "{}: absmax vs bnb",
+                    case.prefix
+                );
+            }
+            (Absmax4::Double(a), Absmax::Double(b)) => {
+                let offset = dev.read_f32(&a.offset)[0];
+                let golden_offset = view_f32(&st, &format!("{}.offset", case.prefix))[0];
+                assert_eq!(
+                    offset.to_bits(),
+                    golden_offset.to_bits(),
+                    "{}: offset vs bnb",
+                    case.prefix
+                );
+                assert_eq!(
+                    offset.to_bits(),
+                    b.offset.to_bits(),
+                    "{}: offset vs formats",
+                    case.prefix
+                );
+                let codes = dev.bytes_of(&a.codes);
+                assert_eq!(codes, b.codes, "{}: absmax codes", case.prefix);
+                let (golden_codes, _) = view_raw(&st, &format!("{}.absmax_q", case.prefix));
+                assert_eq!(codes, golden_codes, "{}: absmax codes vs bnb", case.prefix);
+                assert_eq!(
+                    dev.read_f32(&a.nested_absmax),
+                    b.nested_absmax,
+                    "{}: nested absmax",
+                    case.prefix
+                );
+            }
+            _ => panic!("absmax kind"),
+        }
+    }
+    eprintln!("quantize: {} golden cases ({})", cases.len(), F::NAME);
+}
+
+fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.sample::<f32, _>(StandardNormal) * scale)
+        .collect()
+}
+
+/// Random shapes that are not multiples of anything: quantize and dequantize on the device
+/// agree bit for bit with the CPU reference, including all-zero blocks and partial last blocks.
+pub fn random_quant_roundtrip<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(11);
+    let cases: &[(&[usize], usize, QuantType, bool)] = &[
+        (&[17, 72], 32, QuantType::Nf4, false),
+        (&[17, 72], 64, QuantType::Fp4, true),
+        (&[3, 40], 64, QuantType::Nf4, true),
+        (&[5, 1000], 128, QuantType::Fp4, false),
+        (&[9, 136], 256, QuantType::Nf4, true),
+        (&[2, 2048], 4096, QuantType::Nf4, false),
+        (&[33, 264], 64, QuantType::Nf4, true),
+        (&[1, 13], 32, QuantType::Fp4, false),
+    ];
+    for &(shape, blocksize, quant_type, double_quant) in cases {
+        let numel: usize = shape.iter().product();
+        let mut values = randn(&mut rng, numel, 0.5);
+        // An all-zero block, and a constant block (all codes at the top).
+        for v in values.iter_mut().take(blocksize.min(numel)) {
+            *v = 0.0;
+        }
+        let host: Vec<F> = values.iter().map(|&v| F::from_f32(v)).collect();
+        let config = Quant4Config {
+            quant_type,
+            blocksize,
+            double_quant,
+        };
+        let cpu = Quantized4::quantize(&host, shape, config).unwrap();
+        let x = dev.floats::<F>(&values, shape.to_vec());
+        let q = quantize_4bit(
+            &x,
+            Quant4Options {
+                quant_type,
+                blocksize,
+                double_quant,
+            },
+        )
+        .unwrap();
+        let what = format!("{shape:?} bs {blocksize} {quant_type} dq {double_quant}");
+        assert_eq!(dev.bytes_of(&q.packed), cpu.packed, "{what}: packed");
+        let back = dequantize_4bit(&q, F::KIND).unwrap();
+        let expected: Vec<F> = cpu.dequantize().unwrap();
+        let expected: Vec<f32> = expected.iter().map(|v| v.to_f32()).collect();
+        let actual = dev.read_f32(&back);
+        assert_eq!(actual.len(), expected.len());
+        for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+            assert_eq!(a.to_bits(), e.to_bits(), "{what}: element {i}: {a} vs {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4-bit matmul
+
+/// `x Wᵀ (+ b)` in f64 from `F`-rounded activations and the `F`-rounded dequantized weight
+/// (bitsandbytes' reference: dequantize to the compute dtype, then matmul).
+fn reference_matmul(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f64> {
+    let mut out = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f64;
+            for l in 0..k {
+                acc += x[i * k + l] as f64 * w[j * k + l] as f64;
+            }
+            out[i * n + j] = acc + bias.map_or(0.0, |b| b[j] as f64);
+        }
+    }
+    out
+}
+
+/// Checks `actual` against `reference`: the relative Frobenius error and every element within
+/// `rtol * (|ref| + rms(ref))` (an absolute floor at the output's scale, for cancellations).
+fn check_close(actual: &[f32], reference: &[f64], rtol: f64, what: &str) {
+    assert_eq!(actual.len(), reference.len(), "{what}: length");
+    let rms = (reference.iter().map(|r| r * r).sum::<f64>() / reference.len().max(1) as f64).sqrt();
+    let mut err2 = 0.0;
+    let mut ref2 = 0.0;
+    for (i, (&a, &r)) in actual.iter().zip(reference).enumerate() {
+        assert!(a.is_finite(), "{what}: element {i} is {a}");
+        let d = a as f64 - r;
+        err2 += d * d;
+        ref2 += r * r;
+        assert!(
+            d.abs() <= rtol * (r.abs() + rms) + 1e-30,
+            "{what}: element {i}: {a} vs {r} (rms {rms})"
+        );
+    }
+    let rel = (err2 / ref2.max(1e-300)).sqrt();
+    assert!(rel <= rtol, "{what}: relative error {rel:e} > {rtol:e}");
+}
+
+/// The strategies to test on this device: the SIMT kernel in several shapes, and the
+/// tensor-core kernel where the runtime has it.
+fn strategies<R: CubeRuntime>(
+    dev: &Dev<R>,
+    dtype: DType,
+    m: usize,
+    k: usize,
+) -> Vec<Matmul4Strategy> {
+    let mut s = vec![
+        Matmul4Strategy::Auto,
+        Matmul4Strategy::Simt(SimtParams {
+            rows: 1,
+            mt: 1,
+            cube_size: 32,
+        }),
+        Matmul4Strategy::Simt(SimtParams {
+            rows: 3,
+            mt: 2,
+            cube_size: 64,
+        }),
+    ];
+    if m <= 4 {
+        s.push(Matmul4Strategy::Simt(SimtParams {
+            rows: 4,
+            mt: 4,
+            cube_size: 128,
+        }));
+    }
+    if k.is_multiple_of(32) && burn_bnb_kernels::matmul4::supports_cmma(&dev.client, dtype) {
+        s.push(Matmul4Strategy::Cmma(CmmaParams {
+            bm: 16,
+            bn: 64,
+            splits: 1,
+        }));
+        s.push(Matmul4Strategy::Cmma(CmmaParams {
+            bm: 32,
+            bn: 64,
+            splits: 3,
+        }));
+        s.push(Matmul4Strategy::Cmma(CmmaParams {
+            bm: 64,
+            bn: 128,
+            splits: 2,
+        }));
+    }
+    s
+}
+
+/// Fused 4-bit matmuls on shapes that are not multiples of any tile, against an f64 reference.
+pub fn matmul4_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(5);
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 17, 72),
+        (3, 63, 200),
+        (8, 100, 256),
+        (17, 33, 1000),
+        (32, 70, 320),
+        (1, 130, 1024),
+        (5, 1, 96),
+        (40, 129, 192),
+    ];
+    let configs = [
+        (QuantType::Nf4, 64, false),
+        (QuantType::Fp4, 64, true),
+        (QuantType::Nf4, 32, true),
+        (QuantType::Nf4, 128, false),
+    ];
+    for (ci, &(m, n, k)) in shapes.iter().enumerate() {
+        let (quant_type, blocksize, dq) = configs[ci % configs.len()];
+        let w = randn(&mut rng, n * k, 1.0 / (k as f32).sqrt());
+        let wq = Quantized4::quantize(
+            &w.iter().map(|&v| F::from_f32(v)).collect::<Vec<F>>(),
+            &[n, k],
+            Quant4Config {
+                quant_type,
+                blocksize,
+                double_quant: dq,
+            },
+        )
+        .unwrap();
+        let wd: Vec<f32> = wq
+            .dequantize::<F>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let x: Vec<f32> = randn(&mut rng, m * k, 1.0)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let bias: Vec<f32> = randn(&mut rng, n, 0.1)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let weight = dev.quant4(&wq);
+        let xt = dev.floats::<F>(&x, vec![m, k]);
+        let bt = dev.floats::<F>(&bias, vec![n]);
+        for use_bias in [false, true] {
+            let reference = reference_matmul(&x, &wd, use_bias.then_some(&bias[..]), m, n, k);
+            for strategy in strategies(dev, F::KIND, m, k) {
+                let out =
+                    matmul_4bit_with(&xt, &weight, use_bias.then_some(&bt), strategy).unwrap();
+                assert_eq!(out.shape.dims, vec![m, n]);
+                let what = format!(
+                    "m {m} n {n} k {k} {quant_type} bs {blocksize} dq {dq} bias {use_bias} {strategy:?} {}",
+                    F::NAME
+                );
+                check_close(&dev.read_f32(&out), &reference, F::RTOL, &what);
+            }
+        }
+    }
+}
+
+/// bitsandbytes' own 4-bit matmul outputs (`mm4.*`, bf16) reproduced within bf16 rounding.
+pub fn golden_matmul4<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let bytes = golden_bytes();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let weights: BTreeSet<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("mm4.") && n.ends_with(".W"))
+        .map(|n| n.trim_end_matches(".W").to_string())
+        .collect();
+    assert!(!weights.is_empty());
+    let mut checked = 0;
+    for prefix in weights {
+        let parts: Vec<&str> = prefix.split('.').collect();
+        let quant_type: QuantType = parts[1].parse().unwrap();
+        let dq = parts[2] == "dq1";
+        let (_, shape) = view_raw(&st, &format!("{prefix}.W"));
+        let w: Vec<bf16> = view_f32(&st, &format!("{prefix}.W"))
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let wq = Quantized4::quantize(
+            &w,
+            &shape,
+            Quant4Config {
+                quant_type,
+                blocksize: 64,
+                double_quant: dq,
+            },
+        )
+        .unwrap();
+        let weight = dev.quant4(&wq);
+        // Output columns whose weight row has an element on a decision threshold: bitsandbytes'
+        // approximate reciprocal may round those to the other code (see the formats crate).
+        let (n, k) = (shape[0], shape[1]);
+        let tied_rows: Vec<bool> = (0..n)
+            .map(|row| has_tie(&w[row * k..(row + 1) * k], 64, quant_type))
+            .collect();
+        let batches: BTreeSet<String> = st
+            .names()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{prefix}.bs")) && n.ends_with(".x"))
+            .map(|n| n.trim_end_matches(".x").to_string())
+            .collect();
+        for case in batches {
+            let x = view_f32(&st, &format!("{case}.x"));
+            let (_, xshape) = view_raw(&st, &format!("{case}.x"));
+            let y = view_f32(&st, &format!("{case}.y"));
+            let xt = dev.floats::<F>(&x, xshape.clone());
+            let keep = |i: &usize| !tied_rows[i % n];
+            let reference: Vec<f64> = (0..y.len()).filter(keep).map(|i| y[i] as f64).collect();
+            eprintln!(
+                "{case}: {} of {} outputs on tied rows left out",
+                y.len() - reference.len(),
+                y.len()
+            );
+            assert!(
+                reference.len() * 5 >= y.len() * 2,
+                "{case}: too many tied rows"
+            );
+            for strategy in strategies(dev, F::KIND, xshape[0], shape[1]) {
+                let out = dev.read_f32(&matmul_4bit_with(&xt, &weight, None, strategy).unwrap());
+                let out: Vec<f32> = (0..out.len()).filter(keep).map(|i| out[i]).collect();
+                // bitsandbytes' output is bf16: allow its rounding plus ours.
+                check_close(
+                    &out,
+                    &reference,
+                    1.6e-2,
+                    &format!("{case} {strategy:?} {}", F::NAME),
+                );
+            }
+            checked += 1;
+        }
+    }
+    eprintln!("matmul_4bit: {checked} golden cases ({})", F::NAME);
+}
+
+/// Whether a normalized element of `row` lies within two ulps of a decision threshold.
+fn has_tie(row: &[bf16], blocksize: usize, quant_type: QuantType) -> bool {
+    const NF4: [f32; 15] = [
+        -0.848_096_4,
+        -0.610_632_9,
+        -0.459_995_27,
+        -0.339_679_43,
+        -0.234_607_41,
+        -0.137_911_73,
+        -0.045_525_02,
+        0.039_790_15,
+        0.120_255_25,
+        0.203_521_25,
+        0.292_013_77,
+        0.389_312_54,
+        0.501_663_4,
+        0.642_786_9,
+        0.861_478_4,
+    ];
+    const FP4: [f32; 7] = [
+        0.002_604_17,
+        0.085_937_5,
+        0.208_333_33,
+        0.291_666_67,
+        0.416_666_7,
+        0.583_333,
+        0.833_333_3,
+    ];
+    row.chunks(blocksize).any(|block| {
+        let absmax = block.iter().fold(0.0f32, |m, v| m.max(v.to_f32().abs()));
+        let r = 1.0f32 / absmax;
+        block.iter().any(|v| {
+            let x = v.to_f32() * r;
+            let (x, thresholds): (f32, &[f32]) = match quant_type {
+                QuantType::Nf4 => (x, &NF4),
+                QuantType::Fp4 => (x.abs(), &FP4),
+            };
+            thresholds
+                .iter()
+                .any(|t| (x - t).abs() <= 2.0 * f32::EPSILON * t.abs())
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// LLM.int8()
+
+/// bitsandbytes' int8 golden vectors: activation and weight quantization, the int32 product,
+/// its dequantization, and `Linear8bitLt` with thresholds 0 and 6.
+pub fn golden_int8<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let bytes = golden_bytes();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, wshape) = view_raw(&st, "int8.W");
+    let (_, xshape) = view_raw(&st, "int8.x");
+    let (n, k, m) = (wshape[0], wshape[1], xshape[0]);
+    let w = view_f32(&st, "int8.W");
+    let x = view_f32(&st, "int8.x");
+
+    // bitsandbytes quantizes from float16: a bf16 upload of the f16 inputs would change them.
+    let exact_inputs = F::NAME != "bf16";
+    for (input, shape, codes_key, scale_key) in [
+        (&w, &wshape, "int8.W_q", "int8.W_scale"),
+        (&x, &xshape, "int8.x_q", "int8.x_scale"),
+    ] {
+        if !exact_inputs {
+            continue;
+        }
+        let t = dev.floats::<F>(input, shape.clone());
+        let q = int8_quantize_rows(&t, 0.0).unwrap().quantized;
+        let codes = dev.bytes_of(&q.codes);
+        let (expected, _) = view_raw(&st, codes_key);
+        let off_by_one = codes.iter().zip(expected).filter(|(a, b)| a != b).count();
+        let worse = codes
+            .iter()
+            .zip(expected)
+            .filter(|(a, b)| (**a as i8 as i32 - **b as i8 as i32).abs() > 1)
+            .count();
+        assert_eq!(worse, 0, "{codes_key}: codes more than one step away");
+        assert!(
+            off_by_one * 500 <= codes.len(),
+            "{codes_key}: {off_by_one} codes differ by one"
+        );
+        assert_eq!(
+            dev.read_f32(&q.absmax),
+            view_f32(&st, scale_key),
+            "{scale_key}"
+        );
+    }
+
+    // The product and its dequantization from bitsandbytes' own codes.
+    let wq = golden_int8_matrix(dev, &st, "int8.W_q", "int8.W_scale");
+    let xq = golden_int8_matrix(dev, &st, "int8.x_q", "int8.x_scale");
+    let acc = int8_matmul_i32(&xq, &wq).unwrap();
+    let (expected_acc, _) = view_raw(&st, "int8.acc");
+    assert_eq!(
+        dev.bytes_of(&acc),
+        expected_acc,
+        "int8.acc: the int32 product must be exact"
+    );
+    let y = int8_matmul_dequant(&xq, &wq, None, F::KIND).unwrap();
+    let expected_y = view_f32(&st, "int8.y");
+    let y = dev.read_f32(&y);
+    let ulp_off = y
+        .iter()
+        .zip(&expected_y)
+        .filter(|(a, b)| round::<F>(**b) != **a)
+        .count();
+    assert!(
+        ulp_off * 1000 <= y.len(),
+        "int8.y: {ulp_off} of {} elements differ",
+        y.len()
+    );
+    check_close(
+        &y,
+        &expected_y.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        F::RTOL.max(2e-3),
+        "int8.y",
+    );
+
+    let bias = view_f32(&st, "lin8.bias");
+    let xt = dev.floats::<F>(&x, vec![m, k]);
+    let bt = dev.floats::<F>(&bias, vec![n]);
+    for (threshold, key) in [(0.0f32, "lin8.th0.y"), (6.0, "lin8.th6.y")] {
+        let out = linear_8bit_lt(&xt, &wq, Some(&bt), threshold).unwrap();
+        let expected: Vec<f64> = view_f32(&st, key).iter().map(|&v| v as f64).collect();
+        check_close(
+            &dev.read_f32(&out),
+            &expected,
+            if exact_inputs { 4e-3 } else { 2.5e-2 },
+            key,
+        );
+    }
+    eprintln!("int8: golden vectors ({})", F::NAME);
+}
+
+fn golden_int8_matrix<R: CubeRuntime>(
+    dev: &Dev<R>,
+    st: &SafeTensors,
+    codes: &str,
+    scale: &str,
+) -> Int8Matrix<R> {
+    let (bytes, shape) = view_raw(st, codes);
+    Int8Matrix {
+        codes: dev.tensor(bytes, shape, DType::I8),
+        absmax: dev.f32s(&view_f32(st, scale)),
+    }
+}
+
+/// `Linear8bitLt` on odd shapes with planted outliers, against the CPU reference.
+pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 17, 100),
+        (3, 65, 132),
+        (8, 33, 260),
+        (17, 40, 64),
+        (32, 31, 516),
+    ];
+    for &(m, n, k) in shapes {
+        let w = randn(&mut rng, n * k, 0.05);
+        let wq = Int8Rows::quantize(
+            &w.iter().map(|&v| F::from_f32(v)).collect::<Vec<F>>(),
+            n,
+            k,
+            0.0,
+        )
+        .unwrap();
+        let weight = dev.int8(&wq);
+        // The weight quantized on the device matches the CPU reference.
+        let wt = dev.floats::<F>(&w, vec![n, k]);
+        let wdev = int8_quantize_rows(&wt, 0.0).unwrap().quantized;
+        let codes: Vec<i8> = bytemuck::cast_slice(&dev.bytes_of(&wdev.codes)).to_vec();
+        assert_eq!(codes, wq.codes, "weight codes {n}x{k}");
+        assert_eq!(
+            dev.read_f32(&wdev.absmax),
+            wq.absmax,
+            "weight absmax {n}x{k}"
+        );
+
+        let mut x = randn(&mut rng, m * k, 1.0);
+        for &col in &[1usize, 7, k - 2] {
+            x[(m / 2) * k + col] = 8.0 + col as f32 * 0.01;
+        }
+        let x: Vec<f32> = x.into_iter().map(round::<F>).collect();
+        let xh: Vec<F> = x.iter().map(|&v| F::from_f32(v)).collect();
+        let bias: Vec<f32> = randn(&mut rng, n, 0.5)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let bias_h: Vec<F> = bias.iter().map(|&v| F::from_f32(v)).collect();
+        let xt = dev.floats::<F>(&x, vec![m, k]);
+        let bt = dev.floats::<F>(&bias, vec![n]);
+        for threshold in [0.0f32, 6.0] {
+            let expected: Vec<f64> = formats::linear_8bit_lt(&xh, m, &wq, Some(&bias_h), threshold)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_f32() as f64)
+                .collect();
+            let out = linear_8bit_lt(&xt, &weight, Some(&bt), threshold).unwrap();
+            let what = format!(
+                "linear_8bit_lt m {m} n {n} k {k} threshold {threshold} {}",
+                F::NAME
+            );
+            let actual = dev.read_f32(&out);
+            if threshold == 0.0 {
+                // Same arithmetic as the CPU reference, to the bit.
+                let exact = actual
+                    .iter()
+                    .zip(&expected)
+                    .filter(|(a, e)| **a as f64 == **e)
+                    .count();
+                assert_eq!(
+                    exact,
+                    actual.len(),
+                    "{what}: {} elements differ",
+                    actual.len() - exact
+                );
+            } else {
+                check_close(&actual, &expected, 4e-3, &what);
+            }
+        }
+    }
+}
+
+/// Every int8 product strategy (SIMT shapes, tensor cores where available) against the CPU
+/// reference `int8_mm_dequant(int8_matmul(..))`, bit for bit, on shapes that are not multiples
+/// of the tiles.
+pub fn int8_strategies<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(9);
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 33, 272),
+        (2, 70, 1040),
+        (8, 129, 272),
+        (17, 64, 528),
+        (32, 100, 1024),
+        (45, 131, 80),
+    ];
+    for &(m, n, k) in shapes {
+        let codes = |rng: &mut StdRng, len: usize| -> Vec<i8> {
+            (0..len)
+                .map(|_| rng.random_range(-127i32..=127) as i8)
+                .collect()
+        };
+        let a = Int8Rows {
+            codes: codes(&mut rng, m * k),
+            absmax: (0..m).map(|_| rng.random_range(0.5f32..4.0)).collect(),
+            rows: m,
+            cols: k,
+            outlier_cols: vec![],
+        };
+        let b = Int8Rows {
+            codes: codes(&mut rng, n * k),
+            absmax: (0..n).map(|_| rng.random_range(0.01f32..0.1)).collect(),
+            rows: n,
+            cols: k,
+            outlier_cols: vec![],
+        };
+        let bias: Vec<f32> = randn(&mut rng, n, 0.5)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let bias_h: Vec<f16> = bias.iter().map(|&v| f16::from_f32(v)).collect();
+        let acc = formats::int8_matmul(&a.codes, &b.codes, m, n, k).unwrap();
+        let fused = F::KIND == DType::F16;
+        let y16 =
+            formats::int8_mm_dequant(&acc, &a.absmax, &b.absmax, fused.then_some(&bias_h[..]))
+                .unwrap();
+        let expected: Vec<f32> = y16
+            .iter()
+            .enumerate()
+            .map(|(i, y)| {
+                let y = if fused {
+                    y.to_f32()
+                } else {
+                    f16::from_f32(y.to_f32() + bias_h[i % n].to_f32()).to_f32()
+                };
+                round::<F>(y)
+            })
+            .collect();
+        let (da, db) = (dev.int8(&a), dev.int8(&b));
+        let bt = dev.floats::<F>(&bias, vec![n]);
+        let raw = int8_matmul_i32(&da, &db).unwrap();
+        let raw: Vec<i32> = bytemuck::cast_slice(&dev.bytes_of(&raw)).to_vec();
+        assert_eq!(raw, acc, "int32 product {m}x{n}x{k}");
+        let mut strategies = vec![
+            Int8Strategy::Auto,
+            Int8Strategy::Simt {
+                rows: 1,
+                mt: 1,
+                cube_size: 32,
+            },
+            Int8Strategy::Simt {
+                rows: 3,
+                mt: 2,
+                cube_size: 64,
+            },
+        ];
+        if k % 16 == 0 && burn_bnb_kernels::int8::supports_int8_cmma(&dev.client) {
+            strategies.push(Int8Strategy::Cmma {
+                bm: 16,
+                bn: 64,
+                splits: 1,
+            });
+            strategies.push(Int8Strategy::Cmma {
+                bm: 32,
+                bn: 64,
+                splits: 3,
+            });
+            strategies.push(Int8Strategy::Cmma {
+                bm: 64,
+                bn: 128,
+                splits: 2,
+            });
+        }
+        for strategy in strategies {
+            let out = int8_matmul_dequant_with(&da, &db, Some(&bt), F::KIND, strategy).unwrap();
+            let actual = dev.read_f32(&out);
+            let bad = actual
+                .iter()
+                .zip(&expected)
+                .filter(|(a, e)| a.to_bits() != e.to_bits())
+                .count();
+            assert_eq!(
+                bad,
+                0,
+                "int8 {m}x{n}x{k} {strategy:?} {}: {bad} elements differ",
+                F::NAME
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+
+/// Inconsistent layouts are typed errors, before anything is launched.
+pub fn errors<R: CubeRuntime>(dev: &Dev<R>) {
+    let q = Quantized4::quantize(&[0.5f32; 128], &[2, 64], Quant4Config::nf4()).unwrap();
+    let mut w = dev.quant4(&q);
+    w.blocksize = 48;
+    assert!(matches!(
+        dequantize_4bit(&w, DType::F32),
+        Err(KernelError::Unsupported {
+            what: "blocksize",
+            ..
+        })
+    ));
+    w.blocksize = 64;
+    assert!(matches!(
+        dequantize_4bit(&w, DType::I32),
+        Err(KernelError::DType { .. })
+    ));
+    let x = dev.floats::<f32>(&[1.0; 60], vec![1, 60]);
+    assert!(matches!(
+        matmul_4bit_with(&x, &w, None, Matmul4Strategy::Auto),
+        Err(KernelError::Shape { tensor: "x", .. })
+    ));
+    // A 3-byte packed buffer cannot be read as words.
+    let q =
+        Quantized4::quantize(&[0.5f32; 6], &[6], Quant4Config::nf4().with_blocksize(32)).unwrap();
+    let mut w = dev.quant4(&q);
+    let handle = dev.client.create_from_slice(&q.packed);
+    w.packed = CubeTensor::new_contiguous(
+        dev.client.clone(),
+        dev.device.clone(),
+        vec![3].into(),
+        handle,
+        DType::U8,
+    );
+    assert!(matches!(
+        dequantize_4bit(&w, DType::F32),
+        Err(KernelError::Unaligned {
+            tensor: "packed",
+            ..
+        })
+    ));
+    assert!(matches!(
+        int8_quantize_rows(&dev.floats::<f32>(&[1.0; 6], vec![1, 6]), 0.0),
+        Err(KernelError::Unsupported { .. })
+    ));
+}
