@@ -29,6 +29,16 @@ pub enum CliError {
         /// The requested format.
         format: String,
     },
+    /// The backend could not start (no driver or adapter).
+    #[error(
+        "--device {device}: the backend could not start: {message}. Use --device cpu on a machine without a usable GPU"
+    )]
+    DeviceUnavailable {
+        /// The device.
+        device: &'static str,
+        /// The runtime's message.
+        message: String,
+    },
     /// A backend this binary was built without.
     #[error(
         "--device {device} is not available: this binary was built without the `{device}` feature (rebuild burn-bnb-cli with `--features {device}`)"

@@ -26,6 +26,7 @@ macro_rules! on_device {
             Device::Cuda => {
                 type $B = burn::backend::Cuda<half::bf16, i32>;
                 let $device = burn::backend::cuda::CudaDevice::default();
+                probe::<$B>("cuda", &$device)?;
                 $body
             }
             #[cfg(not(feature = "cuda"))]
@@ -34,12 +35,37 @@ macro_rules! on_device {
             Device::Wgpu => {
                 type $B = burn::backend::Wgpu<f32, i32>;
                 let $device = burn::backend::wgpu::WgpuDevice::default();
+                probe::<$B>("wgpu", &$device)?;
                 $body
             }
             #[cfg(not(feature = "wgpu"))]
             Device::Wgpu => Err(CliError::DeviceNotBuilt { device: "wgpu" }),
         }
     };
+}
+
+/// Starts a GPU backend with one tiny tensor: the CUDA and wgpu runtimes panic when no driver
+/// or adapter is found, which becomes [`CliError::DeviceUnavailable`] here instead.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
+fn probe<B: Backend>(name: &'static str, device: &B::Device) -> Result<(), CliError> {
+    let hook = std::panic::take_hook();
+    // The message goes into the error; the default hook would print it as a crash first.
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<B, 1>::zeros([1], device).into_data();
+    }));
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown failure".into());
+        CliError::DeviceUnavailable {
+            device: name,
+            message: message.trim_end_matches('.').to_string(),
+        }
+    })
 }
 
 /// The name clap shows for a value.

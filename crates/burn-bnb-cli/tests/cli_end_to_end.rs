@@ -289,6 +289,34 @@ fn bad_inputs_give_clear_errors() {
     ]);
     assert!(e.contains("context is 8 tokens"), "{e}");
 
+    for (device, built) in [
+        ("cuda", cfg!(feature = "cuda")),
+        ("wgpu", cfg!(feature = "wgpu")),
+    ] {
+        if !built {
+            continue;
+        }
+        // With a GPU this generates; without one it must be a clear error, never a panic.
+        let out = burn_bnb(&[
+            "generate",
+            "-m",
+            &m,
+            "-p",
+            "x",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            device,
+            "--quiet",
+        ]);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success()
+                || (out.status.code() == Some(1) && e.contains("the backend could not start")),
+            "--device {device}: {:?}: {e}",
+            out.status
+        );
+    }
     if !cfg!(feature = "cuda") {
         let e = fails(&["generate", "-m", &m, "-p", "x", "--device", "cuda"]);
         assert!(e.contains("without the `cuda` feature"), "{e}");
