@@ -142,6 +142,14 @@ mod wgpu {
             .collect();
         x[17] = 9.0;
         for threshold in [0.0, 6.0] {
+            // Row-wise quantization with the outlier mask (a custom operation under Fusion).
+            let quantized =
+                Int8Primitive::<B>::quantize(prim::<B, 2>(x.clone(), [m, k], device), threshold)
+                    .unwrap()
+                    .to_reference()
+                    .unwrap();
+            assert_eq!(quantized, Int8Rows::quantize(&x, m, k, threshold).unwrap());
+
             let y = read::<B, 2>(
                 weight
                     .clone()
