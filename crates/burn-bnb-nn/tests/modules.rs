@@ -2,17 +2,20 @@
 //! agreement with their dequantized weight, quantization error, records, training around the
 //! frozen weight, errors.
 
+use burn::module::Param;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor, Tolerance};
+use burn::tensor::{Tensor, TensorData, Tolerance};
 use burn_autodiff::Autodiff;
 use burn_bnb_backend::Bnb;
 use burn_bnb_backend::formats::{FloatDtype, FormatError, Quant4Config, QuantType, Quantized4};
 use burn_bnb_nn::{BnbError, Linear4bit, Linear4bitConfig, Linear8bitLt, Linear8bitLtConfig};
 use burn_ndarray::NdArray;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
 
 type B = Bnb<NdArray>;
 type AD = Autodiff<Bnb<NdArray>>;
@@ -21,16 +24,21 @@ fn device() -> burn_ndarray::NdArrayDevice {
     Default::default()
 }
 
-fn float_linear<Bk: Backend>(d_input: usize, d_output: usize, bias: bool, seed: u64) -> Linear<Bk> {
-    Bk::seed(&Default::default(), seed);
-    LinearConfig::new(d_input, d_output)
-        .with_bias(bias)
-        .init(&Default::default())
+/// Deterministic N(0, 1) data (not the backend's generator, which parallel tests share).
+fn random<Bk: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Bk, D> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
+    Tensor::from_data(TensorData::new(values, shape), &Default::default())
 }
 
-fn random<Bk: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Bk, D> {
-    Bk::seed(&Default::default(), seed);
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+/// A float layer with Burn's initialization scale, `U(-k, k)`-like with `k = 1/sqrt(d_input)`.
+fn float_linear<Bk: Backend>(d_input: usize, d_output: usize, bias: bool, seed: u64) -> Linear<Bk> {
+    let scale = 1.0 / (d_input as f32).sqrt();
+    Linear {
+        weight: Param::from_tensor(random([d_input, d_output], seed) * scale),
+        bias: bias.then(|| Param::from_tensor(random([d_output], seed + 1000) * scale)),
+    }
 }
 
 /// `x · Wᵀ + b` with the layer's dequantized weight, as plain tensor operations.
