@@ -14,7 +14,9 @@ type Decorated = Bnb<NdArray>;
 /// Deterministic data (not the backend's generator, which tests running in parallel share).
 fn data(shape: [usize; 2], seed: u64) -> TensorData {
     let mut rng = StdRng::seed_from_u64(seed);
-    let values: Vec<f32> = (0..shape[0] * shape[1]).map(|_| rng.sample(StandardNormal)).collect();
+    let values: Vec<f32> = (0..shape[0] * shape[1])
+        .map(|_| rng.sample(StandardNormal))
+        .collect();
     TensorData::new(values, shape)
 }
 
