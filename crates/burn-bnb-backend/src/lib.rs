@@ -1,1 +1,38 @@
-//! Placeholder: being built (see the issues).
+//! The `Bnb<B>` backend decorator: bitsandbytes' NF4, FP4 and LLM.int8() operations for any
+//! Burn backend.
+//!
+//! ```ignore
+//! type B = burn_bnb_backend::Bnb<burn::backend::Cuda>;
+//! ```
+//!
+//! - [`Bnb<B>`] is transparent: its tensors are `B`'s tensors and every Burn operation is `B`'s.
+//!   It adds [`QuantizedOps`].
+//! - [`QuantizedOps`] holds the quantized operations on primitives: 4-bit (NF4/FP4, any
+//!   blocksize, double quantization) quantize / dequantize / matmul, and LLM.int8()'s row-wise
+//!   quantization and linear layer. `Autodiff<Bnb<B>>` implements it too, with gradients for
+//!   the activations and the bias (the quantized weight is frozen, as in QLoRA).
+//! - [`QuantizedKernels`] is the hook an inner backend implements; every method defaults to the
+//!   [`portable`] path built from ordinary Burn tensor operations. `NdArray`, `CubeBackend` and
+//!   `Fusion<B>` implement it.
+//! - [`Quant4Primitive`] and [`Int8Primitive`] are the quantized weights on a device, laid out
+//!   as bitsandbytes stores them, convertible to and from the CPU reference types of
+//!   [`burn_bnb_formats`].
+
+#![warn(missing_docs)]
+
+mod api;
+mod backends;
+mod decorator;
+mod error;
+mod ops;
+pub mod portable;
+mod primitive;
+mod util;
+
+pub use decorator::Bnb;
+pub use error::{BnbError, Result};
+pub use ops::{QuantizedKernels, QuantizedOps};
+pub use primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
+pub use util::{byte_dtype, signed_byte_dtype};
+
+pub use burn_bnb_formats as formats;

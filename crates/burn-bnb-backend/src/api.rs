@@ -1,0 +1,177 @@
+//! The checked entry points: validate, then run the [`QuantizedOps`] kernel.
+
+use burn_backend::{FloatDType, TensorMetadata, tensor::FloatTensor};
+use burn_bnb_formats::{FormatError, Quant4Config, check_blocksize_4bit};
+
+use crate::error::{BnbError, Result};
+use crate::ops::QuantizedOps;
+use crate::primitive::{Int8Primitive, Quant4Primitive};
+use crate::util::{dims, float, formats_float_dtype, read};
+
+impl<B: QuantizedOps> Quant4Primitive<B> {
+    /// Quantizes a float tensor of any shape ([`QuantizedOps::quantize_4bit`]).
+    ///
+    /// Waits for the device once, to check that every element is finite.
+    ///
+    /// # Errors
+    /// An unsupported blocksize, an empty tensor, a dtype other than F32/F16/BF16, or a NaN or
+    /// infinite element.
+    pub fn quantize(tensor: FloatTensor<B>, config: Quant4Config) -> Result<Self> {
+        check_blocksize_4bit(config.blocksize)?;
+        check_quantizable::<B>(&tensor, "tensor to quantize")?;
+        Ok(B::quantize_4bit(tensor, config))
+    }
+
+    /// Dequantizes to `dtype` ([`QuantizedOps::dequantize_4bit`]).
+    ///
+    /// # Errors
+    /// An inconsistent tensor ([`Self::validate`]).
+    pub fn dequantize(self, dtype: FloatDType) -> Result<FloatTensor<B>> {
+        self.validate()?;
+        Ok(B::dequantize_4bit(self, dtype))
+    }
+
+    /// `y = x · dequantize(self)ᵀ (+ bias)` ([`QuantizedOps::matmul_4bit`]), for a 2-D
+    /// `[N, K]` tensor: `x` is `[..., K]`, `bias` `[N]`, the output `[..., N]`.
+    ///
+    /// # Errors
+    /// An inconsistent or non-2-D weight, or `x` / `bias` shapes that do not fit it.
+    pub fn matmul(self, x: FloatTensor<B>, bias: Option<FloatTensor<B>>) -> Result<FloatTensor<B>> {
+        self.validate()?;
+        let [n, k] = weight_dims("4-bit weight", &self.shape.dims)?;
+        check_linear_operands(&x, bias.as_ref(), n, k)?;
+        Ok(B::matmul_4bit(x, self, bias))
+    }
+}
+
+impl<B: QuantizedOps> Int8Primitive<B> {
+    /// Row-wise int8 quantization of a 2-D `[rows, cols]` tensor
+    /// ([`QuantizedOps::int8_vectorwise_quant`]). A weight is quantized with `threshold = 0`.
+    ///
+    /// Waits for the device once, to check that every element is finite.
+    ///
+    /// # Errors
+    /// A tensor that is not 2-D or is empty, a dtype other than F32/F16/BF16, a NaN or infinite
+    /// element, or a negative or non-finite threshold.
+    pub fn quantize(tensor: FloatTensor<B>, threshold: f32) -> Result<Self> {
+        check_threshold(threshold)?;
+        let shape = tensor.shape();
+        if shape.num_dims() != 2 {
+            return Err(BnbError::Shape {
+                what: "tensor to quantize row-wise",
+                expected: vec![usize::MAX, usize::MAX],
+                actual: dims(&shape),
+            });
+        }
+        check_quantizable::<B>(&tensor, "tensor to quantize row-wise")?;
+        Ok(B::int8_vectorwise_quant(tensor, threshold))
+    }
+
+    /// Dequantizes to `dtype` ([`QuantizedOps::int8_vectorwise_dequant`]).
+    ///
+    /// # Errors
+    /// An inconsistent matrix ([`Self::validate`]).
+    pub fn dequantize(self, dtype: FloatDType) -> Result<FloatTensor<B>> {
+        self.validate()?;
+        Ok(B::int8_vectorwise_dequant(self, dtype))
+    }
+
+    /// LLM.int8()'s `y = x Wᵀ + bias` with this `[N, K]` matrix as `W`
+    /// ([`QuantizedOps::int8_linear`]): `x` is `[..., K]`, `bias` `[N]`, the output `[..., N]`.
+    ///
+    /// # Errors
+    /// An inconsistent weight, `x` / `bias` shapes that do not fit it, or a negative or
+    /// non-finite threshold.
+    pub fn linear(
+        self,
+        x: FloatTensor<B>,
+        bias: Option<FloatTensor<B>>,
+        threshold: f32,
+    ) -> Result<FloatTensor<B>> {
+        self.validate()?;
+        check_threshold(threshold)?;
+        let [n, k] = self.dims();
+        check_linear_operands(&x, bias.as_ref(), n, k)?;
+        Ok(B::int8_linear(x, self, bias, threshold))
+    }
+}
+
+/// A float tensor bitsandbytes can quantize: non-empty, F32/F16/BF16, finite.
+fn check_quantizable<B: QuantizedOps>(tensor: &FloatTensor<B>, what: &'static str) -> Result<()> {
+    let shape = tensor.shape();
+    if shape.num_elements() == 0 {
+        return Err(FormatError::InvalidParameter {
+            what: "shape",
+            reason: format!("{:?} has no elements", shape.dims),
+        }
+        .into());
+    }
+    if formats_float_dtype(tensor.dtype()).is_none() {
+        return Err(BnbError::UnsupportedDType {
+            what,
+            dtype: tensor.dtype(),
+        });
+    }
+    let rank1 = B::float_reshape(tensor.clone(), [shape.num_elements()].into());
+    let all_finite = read(float::<B, 1>(rank1).is_finite().all().int(), what)?;
+    if all_finite.iter::<i64>().next() == Some(1) {
+        Ok(())
+    } else {
+        Err(BnbError::NonFinite { what })
+    }
+}
+
+fn check_threshold(threshold: f32) -> Result<()> {
+    if threshold.is_finite() && threshold >= 0.0 {
+        Ok(())
+    } else {
+        Err(FormatError::InvalidParameter {
+            what: "threshold",
+            reason: format!("{threshold} is not a finite non-negative number"),
+        }
+        .into())
+    }
+}
+
+fn weight_dims(what: &'static str, shape: &[usize]) -> Result<[usize; 2]> {
+    match *shape {
+        [n, k] => Ok([n, k]),
+        _ => Err(BnbError::Shape {
+            what,
+            expected: vec![usize::MAX, usize::MAX],
+            actual: shape.to_vec(),
+        }),
+    }
+}
+
+/// `x: [..., K]` with at least one dimension, `bias: [N]`.
+fn check_linear_operands<T: TensorMetadata>(
+    x: &T,
+    bias: Option<&T>,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    let x_shape = x.shape();
+    if x_shape.dims.last() != Some(&k) {
+        let mut expected = x_shape.dims.clone();
+        match expected.last_mut() {
+            Some(last) => *last = k,
+            None => expected.push(k),
+        }
+        return Err(BnbError::Shape {
+            what: "linear input (its last dimension must be in_features)",
+            expected,
+            actual: x_shape.dims,
+        });
+    }
+    if let Some(bias) = bias
+        && bias.shape().dims != [n]
+    {
+        return Err(BnbError::Shape {
+            what: "bias",
+            expected: vec![n],
+            actual: bias.shape().dims,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! `Bnb<B>` runs `B`'s kernels.
+
+use burn_backend::{FloatDType, tensor::FloatTensor};
+use burn_bnb_formats::Quant4Config;
+
+use crate::decorator::Bnb;
+use crate::ops::{QuantizedKernels, QuantizedOps};
+use crate::primitive::{Int8Primitive, Quant4Primitive};
+
+/// `B`'s primitives are `Bnb<B>`'s: these conversions only re-label the type.
+fn to_inner_4bit<B: QuantizedKernels>(weight: Quant4Primitive<Bnb<B>>) -> Quant4Primitive<B> {
+    weight.map_backend(|t| t, |t| t)
+}
+
+fn from_inner_4bit<B: QuantizedKernels>(weight: Quant4Primitive<B>) -> Quant4Primitive<Bnb<B>> {
+    weight.map_backend(|t| t, |t| t)
+}
+
+fn to_inner_int8<B: QuantizedKernels>(weight: Int8Primitive<Bnb<B>>) -> Int8Primitive<B> {
+    weight.map_backend(|t| t, |t| t, |t| t)
+}
+
+impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
+    fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
+        from_inner_4bit(<B as QuantizedKernels>::quantize_4bit(tensor, config))
+    }
+
+    fn dequantize_4bit(weight: Quant4Primitive<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        <B as QuantizedKernels>::dequantize_4bit(to_inner_4bit(weight), dtype)
+    }
+
+    fn matmul_4bit(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        <B as QuantizedKernels>::matmul_4bit(x, to_inner_4bit(weight), bias)
+    }
+
+    fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
+        <B as QuantizedKernels>::int8_vectorwise_quant(tensor, threshold).map_backend(
+            |t| t,
+            |t| t,
+            |t| t,
+        )
+    }
+
+    fn int8_vectorwise_dequant(
+        weight: Int8Primitive<Self>,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
+        <B as QuantizedKernels>::int8_vectorwise_dequant(to_inner_int8(weight), dtype)
+    }
+
+    fn int8_linear(
+        x: FloatTensor<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+    ) -> FloatTensor<Self> {
+        <B as QuantizedKernels>::int8_linear(x, to_inner_int8(weight), bias, threshold)
+    }
+}

@@ -1,0 +1,434 @@
+//! `Fusion<B>`: each quantized operation is registered in the fusion stream as a custom
+//! operation whose execution runs `B`'s kernel (the pattern of burn-vision's
+//! `connected_components`). Burn's fusers see an opaque operation and fuse around it.
+
+use core::marker::PhantomData;
+
+use burn_backend::{
+    Backend, DType, Element, FloatDType, Shape, TensorMetadata,
+    tensor::{FloatTensor, IntTensor},
+};
+use burn_bnb_formats::{FloatDtype, NESTED_BLOCKSIZE, Quant4Config, QuantType};
+use burn_fusion::{
+    Fusion, FusionBackend, FusionRuntime, FusionTensor,
+    stream::{Operation, OperationStreams},
+};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+use crate::ops::QuantizedKernels;
+use crate::primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
+use crate::util::{byte_dtype, signed_byte_dtype};
+
+type Handles<B> =
+    HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+type Tensor<B> = FusionTensor<<B as FusionBackend>::FusionRuntime>;
+
+/// The metadata of a [`Quant4Primitive`], whose tensors travel as the operation's inputs or
+/// outputs: `[packed, code, absmax]` or `[packed, code, codes, nested_absmax, nested_code,
+/// offset]`.
+#[derive(Clone, Debug)]
+struct Layout4 {
+    quant_type: QuantType,
+    blocksize: usize,
+    dtype: FloatDtype,
+    shape: Shape,
+    /// `Some(nested_blocksize)` when the absmax is double-quantized.
+    nested_blocksize: Option<usize>,
+}
+
+impl Layout4 {
+    fn of<B: Backend>(weight: &Quant4Primitive<B>) -> Self {
+        Layout4 {
+            quant_type: weight.quant_type,
+            blocksize: weight.blocksize,
+            dtype: weight.dtype,
+            shape: weight.shape.clone(),
+            nested_blocksize: match &weight.absmax {
+                Absmax4Primitive::Plain(_) => None,
+                Absmax4Primitive::Double(dq) => Some(dq.nested_blocksize),
+            },
+        }
+    }
+
+    /// Shapes and dtypes of the tensors, in order, with `bytes` the dtype of byte tensors.
+    fn tensor_types(&self, bytes: DType) -> Vec<(Shape, DType)> {
+        let numel = self.shape.num_elements();
+        let blocks = numel.div_ceil(self.blocksize);
+        let mut types = vec![
+            (Shape::new([numel.div_ceil(2)]), bytes),
+            (Shape::new([16]), DType::F32),
+        ];
+        match self.nested_blocksize {
+            None => types.push((Shape::new([blocks]), DType::F32)),
+            Some(nested) => types.extend([
+                (Shape::new([blocks]), bytes),
+                (Shape::new([blocks.div_ceil(nested)]), DType::F32),
+                (Shape::new([256]), DType::F32),
+                (Shape::new([1]), DType::F32),
+            ]),
+        }
+        types
+    }
+
+    /// Puts a weight together from its tensors, in order.
+    fn join<B: Backend>(&self, tensors: impl IntoIterator<Item = Part<B>>) -> Quant4Primitive<B> {
+        let mut tensors = tensors.into_iter();
+        let mut next = || tensors.next().expect("a 4-bit weight tensor");
+        let packed = next().int();
+        let code = next().float();
+        let absmax = match self.nested_blocksize {
+            None => Absmax4Primitive::Plain(next().float()),
+            Some(nested_blocksize) => Absmax4Primitive::Double(DoubleQuantPrimitive {
+                codes: next().int(),
+                nested_absmax: next().float(),
+                nested_code: next().float(),
+                offset: next().float(),
+                nested_blocksize,
+            }),
+        };
+        Quant4Primitive {
+            packed,
+            absmax,
+            code,
+            quant_type: self.quant_type,
+            blocksize: self.blocksize,
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+        }
+    }
+
+    /// Reads a weight from the operation's inputs.
+    fn take<'a, B: FusionBackend>(
+        &self,
+        irs: &mut impl Iterator<Item = &'a TensorIr>,
+        handles: &mut Handles<B>,
+    ) -> Quant4Primitive<B> {
+        let count = self.tensor_types(DType::U8).len();
+        let parts: Vec<Part<B>> = (0..count)
+            .map(|_| {
+                let ir = next_ir(irs);
+                if ir.dtype.is_float() {
+                    Part::Float(handles.get_float_tensor::<B>(ir))
+                } else {
+                    Part::Int(handles.get_int_tensor::<B>(ir))
+                }
+            })
+            .collect();
+        self.join(parts)
+    }
+}
+
+/// The tensors of a weight, in the order of [`Layout4::tensor_types`].
+fn parts<B: Backend>(weight: Quant4Primitive<B>) -> Vec<Part<B>> {
+    let mut parts = vec![Part::Int(weight.packed), Part::Float(weight.code)];
+    match weight.absmax {
+        Absmax4Primitive::Plain(absmax) => parts.push(Part::Float(absmax)),
+        Absmax4Primitive::Double(dq) => parts.extend([
+            Part::Int(dq.codes),
+            Part::Float(dq.nested_absmax),
+            Part::Float(dq.nested_code),
+            Part::Float(dq.offset),
+        ]),
+    }
+    parts
+}
+
+/// A float or an int tensor of a [`Quant4Primitive`] taken apart.
+enum Part<B: Backend> {
+    Float(FloatTensor<B>),
+    Int(IntTensor<B>),
+}
+
+impl<B: Backend> Part<B> {
+    fn float(self) -> FloatTensor<B> {
+        match self {
+            Part::Float(t) => t,
+            Part::Int(_) => unreachable!("the layout puts a float tensor here"),
+        }
+    }
+
+    fn int(self) -> IntTensor<B> {
+        match self {
+            Part::Int(t) => t,
+            Part::Float(_) => unreachable!("the layout puts an int tensor here"),
+        }
+    }
+}
+
+/// A fusion weight's tensors (float and int primitives are the same `FusionTensor` type).
+fn fusion_parts<B: FusionBackend>(weight: Quant4Primitive<Fusion<B>>) -> Vec<Tensor<B>> {
+    parts(weight)
+        .into_iter()
+        .map(|part| match part {
+            Part::Float(t) | Part::Int(t) => t,
+        })
+        .collect()
+}
+
+fn next_ir<'a>(irs: &mut impl Iterator<Item = &'a TensorIr>) -> &'a TensorIr {
+    irs.next().expect("the operation has this input")
+}
+
+/// What a [`QuantizedOperation`] runs.
+#[derive(Clone, Debug)]
+enum Kind {
+    Quantize4(Quant4Config),
+    Dequantize4 {
+        layout: Layout4,
+        dtype: FloatDType,
+    },
+    Matmul4 {
+        layout: Layout4,
+        bias: bool,
+    },
+    Int8Quant {
+        threshold: f32,
+    },
+    Int8Dequant {
+        outliers: bool,
+        dtype: FloatDType,
+    },
+    Int8Linear {
+        outliers: bool,
+        bias: bool,
+        threshold: f32,
+    },
+}
+
+#[derive(Debug)]
+struct QuantizedOperation<B: FusionBackend> {
+    desc: CustomOpIr,
+    kind: Kind,
+    _backend: PhantomData<B>,
+}
+
+impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for QuantizedOperation<B> {
+    fn execute(&self, handles: &mut Handles<B>) {
+        let irs = &mut self.desc.inputs.iter();
+        let outputs = &self.desc.outputs;
+        let float = |handles: &mut Handles<B>, ir: &TensorIr| handles.get_float_tensor::<B>(ir);
+        match &self.kind {
+            Kind::Quantize4(config) => {
+                let tensor = float(handles, next_ir(irs));
+                let weight = B::quantize_4bit(tensor, *config);
+                for (ir, part) in outputs.iter().zip(parts(weight)) {
+                    match part {
+                        Part::Float(t) => handles.register_float_tensor::<B>(&ir.id, t),
+                        Part::Int(t) => handles.register_int_tensor::<B>(&ir.id, t),
+                    }
+                }
+            }
+            Kind::Dequantize4 { layout, dtype } => {
+                let weight = layout.take::<B>(irs, handles);
+                let out = B::dequantize_4bit(weight, *dtype);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::Matmul4 { layout, bias } => {
+                let x = float(handles, next_ir(irs));
+                let weight = layout.take::<B>(irs, handles);
+                let bias = bias.then(|| float(handles, next_ir(irs)));
+                let out = B::matmul_4bit(x, weight, bias);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::Int8Quant { threshold } => {
+                let tensor = float(handles, next_ir(irs));
+                let q = B::int8_vectorwise_quant(tensor, *threshold);
+                handles.register_int_tensor::<B>(&outputs[0].id, q.codes);
+                handles.register_float_tensor::<B>(&outputs[1].id, q.absmax);
+                if let (Some(mask), Some(ir)) = (q.outlier_cols, outputs.get(2)) {
+                    handles.register_bool_tensor::<B>(&ir.id, mask);
+                }
+            }
+            Kind::Int8Dequant { outliers, dtype } => {
+                let weight = take_int8::<B>(irs, *outliers, handles);
+                let out = B::int8_vectorwise_dequant(weight, *dtype);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::Int8Linear {
+                outliers,
+                bias,
+                threshold,
+            } => {
+                let x = float(handles, next_ir(irs));
+                let weight = take_int8::<B>(irs, *outliers, handles);
+                let bias = bias.then(|| float(handles, next_ir(irs)));
+                let out = B::int8_linear(x, weight, bias, *threshold);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+        }
+    }
+}
+
+fn take_int8<'a, B: FusionBackend>(
+    irs: &mut impl Iterator<Item = &'a TensorIr>,
+    outliers: bool,
+    handles: &mut Handles<B>,
+) -> Int8Primitive<B> {
+    Int8Primitive {
+        codes: handles.get_int_tensor::<B>(next_ir(irs)),
+        absmax: handles.get_float_tensor::<B>(next_ir(irs)),
+        outlier_cols: outliers.then(|| handles.get_bool_tensor::<B>(next_ir(irs))),
+    }
+}
+
+fn split_int8<B: FusionBackend>(weight: Int8Primitive<Fusion<B>>) -> (bool, Vec<Tensor<B>>) {
+    let outliers = weight.outlier_cols.is_some();
+    let mut tensors = vec![weight.codes, weight.absmax];
+    tensors.extend(weight.outlier_cols);
+    (outliers, tensors)
+}
+
+/// Registers the operation and returns its (lazy) outputs.
+fn register<B: FusionBackend + QuantizedKernels>(
+    name: &'static str,
+    kind: Kind,
+    inputs: Vec<Tensor<B>>,
+    outputs: Vec<(Shape, DType)>,
+) -> Vec<Tensor<B>> {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(&inputs);
+    let outputs: Vec<TensorIr> = outputs
+        .into_iter()
+        .map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape, dtype))
+        .collect();
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
+    let desc = CustomOpIr::new(name, &inputs, &outputs);
+    let operation = QuantizedOperation::<B> {
+        desc: desc.clone(),
+        kind,
+        _backend: PhantomData,
+    };
+    client.register(streams, OperationIr::Custom(desc), operation)
+}
+
+/// `[..., K]` to `[..., N]`.
+fn linear_output_shape(x: &Shape, n: usize) -> Shape {
+    let mut dims = x.dims.clone();
+    *dims.last_mut().expect("x has a last dimension") = n;
+    Shape::from(dims)
+}
+
+impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
+    fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
+        let layout = Layout4 {
+            quant_type: config.quant_type,
+            blocksize: config.blocksize,
+            dtype: crate::util::formats_float_dtype(tensor.dtype()).unwrap_or(FloatDtype::F32),
+            shape: tensor.shape(),
+            nested_blocksize: config.double_quant.then_some(NESTED_BLOCKSIZE),
+        };
+        let types = layout.tensor_types(byte_dtype::<B>(tensor.client.device()));
+        let outputs = register::<B>(
+            "bnb_quantize_4bit",
+            Kind::Quantize4(config),
+            vec![tensor],
+            types.clone(),
+        );
+        let parts = outputs.into_iter().zip(types).map(|(t, (_, dtype))| {
+            if dtype.is_float() {
+                Part::<Self>::Float(t)
+            } else {
+                Part::Int(t)
+            }
+        });
+        layout.join(parts)
+    }
+
+    fn dequantize_4bit(weight: Quant4Primitive<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        let shape = weight.shape.clone();
+        let layout = Layout4::of(&weight);
+        let inputs = fusion_parts::<B>(weight);
+        let kind = Kind::Dequantize4 { layout, dtype };
+        single(register::<B>(
+            "bnb_dequantize_4bit",
+            kind,
+            inputs,
+            vec![(shape, dtype.into())],
+        ))
+    }
+
+    fn matmul_4bit(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let out = (linear_output_shape(&x.shape, weight.shape.dims[0]), x.dtype);
+        let layout = Layout4::of(&weight);
+        let tensors = fusion_parts::<B>(weight);
+        let kind = Kind::Matmul4 {
+            layout,
+            bias: bias.is_some(),
+        };
+        let mut inputs = vec![x];
+        inputs.extend(tensors);
+        inputs.extend(bias);
+        single(register::<B>("bnb_matmul_4bit", kind, inputs, vec![out]))
+    }
+
+    fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
+        let [rows, cols] = tensor.shape.dims::<2>();
+        let mut outputs = vec![
+            (
+                Shape::new([rows, cols]),
+                signed_byte_dtype::<B>(tensor.client.device()),
+            ),
+            (Shape::new([rows]), DType::F32),
+        ];
+        if threshold > 0.0 {
+            outputs.push((Shape::new([cols]), <B::BoolElem as Element>::dtype()));
+        }
+        let mut outputs = register::<B>(
+            "bnb_int8_vectorwise_quant",
+            Kind::Int8Quant { threshold },
+            vec![tensor],
+            outputs,
+        )
+        .into_iter();
+        Int8Primitive {
+            codes: outputs.next().expect("the codes"),
+            absmax: outputs.next().expect("the absmax"),
+            outlier_cols: outputs.next(),
+        }
+    }
+
+    fn int8_vectorwise_dequant(
+        weight: Int8Primitive<Self>,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
+        let shape = weight.codes.shape.clone();
+        let (outliers, inputs) = split_int8::<B>(weight);
+        let kind = Kind::Int8Dequant { outliers, dtype };
+        single(register::<B>(
+            "bnb_int8_vectorwise_dequant",
+            kind,
+            inputs,
+            vec![(shape, dtype.into())],
+        ))
+    }
+
+    fn int8_linear(
+        x: FloatTensor<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+    ) -> FloatTensor<Self> {
+        let out = (
+            linear_output_shape(&x.shape, weight.codes.shape.dims[0]),
+            x.dtype,
+        );
+        let (outliers, tensors) = split_int8::<B>(weight);
+        let kind = Kind::Int8Linear {
+            outliers,
+            bias: bias.is_some(),
+            threshold,
+        };
+        let mut inputs = vec![x];
+        inputs.extend(tensors);
+        inputs.extend(bias);
+        single(register::<B>("bnb_int8_linear", kind, inputs, vec![out]))
+    }
+}
+
+fn single<T>(outputs: Vec<T>) -> T {
+    outputs.into_iter().next().expect("the operation's output")
+}

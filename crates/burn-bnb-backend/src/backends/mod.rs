@@ -1,0 +1,12 @@
+//! [`QuantizedKernels`](crate::QuantizedKernels) for Burn's backends, and
+//! [`QuantizedOps`](crate::QuantizedOps) for the decorators (`Bnb`, `Autodiff`).
+
+#[cfg(feature = "autodiff")]
+mod autodiff;
+mod bnb;
+#[cfg(feature = "cubecl")]
+mod cube;
+#[cfg(feature = "fusion")]
+mod fusion;
+#[cfg(feature = "ndarray")]
+mod ndarray;

@@ -1,0 +1,183 @@
+//! The quantized operations: [`QuantizedOps`] (what models call) and [`QuantizedKernels`] (what
+//! a backend implements).
+
+use burn_backend::{Backend, FloatDType, tensor::FloatTensor};
+use burn_bnb_formats::Quant4Config;
+
+use crate::portable;
+use crate::primitive::{Int8Primitive, Quant4Primitive};
+
+/// bitsandbytes' quantized operations on tensor primitives: blockwise 4-bit (NF4/FP4, with or
+/// without double quantization) and LLM.int8().
+///
+/// Implemented by [`Bnb<B>`](crate::Bnb) for every `B: QuantizedKernels`, and by
+/// `Autodiff<B>` for every `B: QuantizedOps` (feature `autodiff`), where gradients flow to the
+/// activations and the bias while the quantized weight stays frozen (QLoRA-style).
+///
+/// These are kernels: they assume valid input, as Burn's own ops traits do. The checked entry
+/// points are methods of [`Quant4Primitive`] and [`Int8Primitive`] (`quantize`, `matmul`,
+/// `linear`, ...), which return a [`BnbError`](crate::BnbError) for bad shapes, blocksizes or
+/// non-finite values. Every method has a portable default body built from ordinary Burn tensor
+/// operations, bit-compatible with the CPU reference [`burn_bnb_formats`].
+pub trait QuantizedOps: Backend {
+    /// Blockwise 4-bit quantization of a tensor of any shape (bitsandbytes' `quantize_4bit`).
+    ///
+    /// The tensor is flattened row-major and cut into blocks of `config.blocksize` elements
+    /// (the last may be partial); per block `absmax = max |w|`, and every element gets the code
+    /// of `f32(w * f32(1 / absmax))` from NF4's or FP4's decision tree (strict `>` on the
+    /// midpoints). With `config.double_quant` the absmax are compressed to 8 bits
+    /// (`offset = mean(absmax)`, blockwise 8-bit quantization of `absmax - offset` in groups
+    /// of 256 with bitsandbytes' signed dynamic map).
+    ///
+    /// The result's `dtype` is the input's; its `shape` is the input's shape.
+    ///
+    /// # Preconditions
+    /// `config.blocksize` is one of [`BLOCKSIZES_4BIT`](burn_bnb_formats::BLOCKSIZES_4BIT); the
+    /// tensor is non-empty, finite and F32, F16 or BF16.
+    fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
+        portable::quantize_4bit::<Self>(tensor, config)
+    }
+
+    /// Dequantizes a 4-bit tensor (bitsandbytes' `dequantize_4bit`), double-quantized absmax
+    /// reconstruction included: `w = round_to(dtype, f32(code[q] * absmax[block]))`.
+    ///
+    /// Returns a tensor of `weight.shape` and `dtype`.
+    ///
+    /// # Preconditions
+    /// `weight` is valid ([`Quant4Primitive::validate`]).
+    fn dequantize_4bit(weight: Quant4Primitive<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        portable::dequantize_4bit::<Self>(weight, dtype)
+    }
+
+    /// `y = x · dequantize(W)ᵀ (+ bias)`: the forward of a 4-bit linear layer.
+    ///
+    /// Picks the kernel by shape: a GEMV when `x` holds a single row (decoding one token), a
+    /// GEMM otherwise. Computes in `x`'s dtype; the weight is dequantized to its own
+    /// [`dtype`](Quant4Primitive::dtype) first when the device supports it, as bitsandbytes does.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., K]`
+    /// - `weight`: `[N, K]`
+    /// - `bias`: `[N]`
+    /// - output: `[..., N]`, `x`'s dtype
+    ///
+    /// # Preconditions
+    /// `weight` is valid and 2-D, `x`'s last dimension is `K`, `bias` has `N` elements.
+    fn matmul_4bit(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        portable::matmul_4bit::<Self>(x, weight, bias)
+    }
+
+    /// Row-wise int8 quantization (bitsandbytes' `int8_vectorwise_quant`) of a `[rows, cols]`
+    /// matrix, from its values rounded to f16 as bitsandbytes casts them:
+    /// `absmax[r] = max_c |x[r, c]|`, `codes[r, c] = round_half_even(x * f32(127 / absmax[r]))`.
+    ///
+    /// With `threshold > 0`, elements with `|x| >= threshold` are left out of the absmax, their
+    /// columns are reported in `outlier_cols` and zeroed in `codes` (the mixed-precision
+    /// decomposition of LLM.int8()). With `threshold == 0`, `outlier_cols` is `None`.
+    ///
+    /// # Preconditions
+    /// `tensor` is 2-D and finite; `threshold` is finite and non-negative.
+    fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
+        portable::int8_vectorwise_quant::<Self>(tensor, threshold)
+    }
+
+    /// Dequantizes a row-wise int8 matrix: `f32(f32(codes * absmax[row]) * (1 / 127))`, in
+    /// `dtype`.
+    ///
+    /// # Preconditions
+    /// `weight` is valid ([`Int8Primitive::validate`]).
+    fn int8_vectorwise_dequant(
+        weight: Int8Primitive<Self>,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
+        portable::int8_vectorwise_dequant::<Self>(weight, dtype)
+    }
+
+    /// The forward of bitsandbytes' `Linear8bitLt`: `y = x Wᵀ + bias` with an int8 weight.
+    ///
+    /// `x` is quantized row-wise ([`int8_vectorwise_quant`](Self::int8_vectorwise_quant) with
+    /// `threshold`), multiplied with the int8 weight in int32, and dequantized:
+    /// `y = f16(acc * SCA[m] * SCB[n] / 127² + bias[n])` (on a device without f16 the rounding
+    /// to f16 is skipped). With `threshold > 0` the outlier columns of `x` are multiplied in
+    /// `x`'s dtype with the int8-dequantized weight columns and added.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., K]`
+    /// - `weight`: `[N, K]`
+    /// - `bias`: `[N]`
+    /// - output: `[..., N]`, `x`'s dtype
+    ///
+    /// # Preconditions
+    /// `weight` is valid, `x`'s last dimension is `K`, `bias` has `N` elements, `x` is finite,
+    /// `threshold` is finite and non-negative.
+    fn int8_linear(
+        x: FloatTensor<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+    ) -> FloatTensor<Self> {
+        portable::int8_linear::<Self>(x, weight, bias, threshold)
+    }
+}
+
+/// Where an inner backend plugs in its own kernels for [`QuantizedOps`].
+///
+/// `Bnb<B>` implements [`QuantizedOps`] by calling `B`'s `QuantizedKernels`. Every method
+/// defaults to the portable path (ordinary Burn tensor operations), so
+///
+/// ```ignore
+/// impl burn_bnb_backend::QuantizedKernels for MyBackend {}
+/// ```
+///
+/// is enough to make `Bnb<MyBackend>` work; override the methods a native kernel does better.
+/// Implemented here for `NdArray`, `CubeBackend` (CUDA, ROCm, wgpu: the CubeCL kernels) and
+/// `Fusion<B>` (each operation a custom fusion-stream operation running `B`'s kernel).
+///
+/// The methods and their contracts are those of [`QuantizedOps`].
+pub trait QuantizedKernels: Backend {
+    /// See [`QuantizedOps::quantize_4bit`].
+    fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
+        portable::quantize_4bit::<Self>(tensor, config)
+    }
+
+    /// See [`QuantizedOps::dequantize_4bit`].
+    fn dequantize_4bit(weight: Quant4Primitive<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        portable::dequantize_4bit::<Self>(weight, dtype)
+    }
+
+    /// See [`QuantizedOps::matmul_4bit`].
+    fn matmul_4bit(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        portable::matmul_4bit::<Self>(x, weight, bias)
+    }
+
+    /// See [`QuantizedOps::int8_vectorwise_quant`].
+    fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
+        portable::int8_vectorwise_quant::<Self>(tensor, threshold)
+    }
+
+    /// See [`QuantizedOps::int8_vectorwise_dequant`].
+    fn int8_vectorwise_dequant(
+        weight: Int8Primitive<Self>,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
+        portable::int8_vectorwise_dequant::<Self>(weight, dtype)
+    }
+
+    /// See [`QuantizedOps::int8_linear`].
+    fn int8_linear(
+        x: FloatTensor<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+    ) -> FloatTensor<Self> {
+        portable::int8_linear::<Self>(x, weight, bias, threshold)
+    }
+}

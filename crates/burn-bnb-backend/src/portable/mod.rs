@@ -1,0 +1,34 @@
+//! The portable path: every [`QuantizedOps`](crate::QuantizedOps) operation built from ordinary
+//! Burn tensor operations (integer bit operations, `select` into the code tables, f32 math,
+//! casts), so that any backend runs them.
+//!
+//! Bit-compatible with the CPU reference [`burn_bnb_formats`]: quantization produces the same
+//! codes (the comparisons are the same float32 comparisons against the same thresholds; only
+//! the reference's correctly rounded `1 / absmax` versus a GPU's approximate reciprocal can
+//! differ, by one code step at a threshold tie) and dequantization the same values, given a
+//! backend whose float32 arithmetic is IEEE (no fused multiply-add contraction, correctly
+//! rounded division).
+//!
+//! Constants are passed as one-element `F32` tensors, not as scalars: Burn converts a scalar to
+//! the backend's default float element, which would round it on a bf16 or f16 backend.
+//!
+//! These functions are public so that a [`QuantizedKernels`](crate::QuantizedKernels)
+//! implementation can fall back to them for the cases its kernels do not cover.
+
+mod double_quant;
+mod int8;
+mod quant4;
+
+pub use double_quant::{dequantize_absmax, double_quantize, quantize_with_code, torch_cuda_mean};
+pub use int8::{int8_linear, int8_vectorwise_dequant, int8_vectorwise_quant};
+pub use quant4::{
+    FP4_THRESHOLDS, NF4_THRESHOLDS, dequantize_4bit, matmul_4bit, quantize_4bit,
+    quantize_4bit_codes,
+};
+
+use burn_backend::{Backend, Element, IntDType};
+
+/// The backend's default int dtype, which indices and integer arithmetic use.
+fn index_dtype<B: Backend>() -> IntDType {
+    <B::IntElem as Element>::dtype().into()
+}
