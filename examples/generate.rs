@@ -12,7 +12,7 @@ use std::io::Write;
 
 use burn::backend::NdArray;
 use burn_bnb_models::{
-    DenseLoader, GenerationConfig, LoadOptions, Pretrained, Sampling, TextStream, generate,
+    Bnb, DenseLoader, GenerationConfig, LoadOptions, Pretrained, Sampling, TextStream, generate,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,8 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let max_new_tokens = args.next().map(|n| n.parse()).transpose()?.unwrap_or(48);
 
     let device = Default::default();
-    let pretrained =
-        Pretrained::<NdArray<f32>>::load(&model, &DenseLoader, LoadOptions::default(), &device)?;
+    let pretrained = Pretrained::<Bnb<NdArray<f32>>>::load(
+        &model,
+        &DenseLoader,
+        LoadOptions::default(),
+        &device,
+    )?;
     let tokenizer = &pretrained.tokenizer;
     let config = GenerationConfig {
         max_new_tokens,

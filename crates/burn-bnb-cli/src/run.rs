@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use burn::prelude::Backend;
 use burn_bnb_models::{
-    DenseLoader, GenerationConfig, LoadOptions, Pretrained, ProjectionLoader, Sampling, TextStream,
-    generate as generate_tokens, perplexity as score,
+    DenseLoader, GenerationConfig, LoadOptions, Pretrained, ProjectionLoader, QuantizedOps,
+    Sampling, TextStream, generate as generate_tokens, perplexity as score,
 };
 use clap::ValueEnum;
 
@@ -18,13 +18,13 @@ macro_rules! on_device {
     ($which:expr, |$B:ident, $device:ident| $body:expr) => {
         match $which {
             Device::Cpu => {
-                type $B = burn::backend::NdArray<f32>;
+                type $B = burn_bnb_models::Bnb<burn::backend::NdArray<f32>>;
                 let $device = burn::backend::ndarray::NdArrayDevice::Cpu;
                 $body
             }
             #[cfg(feature = "cuda")]
             Device::Cuda => {
-                type $B = burn::backend::Cuda<half::bf16, i32>;
+                type $B = burn_bnb_models::Bnb<burn::backend::Cuda<half::bf16, i32>>;
                 let $device = burn::backend::cuda::CudaDevice::default();
                 probe::<$B>("cuda", &$device)?;
                 $body
@@ -33,7 +33,7 @@ macro_rules! on_device {
             Device::Cuda => Err(CliError::DeviceNotBuilt { device: "cuda" }),
             #[cfg(feature = "wgpu")]
             Device::Wgpu => {
-                type $B = burn::backend::Wgpu<f32, i32>;
+                type $B = burn_bnb_models::Bnb<burn::backend::Wgpu<f32, i32>>;
                 let $device = burn::backend::wgpu::WgpuDevice::default();
                 probe::<$B>("wgpu", &$device)?;
                 $body
@@ -87,7 +87,7 @@ fn projection_loader<B: Backend>(quant: Quant) -> Result<Box<dyn ProjectionLoade
     }
 }
 
-fn load<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<Pretrained<B>, CliError> {
+fn load<B: QuantizedOps>(args: &ModelArgs, device: &B::Device) -> Result<Pretrained<B>, CliError> {
     let projections = projection_loader::<B>(args.quant)?;
     let options = LoadOptions {
         progress: !args.quiet,
@@ -114,7 +114,7 @@ pub fn perplexity(args: PerplexityArgs) -> Result<(), CliError> {
     ))
 }
 
-fn generate_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<(), CliError> {
+fn generate_on<B: QuantizedOps>(args: &GenerateArgs, device: &B::Device) -> Result<(), CliError> {
     let pretrained = load::<B>(&args.model, device)?;
     let tokenizer = &pretrained.tokenizer;
     let prompts = args
@@ -209,7 +209,10 @@ fn generate_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()
     Ok(())
 }
 
-fn perplexity_on<B: Backend>(args: &PerplexityArgs, device: &B::Device) -> Result<(), CliError> {
+fn perplexity_on<B: QuantizedOps>(
+    args: &PerplexityArgs,
+    device: &B::Device,
+) -> Result<(), CliError> {
     let text = match (&args.text, &args.prompt) {
         (Some(path), _) => std::fs::read_to_string(path).map_err(|source| CliError::Io {
             path: path.clone(),

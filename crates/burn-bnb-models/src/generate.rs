@@ -3,6 +3,7 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::log_softmax;
+use burn_bnb_backend::QuantizedOps;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -92,7 +93,7 @@ pub struct Session<'m, B: Backend> {
     device: B::Device,
 }
 
-impl<'m, B: Backend> Session<'m, B> {
+impl<'m, B: QuantizedOps> Session<'m, B> {
     /// Prefills the left-padded batch of `prompts` into a cache with room for `max_new_tokens`
     /// more tokens and returns the session with the logits of each prompt's last token
     /// `[batch, vocab]`.
@@ -277,7 +278,7 @@ fn sample_row(
 /// Generates up to `config.max_new_tokens` tokens after each prompt (a batch, left-padded),
 /// calling `on_token` for every token as soon as it is chosen. Returns the generated tokens of
 /// each sequence, up to and including its EOS.
-pub fn generate<B: Backend>(
+pub fn generate<B: QuantizedOps>(
     model: &CausalLm<B>,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
@@ -337,7 +338,7 @@ pub struct Perplexity {
 /// Perplexity of `tokens` as transformers' loss with `labels = input_ids`: the mean NLL of
 /// token `t + 1` given tokens `..=t`, over `t < T - 1`, in one forward pass (the text must fit
 /// the context). Log-softmax runs in float32, the sum in float64.
-pub fn perplexity<B: Backend>(
+pub fn perplexity<B: QuantizedOps>(
     model: &CausalLm<B>,
     tokens: &[u32],
     device: &B::Device,

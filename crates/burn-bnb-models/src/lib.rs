@@ -21,8 +21,14 @@
 
 #![warn(missing_docs)]
 
+/// The backend decorator and the trait the quantized projections run on.
+pub use burn_bnb_backend::{Bnb, QuantizedOps};
+/// The quantized linear layers the projections hold.
+pub use burn_bnb_nn::{Linear4bit, Linear8bitLt};
+
 mod config;
 mod error;
+mod format;
 mod generate;
 mod hub;
 mod loader;
@@ -34,6 +40,7 @@ mod weights;
 
 pub use config::{Family, ModelConfig, QuantizationConfig, RopeScaling};
 pub use error::{GenerateError, LoadError};
+pub use format::{UnknownFormat, WeightFormat};
 pub use generate::{
     GenerationConfig, Perplexity, Sampler, Sampling, Session, TokenEvent, generate, perplexity,
 };

@@ -6,8 +6,10 @@ use burn::module::{Ignored, Module};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::linear;
+use burn_bnb_backend::QuantizedOps;
 
 use crate::config::ModelConfig;
+use crate::loader::ProjectionSpec;
 use crate::nn::{DecoderLayer, KvCache, Projection, RmsNorm};
 
 /// The tokens of one forward step of a batch.
@@ -101,6 +103,27 @@ pub struct CausalLm<B: Backend> {
 impl<B: Backend> CausalLm<B> {
     /// A model with random weights (Kaiming-uniform projections, normal embeddings, unit norms).
     pub fn random(config: &ModelConfig, device: &B::Device) -> Self {
+        Self::random_with(config, device, |spec| {
+            Projection::random(spec.in_features, spec.out_features, spec.bias, device)
+        })
+    }
+
+    /// A model with random embeddings (normal), lm_head (Kaiming uniform, unless tied) and unit
+    /// norms, whose projections come from `projection`, called once per projection in layer
+    /// order: a benchmark builds a model directly in a quantized format, one layer at a time,
+    /// without ever holding a dense copy of all the weights (see
+    /// [`Projection::random_in`]).
+    ///
+    /// The norms are ordinary parameters (`layers[i].input_layernorm.weight`, ...,
+    /// `norm.weight`) that the caller may replace.
+    ///
+    /// # Panics
+    /// If a projection's shape differs from its spec's.
+    pub fn random_with(
+        config: &ModelConfig,
+        device: &B::Device,
+        mut projection: impl FnMut(&ProjectionSpec<'_>) -> Projection<B>,
+    ) -> Self {
         let h = config.hidden_size;
         let eps = config.rms_norm_eps;
         let layers = (0..config.num_hidden_layers)
@@ -110,12 +133,14 @@ impl<B: Backend> CausalLm<B> {
                     layer,
                     |_| Ok::<_, Infallible>(RmsNorm::new(h, eps, device)),
                     |spec| {
-                        Ok(Projection::random(
-                            spec.in_features,
-                            spec.out_features,
-                            spec.bias,
-                            device,
-                        ))
+                        let p = projection(&spec);
+                        assert_eq!(
+                            p.features(),
+                            [spec.in_features, spec.out_features],
+                            "{}: [in_features, out_features]",
+                            spec.name
+                        );
+                        Ok(p)
                     },
                 )
                 .unwrap_or_else(|never| match never {})
@@ -144,7 +169,9 @@ impl<B: Backend> CausalLm<B> {
     pub fn new_cache(&self, batch: usize, max_len: usize, device: &B::Device) -> KvCache<B> {
         KvCache::new(self.config(), batch, max_len, device)
     }
+}
 
+impl<B: QuantizedOps> CausalLm<B> {
     /// Runs the decoder on the new tokens, appending their keys and values to `cache`, and
     /// returns the final-normed hidden states.
     ///
@@ -199,7 +226,7 @@ mod tests {
     use super::*;
     use crate::config::Family;
 
-    type B = NdArray<f32>;
+    type B = burn_bnb_backend::Bnb<NdArray<f32>>;
 
     #[test]
     fn random_model_shapes_and_tied_head() {
@@ -221,5 +248,87 @@ mod tests {
         let manual = hidden.matmul(model.embed_tokens.weight.val().transpose().unsqueeze());
         let diff = (manual - logits).abs().max().into_scalar();
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn random_with_builds_every_format() {
+        use crate::format::WeightFormat;
+        use crate::nn::ProjectionKind;
+
+        let device = Default::default();
+        let config =
+            ModelConfig::new(Family::Llama, 40, 64, 96, 2, 4, 2).with_max_position_embeddings(32);
+        let tokens: Vec<u32> = (0..5).collect();
+        for format in WeightFormat::ALL {
+            let mut kinds = Vec::new();
+            let mut model = CausalLm::<B>::random_with(&config, &device, |spec| {
+                kinds.push((spec.layer, spec.kind));
+                Projection::random_in(
+                    spec.in_features,
+                    spec.out_features,
+                    spec.bias,
+                    format,
+                    &device,
+                )
+                .unwrap()
+            });
+            assert_eq!(kinds.len(), 14, "{format}");
+            assert_eq!(kinds[0], (0, ProjectionKind::Query));
+            assert_eq!(kinds[13], (1, ProjectionKind::Down));
+            let layer = &model.layers[1];
+            assert_eq!(layer.mlp.down_proj.format(), format);
+            assert_eq!(layer.mlp.down_proj.features(), [96, 64]);
+            assert_eq!(layer.self_attn.k_proj.features(), [64, 32]);
+            // The norms are reachable: a zero final norm zeroes the hidden states, so every
+            // logit is zero.
+            model.norm.weight = burn::module::Param::from_tensor(Tensor::zeros([64], &device));
+            let logits = model.score(&tokens, &device);
+            assert_eq!(logits.dims(), [1, 5, 40]);
+            let max = logits.abs().max().into_scalar();
+            assert_eq!(max, 0.0, "{format}");
+        }
+    }
+
+    #[test]
+    fn quantized_projection_matches_its_dequantized_weight() {
+        use crate::format::WeightFormat;
+
+        let device = Default::default();
+        let weight = Tensor::<B, 2>::random(
+            [48, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let bias = Tensor::<B, 1>::random([48], burn::tensor::Distribution::Default, &device);
+        let x = Tensor::<B, 3>::random([2, 3, 64], burn::tensor::Distribution::Default, &device);
+        for format in [
+            WeightFormat::NF4,
+            WeightFormat::NF4_DQ,
+            WeightFormat::FP4,
+            WeightFormat::INT8,
+        ] {
+            let p = Projection::quantize(weight.clone(), Some(bias.clone()), format).unwrap();
+            let dequantized = match &p {
+                Projection::Linear4bit(l) => l.dequantize_weight(),
+                Projection::Linear8bitLt(l) => l.dequantize_weight(),
+                Projection::Dense(_) => unreachable!(),
+            };
+            let expected = x
+                .clone()
+                .matmul(dequantized.clone().transpose().unsqueeze())
+                + bias.clone().unsqueeze();
+            let got = p.forward(x.clone());
+            // Int8 also quantizes the activations: one part in ~127 of the row's scale.
+            let tol = if matches!(format, WeightFormat::Int8 { .. }) {
+                0.1
+            } else {
+                1e-4
+            };
+            let diff = (got - expected).abs().max().into_scalar();
+            assert!(diff < tol, "{format}: {diff}");
+            // And it is a quantization of the weight: blockwise / row-wise error bounds.
+            let err = (dequantized - weight.clone()).abs().max().into_scalar();
+            assert!(err < 1.0, "{format}: weight error {err}");
+        }
     }
 }

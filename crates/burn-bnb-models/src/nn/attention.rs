@@ -2,6 +2,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::softmax;
+use burn_bnb_backend::QuantizedOps;
 
 use crate::nn::cache::LayerCache;
 use crate::nn::projection::Projection;
@@ -38,7 +39,7 @@ pub struct Attention<B: Backend> {
     pub head_dim: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: QuantizedOps> Attention<B> {
     /// Attends the new tokens to themselves and to everything in `cache`.
     ///
     /// `rope` is `(cos, sin)` of the new tokens' positions (`[batch, seq, 1, head_dim]`), `bias`

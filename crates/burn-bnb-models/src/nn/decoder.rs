@@ -1,5 +1,6 @@
 use burn::module::Module;
 use burn::prelude::*;
+use burn_bnb_backend::QuantizedOps;
 
 use crate::config::ModelConfig;
 use crate::loader::ProjectionSpec;
@@ -56,7 +57,9 @@ impl<B: Backend> DecoderLayer<B> {
             },
         })
     }
+}
 
+impl<B: QuantizedOps> DecoderLayer<B> {
     /// Applies the layer; see [`Attention::forward`] for `rope`, `bias` and `start`.
     pub fn forward(
         &self,

@@ -1,6 +1,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
+use burn_bnb_backend::QuantizedOps;
 
 use crate::nn::projection::Projection;
 
@@ -19,7 +20,7 @@ pub struct Mlp<B: Backend> {
     pub down_proj: Projection<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: QuantizedOps> Mlp<B> {
     /// Applies the block.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let gate = silu(self.gate_proj.forward(x.clone()));

@@ -1,6 +1,11 @@
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
+use burn_bnb_backend::{BnbError, QuantizedOps};
+use burn_bnb_formats::Quant4Config;
+use burn_bnb_nn::{Linear4bit, Linear8bitLt};
+
+use crate::format::WeightFormat;
 
 /// Which linear layer of a decoder layer a [`Projection`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,15 +46,25 @@ impl ProjectionKind {
 /// `y = x W^T + b` with `W` of shape `[out_features, in_features]` (Hugging Face's layout).
 /// Every q/k/v/o and gate/up/down projection of the decoder is a `Projection`; embeddings and
 /// lm_head stay dense. A [`ProjectionLoader`](crate::ProjectionLoader) decides the variant per
-/// tensor when a checkpoint is read.
+/// tensor when a checkpoint is read; [`Projection::quantize`] turns a dense weight into any
+/// [`WeightFormat`].
+///
+/// The quantized variants run on a backend implementing [`QuantizedOps`] (`Bnb<B>`).
 ///
 /// # Shapes
 /// - input: `[..., in_features]`
 /// - output: `[..., out_features]`
+// Seven per layer: the size difference is irrelevant, and `Module` is not derived for boxes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Projection<B: Backend> {
     /// Unquantized weight in the backend's float type (Burn's layout `[in, out]`).
     Dense(Linear<B>),
+    /// NF4 / FP4 weight (bitsandbytes' `Linear4bit`), with or without double quantization.
+    Linear4bit(Linear4bit<B>),
+    /// LLM.int8() weight (bitsandbytes' `Linear8bitLt`), threshold 0 or with outlier
+    /// decomposition.
+    Linear8bitLt(Linear8bitLt<B>),
 }
 
 impl<B: Backend> Projection<B> {
@@ -71,17 +86,111 @@ impl<B: Backend> Projection<B> {
         )
     }
 
-    /// `x W^T + b`.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            Projection::Dense(linear) => linear.forward(x),
-        }
-    }
-
     /// `[in_features, out_features]`.
     pub fn features(&self) -> [usize; 2] {
         match self {
             Projection::Dense(linear) => linear.weight.dims(),
+            Projection::Linear4bit(layer) => [layer.d_input, layer.d_output],
+            Projection::Linear8bitLt(layer) => {
+                let [n, k] = layer.weight.dims();
+                [k, n]
+            }
+        }
+    }
+
+    /// The storage format of the weight.
+    pub fn format(&self) -> WeightFormat {
+        match self {
+            Projection::Dense(_) => WeightFormat::Dense,
+            Projection::Linear4bit(layer) => WeightFormat::FourBit(Quant4Config {
+                quant_type: layer.quant_type.0,
+                blocksize: layer.blocksize,
+                double_quant: layer.double_quant.is_some(),
+            }),
+            Projection::Linear8bitLt(layer) => WeightFormat::Int8 {
+                threshold: layer.threshold,
+            },
+        }
+    }
+
+    /// Whether the projection has a bias.
+    pub fn has_bias(&self) -> bool {
+        match self {
+            Projection::Dense(linear) => linear.bias.is_some(),
+            Projection::Linear4bit(layer) => layer.bias.is_some(),
+            Projection::Linear8bitLt(layer) => layer.bias.is_some(),
+        }
+    }
+}
+
+impl<B: QuantizedOps> Projection<B> {
+    /// Stores a weight `[out_features, in_features]` (Hugging Face's layout, on the device) and
+    /// an optional bias `[out_features]` in `format`, quantizing on the device with
+    /// [`QuantizedOps`] (the GPU kernels on CUDA, the portable path elsewhere).
+    ///
+    /// 4-bit layers compute in the input's dtype and dequantize to the weight's dtype first, as
+    /// bitsandbytes does (set [`Linear4bit::weight_dtype`] to the checkpoint's dtype when the
+    /// backend holds the weight in another); LLM.int8() quantizes the weight rows with
+    /// threshold 0 and keeps `format`'s threshold for the activations. The bias stays in
+    /// floating point.
+    ///
+    /// # Errors
+    /// A 4-bit blocksize bitsandbytes does not support, a negative or non-finite threshold, or
+    /// a non-finite weight.
+    pub fn quantize(
+        weight: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+        format: WeightFormat,
+    ) -> Result<Self, BnbError> {
+        // Burn's `[in, out]` view of the `[out, in]` weight; the layers transpose it back, so no
+        // copy is made.
+        let linear = Linear {
+            weight: Param::from_tensor(weight.transpose()),
+            bias: bias.map(Param::from_tensor),
+        };
+        Ok(match format {
+            WeightFormat::Dense => Projection::Dense(linear),
+            WeightFormat::FourBit(config) => {
+                Projection::Linear4bit(Linear4bit::from_linear(&linear, config)?)
+            }
+            WeightFormat::Int8 { threshold } => {
+                Projection::Linear8bitLt(Linear8bitLt::from_linear(&linear, threshold)?)
+            }
+        })
+    }
+
+    /// A projection with random weights (Kaiming uniform, as `burn::nn::Linear`) stored in
+    /// `format`: benchmarks build quantized models layer by layer with it,
+    /// without ever holding a dense copy of the whole model.
+    ///
+    /// # Errors
+    /// As [`quantize`](Self::quantize).
+    pub fn random_in(
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        format: WeightFormat,
+        device: &B::Device,
+    ) -> Result<Self, BnbError> {
+        match Self::random(in_features, out_features, bias, device) {
+            Projection::Dense(linear) if format.is_quantized() => Self::quantize(
+                linear.weight.val().transpose(),
+                linear.bias.map(|b| b.val()),
+                format,
+            ),
+            dense => Ok(dense),
+        }
+    }
+
+    /// `x W^T + b`.
+    ///
+    /// # Panics
+    /// If `x`'s last dimension is not `in_features`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Projection::Dense(linear) => linear.forward(x),
+            Projection::Linear4bit(layer) => layer.forward(x),
+            Projection::Linear8bitLt(layer) => layer.forward(x),
         }
     }
 }

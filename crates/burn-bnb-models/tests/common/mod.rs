@@ -7,7 +7,7 @@ use burn::backend::NdArray;
 use burn_bnb_models::{RawTensor, SafetensorsCheckpoint, TensorSource};
 use serde_json::Value;
 
-pub type B = NdArray<f32>;
+pub type B = burn_bnb_models::Bnb<NdArray<f32>>;
 
 /// `$BURN_BNB_GOLDEN` or the committed fixtures.
 pub fn golden_dir() -> PathBuf {
