@@ -117,7 +117,7 @@ impl ByteLayout {
 
     /// The inverse of [`to_data`](Self::to_data): the `rows * len` bytes without the padding, or
     /// `None` when the data's type or size does not fit the layout.
-    pub(crate) fn from_data(self, data: TensorData, rows: usize, len: usize) -> Option<Vec<u8>> {
+    pub(crate) fn bytes_of(self, data: TensorData, rows: usize, len: usize) -> Option<Vec<u8>> {
         let elements = self.elements(len);
         if data.num_elements() != rows * elements {
             return None;

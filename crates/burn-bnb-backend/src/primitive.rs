@@ -471,7 +471,7 @@ fn read_bytes<B: Backend, const D: usize>(
     let data = read(int::<B, D>(tensor), what)?;
     let dtype = data.dtype;
     ByteLayout::of_dtype(dtype)
-        .and_then(|(layout, _)| layout.from_data(data, rows, len))
+        .and_then(|(layout, _)| layout.bytes_of(data, rows, len))
         .ok_or_else(|| BnbError::Read {
             what,
             reason: format!("{dtype:?} data does not hold {rows} x {len} bytes"),
