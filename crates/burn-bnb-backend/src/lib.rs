@@ -15,8 +15,15 @@
 //!   [`portable`] path built from ordinary Burn tensor operations. `NdArray`, `CubeBackend` and
 //!   `Fusion<B>` implement it.
 //! - [`Quant4Primitive`] and [`Int8Primitive`] are the quantized weights on a device, laid out
-//!   as bitsandbytes stores them, convertible to and from the CPU reference types of
-//!   [`burn_bnb_formats`].
+//!   as bitsandbytes stores them (byte strings padded to whole 32-bit words, in the device's
+//!   [`ByteLayout`]), convertible to and from the CPU reference types of [`burn_bnb_formats`].
+//!
+//! # Kernels
+//!
+//! `CubeBackend` (feature `cubecl`; `Bnb<Cuda>`, `Bnb<Wgpu>` and their fused forms) runs the
+//! CubeCL kernels of `burn-bnb-kernels`: 4-bit quantization with double quantization on the
+//! device, dequantization, the fused 4-bit GEMV / tensor-core GEMM, and LLM.int8()'s row
+//! quantization, int8 GEMM and outlier decomposition, none of which waits for the host.
 
 #![warn(missing_docs)]
 
@@ -24,15 +31,18 @@ mod api;
 mod backends;
 mod decorator;
 mod error;
+mod layout;
 mod ops;
 pub mod portable;
 mod primitive;
 mod util;
 
+#[cfg(feature = "cubecl")]
+pub use backends::cube::{FUSED_CMMA_MAX_ROWS, FUSED_MAX_ROWS_ENV, FUSED_SIMT_MAX_ROWS};
 pub use decorator::Bnb;
 pub use error::{BnbError, Result};
+pub use layout::{ByteLayout, byte_dtype, signed_byte_dtype};
 pub use ops::{QuantizedKernels, QuantizedOps};
 pub use primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
-pub use util::{byte_dtype, signed_byte_dtype};
 
 pub use burn_bnb_formats as formats;

@@ -1,9 +1,13 @@
 //! Quantized weights on a device: the backend-level representation the
 //! [`QuantizedOps`](crate::QuantizedOps) kernels consume.
 //!
-//! Each is a handful of ordinary tensor primitives plus plain metadata, laid out exactly as
-//! bitsandbytes stores them, so a checkpoint's tensors upload as they are and the CPU reference
-//! ([`burn_bnb_formats`]) converts both ways without loss.
+//! Each is a handful of ordinary tensor primitives plus plain metadata, laid out as bitsandbytes
+//! stores them, so that the CPU reference ([`burn_bnb_formats`]) and a checkpoint's tensors
+//! convert both ways without loss. Byte strings (packed codes) are padded to whole 32-bit words
+//! and stored in the device's [`ByteLayout`]: `U8`/`I8` where the device has 8-bit integers,
+//! four bytes to a `U32`/`I32` element where it has not. The CubeCL kernels read either layout
+//! in place (as words), and the portable path computes on both, so a weight is converted once,
+//! when it is quantized or uploaded, and never in a forward pass.
 
 use burn_backend::{
     Backend, DType, Shape, TensorData, TensorMetadata,
@@ -13,24 +17,24 @@ use burn_bnb_formats::{
     Absmax, DoubleQuant, FloatDtype, FormatError, Int8Rows, QuantType, Quantized4,
     check_blocksize_4bit,
 };
-use burn_tensor::{Bool, Int, Tensor};
+use burn_tensor::{Bool, Tensor};
 
 use crate::error::{BnbError, Result};
-use crate::util::{
-    boolean, byte_dtype, check_tensor, check_tensor_any, dims, f32_tensor, float, float_primitive,
-    int, read, signed_byte_dtype,
-};
+use crate::layout::ByteLayout;
+use crate::util::{boolean, check_tensor, dims, f32_tensor, float, float_primitive, int, read};
 
 /// A 4-bit blockwise-quantized tensor (NF4 or FP4): bitsandbytes' packed weight with its
 /// `QuantState`.
 ///
 /// The tensor of [`shape`](Self::shape) is flattened row-major; element `e` belongs to block
-/// `e / blocksize`, and its 4-bit code is the high nibble of `packed[e / 2]` when `e` is even, the
+/// `e / blocksize`, and its 4-bit code is the high nibble of byte `e / 2` when `e` is even, the
 /// low nibble when odd. Its value is `code[q] * absmax[e / blocksize]`.
 #[derive(Clone, Debug)]
 pub struct Quant4Primitive<B: Backend> {
-    /// The codes, two per byte: shape `[ceil(numel / 2)]`, `DType::U8` (or `U32` holding one
-    /// byte per element on a device without 8-bit integers, see [`byte_dtype`](crate::byte_dtype)).
+    /// The codes, two per byte: the `ceil(numel / 2)` bytes of bitsandbytes' packed weight,
+    /// zero-padded to whole words, in a [`ByteLayout`]: `U8 [4 * ceil(numel / 8)]`, or
+    /// `U32 [ceil(numel / 8)]` (four bytes each, little-endian) on a device without 8-bit
+    /// integers ([`byte_dtype`](crate::byte_dtype)).
     pub packed: IntTensor<B>,
     /// The per-block scales.
     pub absmax: Absmax4Primitive<B>,
@@ -59,8 +63,8 @@ pub enum Absmax4Primitive<B: Backend> {
 /// `absmax[b] = f32(f32(nested_code[codes[b]] * nested_absmax[b / nested_blocksize]) + offset)`.
 #[derive(Clone, Debug)]
 pub struct DoubleQuantPrimitive<B: Backend> {
-    /// One 8-bit code per 4-bit block: shape `[num_blocks]`, `DType::U8` (or `U32`, as
-    /// [`Quant4Primitive::packed`]).
+    /// One 8-bit code per 4-bit block: `num_blocks` bytes padded to whole words, `U8` or `U32`
+    /// as [`Quant4Primitive::packed`].
     pub codes: IntTensor<B>,
     /// One scale per group of `nested_blocksize` codes: `DType::F32`, shape
     /// `[ceil(num_blocks / nested_blocksize)]`.
@@ -80,14 +84,19 @@ pub struct DoubleQuantPrimitive<B: Backend> {
 /// Element `[r, c]` stands for `codes[r, c] * absmax[r] / 127`.
 #[derive(Clone, Debug)]
 pub struct Int8Primitive<B: Backend> {
-    /// The codes: shape `[rows, cols]`, `DType::I8` (or `I32` holding one code per element on a
-    /// device without 8-bit integers, see [`signed_byte_dtype`](crate::signed_byte_dtype)).
+    /// The codes, one row of `cols` bytes per matrix row, each row zero-padded to whole words, in
+    /// a [`ByteLayout`]: `I8 [rows, 4 * ceil(cols / 4)]`, or `I32 [rows, ceil(cols / 4)]` (four
+    /// codes each, little-endian) on a device without 8-bit integers
+    /// ([`signed_byte_dtype`](crate::signed_byte_dtype)). For every real layer (`cols` a multiple
+    /// of 4) the `I8` codes are exactly bitsandbytes' `[rows, cols]`.
     pub codes: IntTensor<B>,
     /// The absmax of each row (`SCB`, not `127 / absmax`): `DType::F32`, shape `[rows]`.
     pub absmax: FloatTensor<B>,
     /// For activations quantized with a threshold: the columns holding an `|x| >= threshold`
     /// (`Bool`, shape `[cols]`), zeroed in `codes` and multiplied in floating point instead.
     pub outlier_cols: Option<BoolTensor<B>>,
+    /// The number of columns (`in_features` of a weight).
+    pub cols: usize,
 }
 
 impl<B: Backend> Quant4Primitive<B> {
@@ -122,11 +131,12 @@ impl<B: Backend> Quant4Primitive<B> {
             .into());
         }
         let nb = self.num_blocks();
-        check_tensor_any(
+        check_bytes(
             &self.packed,
             "packed 4-bit data",
-            &[numel.div_ceil(2)],
-            BYTES,
+            None,
+            numel.div_ceil(2),
+            false,
         )?;
         check_tensor(&self.code, "4-bit code table", &[16], DType::F32)?;
         match &self.absmax {
@@ -151,7 +161,7 @@ impl<B: Backend> Quant4Primitive<B> {
             }
         };
         Ok(Quant4Primitive {
-            packed: u8_primitive::<B>(&quantized.packed, device),
+            packed: byte_primitive::<B>(&quantized.packed, None, false, device),
             absmax,
             code: float_primitive(f32_tensor::<B>(quantized.quant_type.code(), device)),
             quant_type: quantized.quant_type,
@@ -180,14 +190,19 @@ impl<B: Backend> Quant4Primitive<B> {
             Absmax4Primitive::Plain(absmax) => {
                 Absmax::Plain(read_f32(float::<B, 1>(absmax.clone()), "absmax")?)
             }
-            Absmax4Primitive::Double(dq) => Absmax::Double(dq.to_reference()?),
+            Absmax4Primitive::Double(dq) => Absmax::Double(dq.to_reference(self.num_blocks())?),
         };
         Ok(Quantized4 {
             quant_type: self.quant_type,
             blocksize: self.blocksize,
             dtype: self.dtype,
             shape: dims(&self.shape),
-            packed: read_u8(int::<B, 1>(self.packed.clone()), "packed 4-bit data")?,
+            packed: read_bytes::<B, 1>(
+                self.packed.clone(),
+                "packed 4-bit data",
+                1,
+                self.numel().div_ceil(2),
+            )?,
             absmax,
         })
     }
@@ -229,7 +244,13 @@ impl<B: Backend> DoubleQuantPrimitive<B> {
             }
             .into());
         }
-        check_tensor_any(&self.codes, "double-quantized absmax", &[num_blocks], BYTES)?;
+        check_bytes(
+            &self.codes,
+            "double-quantized absmax",
+            None,
+            num_blocks,
+            false,
+        )?;
         let groups = num_blocks.div_ceil(self.nested_blocksize);
         check_tensor(&self.nested_absmax, "nested_absmax", &[groups], DType::F32)?;
         check_tensor(&self.nested_code, "nested_quant_map", &[256], DType::F32)?;
@@ -238,7 +259,7 @@ impl<B: Backend> DoubleQuantPrimitive<B> {
 
     fn from_reference(dq: &DoubleQuant, device: &B::Device) -> Self {
         DoubleQuantPrimitive {
-            codes: u8_primitive::<B>(&dq.codes, device),
+            codes: byte_primitive::<B>(&dq.codes, None, false, device),
             nested_absmax: float_primitive(f32_tensor::<B>(&dq.nested_absmax, device)),
             nested_code: float_primitive(f32_tensor::<B>(dq.nested_code.as_slice(), device)),
             offset: float_primitive(f32_tensor::<B>(&[dq.offset], device)),
@@ -246,7 +267,7 @@ impl<B: Backend> DoubleQuantPrimitive<B> {
         }
     }
 
-    fn to_reference(&self) -> Result<DoubleQuant> {
+    fn to_reference(&self, num_blocks: usize) -> Result<DoubleQuant> {
         let nested_code: [f32; 256] =
             read_f32(float::<B, 1>(self.nested_code.clone()), "nested_quant_map")?
                 .try_into()
@@ -256,7 +277,12 @@ impl<B: Backend> DoubleQuantPrimitive<B> {
                     actual: vec![code.len()],
                 })?;
         Ok(DoubleQuant {
-            codes: read_u8(int::<B, 1>(self.codes.clone()), "double-quantized absmax")?,
+            codes: read_bytes::<B, 1>(
+                self.codes.clone(),
+                "double-quantized absmax",
+                1,
+                num_blocks,
+            )?,
             offset: read_f32(float::<B, 1>(self.offset.clone()), "nested_offset")?[0],
             nested_absmax: read_f32(float::<B, 1>(self.nested_absmax.clone()), "nested_absmax")?,
             nested_code: Box::new(nested_code),
@@ -268,8 +294,7 @@ impl<B: Backend> DoubleQuantPrimitive<B> {
 impl<B: Backend> Int8Primitive<B> {
     /// `[rows, cols]`.
     pub fn dims(&self) -> [usize; 2] {
-        let shape = self.codes.shape();
-        [shape.dims[0], shape.dims[1]]
+        [self.codes.shape().dims[0], self.cols]
     }
 
     /// The device the tensors live on.
@@ -291,12 +316,7 @@ impl<B: Backend> Int8Primitive<B> {
             });
         }
         let [rows, cols] = self.dims();
-        check_tensor_any(
-            &self.codes,
-            "int8 codes",
-            &[rows, cols],
-            &[DType::I8, DType::I32],
-        )?;
+        check_bytes(&self.codes, "int8 codes", Some(rows), cols, true)?;
         check_tensor(&self.absmax, "int8 row absmax (SCB)", &[rows], DType::F32)?;
         if let Some(mask) = &self.outlier_cols {
             // Backends store bools as they like (`Bool`, `U8`, `U32`): check the shape only.
@@ -345,12 +365,12 @@ impl<B: Backend> Int8Primitive<B> {
             let data = TensorData::new(mask, [rows.cols]);
             Some(Tensor::<B, 1, Bool>::from_data(data, device).into_primitive())
         };
-        let codes = TensorData::new(rows.codes.clone(), [rows.rows, rows.cols]);
-        let dtype = signed_byte_dtype::<B>(device);
+        let codes: Vec<u8> = rows.codes.iter().map(|&c| c as u8).collect();
         Ok(Int8Primitive {
-            codes: Tensor::<B, 2, Int>::from_data_dtype(codes, device, dtype).into_primitive(),
+            codes: byte_primitive::<B>(&codes, Some((rows.rows, rows.cols)), true, device),
             absmax: float_primitive(f32_tensor::<B>(&rows.absmax, device)),
             outlier_cols,
+            cols: rows.cols,
         })
     }
 
@@ -361,10 +381,10 @@ impl<B: Backend> Int8Primitive<B> {
     pub fn to_reference(&self) -> Result<Int8Rows> {
         self.validate()?;
         let [rows, cols] = self.dims();
-        let codes = read(int::<B, 2>(self.codes.clone()), "int8 codes")?
-            .convert_dtype(DType::I8)
-            .into_vec::<i8>()
-            .map_err(|err| read_error("int8 codes", err))?;
+        let codes = read_bytes::<B, 2>(self.codes.clone(), "int8 codes", rows, cols)?
+            .into_iter()
+            .map(|b| b as i8)
+            .collect();
         let outlier_cols = match &self.outlier_cols {
             None => Vec::new(),
             // Through ints: backends store bools as `Bool`, `U8` or `U32`.
@@ -394,23 +414,69 @@ impl<B: Backend> Int8Primitive<B> {
             codes: int(self.codes),
             absmax: float(self.absmax),
             outlier_cols: self.outlier_cols.map(boolean),
+            cols: self.cols,
         }
     }
 }
 
-/// A `DType::U8` int primitive of shape `[bytes.len()]`.
-///
-/// Through `B::int_from_data`, which keeps the data's dtype: Burn 0.20's
-/// `Tensor::from_data_dtype` accepts only signed int dtypes, and `Tensor::from_data` converts
-/// to the backend's default int type.
-pub(crate) fn u8_primitive<B: Backend>(bytes: &[u8], device: &B::Device) -> IntTensor<B> {
-    let data =
-        TensorData::new(bytes.to_vec(), [bytes.len()]).convert_dtype(byte_dtype::<B>(device));
+/// Uploads a byte string (`bytes.len()` bytes; `rows` strings of `cols` bytes when `rows` is
+/// given) in the device's [`ByteLayout`], each string padded to whole words. Host-side only, so
+/// that it works where the device has no 8-bit arithmetic.
+pub(crate) fn byte_primitive<B: Backend>(
+    bytes: &[u8],
+    rows: Option<(usize, usize)>,
+    signed: bool,
+    device: &B::Device,
+) -> IntTensor<B> {
+    let layout = ByteLayout::of::<B>(device);
+    let data = match rows {
+        Some((rows, cols)) => layout.to_data(bytes, Some(rows), cols, signed),
+        None => layout.to_data(bytes, None, bytes.len(), signed),
+    };
     B::int_from_data(data, device)
 }
 
-/// The dtypes a byte tensor may have.
-const BYTES: &[DType] = &[DType::U8, DType::U32];
+/// Checks a byte tensor: `U8`/`U32` (`I8`/`I32` when `signed`) holding `len` bytes padded to
+/// whole words, in `rows` rows if given.
+fn check_bytes<T: TensorMetadata>(
+    tensor: &T,
+    what: &'static str,
+    rows: Option<usize>,
+    len: usize,
+    signed: bool,
+) -> Result<()> {
+    let dtype = tensor.dtype();
+    let layout = match ByteLayout::of_dtype(dtype) {
+        Some((layout, s)) if s == signed => layout,
+        _ => {
+            return Err(BnbError::DType {
+                what,
+                expected: ByteLayout::Bytes.dtype(signed),
+                actual: dtype,
+            });
+        }
+    };
+    let mut shape: Vec<usize> = rows.into_iter().collect();
+    shape.push(layout.elements(len));
+    check_tensor(tensor, what, &shape, dtype)
+}
+
+/// Reads `rows` byte strings of `len` bytes each back from a tensor in either layout.
+fn read_bytes<B: Backend, const D: usize>(
+    tensor: IntTensor<B>,
+    what: &'static str,
+    rows: usize,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let data = read(int::<B, D>(tensor), what)?;
+    let dtype = data.dtype;
+    ByteLayout::of_dtype(dtype)
+        .and_then(|(layout, _)| layout.bytes_of(data, rows, len))
+        .ok_or_else(|| BnbError::Read {
+            what,
+            reason: format!("{dtype:?} data does not hold {rows} x {len} bytes"),
+        })
+}
 
 fn read_error(what: &'static str, err: impl core::fmt::Debug) -> BnbError {
     BnbError::Read {
@@ -423,12 +489,5 @@ fn read_f32<B: Backend>(tensor: Tensor<B, 1>, what: &'static str) -> Result<Vec<
     read(tensor, what)?
         .convert_dtype(DType::F32)
         .into_vec::<f32>()
-        .map_err(|err| read_error(what, err))
-}
-
-fn read_u8<B: Backend>(tensor: Tensor<B, 1, Int>, what: &'static str) -> Result<Vec<u8>> {
-    read(tensor, what)?
-        .convert_dtype(DType::U8)
-        .into_vec::<u8>()
         .map_err(|err| read_error(what, err))
 }

@@ -103,26 +103,6 @@ pub(crate) fn formats_float_dtype(dtype: DType) -> Option<FloatDtype> {
     }
 }
 
-/// The dtype of byte tensors (packed 4-bit codes, 8-bit absmax codes) on `device`: `U8`, or
-/// `U32` (one byte per element) where the device has no 8-bit integers, as WGSL does.
-pub fn byte_dtype<B: Backend>(device: &B::Device) -> DType {
-    if B::supports_dtype(device, DType::U8) {
-        DType::U8
-    } else {
-        DType::U32
-    }
-}
-
-/// The dtype of int8 codes on `device`: `I8`, or `I32` (one code per element) where the device
-/// has no 8-bit integers.
-pub fn signed_byte_dtype<B: Backend>(device: &B::Device) -> DType {
-    if B::supports_dtype(device, DType::I8) {
-        DType::I8
-    } else {
-        DType::I32
-    }
-}
-
 /// The dims of a shape, as a `Vec`.
 pub(crate) fn dims(shape: &Shape) -> Vec<usize> {
     shape.dims.to_vec()

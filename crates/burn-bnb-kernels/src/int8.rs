@@ -696,6 +696,74 @@ fn add_outliers_kernel<F: Float>(
     out[i as usize] = F::cast_from(f32::cast_from(out[i as usize]) + dot);
 }
 
+/// One unit per word of 4 codes (rows hold whole words: `cols % 4 == 0`).
+#[cube(launch_unchecked)]
+fn int8_dequantize_kernel<F: Float>(
+    codes: &Array<u32>,
+    absmax: &Array<f32>,
+    out: &mut Array<F>,
+    num_words: u32,
+    words_per_row: u32,
+    inv_127: f32,
+) {
+    let w = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
+    if w >= num_words {
+        terminate!();
+    }
+    let word = codes[w as usize];
+    let s = absmax[(w / words_per_row) as usize];
+    #[unroll]
+    for b in 0..4u32 {
+        // Two roundings, as bitsandbytes: f32(f32(q * absmax) * (1 / 127)). `inv_127` is a
+        // launch argument, not the constant: with a constant, Mesa's shader compiler (lavapipe)
+        // reassociates `(q * absmax) * C` into `(q * C) * absmax`, one ulp off.
+        let v = f32::cast_from(i8_of(word, b)) * s;
+        out[(w * 4 + b) as usize] = F::cast_from(v * inv_127);
+    }
+}
+
+/// Dequantizes a row-wise int8 matrix (`int8_vectorwise_dequant`):
+/// `out[r, c] = F(f32(f32(codes[r, c] * absmax[r]) * (1 / 127)))`, bit-exact with
+/// [`burn_bnb_formats::Int8Rows::dequantize`] (then rounded to `dtype`).
+///
+/// # Shapes
+/// - `matrix`: `I8 [rows, cols]` codes (`cols % 4 == 0`) and `F32 [rows]` absmax
+/// - output: `[rows, cols]` of `dtype` (f32, f16 or bf16), contiguous
+///
+/// # Errors
+/// An inconsistent matrix or an unsupported `dtype`.
+pub fn int8_dequantize<R: CubeRuntime>(
+    matrix: &Int8Matrix<R>,
+    dtype: DType,
+) -> Result<CubeTensor<R>> {
+    let (rows, cols) = matrix.dims()?;
+    let out = empty(&matrix.codes, vec![rows, cols], dtype);
+    let num_words = rows * cols / 4;
+    if num_words == 0 {
+        return Ok(out);
+    }
+    let client = &matrix.codes.client;
+    with_float!(dtype, "output", F => {
+        // SAFETY: one unit per code word; the row index is below `rows`, stores below
+        // `rows * cols`.
+        unsafe {
+            int8_dequantize_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, num_words.div_ceil(256)),
+                CubeDim::new_1d(256),
+                words_arg(&matrix.codes, 1),
+                f32_arg(&matrix.absmax),
+                float_arg(&out, 1),
+                ScalarArg::new(num_words as u32),
+                ScalarArg::new((cols / 4) as u32),
+                ScalarArg::new(INV_127),
+            )
+            .map_err(|e| KernelError::launch("int8_dequantize", e))?;
+        }
+    });
+    Ok(out)
+}
+
 /// Row-wise int8 quantization (`int8_vectorwise_quant`), of activations or of a weight.
 ///
 /// With `threshold > 0` (LLM.int8() decomposition), the columns holding an `|x| >= threshold`

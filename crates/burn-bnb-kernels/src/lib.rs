@@ -47,6 +47,7 @@
 //! | [`dequantize_4bit`] | `Quant4Weight -> [N, K]` of f32/f16/bf16, bit-exact | `dequantize_4bit` |
 //! | [`matmul_4bit`] | `x [.., K] · Wᵀ + bias -> [.., N]`, fused | `matmul_4bit` / `gemv_4bit` |
 //! | [`int8_quantize_rows`] | `x -> (CA, SCA, outlier columns)`; weights `W -> (CB, SCB)` | `int8_vectorwise_quant` |
+//! | [`int8_dequantize`] | `(CB, SCB) -> [N, K]` of f32/f16/bf16, bit-exact | `int8_vectorwise_dequant` |
 //! | [`int8_matmul_dequant`] | `f16(acc * SCA * SCB / 127² + bias)` in the output dtype | `int8_linear_matmul` + `int8_mm_dequant` |
 //! | [`int8_matmul_i32`] | the raw int32 product | `int8_linear_matmul` |
 //! | [`int8_add_outliers`] | `out += x[:, cols] · W_deq[:, cols]ᵀ` | the decomposition's `addmm` |
@@ -86,8 +87,9 @@ pub mod quant4;
 pub use dequant4::dequantize_4bit;
 pub use error::{KernelError, Result};
 pub use int8::{
-    Int8Activations, Int8Strategy, OutlierColumns, int8_add_outliers, int8_matmul_dequant,
-    int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows, linear_8bit_lt,
+    Int8Activations, Int8Strategy, OutlierColumns, int8_add_outliers, int8_dequantize,
+    int8_matmul_dequant, int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows,
+    linear_8bit_lt,
 };
 pub use layout::{Absmax4, DoubleQuant4, Int8Matrix, Quant4Weight};
 pub use matmul4::{CmmaParams, Matmul4Strategy, SimtParams, matmul_4bit, matmul_4bit_with};

@@ -8,8 +8,8 @@ use burn_bnb_backend::formats::{
     check_blocksize_4bit, dynamic_map_signed,
 };
 use burn_bnb_backend::{
-    Absmax4Primitive, BnbError, DoubleQuantPrimitive, Quant4Primitive, QuantizedOps, Result,
-    byte_dtype,
+    Absmax4Primitive, BnbError, ByteLayout, DoubleQuantPrimitive, Quant4Primitive, QuantizedOps,
+    Result,
 };
 
 /// Configuration to create a [`Linear4bit`] layer.
@@ -55,14 +55,17 @@ pub struct Linear4bitConfig {
 /// and the bias only.
 ///
 /// The fields mirror bitsandbytes' state dict (`weight`, `weight.absmax`, `weight.quant_map`,
-/// `weight.nested_*`, `bias`). Create it with [`Linear4bitConfig::init`] (zeros, to load a
+/// `weight.nested_*`, `bias`). The byte tensors are kept in the device's
+/// [`ByteLayout`] (what the kernels read, so a forward pass converts nothing); records hold
+/// them as one byte value per element, so a record loads on any device. Create it with [`Linear4bitConfig::init`] (zeros, to load a
 /// record into), [`Linear4bitConfig::init_with_linear`] (quantizing a float layer) or
 /// [`Linear4bit::from_quantized`] (a checkpoint's tensors).
 #[derive(Module, Debug)]
 #[module(custom_display)]
 pub struct Linear4bit<B: Backend> {
-    /// The packed codes, two per byte, the first weight in the high nibble:
-    /// `[ceil(d_output * d_input / 2)]` bytes (bitsandbytes' `weight`).
+    /// The packed codes, two per byte, the first weight in the high nibble (bitsandbytes'
+    /// `weight`): `ceil(d_output * d_input / 2)` bytes padded to whole words, in the device's
+    /// [`ByteLayout`] (`U8`, or four bytes per `U32`).
     pub weight: Param<Tensor<B, 1, Int>>,
     /// One float32 scale per block, `[num_blocks]` (`weight.absmax`), unless double-quantized.
     pub absmax: Option<Param<Tensor<B, 1>>>,
@@ -90,7 +93,8 @@ pub struct Linear4bit<B: Backend> {
 /// nested_absmax[b / nested_blocksize] + nested_offset`.
 #[derive(Module, Debug)]
 pub struct DoubleQuantParams<B: Backend> {
-    /// One 8-bit code per block, `[num_blocks]` (bitsandbytes' `weight.absmax` as uint8).
+    /// One 8-bit code per block (bitsandbytes' `weight.absmax` as uint8), padded and laid out
+    /// as [`Linear4bit::weight`].
     pub absmax_q: Param<Tensor<B, 1, Int>>,
     /// One float32 scale per group of `nested_blocksize` blocks (`weight.nested_absmax`).
     pub nested_absmax: Param<Tensor<B, 1>>,
@@ -122,8 +126,10 @@ impl Linear4bitConfig {
         // Zero scales make every weight zero whatever the codes: no quantization to run.
         let numel = self.d_input * self.d_output;
         let blocks = numel.div_ceil(self.blocksize);
+        let layout = ByteLayout::of::<B>(device);
         let bytes = |n: usize| {
-            Tensor::<B, 1, Int>::zeros([n], (device, byte_dtype::<B>(device))).into_primitive()
+            Tensor::<B, 1, Int>::zeros([layout.elements(n)], (device, layout.dtype(false)))
+                .into_primitive()
         };
         let f32_zeros = |n: usize| {
             Tensor::<B, 1>::zeros([n], (device, DType::F32))
@@ -253,12 +259,14 @@ impl<B: QuantizedOps> Linear4bit<B> {
         d_output: usize,
         compute_dtype: Option<FloatDtype>,
     ) -> Self {
+        let blocks = weight.num_blocks();
+        let bytes = weight.numel().div_ceil(2);
         let (absmax, double_quant) = match weight.absmax {
             Absmax4Primitive::Plain(absmax) => (Some(constant(float(absmax))), None),
             Absmax4Primitive::Double(dq) => (
                 None,
                 Some(DoubleQuantParams {
-                    absmax_q: constant(Tensor::from_primitive(dq.codes)),
+                    absmax_q: byte_param(Tensor::from_primitive(dq.codes), blocks, false),
                     nested_absmax: constant(float(dq.nested_absmax)),
                     nested_quant_map: constant(float(dq.nested_code)),
                     nested_offset: constant(float(dq.offset)),
@@ -267,7 +275,7 @@ impl<B: QuantizedOps> Linear4bit<B> {
             ),
         };
         Linear4bit {
-            weight: constant(Tensor::from_primitive(weight.packed)),
+            weight: byte_param(Tensor::from_primitive(weight.packed), bytes, false),
             absmax,
             double_quant,
             quant_map: constant(float(weight.code)),
@@ -281,14 +289,14 @@ impl<B: QuantizedOps> Linear4bit<B> {
         }
     }
 
-    /// The quantized weight as the backend operations take it.
-    ///
-    /// Byte tensors come back from a record in the backend's default int type: they are cast
-    /// back to bytes here (a no-op otherwise).
+    /// The quantized weight as the backend operations take it (the parameters' tensors as they
+    /// are).
     pub fn quantized_weight(&self) -> Quant4Primitive<B> {
+        let numel = self.d_input * self.d_output;
         let absmax = match (&self.absmax, &self.double_quant) {
             (_, Some(dq)) => Absmax4Primitive::Double(DoubleQuantPrimitive {
-                codes: bytes(dq.absmax_q.val()),
+                codes: stored_bytes(dq.absmax_q.val(), numel.div_ceil(self.blocksize), false)
+                    .into_primitive(),
                 nested_absmax: dq.nested_absmax.val().into_primitive().tensor(),
                 nested_code: dq.nested_quant_map.val().into_primitive().tensor(),
                 offset: dq.nested_offset.val().into_primitive().tensor(),
@@ -298,7 +306,7 @@ impl<B: QuantizedOps> Linear4bit<B> {
             (None, None) => unreachable!("a Linear4bit has absmax or double-quantized absmax"),
         };
         Quant4Primitive {
-            packed: bytes(self.weight.val()),
+            packed: stored_bytes(self.weight.val(), numel.div_ceil(2), false).into_primitive(),
             absmax,
             code: self.quant_map.val().into_primitive().tensor(),
             quant_type: self.quant_type.0,
@@ -397,15 +405,38 @@ fn float<B: Backend, const D: usize>(primitive: burn::tensor::ops::FloatTensor<B
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
-/// A byte tensor in the device's byte dtype.
-fn bytes<B: Backend>(tensor: Tensor<B, 1, Int>) -> burn::tensor::ops::IntTensor<B> {
-    let dtype = byte_dtype::<B>(&tensor.device());
-    if tensor.dtype() == dtype {
+/// A frozen parameter holding byte strings of `len` bytes along its last dimension, in the
+/// device's [`ByteLayout`]. Its records hold one byte value per element (padding included), so
+/// that they do not depend on the device's layout; loading packs them back once.
+pub(crate) fn byte_param<B: Backend, const D: usize>(
+    tensor: Tensor<B, D, Int>,
+    len: usize,
+    signed: bool,
+) -> Param<Tensor<B, D, Int>> {
+    let padded = 4 * len.div_ceil(4);
+    constant(tensor)
+        .save_mapper(
+            move |stored: Tensor<B, D, Int>| match ByteLayout::of_dtype(stored.dtype()) {
+                Some((layout, _)) => layout.unpack(stored, padded, signed),
+                None => stored,
+            },
+        )
+        .load_mapper(move |values| stored_bytes(values, len, signed))
+}
+
+/// `tensor` in the device's [`ByteLayout`] for strings of `len` bytes: as it is when it already
+/// is, else packed from one byte value per element (e.g. a parameter set by hand).
+pub(crate) fn stored_bytes<B: Backend, const D: usize>(
+    tensor: Tensor<B, D, Int>,
+    len: usize,
+    signed: bool,
+) -> Tensor<B, D, Int> {
+    let layout = ByteLayout::of::<B>(&tensor.device());
+    if tensor.dtype() == layout.dtype(signed) && tensor.dims()[D - 1] == layout.elements(len) {
         tensor
     } else {
-        tensor.cast(dtype)
+        layout.pack(tensor, signed)
     }
-    .into_primitive()
 }
 
 /// The input (and bias) in the compute dtype.

@@ -4,10 +4,11 @@ use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor, TensorPrimitive};
 use burn_bnb_backend::formats::{FormatError, Int8Rows};
-use burn_bnb_backend::{BnbError, Int8Primitive, QuantizedOps, Result, signed_byte_dtype};
+use burn_bnb_backend::{BnbError, ByteLayout, Int8Primitive, QuantizedOps, Result};
 
 use crate::linear4bit::{
-    cast_to, check_bias, check_dims, check_linear, constant, to_compute_dtype,
+    byte_param, cast_to, check_bias, check_dims, check_linear, constant, stored_bytes,
+    to_compute_dtype,
 };
 
 /// Configuration to create a [`Linear8bitLt`] layer.
@@ -37,11 +38,14 @@ pub struct Linear8bitLtConfig {
 /// the int8-dequantized weight columns instead. The weight is frozen: gradients reach the input
 /// and the bias only.
 ///
-/// Field names follow bitsandbytes' state dict (`weight`, `SCB`, `bias`).
+/// Field names follow bitsandbytes' state dict (`weight`, `SCB`, `bias`). The codes are kept
+/// in the device's [`ByteLayout`] (what the kernels read); records hold one code per element.
 #[derive(Module, Debug)]
 #[module(custom_display)]
 pub struct Linear8bitLt<B: Backend> {
-    /// The int8 codes `CB`, `[d_output, d_input]` (bitsandbytes' `weight`).
+    /// The int8 codes `CB` (bitsandbytes' `weight`), `d_output` rows of `d_input` codes, each
+    /// row padded to whole words, in the device's [`ByteLayout`]: `I8 [d_output, d_input]` for
+    /// `d_input` a multiple of 4, or four codes per `I32`.
     pub weight: Param<Tensor<B, 2, Int>>,
     /// The float32 absmax of each weight row, `[d_output]` (bitsandbytes' `SCB`).
     pub scb: Param<Tensor<B, 1>>,
@@ -49,6 +53,8 @@ pub struct Linear8bitLt<B: Backend> {
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// The outlier threshold; `0` disables the decomposition.
     pub threshold: f32,
+    /// The size of the input features.
+    pub d_input: usize,
 }
 
 impl Linear8bitLtConfig {
@@ -64,14 +70,18 @@ impl Linear8bitLtConfig {
     /// A zero dimension or a negative or non-finite threshold.
     pub fn init<B: QuantizedOps>(&self, device: &B::Device) -> Result<Linear8bitLt<B>> {
         self.check()?;
-        let codes = Tensor::<B, 2, Int>::zeros([self.d_output, self.d_input], device)
-            .cast(signed_byte_dtype::<B>(device));
+        let layout = ByteLayout::of::<B>(device);
+        let codes = Tensor::<B, 2, Int>::zeros(
+            [self.d_output, layout.elements(self.d_input)],
+            (device, layout.dtype(true)),
+        );
         let weight = Int8Primitive {
             codes: codes.into_primitive(),
             absmax: Tensor::<B, 1>::zeros([self.d_output], (device, burn::tensor::DType::F32))
                 .into_primitive()
                 .tensor(),
             outlier_cols: None,
+            cols: self.d_input,
         };
         let bias = self.bias.then(|| Tensor::zeros([self.d_output], device));
         Ok(Linear8bitLt::from_primitive(weight, bias, self.threshold))
@@ -132,30 +142,26 @@ impl<B: QuantizedOps> Linear8bitLt<B> {
         bias: Option<Tensor<B, 1>>,
         threshold: f32,
     ) -> Self {
+        let d_input = weight.cols;
         Linear8bitLt {
-            weight: constant(Tensor::from_primitive(weight.codes)),
+            weight: byte_param(Tensor::from_primitive(weight.codes), d_input, true),
             scb: constant(Tensor::from_primitive(TensorPrimitive::Float(
                 weight.absmax,
             ))),
             bias: bias.map(Param::from_tensor),
             threshold,
+            d_input,
         }
     }
 
-    /// The quantized weight as the backend operations take it (codes loaded from a record in
-    /// the backend's default int type are cast back to 8 bits; a no-op otherwise).
+    /// The quantized weight as the backend operations take it (the parameters' tensors as they
+    /// are).
     pub fn quantized_weight(&self) -> Int8Primitive<B> {
-        let codes = self.weight.val();
-        let dtype = signed_byte_dtype::<B>(&codes.device());
-        let codes = if codes.dtype() == dtype {
-            codes
-        } else {
-            codes.cast(dtype)
-        };
         Int8Primitive {
-            codes: codes.into_primitive(),
+            codes: stored_bytes(self.weight.val(), self.d_input, true).into_primitive(),
             absmax: self.scb.val().into_primitive().tensor(),
             outlier_cols: None,
+            cols: self.d_input,
         }
     }
 
@@ -219,10 +225,9 @@ impl<B: Backend> ModuleDisplay for Linear8bitLt<B> {
     }
 
     fn custom_content(&self, content: Content) -> Option<Content> {
-        let [d_output, d_input] = self.weight.dims();
         content
-            .add("d_input", &d_input)
-            .add("d_output", &d_output)
+            .add("d_input", &self.d_input)
+            .add("d_output", &self.weight.dims()[0])
             .add("threshold", &self.threshold)
             .add("bias", &self.bias.is_some())
             .optional()

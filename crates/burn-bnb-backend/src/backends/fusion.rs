@@ -15,9 +15,9 @@ use burn_fusion::{
 };
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
+use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
-use crate::util::{byte_dtype, signed_byte_dtype};
 
 type Handles<B> =
     HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
@@ -34,6 +34,8 @@ struct Layout4 {
     shape: Shape,
     /// `Some(nested_blocksize)` when the absmax is double-quantized.
     nested_blocksize: Option<usize>,
+    /// How the byte tensors are stored.
+    bytes: ByteLayout,
 }
 
 impl Layout4 {
@@ -47,21 +49,24 @@ impl Layout4 {
                 Absmax4Primitive::Plain(_) => None,
                 Absmax4Primitive::Double(dq) => Some(dq.nested_blocksize),
             },
+            bytes: ByteLayout::of_dtype(weight.packed.dtype())
+                .map_or(ByteLayout::Bytes, |(layout, _)| layout),
         }
     }
 
-    /// Shapes and dtypes of the tensors, in order, with `bytes` the dtype of byte tensors.
-    fn tensor_types(&self, bytes: DType) -> Vec<(Shape, DType)> {
+    /// Shapes and dtypes of the tensors, in order.
+    fn tensor_types(&self) -> Vec<(Shape, DType)> {
         let numel = self.shape.num_elements();
         let blocks = numel.div_ceil(self.blocksize);
+        let (layout, bytes) = (self.bytes, self.bytes.dtype(false));
         let mut types = vec![
-            (Shape::new([numel.div_ceil(2)]), bytes),
+            (Shape::new([layout.elements(numel.div_ceil(2))]), bytes),
             (Shape::new([16]), DType::F32),
         ];
         match self.nested_blocksize {
             None => types.push((Shape::new([blocks]), DType::F32)),
             Some(nested) => types.extend([
-                (Shape::new([blocks]), bytes),
+                (Shape::new([layout.elements(blocks)]), bytes),
                 (Shape::new([blocks.div_ceil(nested)]), DType::F32),
                 (Shape::new([256]), DType::F32),
                 (Shape::new([1]), DType::F32),
@@ -103,7 +108,7 @@ impl Layout4 {
         irs: &mut impl Iterator<Item = &'a TensorIr>,
         handles: &mut Handles<B>,
     ) -> Quant4Primitive<B> {
-        let count = self.tensor_types(DType::U8).len();
+        let count = self.tensor_types().len();
         let parts: Vec<Part<B>> = (0..count)
             .map(|_| {
                 let ir = next_ir(irs);
@@ -186,10 +191,12 @@ enum Kind {
     },
     Int8Dequant {
         outliers: bool,
+        cols: usize,
         dtype: FloatDType,
     },
     Int8Linear {
         outliers: bool,
+        cols: usize,
         bias: bool,
         threshold: f32,
     },
@@ -239,18 +246,23 @@ impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for Quanti
                     handles.register_bool_tensor::<B>(&ir.id, mask);
                 }
             }
-            Kind::Int8Dequant { outliers, dtype } => {
-                let weight = take_int8::<B>(irs, *outliers, handles);
+            Kind::Int8Dequant {
+                outliers,
+                cols,
+                dtype,
+            } => {
+                let weight = take_int8::<B>(irs, *outliers, *cols, handles);
                 let out = B::int8_vectorwise_dequant(weight, *dtype);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
             Kind::Int8Linear {
                 outliers,
+                cols,
                 bias,
                 threshold,
             } => {
                 let x = float(handles, next_ir(irs));
-                let weight = take_int8::<B>(irs, *outliers, handles);
+                let weight = take_int8::<B>(irs, *outliers, *cols, handles);
                 let bias = bias.then(|| float(handles, next_ir(irs)));
                 let out = B::int8_linear(x, weight, bias, *threshold);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
@@ -262,20 +274,24 @@ impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for Quanti
 fn take_int8<'a, B: FusionBackend>(
     irs: &mut impl Iterator<Item = &'a TensorIr>,
     outliers: bool,
+    cols: usize,
     handles: &mut Handles<B>,
 ) -> Int8Primitive<B> {
     Int8Primitive {
         codes: handles.get_int_tensor::<B>(next_ir(irs)),
         absmax: handles.get_float_tensor::<B>(next_ir(irs)),
         outlier_cols: outliers.then(|| handles.get_bool_tensor::<B>(next_ir(irs))),
+        cols,
     }
 }
 
-fn split_int8<B: FusionBackend>(weight: Int8Primitive<Fusion<B>>) -> (bool, Vec<Tensor<B>>) {
+/// `(has outlier columns, cols, tensors)`.
+fn split_int8<B: FusionBackend>(weight: Int8Primitive<Fusion<B>>) -> (bool, usize, Vec<Tensor<B>>) {
     let outliers = weight.outlier_cols.is_some();
+    let cols = weight.cols;
     let mut tensors = vec![weight.codes, weight.absmax];
     tensors.extend(weight.outlier_cols);
-    (outliers, tensors)
+    (outliers, cols, tensors)
 }
 
 /// Registers the operation and returns its (lazy) outputs.
@@ -316,8 +332,9 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
             dtype: crate::util::formats_float_dtype(tensor.dtype()).unwrap_or(FloatDtype::F32),
             shape: tensor.shape(),
             nested_blocksize: config.double_quant.then_some(NESTED_BLOCKSIZE),
+            bytes: ByteLayout::of::<B>(tensor.client.device()),
         };
-        let types = layout.tensor_types(byte_dtype::<B>(tensor.client.device()));
+        let types = layout.tensor_types();
         let outputs = register::<B>(
             "bnb_quantize_4bit",
             Kind::Quantize4(config),
@@ -367,11 +384,9 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
 
     fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
         let [rows, cols] = tensor.shape.dims::<2>();
+        let bytes = ByteLayout::of::<B>(tensor.client.device());
         let mut outputs = vec![
-            (
-                Shape::new([rows, cols]),
-                signed_byte_dtype::<B>(tensor.client.device()),
-            ),
+            (Shape::new([rows, bytes.elements(cols)]), bytes.dtype(true)),
             (Shape::new([rows]), DType::F32),
         ];
         if threshold > 0.0 {
@@ -388,6 +403,7 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
             codes: outputs.next().expect("the codes"),
             absmax: outputs.next().expect("the absmax"),
             outlier_cols: outputs.next(),
+            cols,
         }
     }
 
@@ -395,9 +411,13 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
         weight: Int8Primitive<Self>,
         dtype: FloatDType,
     ) -> FloatTensor<Self> {
-        let shape = weight.codes.shape.clone();
-        let (outliers, inputs) = split_int8::<B>(weight);
-        let kind = Kind::Int8Dequant { outliers, dtype };
+        let shape = Shape::new(weight.dims());
+        let (outliers, cols, inputs) = split_int8::<B>(weight);
+        let kind = Kind::Int8Dequant {
+            outliers,
+            cols,
+            dtype,
+        };
         single(register::<B>(
             "bnb_int8_vectorwise_dequant",
             kind,
@@ -416,9 +436,10 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
             linear_output_shape(&x.shape, weight.codes.shape.dims[0]),
             x.dtype,
         );
-        let (outliers, tensors) = split_int8::<B>(weight);
+        let (outliers, cols, tensors) = split_int8::<B>(weight);
         let kind = Kind::Int8Linear {
             outliers,
+            cols,
             bias: bias.is_some(),
             threshold,
         };

@@ -5,7 +5,7 @@
 mod autodiff;
 mod bnb;
 #[cfg(feature = "cubecl")]
-mod cube;
+pub(crate) mod cube;
 #[cfg(feature = "fusion")]
 mod fusion;
 #[cfg(feature = "ndarray")]

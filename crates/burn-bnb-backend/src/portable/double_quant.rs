@@ -1,20 +1,24 @@
 //! Double quantization of the 4-bit absmax: the float32 mean as torch computes it, 8-bit
 //! blockwise quantization with a 256-entry code, and the reconstruction.
 
-use burn_backend::{Backend, IntDType, TensorMetadata};
+use burn_backend::{Backend, TensorMetadata};
 use burn_bnb_formats::{NESTED_BLOCKSIZE, dynamic_map_signed};
 use burn_tensor::{ElementConversion, Int, Tensor};
 
-use super::index_dtype;
+use super::{index_dtype, stored_layout};
+use crate::layout::ByteLayout;
 use crate::primitive::DoubleQuantPrimitive;
-use crate::util::{byte_dtype, f32_const, f32_tensor, float, float_primitive, int, pad_to};
+use crate::util::{f32_const, f32_tensor, float, float_primitive, int, pad_to};
 
 /// `absmax[b] = f32(f32(nested_code[codes[b]] * nested_absmax[b / nested_blocksize]) + offset)`,
 /// shape `[num_blocks]`, `F32`.
-pub fn dequantize_absmax<B: Backend>(dq: DoubleQuantPrimitive<B>) -> Tensor<B, 1> {
-    let nb = dq.codes.shape().num_elements();
+pub fn dequantize_absmax<B: Backend>(
+    dq: DoubleQuantPrimitive<B>,
+    num_blocks: usize,
+) -> Tensor<B, 1> {
     let groups = dq.nested_absmax.shape().num_elements();
-    let codes = int::<B, 1>(dq.codes).cast(index_dtype::<B>());
+    let nb = num_blocks;
+    let codes = stored_layout(&dq.codes).unpack(int::<B, 1>(dq.codes), nb, false);
     let values = float::<B, 1>(dq.nested_code).select(0, codes);
     let scales = float::<B, 1>(dq.nested_absmax)
         .reshape([groups, 1])
@@ -41,8 +45,8 @@ pub fn double_quantize<B: Backend>(absmax: Tensor<B, 1>) -> DoubleQuantPrimitive
     let codes = quantize_with_code(normalized, code.clone()).slice(0..nb);
 
     DoubleQuantPrimitive {
-        codes: codes
-            .cast(IntDType::from(byte_dtype::<B>(&device)))
+        codes: ByteLayout::of::<B>(&device)
+            .pack(codes, false)
             .into_primitive(),
         nested_absmax: float_primitive(nested_absmax.reshape([groups])),
         nested_code: float_primitive(code),

@@ -1,16 +1,15 @@
 //! LLM.int8(): row-wise int8 quantization and the int8 linear layer with its outlier
 //! decomposition.
 
-use burn_backend::{
-    Backend, DType, FloatDType, IntDType, Shape, TensorMetadata, tensor::FloatTensor,
-};
+use burn_backend::{Backend, DType, FloatDType, Shape, TensorMetadata, tensor::FloatTensor};
 use burn_bnb_formats::int8::{INV_127, MM_DEQUANT_CONST};
 use burn_tensor::{Bool, Int, Tensor};
 use half::f16;
 
-use super::index_dtype;
+use super::{index_dtype, stored_layout};
+use crate::layout::ByteLayout;
 use crate::primitive::Int8Primitive;
-use crate::util::{f32_const, float, float_primitive, int, signed_byte_dtype};
+use crate::util::{f32_const, float, float_primitive, int};
 
 /// `x` as bitsandbytes sees it: rounded to f16 (its int8 kernels take f16 input), in `F32`.
 /// On a device without f16 the values stay as they are.
@@ -29,17 +28,22 @@ pub fn int8_vectorwise_quant<B: Backend>(
     threshold: f32,
 ) -> Int8Primitive<B> {
     let x = as_f16_values(float::<B, 2>(tensor));
+    let device = x.device();
+    let cols = x.dims()[1];
     let rows = quantize_rows(x, threshold);
     Int8Primitive {
-        codes: rows.codes.into_primitive(),
+        codes: ByteLayout::of::<B>(&device)
+            .pack(rows.codes, true)
+            .into_primitive(),
         absmax: float_primitive(rows.absmax),
         outlier_cols: rows.outlier_cols.map(Tensor::into_primitive),
+        cols,
     }
 }
 
 /// [`Int8Primitive`] as tensors.
 struct Rows<B: Backend> {
-    /// `I8`, `[rows, cols]`.
+    /// `[rows, cols]`, the default int dtype.
     codes: Tensor<B, 2, Int>,
     /// `F32`, `[rows]`.
     absmax: Tensor<B, 1>,
@@ -89,9 +93,7 @@ fn quantize_rows<B: Backend>(x: Tensor<B, 2>, threshold: f32) -> Rows<B> {
         q
     };
     Rows {
-        codes: q
-            .int()
-            .cast(IntDType::from(signed_byte_dtype::<B>(&device))),
+        codes: q.int().cast(index_dtype::<B>()),
         absmax: absmax.reshape([rows]),
         outlier_cols: outlier_mask.map(|m| m.reshape([cols])),
     }
@@ -105,14 +107,16 @@ pub fn int8_vectorwise_dequant<B: Backend>(
     float_primitive(dequant_rows(&weight).cast(dtype))
 }
 
+/// The codes of a matrix as `[rows, cols]` values of the default int dtype.
+fn codes<B: Backend>(weight: &Int8Primitive<B>) -> Tensor<B, 2, Int> {
+    stored_layout(&weight.codes).unpack(int::<B, 2>(weight.codes.clone()), weight.cols, true)
+}
+
 /// `f32(f32(codes * absmax[row]) * (1 / 127))`, `F32`.
 fn dequant_rows<B: Backend>(weight: &Int8Primitive<B>) -> Tensor<B, 2> {
     let [rows, _] = weight.dims();
     let device = weight.device();
-    let codes = int::<B, 2>(weight.codes.clone())
-        .cast(index_dtype::<B>())
-        .float()
-        .cast(FloatDType::F32);
+    let codes = codes(weight).float().cast(FloatDType::F32);
     let absmax = float::<B, 1>(weight.absmax.clone()).reshape([rows, 1]);
     codes * absmax * f32_const::<B, 2>(INV_127, &device)
 }
@@ -145,11 +149,7 @@ pub fn int8_linear<B: Backend>(
         outlier_cols: outliers,
     } = quantize_rows(as_f16_values(x.clone()), threshold);
     // The int32 product, exact: integer matmul in the backend's int type.
-    let acc = codes_a.cast(index_dtype::<B>()).matmul(
-        int::<B, 2>(weight.codes.clone())
-            .cast(index_dtype::<B>())
-            .transpose(),
-    );
+    let acc = codes_a.matmul(codes(&weight).transpose());
     // f16(acc * SCA[m] * SCB[n] * (1/127²) + bias[n]); bitsandbytes fuses the bias (one fma)
     // only for an f16 input and adds it in f16 afterwards otherwise.
     let scale_b = float::<B, 1>(weight.absmax.clone()).reshape([1, n]);

@@ -12,6 +12,10 @@
 //! Constants are passed as one-element `F32` tensors, not as scalars: Burn converts a scalar to
 //! the backend's default float element, which would round it on a bf16 or f16 backend.
 //!
+//! Byte strings are read and written in either [`ByteLayout`](crate::ByteLayout) (unpacked to
+//! and packed from int tensors with integer bit operations), so the portable path computes on
+//! the same tensors as the kernels.
+//!
 //! These functions are public so that a [`QuantizedKernels`](crate::QuantizedKernels)
 //! implementation can fall back to them for the cases its kernels do not cover.
 
@@ -22,13 +26,22 @@ mod quant4;
 pub use double_quant::{dequantize_absmax, double_quantize, quantize_with_code, torch_cuda_mean};
 pub use int8::{int8_linear, int8_vectorwise_dequant, int8_vectorwise_quant};
 pub use quant4::{
-    FP4_THRESHOLDS, NF4_THRESHOLDS, dequantize_4bit, matmul_4bit, quantize_4bit,
-    quantize_4bit_codes,
+    FP4_THRESHOLDS, NF4_THRESHOLDS, dequantization_dtype, dequantize_4bit, linear, matmul_4bit,
+    quantize_4bit, quantize_4bit_codes,
 };
 
-use burn_backend::{Backend, Element, IntDType};
+use burn_backend::{Backend, Element, IntDType, TensorMetadata};
+
+use crate::layout::ByteLayout;
 
 /// The backend's default int dtype, which indices and integer arithmetic use.
 fn index_dtype<B: Backend>() -> IntDType {
     <B::IntElem as Element>::dtype().into()
+}
+
+/// The layout a (validated) byte tensor is stored in.
+fn stored_layout<T: TensorMetadata>(tensor: &T) -> ByteLayout {
+    ByteLayout::of_dtype(tensor.dtype())
+        .map(|(layout, _)| layout)
+        .expect("a validated byte tensor")
 }

@@ -1,17 +1,16 @@
 //! Blockwise 4-bit quantization, dequantization and the 4-bit matmul.
 
-use burn_backend::{
-    Backend, DType, FloatDType, IntDType, Shape, TensorMetadata, tensor::FloatTensor,
-};
+use burn_backend::{Backend, DType, FloatDType, Shape, TensorMetadata, tensor::FloatTensor};
 use burn_bnb_formats::{FloatDtype, Quant4Config, QuantType};
 use burn_tensor::{ElementConversion, Int, Tensor, TensorData};
 
 use super::double_quant::{dequantize_absmax, double_quantize};
-use super::index_dtype;
+use super::stored_layout;
+use crate::layout::ByteLayout;
 use crate::primitive::{Absmax4Primitive, Quant4Primitive};
 use crate::util::{
-    burn_float_dtype, byte_dtype, f32_const, f32_tensor, float, float_primitive,
-    formats_float_dtype, int, pad_to,
+    burn_float_dtype, f32_const, f32_tensor, float, float_primitive, formats_float_dtype, int,
+    pad_to,
 };
 
 /// The midpoints between adjacent NF4 values, ascending (bitsandbytes' `dQuantizeNF4`
@@ -117,9 +116,7 @@ pub fn quantize_4bit<B: Backend>(
     let pairs = codes.reshape([nb * bs / 2, 2]).slice([0..bytes, 0..2]);
     let high = pairs.clone().slice([0..bytes, 0..1]).mul_scalar(16);
     let low = pairs.slice([0..bytes, 1..2]);
-    let packed = (high + low)
-        .reshape([bytes])
-        .cast(IntDType::from(byte_dtype::<B>(&device)));
+    let packed = ByteLayout::of::<B>(&device).pack((high + low).reshape([bytes]), false);
 
     let absmax = absmax.reshape([nb]);
     let absmax = if config.double_quant {
@@ -150,9 +147,9 @@ pub fn dequantize_4bit<B: Backend>(
 
     let absmax = match weight.absmax {
         Absmax4Primitive::Plain(absmax) => float::<B, 1>(absmax),
-        Absmax4Primitive::Double(dq) => dequantize_absmax::<B>(dq),
+        Absmax4Primitive::Double(dq) => dequantize_absmax::<B>(dq, nb),
     };
-    let packed = int::<B, 1>(weight.packed).cast(index_dtype::<B>());
+    let packed = stored_layout(&weight.packed).unpack(int::<B, 1>(weight.packed), bytes, false);
     let high = packed.clone().bitwise_right_shift_scalar(4.elem());
     let low = packed.bitwise_and_scalar(0x0F.elem());
     let codes = Tensor::stack::<2>(vec![high, low], 1).reshape([2 * bytes]);
@@ -188,20 +185,37 @@ pub fn matmul_4bit<B: Backend>(
     weight: Quant4Primitive<B>,
     bias: Option<FloatTensor<B>>,
 ) -> FloatTensor<B> {
-    let x_shape = x.shape();
-    let x_dtype: FloatDType = x.dtype().into();
-    let device = B::float_device(&x);
-    let [n, k] = weight.shape.dims::<2>();
-    let m = x_shape.num_elements() / k;
-
     // bitsandbytes dequantizes to the weight's original dtype, then casts to the input's.
-    let weight_dtype = burn_float_dtype(weight.dtype);
-    let deq_dtype = if B::supports_dtype(&device, DType::from(weight_dtype)) {
-        weight_dtype
+    let dtype = dequantization_dtype::<B>(&B::float_device(&x), weight.dtype);
+    linear::<B>(x, dequantize_4bit::<B>(weight, dtype), bias)
+}
+
+/// The dtype bitsandbytes dequantizes a weight to before a matmul: the weight's original dtype
+/// where the device has it, F32 otherwise.
+pub fn dequantization_dtype<B: Backend>(
+    device: &B::Device,
+    weight_dtype: FloatDtype,
+) -> FloatDType {
+    let dtype = burn_float_dtype(weight_dtype);
+    if B::supports_dtype(device, DType::from(dtype)) {
+        dtype
     } else {
         FloatDType::F32
-    };
-    let w = float::<B, 2>(dequantize_4bit::<B>(weight, deq_dtype)).cast(x_dtype);
+    }
+}
+
+/// `y = x · wᵀ (+ bias)` with a float weight `w: [N, K]` (any float dtype; cast to `x`'s),
+/// `x: [..., K]`, `bias: [N]`, in `x`'s dtype.
+pub fn linear<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    let x_shape = x.shape();
+    let x_dtype: FloatDType = x.dtype().into();
+    let [n, k] = w.shape().dims::<2>();
+    let m = x_shape.num_elements() / k;
+    let w = float::<B, 2>(w).cast(x_dtype);
     let x = float::<B, 2>(B::float_reshape(x, Shape::new([m, k])));
     let mut y = x.matmul(w.transpose());
     if let Some(bias) = bias {

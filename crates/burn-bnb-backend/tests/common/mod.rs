@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod suite;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 

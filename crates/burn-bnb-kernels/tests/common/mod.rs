@@ -16,7 +16,7 @@ use burn_bnb_formats::{
 };
 use burn_bnb_kernels::{
     Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, Int8Strategy, KernelError, Matmul4Strategy,
-    Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_matmul_dequant,
+    Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_dequantize, int8_matmul_dequant,
     int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows, linear_8bit_lt,
     matmul_4bit_with, quantize_4bit,
 };
@@ -860,6 +860,14 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         )
         .unwrap();
         let weight = dev.int8(&wq);
+        // Its dequantization, bit for bit.
+        let deq = dev.read_f32(&int8_dequantize(&weight, F::KIND).unwrap());
+        let expected: Vec<f32> = wq.dequantize().into_iter().map(round::<F>).collect();
+        assert_eq!(
+            deq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "int8_dequantize {n}x{k}"
+        );
         // The weight quantized on the device matches the CPU reference.
         let wt = dev.floats::<F>(&w, vec![n, k]);
         let wdev = int8_quantize_rows(&wt, 0.0).unwrap().quantized;

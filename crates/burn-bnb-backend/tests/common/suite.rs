@@ -1,0 +1,306 @@
+//! One check of every `QuantizedOps` operation on a GPU backend against the CPU reference, in
+//! one float dtype: the wgpu test runs it in f32 (lavapipe has no f16), the CUDA tests in f32,
+//! f16 and bf16.
+//!
+//! - 4-bit quantization and dequantization: bit-exact (the kernels divide exactly, as the
+//!   reference does).
+//! - `matmul_4bit`: within the tolerance of an f32-accumulated dot product rounded to the dtype
+//!   (bitsandbytes' own GEMV accumulates the same way), for every path: the GEMV (`M = 1`), the
+//!   fused GEMM, dequantize + matmul (past the fused kernels' row limit, or `K % 8 != 0`).
+//! - LLM.int8(): row quantization and dequantization bit-exact, the linear layer bit-exact
+//!   without outliers and within bitsandbytes' f16 tolerance with them.
+
+use burn_backend::{
+    Backend, FloatDType, Shape, TensorMetadata, TensorPrimitive, tensor::FloatTensor,
+};
+use burn_bnb_backend::formats::{
+    self, FloatElement, Int8Rows, Quant4Config, Quantized4, bf16, f16,
+};
+use burn_bnb_backend::{Int8Primitive, Quant4Primitive, QuantizedOps};
+use burn_tensor::{Tensor, TensorData};
+use rand::{SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Normal};
+
+/// A float type the suite runs in.
+pub trait SuiteFloat: FloatElement {
+    /// Burn's name of the type.
+    const FLOAT: FloatDType;
+    /// Relative tolerance of a K-long dot product accumulated in f32 and rounded to this type
+    /// (the kernels crate's tests use the same).
+    const RTOL: f64;
+}
+
+impl SuiteFloat for f32 {
+    const FLOAT: FloatDType = FloatDType::F32;
+    const RTOL: f64 = 2e-5;
+}
+
+impl SuiteFloat for f16 {
+    const FLOAT: FloatDType = FloatDType::F16;
+    const RTOL: f64 = 2e-3;
+}
+
+impl SuiteFloat for bf16 {
+    const FLOAT: FloatDType = FloatDType::BF16;
+    const RTOL: f64 = 1.6e-2;
+}
+
+pub fn randn(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    let normal = Normal::new(0.0f32, std).unwrap();
+    (0..n).map(|_| normal.sample(rng)).collect()
+}
+
+/// `values` rounded to `F` (so that the device holds them exactly).
+pub fn rounded<F: SuiteFloat>(values: &[f32]) -> Vec<F> {
+    values.iter().map(|&v| F::from_f32(v)).collect()
+}
+
+fn widened<F: SuiteFloat>(values: &[F]) -> Vec<f32> {
+    values.iter().map(|v| v.to_f32()).collect()
+}
+
+/// `values` rounded to f16.
+fn as_f16(values: Vec<f32>) -> Vec<f32> {
+    values
+        .into_iter()
+        .map(|v| f16::from_f32(v).to_f32())
+        .collect()
+}
+
+/// A tensor of dtype `F` holding `values` (already representable in `F`) exactly.
+pub fn upload<B: Backend, F: SuiteFloat, const D: usize>(
+    values: &[F],
+    shape: [usize; D],
+    device: &B::Device,
+) -> FloatTensor<B> {
+    Tensor::<B, D>::from_data(TensorData::new(widened(values), shape), device)
+        .cast(F::FLOAT)
+        .into_primitive()
+        .tensor()
+}
+
+/// A float tensor's values, widened to f32.
+pub fn download<B: Backend>(tensor: FloatTensor<B>) -> Vec<f32> {
+    let numel = tensor.shape().num_elements();
+    let flat = B::float_reshape(tensor, Shape::new([numel]));
+    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(flat))
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap()
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// `actual` against `reference`: every element within `rtol * (|ref| + rms(ref))` and the
+/// relative Frobenius error within `rtol`.
+pub fn check_close(actual: &[f32], reference: &[f64], rtol: f64, what: &str) {
+    assert_eq!(actual.len(), reference.len(), "{what}: length");
+    let rms = (reference.iter().map(|r| r * r).sum::<f64>() / reference.len().max(1) as f64).sqrt();
+    let (mut err2, mut ref2) = (0.0, 0.0);
+    for (i, (&a, &r)) in actual.iter().zip(reference).enumerate() {
+        assert!(a.is_finite(), "{what}: element {i} is {a}");
+        let d = a as f64 - r;
+        err2 += d * d;
+        ref2 += r * r;
+        assert!(
+            d.abs() <= rtol * (r.abs() + rms) + 1e-30,
+            "{what}: element {i}: {a} vs {r} (rms {rms})"
+        );
+    }
+    let rel = (err2 / ref2.max(1e-300)).sqrt();
+    assert!(rel <= rtol, "{what}: relative error {rel:e} > {rtol:e}");
+}
+
+/// `x [m, k] · w [n, k]ᵀ + bias`, in f64.
+pub fn reference_linear(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+) -> Vec<f64> {
+    let n = w.len() / k;
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k)
+                .map(|c| x[i * k + c] as f64 * w[j * k + c] as f64)
+                .sum();
+            out.push(dot + bias.map_or(0.0, |b| b[j] as f64));
+        }
+    }
+    out
+}
+
+/// Every operation, in `F`.
+pub fn all<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
+    quant4::<B, F>(device);
+    int8::<B, F>(device);
+}
+
+/// The activation row counts `matmul_4bit` is checked at: the GEMV, the fused kernels, and the
+/// dequantize + matmul path past their row limits (16 for the SIMT kernel, 256 for the
+/// tensor-core one).
+const ROWS: &[usize] = &[1, 5, 16, 17, 40, 300];
+
+/// 4-bit quantization, dequantization and `matmul_4bit`.
+pub fn quant4<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
+    let mut rng = StdRng::seed_from_u64(11);
+    let cases = [
+        // (n, k, config): the fused paths; odd shapes whose byte strings need padding to whole
+        // words; `K % 8 != 0` (dequantize + matmul).
+        (48, 256, Quant4Config::nf4()),
+        (
+            40,
+            192,
+            Quant4Config::fp4()
+                .with_blocksize(128)
+                .with_double_quant(true),
+        ),
+        (
+            33,
+            96,
+            Quant4Config::nf4()
+                .with_blocksize(32)
+                .with_double_quant(true),
+        ),
+        (7, 20, Quant4Config::fp4().with_blocksize(64)),
+        (5, 9, Quant4Config::nf4().with_double_quant(true)),
+    ];
+    for (n, k, config) in cases {
+        let what = format!("{n}x{k} {config:?} {:?}", F::DTYPE);
+        let w: Vec<F> = rounded(&randn(&mut rng, n * k, 1.0 / (k as f32).sqrt()));
+        let reference = Quantized4::quantize(&w, &[n, k], config).unwrap();
+        let expected = reference.dequantize_f32().unwrap();
+
+        // Quantization on the device, bit for bit (codes, absmax, nested state).
+        let quantized =
+            Quant4Primitive::<B>::quantize(upload::<B, F, 2>(&w, [n, k], device), config).unwrap();
+        assert_eq!(
+            quantized.to_reference().unwrap(),
+            reference,
+            "{what}: quantize"
+        );
+
+        // Dequantization of the device's and of the uploaded reference's codes, bit for bit.
+        let deq = download::<B>(quantized.dequantize(F::FLOAT).unwrap());
+        assert_eq!(bits(&deq), bits(&expected), "{what}: dequantize");
+        let uploaded = Quant4Primitive::<B>::from_reference(&reference, device).unwrap();
+        let deq = download::<B>(uploaded.clone().dequantize(FloatDType::F32).unwrap());
+        assert_eq!(bits(&deq), bits(&expected), "{what}: dequantize (uploaded)");
+
+        // The product, with and without bias, from a 2-D and a 3-D input.
+        let bias: Vec<F> = rounded(&randn(&mut rng, n, 0.1));
+        for &m in ROWS {
+            let x: Vec<F> = rounded(&randn(&mut rng, m * k, 1.0));
+            for use_bias in [false, true] {
+                let b = use_bias.then(|| upload::<B, F, 1>(&bias, [n], device));
+                let xt = if m % 2 == 0 {
+                    upload::<B, F, 3>(&x, [2, m / 2, k], device)
+                } else {
+                    upload::<B, F, 2>(&x, [m, k], device)
+                };
+                let y = download::<B>(uploaded.clone().matmul(xt, b).unwrap());
+                let bias32 = widened(&bias);
+                let exact = reference_linear(
+                    &widened(&x),
+                    &expected,
+                    use_bias.then_some(&bias32[..]),
+                    m,
+                    k,
+                );
+                let what = format!("{what}: matmul m {m} bias {use_bias}");
+                check_close(&y, &exact, F::RTOL, &what);
+            }
+        }
+    }
+    // FP4 code 8 is -0 in bitsandbytes' dequantization, whatever the stored table says.
+    let mut reference =
+        Quantized4::quantize(&rounded::<F>(&[0.5; 64]), &[64], Quant4Config::fp4()).unwrap();
+    reference.packed.iter_mut().for_each(|b| *b = 0x88);
+    let deq = download::<B>(
+        Quant4Primitive::<B>::from_reference(&reference, device)
+            .unwrap()
+            .dequantize(F::FLOAT)
+            .unwrap(),
+    );
+    assert!(
+        deq.iter().all(|v| v.to_bits() == (-0.0f32).to_bits()),
+        "FP4 code 8"
+    );
+}
+
+/// LLM.int8(): row quantization (with outlier columns), dequantization, the linear layer.
+pub fn int8<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
+    let mut rng = StdRng::seed_from_u64(12);
+    // (m, n, k): the kernels (`K % 4 == 0`) and the portable fallback (`K % 4 != 0`).
+    for (m, n, k) in [(1, 17, 100), (4, 48, 256), (33, 20, 64), (3, 9, 30)] {
+        let what = format!("int8 {m}x{n}x{k} {:?}", F::DTYPE);
+        // f16 values: bitsandbytes quantizes from the f16 rounding, which the portable path
+        // (`K % 4 != 0`) cannot do on a device without f16 (lavapipe).
+        let w: Vec<F> = rounded(&as_f16(randn(&mut rng, n * k, 0.05)));
+        let rows = Int8Rows::quantize(&w, n, k, 0.0).unwrap();
+
+        // The weight quantized on the device and its dequantization, bit for bit.
+        let quantized =
+            Int8Primitive::<B>::quantize(upload::<B, F, 2>(&w, [n, k], device), 0.0).unwrap();
+        assert_eq!(
+            quantized.to_reference().unwrap(),
+            rows,
+            "{what}: quantize weight"
+        );
+        let deq = download::<B>(quantized.dequantize(F::FLOAT).unwrap());
+        let expected: Vec<f32> = rows
+            .dequantize()
+            .into_iter()
+            .map(|v| F::DTYPE.round(v))
+            .collect();
+        assert_eq!(bits(&deq), bits(&expected), "{what}: dequantize");
+
+        let weight = Int8Primitive::<B>::from_reference(&rows, device).unwrap();
+        let mut x = randn(&mut rng, m * k, 1.0);
+        // Outlier columns (|x| >= 6), one of them the last.
+        for col in [1, 7, k - 1] {
+            x[(m / 2) * k + col] = 8.0 + col as f32 * 0.01;
+        }
+        let x: Vec<F> = rounded(&as_f16(x));
+        let bias: Vec<F> = rounded(&randn(&mut rng, n, 0.5));
+        for threshold in [0.0f32, 6.0] {
+            let what = format!("{what} threshold {threshold}");
+            let xq = Int8Primitive::<B>::quantize(upload::<B, F, 2>(&x, [m, k], device), threshold)
+                .unwrap();
+            assert_eq!(
+                xq.to_reference().unwrap(),
+                Int8Rows::quantize(&x, m, k, threshold).unwrap(),
+                "{what}: quantize activations"
+            );
+            let y = download::<B>(
+                weight
+                    .clone()
+                    .linear(
+                        upload::<B, F, 2>(&x, [m, k], device),
+                        Some(upload::<B, F, 1>(&bias, [n], device)),
+                        threshold,
+                    )
+                    .unwrap(),
+            );
+            let expected: Vec<f32> = formats::linear_8bit_lt(&x, m, &rows, Some(&bias), threshold)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_f32())
+                .collect();
+            if threshold == 0.0 && k % 4 == 0 {
+                // The kernels' arithmetic is the reference's, to the bit.
+                assert_eq!(bits(&y), bits(&expected), "{what}: linear");
+            } else {
+                // The outlier product's summation order (and, on the portable path, the f16
+                // rounding a device without f16 skips) differ: bitsandbytes' f16 tolerance.
+                let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
+                check_close(&y, &expected, 4e-3, &what);
+            }
+        }
+    }
+}

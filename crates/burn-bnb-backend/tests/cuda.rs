@@ -1,0 +1,49 @@
+//! `Bnb<Cuda>`: every `QuantizedOps` operation through the CubeCL kernels against the CPU
+//! reference, in bf16, f16 and f32, fused (`Fusion<CubeBackend>`, custom operations) and not.
+//! (De)quantization is bit-exact; products are within bitsandbytes' tolerances.
+//!
+//! They need a CUDA GPU, so they are ignored by default:
+//! `cargo test -p burn-bnb-backend --features cuda --test cuda -- --ignored --test-threads=1`.
+
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use burn_bnb_backend::Bnb;
+use burn_bnb_backend::formats::{bf16, f16};
+use burn_cuda::{Cuda, CudaDevice};
+use common::suite;
+
+type CubeCuda<F> = burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, F, i32, u8>;
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bnb_cuda_bf16() {
+    suite::all::<Bnb<Cuda<bf16>>, bf16>(&CudaDevice::default());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bnb_cuda_f16() {
+    suite::all::<Bnb<Cuda<f16>>, f16>(&CudaDevice::default());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bnb_cuda_f32() {
+    suite::all::<Bnb<Cuda>, f32>(&CudaDevice::default());
+}
+
+/// Without `Fusion`: the `QuantizedKernels` of `CubeBackend` called directly.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bnb_cube_cuda_bf16_unfused() {
+    suite::all::<Bnb<CubeCuda<bf16>>, bf16>(&CudaDevice::default());
+}
+
+/// A bf16 activation on an f32 backend (the float type is the tensor's, not the backend's).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bnb_cuda_f32_backend_bf16_tensors() {
+    suite::all::<Bnb<Cuda>, bf16>(&CudaDevice::default());
+}
