@@ -156,7 +156,21 @@ pub fn dequantize_4bit<B: Backend>(
     let high = packed.clone().bitwise_right_shift_scalar(4.elem());
     let low = packed.bitwise_and_scalar(0x0F.elem());
     let codes = Tensor::stack::<2>(vec![high, low], 1).reshape([2 * bytes]);
-    let values = float::<B, 1>(weight.code).select(0, codes);
+    let mut table = float::<B, 1>(weight.code);
+    if weight.quant_type == QuantType::Fp4 {
+        // bitsandbytes' FP4 dequantization is sign x magnitude: code 8 is -0, whatever the
+        // table holds.
+        let device = table.device();
+        table = Tensor::cat(
+            vec![
+                table.clone().slice(0..8),
+                f32_const::<B, 1>(-0.0, &device),
+                table.slice(9..16),
+            ],
+            0,
+        );
+    }
+    let values = table.select(0, codes);
     let values = pad_to(values, nb * bs).reshape([nb, bs]);
     let w = (values * absmax.reshape([nb, 1])).reshape([nb * bs]);
     let w = if nb * bs > numel {
