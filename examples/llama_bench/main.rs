@@ -220,6 +220,16 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
         ));
         let m = bench::measure(model, batch, plan, device, || progress.inc(1))?;
         let latency = m.step.as_secs_f64();
+        // A line per row as soon as it is measured: a long run that is cut short still reports.
+        progress.suspend(|| {
+            eprintln!(
+                "{model_name} {} batch {batch}: {:.4} s/step, {:.1} tok/s, prefill {:.3} s",
+                report::format_label(format.key()),
+                latency,
+                batch as f64 / latency,
+                m.prefill.as_secs_f64()
+            )
+        });
         rows.push(Row {
             model: model_name.to_string(),
             precision: format.key().to_string(),
