@@ -2,17 +2,19 @@
 //!
 //! ```sh
 //! cargo run --release --example generate -- tests/fixtures/golden/models/llama-bf16 "def forward(self"
+//! cargo run --release --example generate -- tests/fixtures/golden/models/llama-nf4-dq "def forward(self"
 //! cargo run --release --example generate -- Qwen/Qwen2.5-0.5B "The capital of France is" 32
 //! ```
 //!
 //! The model is a local Hugging Face folder or a Hub id (downloaded into the Hugging Face cache
-//! unless `HF_HUB_OFFLINE=1`). On a GPU use the `burn-bnb` CLI (`--device cuda`).
+//! unless `HF_HUB_OFFLINE=1`); a bitsandbytes-quantized checkpoint loads as stored. On a GPU
+//! use the `burn-bnb` CLI (`--device cuda`).
 
 use std::io::Write;
 
 use burn::backend::NdArray;
 use burn_bnb_models::{
-    Bnb, DenseLoader, GenerationConfig, LoadOptions, Pretrained, Sampling, TextStream, generate,
+    Bnb, BnbLoader, GenerationConfig, LoadOptions, Pretrained, Sampling, TextStream, generate,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Default::default();
     let pretrained = Pretrained::<Bnb<NdArray<f32>>>::load(
         &model,
-        &DenseLoader,
+        &BnbLoader::as_stored(),
         LoadOptions::default(),
         &device,
     )?;

@@ -91,9 +91,9 @@ pub fn markdown_table(title: &str, rows: &[Row], baseline: Option<&[BaselineRow]
         let label = format_label(&r.precision);
         match baseline {
             Some(base) => {
-                let b = base
-                    .iter()
-                    .find(|b| b.model == r.model && b.precision == r.precision && b.batch == r.batch);
+                let b = base.iter().find(|b| {
+                    b.model == r.model && b.precision == r.precision && b.batch == r.batch
+                });
                 let (bl, lr, bt, tr) = match b {
                     Some(b) => (
                         format!("{:.4}", b.per_token_latency_s),
@@ -132,23 +132,51 @@ fn gib(bytes: u64) -> f64 {
 }
 
 fn format_order(precision: &str) -> usize {
-    ["bf16", "fp16", "f16", "nf4", "nf4-dq", "fp4", "int8", "int8-decomp"]
-        .iter()
-        .position(|p| *p == precision)
-        .unwrap_or(usize::MAX)
+    [
+        "bf16",
+        "fp16",
+        "f16",
+        "nf4",
+        "nf4-dq",
+        "fp4",
+        "int8",
+        "int8-decomp",
+    ]
+    .iter()
+    .position(|p| *p == precision)
+    .unwrap_or(usize::MAX)
 }
 
 /// Throughput by format (groups) and batch (bars), on a log scale; the baseline as outlined bars.
-pub fn chart_svg(path: &Path, title: &str, rows: &[Row], baseline: Option<&[BaselineRow]>) -> Result<(), Box<dyn Error>> {
-    let mut formats: Vec<&str> = rows.iter().map(|r| r.precision.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+pub fn chart_svg(
+    path: &Path,
+    title: &str,
+    rows: &[Row],
+    baseline: Option<&[BaselineRow]>,
+) -> Result<(), Box<dyn Error>> {
+    let mut formats: Vec<&str> = rows
+        .iter()
+        .map(|r| r.precision.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     formats.sort_by_key(|p| format_order(p));
-    let batches: Vec<usize> = rows.iter().map(|r| r.batch).collect::<BTreeSet<_>>().into_iter().collect();
+    let batches: Vec<usize> = rows
+        .iter()
+        .map(|r| r.batch)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let max = rows
         .iter()
         .map(|r| r.throughput_tok_s)
         .chain(baseline.into_iter().flatten().map(|b| b.throughput_tok_s))
         .fold(1.0f64, f64::max);
-    let min = rows.iter().map(|r| r.throughput_tok_s).fold(max, f64::min).max(1e-3);
+    let min = rows
+        .iter()
+        .map(|r| r.throughput_tok_s)
+        .fold(max, f64::min)
+        .max(1e-3);
 
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -184,7 +212,10 @@ pub fn chart_svg(path: &Path, title: &str, rows: &[Row], baseline: Option<&[Base
         let ours = rows.iter().filter(|r| r.batch == batch).filter_map(|r| {
             let fi = formats.iter().position(|f| *f == r.precision)?;
             let (x0, x1) = bar(fi);
-            Some(Rectangle::new([(x0, min / 2.0), (x1, r.throughput_tok_s)], color.filled()))
+            Some(Rectangle::new(
+                [(x0, min / 2.0), (x1, r.throughput_tok_s)],
+                color.filled(),
+            ))
         });
         chart
             .draw_series(ours)?
@@ -194,7 +225,10 @@ pub fn chart_svg(path: &Path, title: &str, rows: &[Row], baseline: Option<&[Base
             let theirs = base.iter().filter(|b| b.batch == batch).filter_map(|b| {
                 let fi = formats.iter().position(|f| *f == b.precision)?;
                 let (x0, x1) = bar(fi);
-                Some(Rectangle::new([(x0, min / 2.0), (x1, b.throughput_tok_s)], BLACK.stroke_width(1)))
+                Some(Rectangle::new(
+                    [(x0, min / 2.0), (x1, b.throughput_tok_s)],
+                    BLACK.stroke_width(1),
+                ))
             });
             chart.draw_series(theirs)?;
         }
@@ -238,7 +272,11 @@ mod tests {
 
     #[test]
     fn table_orders_by_batch_then_format_and_computes_ratios() {
-        let rows = [row("nf4", 8, 0.01), row("bf16", 8, 0.02), row("nf4", 1, 0.005)];
+        let rows = [
+            row("nf4", 8, 0.01),
+            row("bf16", 8, 0.02),
+            row("nf4", 1, 0.005),
+        ];
         let base = [BaselineRow {
             model: "llama-3.1-8b".into(),
             precision: "nf4".into(),
@@ -248,7 +286,10 @@ mod tests {
         }];
         let md = markdown_table("H100 · Llama-3.1-8B", &rows, Some(&base));
         let lines: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
-        assert!(lines[1].starts_with("| NF4 | 1 | 0.0050 | 200.00 | 0.0200 | 4.00 | 50.00 | 4.000x |"), "{md}");
+        assert!(
+            lines[1].starts_with("| NF4 | 1 | 0.0050 | 200.00 | 0.0200 | 4.00 | 50.00 | 4.000x |"),
+            "{md}"
+        );
         assert!(lines[2].starts_with("| BF16 | 8 |"));
         assert!(lines[3].contains("N/A"));
     }
@@ -256,7 +297,13 @@ mod tests {
     #[test]
     fn chart_is_written() {
         let dir = std::env::temp_dir().join("llama_bench_chart_test.svg");
-        chart_svg(&dir, "t", &[row("bf16", 1, 0.02), row("nf4", 32, 0.03)], None).unwrap();
+        chart_svg(
+            &dir,
+            "t",
+            &[row("bf16", 1, 0.02), row("nf4", 32, 0.03)],
+            None,
+        )
+        .unwrap();
         assert!(std::fs::read_to_string(&dir).unwrap().contains("<svg"));
     }
 }

@@ -1,5 +1,6 @@
-//! The portable path on `Bnb<NdArray>` against bitsandbytes' golden vectors and the CPU
-//! reference. Cases are discovered from the file's keys.
+//! `Bnb<NdArray>` (which runs the CPU reference for dequantization and the matmuls) and the
+//! portable path (called directly) against bitsandbytes' golden vectors and the CPU reference.
+//! Cases are discovered from the file's keys.
 
 mod common;
 
@@ -111,7 +112,22 @@ fn dequantize_4bit_is_bit_exact() {
             .into_iter()
             .map(|v| q.dtype.round(v))
             .collect();
+        let portable: Vec<f32> = to_vec(tensor::<2>(
+            burn_bnb_backend::portable::dequantize_4bit::<B>(
+                Quant4Primitive::<B>::from_reference(&q, &device).unwrap(),
+                FloatDType::F32,
+            ),
+        ))
+        .into_iter()
+        .map(|v| q.dtype.round(v))
+        .collect();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&portable),
+            bits(&expected),
+            "{}: the portable path differs from bitsandbytes",
+            case.name
+        );
         assert_eq!(
             bits(&ours),
             bits(&expected),
@@ -490,7 +506,19 @@ fn int8_linear_matches_bitsandbytes() {
             "{key}: {beyond} elements beyond 0.02"
         );
 
-        // And the exact value of what an f32 backend computes.
+        // NdArray runs the CPU reference.
+        let reference =
+            burn_bnb_backend::formats::linear_8bit_lt(&x, m, &weight_ref, Some(&bias), threshold)
+                .unwrap();
+        assert_eq!(ours, reference, "{key}: differs from the CPU reference");
+
+        // And the portable path gives the exact value of what an f32 backend computes.
+        let ours = to_vec(tensor::<2>(burn_bnb_backend::portable::int8_linear::<B>(
+            primitive(float_tensor(x.clone(), [m, k])),
+            weight.clone(),
+            Some(primitive(float_tensor(bias.clone(), [n]))),
+            threshold,
+        )));
         let exact = common::int8_linear_exact(&x, m, &weight_ref, Some(&bias), threshold);
         for (i, (&got, (value, magnitude))) in ours.iter().zip(exact).enumerate() {
             let err = (got as f64 - value).abs();

@@ -25,6 +25,9 @@ pub enum Command {
     /// Architecture, storage formats, bytes per tensor group and estimated memory, from
     /// config.json and the safetensors headers (no weight is read).
     Inspect(InspectArgs),
+    /// Quantize a dense (bf16/f16/f32) model into a bitsandbytes checkpoint folder that
+    /// transformers loads (config.json with quantization_config, tokenizer files copied).
+    Quantize(QuantizeArgs),
 }
 
 /// Weight format of the decoder's linear projections (embeddings and lm_head stay dense).
@@ -42,6 +45,21 @@ pub enum Quant {
     Int8,
     /// LLM.int8() with outlier decomposition (threshold 6).
     Int8Decomp,
+}
+
+impl Quant {
+    /// The projection format this value names.
+    pub fn format(self) -> burn_bnb_models::WeightFormat {
+        use burn_bnb_models::WeightFormat;
+        match self {
+            Quant::Bf16 => WeightFormat::Dense,
+            Quant::Nf4 => WeightFormat::NF4,
+            Quant::Nf4Dq => WeightFormat::NF4_DQ,
+            Quant::Fp4 => WeightFormat::FP4,
+            Quant::Int8 => WeightFormat::INT8,
+            Quant::Int8Decomp => WeightFormat::INT8_DECOMP,
+        }
+    }
 }
 
 /// Where the model runs.
@@ -70,9 +88,10 @@ pub struct ModelArgs {
     /// Model folder (config.json, tokenizer.json, *.safetensors) or Hugging Face id `org/name`.
     #[arg(long, short)]
     pub model: String,
-    /// Weight format of the linear projections.
-    #[arg(long, value_enum, default_value = "bf16")]
-    pub quant: Quant,
+    /// Weight format of the linear projections [default: the checkpoint's own]. A dense
+    /// checkpoint is quantized on load; a pre-quantized one loads only in its own format.
+    #[arg(long, value_enum)]
+    pub quant: Option<Quant>,
     /// Backend [default: cuda when built with it, else cpu].
     #[arg(long, value_enum, default_value_t = Device::DEFAULT, hide_default_value = true)]
     pub device: Device,
@@ -136,4 +155,24 @@ pub struct InspectArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `quantize` options.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Dense model folder or Hugging Face id `org/name`.
+    pub model: String,
+    /// bitsandbytes format to store the decoder's projections in.
+    #[arg(long, value_enum)]
+    pub format: Quant,
+    /// Output folder (created; earlier weight files in it are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Start a new shard before one would exceed this many bytes [default: 50 GB, as
+    /// transformers].
+    #[arg(long)]
+    pub max_shard_size: Option<usize>,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
 }

@@ -21,14 +21,11 @@ pub enum CliError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// A weight format whose modules are not wired in yet.
+    /// `quantize --format bf16`: nothing to quantize to.
     #[error(
-        "--quant {format} is not yet supported: the quantized linear layers are not wired into the models yet; use --quant bf16"
+        "--format bf16 is not a quantized format: choose nf4, nf4-dq, fp4, int8 or int8-decomp"
     )]
-    QuantNotYetSupported {
-        /// The requested format.
-        format: String,
-    },
+    NotQuantized,
     /// The backend could not start (no driver or adapter).
     #[error(
         "--device {device}: the backend could not start: {message}. Use --device cpu on a machine without a usable GPU"

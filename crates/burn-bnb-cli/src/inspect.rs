@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use burn_bnb_models::{
-    ModelConfig, ProjectionKind, ProjectionSpec, RopeScaling, SafetensorsCheckpoint, TensorSource,
-    resolve_model,
+    ModelConfig, ProjectionKind, ProjectionSpec, RopeScaling, open_checkpoint, resolve_model,
+    stored_format,
 };
 use serde_json::{Value, json};
 
@@ -28,23 +28,13 @@ fn group(name: &str) -> &'static str {
     }
 }
 
-const KINDS: [ProjectionKind; 7] = [
-    ProjectionKind::Query,
-    ProjectionKind::Key,
-    ProjectionKind::Value,
-    ProjectionKind::Output,
-    ProjectionKind::Gate,
-    ProjectionKind::Up,
-    ProjectionKind::Down,
-];
-
 /// Bytes of the decoder's projections in each weight format (bitsandbytes' layouts: NF4/FP4
 /// packed two per byte plus an f32 absmax per 64; with double quantization an 8-bit absmax
 /// plus an f32 per 256 blocks; int8 one byte per weight plus an f32 per output row).
 fn projection_bytes(config: &ModelConfig) -> BTreeMap<&'static str, f64> {
     let mut elements = 0f64;
     let mut rows = 0f64;
-    for kind in KINDS {
+    for kind in ProjectionKind::ALL {
         let spec = ProjectionSpec::new(config, 0, kind);
         elements += (spec.in_features * spec.out_features) as f64;
         rows += spec.out_features as f64;
@@ -68,13 +58,13 @@ fn projection_bytes(config: &ModelConfig) -> BTreeMap<&'static str, f64> {
 fn report(args: &InspectArgs) -> Result<Value, CliError> {
     let dir = resolve_model(&args.model, true)?;
     let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
-    let checkpoint = SafetensorsCheckpoint::open_dir(&dir)?;
+    let checkpoint = open_checkpoint(&dir)?;
 
     let mut dtypes: BTreeMap<String, u64> = BTreeMap::new();
     let mut groups: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
     let mut total = 0u64;
-    for name in checkpoint.names() {
-        let t = checkpoint.tensor(name)?;
+    for t in checkpoint.files().iter().flat_map(|f| f.tensors()) {
+        let name = t.name;
         let bytes = t.data.len() as u64;
         total += bytes;
         *dtypes.entry(format!("{:?}", t.dtype)).or_default() += bytes;
@@ -116,9 +106,11 @@ fn report(args: &InspectArgs) -> Result<Value, CliError> {
         "rope": rope,
         "tied_embeddings": config.tie_word_embeddings,
         "qkv_bias": config.qkv_bias,
-        "quantization": config.quantization.as_ref().map(|q| q.format_name()),
-        "files": checkpoint.files(),
-        "tensors": checkpoint.len(),
+        "quantization": Some(stored_format(&config, &checkpoint)?)
+            .filter(|f| f.is_quantized())
+            .map(|f| f.to_string()),
+        "files": checkpoint.files().iter().map(|f| f.path()).collect::<Vec<_>>(),
+        "tensors": checkpoint.names().count(),
         "bytes": total,
         "bytes_per_dtype": dtypes,
         "groups": groups.iter().map(|(g, (n, b))| (g.to_string(), json!({"tensors": n, "bytes": b}))).collect::<BTreeMap<_, _>>(),

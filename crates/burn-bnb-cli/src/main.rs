@@ -4,6 +4,11 @@
 //! - `burn-bnb perplexity --model M --text FILE [--json]`: mean next-token NLL of a text.
 //! - `burn-bnb inspect --model M [--json]`: architecture, storage, memory estimates (reads
 //!   headers only).
+//! - `burn-bnb quantize M --format nf4-dq --out DIR`: write a bitsandbytes checkpoint of a
+//!   dense model that transformers loads.
+//!
+//! `--quant` of `generate`/`perplexity` defaults to the checkpoint's own format (dense or a
+//! pre-quantized bitsandbytes format); naming a format quantizes a dense checkpoint on load.
 //!
 //! `M` is a local Hugging Face model folder or a Hub id (`org/name`, resolved through the
 //! Hugging Face cache; `HF_HUB_OFFLINE=1` never downloads).
@@ -27,6 +32,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => run::generate(args),
         Command::Perplexity(args) => run::perplexity(args),
         Command::Inspect(args) => inspect::inspect(args),
+        Command::Quantize(args) => run::quantize(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,12 +5,13 @@ use std::time::Instant;
 
 use burn::prelude::Backend;
 use burn_bnb_models::{
-    DenseLoader, GenerationConfig, LoadOptions, Pretrained, ProjectionLoader, QuantizedOps,
-    Sampling, TextStream, generate as generate_tokens, perplexity as score,
+    BnbLoader, GenerationConfig, LoadOptions, Pretrained, ProjectionLoader, QuantizedOps, Sampling,
+    SaveOptions, TextStream, generate as generate_tokens, perplexity as score, resolve_model,
+    save_quantized,
 };
 use clap::ValueEnum;
 
-use crate::args::{Device, GenerateArgs, ModelArgs, PerplexityArgs, Quant};
+use crate::args::{Device, GenerateArgs, ModelArgs, PerplexityArgs, Quant, QuantizeArgs};
 use crate::error::CliError;
 
 /// Runs `$body` with `$B` the backend type and `$device` its device for `--device`.
@@ -77,18 +78,18 @@ pub fn value_name<T: ValueEnum>(value: T) -> String {
 }
 
 /// Builds the decoder's projections for `--quant`: the one place where quantized formats plug
-/// into the command line.
-fn projection_loader<B: Backend>(quant: Quant) -> Result<Box<dyn ProjectionLoader<B>>, CliError> {
-    match quant {
-        Quant::Bf16 => Ok(Box::new(DenseLoader)),
-        other => Err(CliError::QuantNotYetSupported {
-            format: value_name(other),
-        }),
-    }
+/// into the command line. Without `--quant` the checkpoint loads in its own format; with it a
+/// dense checkpoint is quantized on load, and a pre-quantized one in another format is refused
+/// by the loader ([`LoadError::FormatMismatch`](burn_bnb_models::LoadError::FormatMismatch)).
+fn projection_loader<B: QuantizedOps>(quant: Option<Quant>) -> Box<dyn ProjectionLoader<B>> {
+    Box::new(match quant {
+        None => BnbLoader::as_stored(),
+        Some(quant) => BnbLoader::with_format(quant.format()),
+    })
 }
 
 fn load<B: QuantizedOps>(args: &ModelArgs, device: &B::Device) -> Result<Pretrained<B>, CliError> {
-    let projections = projection_loader::<B>(args.quant)?;
+    let projections = projection_loader::<B>(args.quant);
     let options = LoadOptions {
         progress: !args.quiet,
     };
@@ -227,7 +228,7 @@ fn perplexity_on<B: QuantizedOps>(
     if args.json {
         let json = serde_json::json!({
             "model": args.model.model,
-            "quant": value_name(args.model.quant),
+            "quant": pretrained.model.layers[0].self_attn.q_proj.format().to_string(),
             "device": value_name(args.model.device),
             "tokens": result.tokens,
             "predicted_tokens": result.tokens - 1,
@@ -242,6 +243,33 @@ fn perplexity_on<B: QuantizedOps>(
             result.nll,
             result.tokens - 1
         );
+    }
+    Ok(())
+}
+
+/// `burn-bnb quantize`: a bitsandbytes checkpoint folder from a dense one (CPU reference
+/// quantization, byte-identical to bitsandbytes for NF4).
+pub fn quantize(args: QuantizeArgs) -> Result<(), CliError> {
+    if args.format == Quant::Bf16 {
+        return Err(CliError::NotQuantized);
+    }
+    let dir = resolve_model(&args.model, !args.quiet)?;
+    let mut options = SaveOptions::default();
+    if let Some(size) = args.max_shard_size {
+        options.max_shard_size = size;
+    }
+    let start = Instant::now();
+    let files = save_quantized(&dir, args.format.format(), &args.out, options)?;
+    if !args.quiet {
+        eprintln!(
+            "quantized {} to {} in {:.1} s:",
+            dir.display(),
+            value_name(args.format),
+            start.elapsed().as_secs_f64()
+        );
+        for file in files {
+            eprintln!("  {}", file.display());
+        }
     }
     Ok(())
 }

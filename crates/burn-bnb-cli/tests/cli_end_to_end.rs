@@ -167,6 +167,97 @@ fn batch_and_sampling() {
     assert_eq!(sample("3"), sample("3"));
 }
 
+/// `--quant` quantizes a bf16 checkpoint on load; a pre-quantized one loads as stored.
+#[test]
+fn quantized_perplexity_and_generation() {
+    let eval = golden_models().join("eval.txt");
+    let refs = json_file(&golden_models().join("reference.json"));
+    let fam = "qwen2";
+    for (dir, quant, format) in [
+        (format!("{fam}-bf16"), Some("nf4-dq"), "nf4-dq"),
+        (format!("{fam}-int8-decomp"), None, "int8-decomp"),
+    ] {
+        let path = golden_models().join(&dir);
+        if !path.is_dir() {
+            continue;
+        }
+        let mut args = vec![
+            "perplexity",
+            "-m",
+            path.to_str().unwrap(),
+            "--text",
+            eval.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ];
+        if let Some(q) = quant {
+            args.extend(["--quant", q]);
+        }
+        let v: Value = serde_json::from_str(ok(&args).trim()).unwrap();
+        assert_eq!(v["quant"], format, "{dir}");
+        let ppl = v["perplexity"].as_f64().unwrap();
+        let expected = refs[format!("{fam}-{format}")]["eval_perplexity"]
+            .as_f64()
+            .unwrap();
+        println!("{dir} --quant {quant:?}: perplexity {ppl:.4}, transformers {expected:.4}");
+        assert!(
+            (ppl - expected).abs() / expected < 0.01,
+            "{dir}: {ppl} vs {expected}"
+        );
+    }
+    let fp4 = golden_models().join(format!("{fam}-fp4"));
+    let stdout = ok(&[
+        "generate",
+        "-m",
+        fp4.to_str().unwrap(),
+        "-p",
+        "import torch",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(stdout.starts_with("import torch"), "{stdout}");
+}
+
+/// `burn-bnb quantize` writes the very file transformers + bitsandbytes saved for NF4+DQ.
+#[test]
+fn quantize_writes_the_golden_nf4_dq_checkpoint() {
+    let golden = golden_models().join("llama-nf4-dq");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("llama-nf4-dq");
+    ok(&[
+        "quantize",
+        &model("llama"),
+        "--format",
+        "nf4-dq",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    for file in [
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
+        assert!(
+            std::fs::read(dir.join(file)).unwrap() == std::fs::read(golden.join(file)).unwrap(),
+            "{file} differs from the golden nf4-dq checkpoint's"
+        );
+    }
+    assert_eq!(
+        json_file(&dir.join("config.json")),
+        json_file(&golden.join("config.json"))
+    );
+    let v: Value =
+        serde_json::from_str(ok(&["inspect", "-m", dir.to_str().unwrap(), "--json"]).trim())
+            .unwrap();
+    assert_eq!(v["quantization"], "nf4-dq");
+}
+
 #[test]
 fn inspect_reports_architecture_and_storage() {
     let v: Value =
@@ -186,7 +277,7 @@ fn inspect_reports_architecture_and_storage() {
         est["nf4-dq"].as_u64() < est["nf4"].as_u64() && est["nf4"].as_u64() < est["int8"].as_u64()
     );
 
-    // A pre-quantized checkpoint can be inspected (headers only) even before it can be loaded.
+    // A pre-quantized checkpoint is inspected from its headers too.
     let q = golden_models().join("qwen2-nf4-dq");
     if q.is_dir() {
         let v: Value =
@@ -203,10 +294,34 @@ fn inspect_reports_architecture_and_storage() {
 #[test]
 fn bad_inputs_give_clear_errors() {
     let m = model("llama");
+    // A pre-quantized checkpoint loads only in its own format.
+    let nf4_dq = golden_models().join("llama-nf4-dq");
     let e = fails(&[
-        "generate", "-m", &m, "-p", "x", "--quant", "nf4", "--device", "cpu",
+        "generate",
+        "-m",
+        nf4_dq.to_str().unwrap(),
+        "-p",
+        "x",
+        "--quant",
+        "fp4",
+        "--device",
+        "cpu",
+        "--quiet",
     ]);
-    assert!(e.contains("--quant nf4 is not yet supported"), "{e}");
+    assert!(
+        e.contains("stored pre-quantized as nf4-dq, but fp4 was asked for"),
+        "{e}"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let e = fails(&[
+        "quantize",
+        &m,
+        "--format",
+        "bf16",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(e.contains("not a quantized format"), "{e}");
 
     let e = fails(&[
         "perplexity",

@@ -7,7 +7,10 @@ use burn::prelude::Backend;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use burn_bnb_checkpoint::BnbQuantizationConfig;
+
 use crate::error::LoadError;
+use crate::format::WeightFormat;
 use crate::model::CausalLm;
 
 /// The model family: both share one decoder, the differences are configuration.
@@ -50,56 +53,40 @@ pub enum RopeScaling {
     },
 }
 
-/// The subset of transformers' `BitsAndBytesConfig` (`config.json` → `quantization_config`) that
-/// decides how a pre-quantized checkpoint's projections are stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct QuantizationConfig {
-    /// `"bitsandbytes"` for the checkpoints this project reads.
-    #[serde(default)]
-    pub quant_method: String,
-    /// 4-bit (NF4/FP4) checkpoint.
-    #[serde(default)]
-    pub load_in_4bit: bool,
-    /// LLM.int8() checkpoint.
-    #[serde(default)]
-    pub load_in_8bit: bool,
-    /// `"nf4"` or `"fp4"`.
-    #[serde(default)]
-    pub bnb_4bit_quant_type: Option<String>,
-    /// Double quantization of the absmax.
-    #[serde(default)]
-    pub bnb_4bit_use_double_quant: bool,
-    /// Compute dtype of the 4-bit matmul, e.g. `"bfloat16"`.
-    #[serde(default)]
-    pub bnb_4bit_compute_dtype: Option<String>,
-    /// LLM.int8() outlier threshold (0 = no decomposition).
-    #[serde(default)]
-    pub llm_int8_threshold: Option<f64>,
-    /// Modules kept in 16 bits.
-    #[serde(default)]
-    pub llm_int8_skip_modules: Option<Vec<String>>,
-}
+/// The `quantization_config` of a pre-quantized bitsandbytes checkpoint (transformers'
+/// `BitsAndBytesConfig`), parsed and validated by burn-bnb-checkpoint.
+///
+/// (De)serialized as the JSON object transformers writes, so that [`ModelConfig`] stays a Burn
+/// [`Config`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizationConfig(pub BnbQuantizationConfig);
 
 impl QuantizationConfig {
-    /// A short name of the format: `nf4`, `nf4-dq`, `fp4`, `fp4-dq`, `int8`, `int8-decomp`, or the
-    /// quant method when it is not bitsandbytes.
+    /// The storage format of the quantized projections (`None` when the config enables neither
+    /// 4-bit nor 8-bit loading: the weights are dense).
+    pub fn format(&self) -> Option<WeightFormat> {
+        WeightFormat::from_quantization_config(&self.0)
+    }
+
+    /// A short name of the format: `nf4`, `nf4-dq`, `fp4`, `fp4-dq`, `int8`, `int8-decomp`, or
+    /// `bf16` when nothing is quantized.
     pub fn format_name(&self) -> String {
-        if self.load_in_4bit {
-            let ty = self.bnb_4bit_quant_type.as_deref().unwrap_or("fp4");
-            if self.bnb_4bit_use_double_quant {
-                format!("{ty}-dq")
-            } else {
-                ty.to_string()
-            }
-        } else if self.load_in_8bit {
-            if self.llm_int8_threshold.unwrap_or(6.0) > 0.0 {
-                "int8-decomp".to_string()
-            } else {
-                "int8".to_string()
-            }
-        } else {
-            self.quant_method.clone()
-        }
+        self.format().unwrap_or(WeightFormat::Dense).to_string()
+    }
+}
+
+impl Serialize for QuantizationConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.to_json().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for QuantizationConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        BnbQuantizationConfig::from_json(&value)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -423,12 +410,19 @@ impl ModelConfig {
         config = config.with_rope_theta(theta).with_rope_scaling(scaling);
 
         if let Some(q) = v.get("quantization_config").filter(|q| !q.is_null()) {
-            let q: QuantizationConfig =
-                serde_json::from_value(q.clone()).map_err(|e| LoadError::Json {
-                    path: None,
-                    source: e,
-                })?;
-            config = config.with_quantization(Some(q));
+            let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
+            if method != "bitsandbytes" {
+                return Err(LoadError::UnsupportedConfig {
+                    field: "quantization_config.quant_method".into(),
+                    value: format!("{method:?}"),
+                    reason: "only bitsandbytes checkpoints (NF4, FP4, LLM.int8()) are supported"
+                        .into(),
+                });
+            }
+            let q = BnbQuantizationConfig::from_json(q)?;
+            if q.load_in_4bit || q.load_in_8bit {
+                config = config.with_quantization(Some(QuantizationConfig(q)));
+            }
         }
 
         config.validate()?;

@@ -92,14 +92,10 @@ pub enum LoadError {
         /// The missing shard file name.
         shard: String,
     },
-    /// A safetensors file is malformed.
-    #[error("{path}: invalid safetensors file: {message}")]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
+    /// A safetensors file, its index or a bitsandbytes-quantized module is malformed (the
+    /// message names the file and the tensor).
+    #[error(transparent)]
+    Checkpoint(Box<burn_bnb_checkpoint::CheckpointError>),
     /// A tensor the model needs is absent from the checkpoint.
     #[error("tensor `{name}` is missing from the checkpoint")]
     MissingTensor {
@@ -128,13 +124,45 @@ pub enum LoadError {
     },
     /// The checkpoint is bitsandbytes-quantized but the projection loader only reads dense weights.
     #[error(
-        "projection `{name}` is stored quantized ({format}); this loader only reads dense (bf16/f16/f32) weights"
+        "projection `{name}` is stored quantized ({format}); DenseLoader only reads dense (bf16/f16/f32) weights: load it with BnbLoader"
     )]
     PreQuantized {
         /// The projection.
         name: String,
         /// The checkpoint's format, e.g. `nf4-dq`.
         format: String,
+    },
+    /// The checkpoint is stored pre-quantized in another format than the one asked for.
+    #[error(
+        "the checkpoint is stored pre-quantized as {stored}, but {requested} was asked for: load it in its own format (it is not dequantized and requantized)"
+    )]
+    FormatMismatch {
+        /// The checkpoint's format (its `quantization_config`).
+        stored: String,
+        /// The format asked for.
+        requested: String,
+    },
+    /// `config.json`'s `quantization_config` and the tensors of a projection disagree on its
+    /// format (e.g. the config says NF4 with double quantization and the module is stored FP4,
+    /// or a projection is stored dense in a quantized checkpoint).
+    #[error(
+        "tensor `{tensor}` is stored as {stored}, but config.json's quantization_config says {config}"
+    )]
+    InconsistentQuantization {
+        /// The projection's weight key.
+        tensor: String,
+        /// The format its tensors are stored in.
+        stored: String,
+        /// The format `quantization_config` describes.
+        config: String,
+    },
+    /// A projection could not be quantized, or its quantized tensors are inconsistent.
+    #[error("projection `{name}`: {source}")]
+    Quantize {
+        /// The projection.
+        name: String,
+        /// What the quantized layer refused.
+        source: burn_bnb_backend::BnbError,
     },
     /// A requested weight format is not available.
     #[error("weight format `{format}` is not yet supported: {reason}")]

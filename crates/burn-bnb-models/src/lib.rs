@@ -8,16 +8,19 @@
 //!   [`KvCache`], batched prefill/decode with left padding.
 //! - Loading: [`Pretrained::load`] resolves a folder or a Hub id ([`resolve_model`]), reads
 //!   `config.json`, the tokenizer and the (sharded) safetensors weights tensor by tensor from a
-//!   memory map ([`SafetensorsCheckpoint`]).
+//!   memory map (burn-bnb-checkpoint's [`Checkpoint`], the one reader of dense and
+//!   bitsandbytes-quantized tensors).
 //! - Generation: [`generate`] (greedy or temperature/top-k/top-p sampling, streaming callback,
 //!   batched), [`perplexity`].
 //!
 //! # Where quantized layers plug in
 //! Every q/k/v/o/gate/up/down projection is a [`Projection`] enum, built by a
 //! [`ProjectionLoader`] that receives the projection's [`ProjectionSpec`] (name, kind, shape,
-//! bias, the checkpoint's `quantization_config`) and a [`TensorSource`] over the checkpoint.
-//! [`DenseLoader`] builds [`Projection::Dense`]; quantized loaders (pre-quantized bitsandbytes
-//! tensors or quantize-on-load) return their own variants. Embeddings and lm_head stay dense.
+//! bias, the checkpoint's `quantization_config`) and the [`Checkpoint`].
+//! [`DenseLoader`] builds [`Projection::Dense`]; [`BnbLoader`] loads pre-quantized bitsandbytes
+//! modules as stored (NF4/FP4 ±DQ, LLM.int8()) or quantizes dense weights on load to any
+//! [`WeightFormat`]. Embeddings and lm_head stay dense.
+//! - Export: [`save_quantized`] writes a bitsandbytes checkpoint that transformers loads.
 
 #![warn(missing_docs)]
 
@@ -35,6 +38,7 @@ mod loader;
 mod model;
 pub mod nn;
 mod pretrained;
+mod quantized;
 mod tokenizer;
 mod weights;
 
@@ -51,8 +55,12 @@ pub use loader::{
 pub use model::{CausalLm, ForwardInput};
 pub use nn::{KvCache, Projection, ProjectionKind};
 pub use pretrained::Pretrained;
+pub use quantized::{BnbLoader, SaveOptions, save_quantized, stored_format};
 pub use tokenizer::{TextStream, TextTokenizer};
 pub use weights::{
-    INDEX_FILE, RawTensor, SINGLE_FILE, SafetensorsCheckpoint, TensorSource, read_index,
-    shard_names,
+    INDEX_FILE, SINGLE_FILE, TensorRefExt, checkpoint_bytes, open_checkpoint, read_index,
+    shard_names, stored_tensor,
 };
+
+/// The checkpoint reader (one or several safetensors shards) and its tensors.
+pub use burn_bnb_checkpoint::{Checkpoint, CheckpointError, TensorRef};

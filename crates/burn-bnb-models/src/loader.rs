@@ -7,11 +7,13 @@ use burn::prelude::*;
 use burn::tensor::Element;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use burn_bnb_checkpoint::{Checkpoint, Dtype, TensorRef};
+
 use crate::config::{ModelConfig, QuantizationConfig};
 use crate::error::LoadError;
 use crate::model::CausalLm;
 use crate::nn::{DecoderLayer, Projection, ProjectionKind, RmsNorm};
-use crate::weights::{RawTensor, TensorSource};
+use crate::weights::{TensorRefExt, checkpoint_bytes, stored_tensor};
 
 /// What a [`ProjectionLoader`] is asked to build: one linear layer of one decoder layer.
 #[derive(Debug, Clone)]
@@ -61,17 +63,18 @@ impl<'a> ProjectionSpec<'a> {
 
 /// Builds each decoder projection from the checkpoint: **the seam for quantized layers**.
 ///
-/// The loader receives the projection's name, kind and shape plus read access to every tensor
-/// of the checkpoint, so it can read a dense weight (and quantize it on load), or a
-/// bitsandbytes-serialized one (`weight`, `weight.absmax`, `weight.quant_map`,
-/// `weight.quant_state.bitsandbytes__nf4`, `SCB`, ...), and return the matching [`Projection`]
-/// variant. Embeddings, norms and lm_head are always read dense by [`load_model`].
+/// The loader receives the projection's name, kind and shape plus the checkpoint (burn-bnb-
+/// checkpoint's reader, the one reader of dense and quantized tensors), so it can read a dense
+/// weight (and quantize it on load), or a bitsandbytes-serialized module
+/// ([`Checkpoint::linear4bit`], [`Checkpoint::linear8bit`]), and return the matching
+/// [`Projection`] variant. Embeddings, norms and lm_head are always read dense by
+/// [`load_model`]. [`DenseLoader`] and [`BnbLoader`](crate::BnbLoader) are the two provided.
 pub trait ProjectionLoader<B: Backend> {
     /// Builds the projection `spec` on `device`.
     fn load(
         &self,
         spec: &ProjectionSpec<'_>,
-        tensors: &dyn TensorSource,
+        checkpoint: &Checkpoint,
         device: &B::Device,
     ) -> Result<Projection<B>, LoadError>;
 }
@@ -86,16 +89,13 @@ impl<B: Backend> ProjectionLoader<B> for DenseLoader {
     fn load(
         &self,
         spec: &ProjectionSpec<'_>,
-        tensors: &dyn TensorSource,
+        checkpoint: &Checkpoint,
         device: &B::Device,
     ) -> Result<Projection<B>, LoadError> {
         let weight_name = format!("{}.weight", spec.name);
-        let weight = tensors.tensor(&weight_name)?;
+        let weight = stored_tensor(checkpoint, &weight_name)?;
         if let Some(q) = spec.quantization
-            && !matches!(
-                weight.dtype,
-                safetensors::Dtype::F32 | safetensors::Dtype::BF16 | safetensors::Dtype::F16
-            )
+            && !is_float(weight.dtype)
         {
             return Err(LoadError::PreQuantized {
                 name: spec.name.clone(),
@@ -104,7 +104,7 @@ impl<B: Backend> ProjectionLoader<B> for DenseLoader {
         }
         weight.expect_shape(&[spec.out_features, spec.in_features])?;
         let weight = dense_tensor::<B, 2>(weight, true, device)?;
-        let bias = load_bias::<B>(spec, tensors, device)?;
+        let bias = load_bias::<B>(spec, checkpoint, device)?;
         Ok(Projection::dense(weight, bias))
     }
 }
@@ -113,13 +113,13 @@ impl<B: Backend> ProjectionLoader<B> for DenseLoader {
 /// configuration does not expect is an error too (it would silently be dropped otherwise).
 pub fn load_bias<B: Backend>(
     spec: &ProjectionSpec<'_>,
-    tensors: &dyn TensorSource,
+    checkpoint: &Checkpoint,
     device: &B::Device,
 ) -> Result<Option<Tensor<B, 1>>, LoadError> {
     let name = format!("{}.bias", spec.name);
-    match (spec.bias, tensors.contains(&name)) {
+    match (spec.bias, checkpoint.tensor(&name).is_some()) {
         (true, _) => {
-            let raw = tensors.tensor(&name)?;
+            let raw = stored_tensor(checkpoint, &name)?;
             raw.expect_shape(&[spec.out_features])?;
             Ok(Some(dense_tensor::<B, 1>(raw, false, device)?))
         }
@@ -136,7 +136,7 @@ pub fn load_bias<B: Backend>(
 /// Uploads a stored float tensor in the backend's float type, optionally transposing a matrix
 /// (Hugging Face `[out, in]` to Burn's `[in, out]`).
 pub fn dense_tensor<B: Backend, const D: usize>(
-    raw: RawTensor<'_>,
+    raw: TensorRef<'_>,
     transpose: bool,
     device: &B::Device,
 ) -> Result<Tensor<B, D>, LoadError> {
@@ -164,46 +164,28 @@ impl Default for LoadOptions {
     }
 }
 
-/// Counts the bytes read through it for the progress bar.
-struct Progress<'a> {
-    inner: &'a dyn TensorSource,
-    bar: ProgressBar,
+/// Whether a stored dtype is one of the float types dense weights come in.
+pub(crate) fn is_float(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16)
 }
 
-impl TensorSource for Progress<'_> {
-    fn tensor(&self, name: &str) -> Result<RawTensor<'_>, LoadError> {
-        let t = self.inner.tensor(name)?;
-        self.bar.inc(t.data.len() as u64);
-        Ok(t)
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.inner.contains(name)
-    }
-
-    fn names(&self) -> Vec<&str> {
-        self.inner.names()
-    }
-}
-
-/// Builds the model of `config` from `tensors`, tensor by tensor (each is converted and
+/// Builds the model of `config` from `checkpoint`, tensor by tensor (each is converted and
 /// uploaded before the next is read), with `projections` deciding each q/k/v/o/gate/up/down.
+///
+/// The checkpoint's keys are checked first ([`Checkpoint::layout`]): bitsandbytes statistics
+/// without their quant_state, an unknown quant type or a module stored both ways fail before
+/// any tensor is read.
 pub fn load_model<B: Backend>(
     config: &ModelConfig,
-    tensors: &dyn TensorSource,
+    checkpoint: &Checkpoint,
     projections: &dyn ProjectionLoader<B>,
     options: LoadOptions,
     device: &B::Device,
 ) -> Result<CausalLm<B>, LoadError> {
     config.validate()?;
+    checkpoint.layout()?;
     let bar = if options.progress {
-        let total: u64 = tensors
-            .names()
-            .iter()
-            .filter_map(|n| tensors.tensor(n).ok())
-            .map(|t| t.data.len() as u64)
-            .sum();
-        let bar = ProgressBar::new(total);
+        let bar = ProgressBar::new(checkpoint_bytes(checkpoint));
         bar.set_style(
             ProgressStyle::with_template(
                 "loading {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
@@ -214,19 +196,26 @@ pub fn load_model<B: Backend>(
     } else {
         ProgressBar::hidden()
     };
-    let tensors = Progress {
-        inner: tensors,
-        bar,
-    };
-    let model = build(config, &tensors, projections, device)?;
-    tensors.bar.finish_and_clear();
+    let model = build(config, checkpoint, projections, &bar, device)?;
+    bar.finish_and_clear();
     Ok(model)
+}
+
+/// Bytes of the tensors whose key starts with `prefix` (a layer's, for the progress bar).
+fn bytes_under(checkpoint: &Checkpoint, prefix: &str) -> u64 {
+    checkpoint
+        .names()
+        .filter(|n| n.starts_with(prefix))
+        .filter_map(|n| checkpoint.tensor(n))
+        .map(|t| t.data.len() as u64)
+        .sum()
 }
 
 fn build<B: Backend>(
     config: &ModelConfig,
-    tensors: &dyn TensorSource,
+    checkpoint: &Checkpoint,
     projections: &dyn ProjectionLoader<B>,
+    bar: &ProgressBar,
     device: &B::Device,
 ) -> Result<CausalLm<B>, LoadError> {
     let h = config.hidden_size;
@@ -234,17 +223,18 @@ fn build<B: Backend>(
 
     let matrix =
         |name: &str, shape: [usize; 2], transpose: bool| -> Result<Tensor<B, 2>, LoadError> {
-            let raw = tensors.tensor(name)?;
+            let raw = stored_tensor(checkpoint, name)?;
             raw.expect_shape(&shape)?;
+            bar.inc(raw.data.len() as u64);
             dense_tensor(raw, transpose, device)
         };
     let norm = |name: &str| -> Result<RmsNorm<B>, LoadError> {
-        let raw = tensors.tensor(name)?;
+        let raw = stored_tensor(checkpoint, name)?;
         raw.expect_shape(&[h])?;
         Ok(RmsNorm::from_weight(dense_tensor(raw, false, device)?, eps))
     };
     let projection = |spec: ProjectionSpec<'_>| -> Result<Projection<B>, LoadError> {
-        let projection = projections.load(&spec, tensors, device)?;
+        let projection = projections.load(&spec, checkpoint, device)?;
         let [k, n] = projection.features();
         if [k, n] != [spec.in_features, spec.out_features] {
             return Err(LoadError::ShapeMismatch {
@@ -258,8 +248,13 @@ fn build<B: Backend>(
 
     let embed = matrix("model.embed_tokens.weight", [config.vocab_size, h], false)?;
     let layers = (0..config.num_hidden_layers)
-        .map(|layer| DecoderLayer::build(config, layer, norm, projection))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|layer| {
+            let built = DecoderLayer::build(config, layer, norm, projection)?;
+            // Whole layers at a time: a projection loader reads tensors the model does not name.
+            bar.inc(bytes_under(checkpoint, &format!("model.layers.{layer}.")));
+            Ok(built)
+        })
+        .collect::<Result<Vec<_>, LoadError>>()?;
 
     let final_norm = norm("model.norm.weight")?;
     // A tied checkpoint may still carry a copy of lm_head.weight: the tie wins, as in transformers.

@@ -10,7 +10,7 @@ use crate::hub::resolve_model;
 use crate::loader::{LoadOptions, ProjectionLoader, load_model};
 use crate::model::CausalLm;
 use crate::tokenizer::TextTokenizer;
-use crate::weights::SafetensorsCheckpoint;
+use crate::weights::open_checkpoint;
 
 /// A loaded model with its tokenizer.
 #[derive(Debug)]
@@ -26,7 +26,9 @@ pub struct Pretrained<B: Backend> {
 impl<B: Backend> Pretrained<B> {
     /// Loads `model` (a folder or an `org/name` Hub id, see
     /// [`resolve_model`](crate::resolve_model)) with `projections` building the decoder's
-    /// linear layers ([`DenseLoader`](crate::DenseLoader) for bf16/f16/f32 checkpoints).
+    /// linear layers ([`DenseLoader`](crate::DenseLoader) for bf16/f16/f32 checkpoints,
+    /// [`BnbLoader`](crate::BnbLoader) for pre-quantized bitsandbytes checkpoints and
+    /// quantize-on-load).
     ///
     /// The configuration and tokenizer are checked before any weight is read.
     pub fn load(
@@ -54,7 +56,7 @@ impl<B: Backend> Pretrained<B> {
         }
         let config = ModelConfig::from_hf_file(&config_path)?;
         let tokenizer = TextTokenizer::load(dir, &config)?;
-        let checkpoint = SafetensorsCheckpoint::open_dir(dir)?;
+        let checkpoint = open_checkpoint(dir)?;
         let model = load_model(&config, &checkpoint, projections, options, device)?;
         Ok(Self {
             model,

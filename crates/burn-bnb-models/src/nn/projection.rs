@@ -27,6 +27,17 @@ pub enum ProjectionKind {
 }
 
 impl ProjectionKind {
+    /// The seven projections of a decoder layer, in checkpoint order (attention, then MLP).
+    pub const ALL: [ProjectionKind; 7] = [
+        ProjectionKind::Query,
+        ProjectionKind::Key,
+        ProjectionKind::Value,
+        ProjectionKind::Output,
+        ProjectionKind::Gate,
+        ProjectionKind::Up,
+        ProjectionKind::Down,
+    ];
+
     /// The module path inside a decoder layer, as in Hugging Face checkpoints.
     pub fn module_path(&self) -> &'static str {
         match self {

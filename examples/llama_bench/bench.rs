@@ -1,0 +1,101 @@
+//! The measurement, exactly as bitsandbytes' benchmark tables define it: random prompts of
+//! `input_len` tokens, greedy decoding of exactly `new_tokens` tokens with the KV cache, a
+//! number of warm-up runs, then measured runs. The mean latency is the mean time of one decode
+//! step for the whole batch (prefill excluded); throughput is `batch / mean latency`.
+
+use std::time::{Duration, Instant};
+
+use burn::prelude::*;
+use burn_bnb::models::{CausalLm, Session};
+use rand::{Rng, SeedableRng};
+
+/// What one (model, format, batch) configuration measured.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// Mean decode-step time.
+    pub step: Duration,
+    /// Mean prefill time.
+    pub prefill: Duration,
+    /// Decode steps measured.
+    pub steps: usize,
+}
+
+/// Run parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Prompt tokens per sequence.
+    pub input_len: usize,
+    /// New tokens per sequence (the first comes from the prefill, the others are decode steps).
+    pub new_tokens: usize,
+    /// Unmeasured runs first.
+    pub warmup: usize,
+    /// Measured runs.
+    pub runs: usize,
+    /// Seed of the random prompts.
+    pub seed: u64,
+}
+
+/// Runs `plan` at batch size `batch`; `tick` is called after every run (progress).
+///
+/// Every step ends by reading the next tokens back to the host, which synchronizes the device,
+/// so the timestamps around a step bound its whole device time.
+pub fn measure<B: burn_bnb::QuantizedOps>(
+    model: &CausalLm<B>,
+    batch: usize,
+    plan: Plan,
+    device: &B::Device,
+    mut tick: impl FnMut(),
+) -> Result<Measurement, burn_bnb::models::GenerateError> {
+    let vocab = model.config().vocab_size;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ batch as u64);
+    let mut step_total = Duration::ZERO;
+    let mut prefill_total = Duration::ZERO;
+    let mut steps = 0;
+    for run in 0..plan.warmup + plan.runs {
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|_| {
+                (0..plan.input_len)
+                    .map(|_| rng.random_range(0..vocab as u32))
+                    .collect()
+            })
+            .collect();
+        B::sync(device).ok();
+        let start = Instant::now();
+        let (mut session, logits) = Session::prefill(model, &prompts, plan.new_tokens, 0, device)?;
+        let mut next = argmax(logits);
+        let prefill = start.elapsed();
+
+        let mut decode = Duration::ZERO;
+        for _ in 1..plan.new_tokens {
+            let start = Instant::now();
+            next = argmax(session.step(&next));
+            decode += start.elapsed();
+        }
+        if run >= plan.warmup {
+            prefill_total += prefill;
+            step_total += decode;
+            steps += plan.new_tokens - 1;
+        }
+        tick();
+    }
+    Ok(Measurement {
+        step: step_total / steps.max(1) as u32,
+        prefill: prefill_total / plan.runs.max(1) as u32,
+        steps,
+    })
+}
+
+/// Greedy choice per row of `[batch, vocab]` logits, read back to the host.
+fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Vec<u32> {
+    let [batch, _] = logits.dims();
+    logits
+        .argmax(1)
+        .reshape([batch])
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("argmax indices are integers")
+        .into_iter()
+        .map(|i| i as u32)
+        .collect()
+}

@@ -1,0 +1,283 @@
+//! Models for the benchmark: random weights of a preset's exact architecture, made directly in
+//! the target format one projection at a time (or real weights with `--model`), on the chosen
+//! backend.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn_bnb::formats::QuantType;
+use burn_bnb::models::{CausalLm, ModelConfig, Projection, ProjectionSpec};
+use burn_bnb::{Bnb, Linear4bitConfig, Linear8bitLtConfig, QuantizedOps};
+use clap::ValueEnum;
+
+use crate::report::Row;
+use crate::{Args, Error, bench};
+
+/// A weight format of the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Unquantized bfloat16.
+    #[value(name = "bf16")]
+    Bf16,
+    /// NF4, blocksize 64, float32 absmax, bf16 compute.
+    #[value(name = "nf4")]
+    Nf4,
+    /// NF4 with double quantization of the absmax.
+    #[value(name = "nf4-dq")]
+    Nf4Dq,
+    /// bitsandbytes' FP4, blocksize 64.
+    #[value(name = "fp4")]
+    Fp4,
+    /// LLM.int8() without decomposition (threshold 0), float16 activations.
+    #[value(name = "int8")]
+    Int8,
+    /// LLM.int8() with outlier decomposition (threshold 6.0), float16 activations.
+    #[value(name = "int8-decomp")]
+    Int8Decomp,
+}
+
+impl Format {
+    /// The key of bitsandbytes' benchmark script (`bnb_bench.py --precisions`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Format::Bf16 => "bf16",
+            Format::Nf4 => "nf4",
+            Format::Nf4Dq => "nf4-dq",
+            Format::Fp4 => "fp4",
+            Format::Int8 => "int8",
+            Format::Int8Decomp => "int8-decomp",
+        }
+    }
+
+    /// INT8 rows run with float16 activations, the others in bfloat16.
+    pub fn is_int8(self) -> bool {
+        matches!(self, Format::Int8 | Format::Int8Decomp)
+    }
+}
+
+/// The model configuration of a preset name, or of a local/Hub model's config.json.
+fn model_config(name: &str) -> Result<ModelConfig, Error> {
+    if name == "tiny" {
+        return Ok(tiny_config());
+    }
+    if let Some(config) = ModelConfig::preset(name) {
+        return Ok(config);
+    }
+    let dir = burn_bnb::models::resolve_model(name, true)?;
+    Ok(ModelConfig::from_hf_file(&dir.join("config.json"))?)
+}
+
+/// A 4-layer Llama small enough to decode on a CPU in seconds, with the 8B model's shape ratios.
+fn tiny_config() -> ModelConfig {
+    let mut config = ModelConfig::llama_3_1_8b();
+    config.hidden_size = 512;
+    config.intermediate_size = 1792;
+    config.num_hidden_layers = 4;
+    config.num_attention_heads = 8;
+    config.num_key_value_heads = 2;
+    config.head_dim = Some(64);
+    config.vocab_size = 8192;
+    config
+}
+
+/// A random model of `config` in `format`: every projection is drawn in the backend's float
+/// type on the device and quantized there before the next one is drawn.
+pub fn random_model<B: QuantizedOps>(
+    config: &ModelConfig,
+    format: Format,
+    outlier_dims: usize,
+    device: &B::Device,
+) -> Result<CausalLm<B>, Error> {
+    let mut failure = None;
+    let mut model = CausalLm::random_with(config, device, |spec: &ProjectionSpec| {
+        let dense = Projection::random(spec.in_features, spec.out_features, spec.bias, device);
+        let Projection::Dense(linear) = &dense else {
+            return dense;
+        };
+        let quantized = match format {
+            Format::Bf16 => return dense,
+            Format::Nf4 | Format::Nf4Dq | Format::Fp4 => {
+                Linear4bitConfig::new(spec.in_features, spec.out_features)
+                    .with_bias(spec.bias)
+                    .with_quant_type(if format == Format::Fp4 {
+                        QuantType::Fp4
+                    } else {
+                        QuantType::Nf4
+                    })
+                    .with_double_quant(format == Format::Nf4Dq)
+                    .init_with_linear(linear)
+                    .map(Projection::Linear4bit)
+            }
+            Format::Int8 | Format::Int8Decomp => {
+                Linear8bitLtConfig::new(spec.in_features, spec.out_features)
+                    .with_bias(spec.bias)
+                    .with_threshold(if format == Format::Int8 { 0.0 } else { 6.0 })
+                    .init_with_linear(linear)
+                    .map(Projection::Linear8bitLt)
+            }
+        };
+        quantized.unwrap_or_else(|e| {
+            failure.get_or_insert(e);
+            dense
+        })
+    });
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    if format == Format::Int8Decomp {
+        plant_outlier_features(&mut model, outlier_dims);
+    }
+    Ok(model)
+}
+
+/// Random models have no outlier features, so LLM.int8()'s decomposition would never trigger.
+/// Real LLMs have a handful of hidden dimensions with large magnitudes in (nearly) every token,
+/// the same dimensions in every layer (Dettmers et al., 2022). We make `dims` evenly spread
+/// hidden dimensions such features by giving them a gain of 20 in every RMSNorm that feeds a
+/// projection: the normalized activations there exceed the 6.0 threshold in most tokens, so
+/// every attention and MLP input projection decomposes `dims` columns, as in a real model.
+fn plant_outlier_features<B: Backend>(model: &mut CausalLm<B>, dims: usize) {
+    let hidden = model.config().hidden_size;
+    let dims = dims.min(hidden);
+    if dims == 0 {
+        return;
+    }
+    let device = model.norm.weight.device();
+    let mut gain = vec![1.0f32; hidden];
+    for i in 0..dims {
+        gain[(2 * i + 1) * hidden / (2 * dims)] = 20.0;
+    }
+    let gain = Tensor::<B, 1>::from_floats(gain.as_slice(), &device);
+    for layer in &mut model.layers {
+        for norm in [
+            &mut layer.input_layernorm,
+            &mut layer.post_attention_layernorm,
+        ] {
+            let weight = norm.weight.val() * gain.clone().cast(norm.weight.val().dtype());
+            norm.weight = Param::from_tensor(weight);
+        }
+    }
+}
+
+/// Bytes of every parameter as stored on the device.
+pub fn weight_bytes<B: Backend, M: Module<B>>(model: &M) -> u64 {
+    struct Bytes(u64);
+    impl<B: Backend> ModuleVisitor<B> for Bytes {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let t = p.val();
+            self.0 += (t.shape().num_elements() * t.dtype().size()) as u64;
+        }
+        fn visit_int<const D: usize>(&mut self, p: &Param<Tensor<B, D, Int>>) {
+            let t = p.val();
+            self.0 += (t.shape().num_elements() * t.dtype().size()) as u64;
+        }
+    }
+    let mut v = Bytes(0);
+    model.visit(&mut v);
+    v.0
+}
+
+/// What the runner reports about its device.
+pub trait DeviceInfo<B: Backend> {
+    /// Human-readable device name.
+    fn name(device: &B::Device) -> String {
+        B::name(device)
+    }
+    /// Bytes reserved by the allocator right now (0 if unknown).
+    fn reserved_bytes(_device: &B::Device) -> u64 {
+        0
+    }
+}
+
+/// Measures every format and batch of one model on backend `B` (float type chosen by the
+/// caller: bf16 for 4-bit and BF16 rows, f16 for INT8 rows).
+pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
+    model_name: &str,
+    formats: &[Format],
+    args: &Args,
+    plan: bench::Plan,
+    device: &B::Device,
+) -> Result<Vec<Row>, Error> {
+    let config = model_config(args.model.as_deref().unwrap_or(model_name))?;
+    let progress = crate::progress_bar(
+        (formats.len() * args.batches.len() * (plan.warmup + plan.runs)) as u64,
+    );
+    let mut rows = Vec::new();
+    for &format in formats {
+        progress.set_message(format!("{model_name}: building {} weights", format.key()));
+        B::seed(device, args.seed);
+        let model: CausalLm<B> = random_model(&config, format, args.outlier_dims, device)?;
+        B::sync(device).ok();
+        let name = args.card.clone().unwrap_or_else(|| D::name(device));
+        let mut measured = crate::measure_model(
+            model_name, &model, format, args, plan, device, &progress, &name,
+        )?;
+        let reserved = D::reserved_bytes(device);
+        for row in &mut measured {
+            row.peak_memory_bytes = reserved;
+        }
+        rows.extend(measured);
+        drop(model);
+        B::memory_cleanup(device);
+    }
+    progress.finish_and_clear();
+    Ok(rows)
+}
+
+struct Generic;
+impl<B: Backend> DeviceInfo<B> for Generic {}
+
+/// The CPU: `Bnb<NdArray>` in float32 (the portable path).
+pub fn run_cpu(model: &str, args: &Args, plan: bench::Plan) -> Result<Vec<Row>, Error> {
+    type B = Bnb<burn::backend::NdArray<f32>>;
+    run_formats::<B, Generic>(model, &args.formats, args, plan, &Default::default())
+}
+
+/// wgpu: `Bnb<Wgpu>` in float32.
+#[cfg(feature = "wgpu")]
+pub fn run_wgpu(model: &str, args: &Args, plan: bench::Plan) -> Result<Vec<Row>, Error> {
+    type B = Bnb<burn::backend::Wgpu<f32, i32>>;
+    run_formats::<B, Generic>(model, &args.formats, args, plan, &Default::default())
+}
+
+/// CUDA: BF16 and 4-bit rows on `Bnb<Cuda<bf16>>`, INT8 rows on `Bnb<Cuda<f16>>`.
+#[cfg(feature = "cuda")]
+pub fn run_cuda(model: &str, args: &Args, plan: bench::Plan) -> Result<Vec<Row>, Error> {
+    use burn::backend::cuda::CudaDevice;
+    struct Cuda;
+    impl<B: Backend<Device = CudaDevice>> DeviceInfo<B> for Cuda {
+        fn name(_device: &CudaDevice) -> String {
+            gpu_name().unwrap_or_else(|| "CUDA GPU".into())
+        }
+        fn reserved_bytes(device: &CudaDevice) -> u64 {
+            use cubecl::Runtime;
+            cubecl::cuda::CudaRuntime::client(device)
+                .memory_usage()
+                .bytes_reserved
+        }
+    }
+    let device = CudaDevice::default();
+    let (int8, other): (Vec<Format>, Vec<Format>) = args.formats.iter().partition(|f| f.is_int8());
+    let mut rows = run_formats::<Bnb<burn::backend::Cuda<half::bf16, i32>>, Cuda>(
+        model, &other, args, plan, &device,
+    )?;
+    rows.extend(
+        run_formats::<Bnb<burn::backend::Cuda<half::f16, i32>>, Cuda>(
+            model, &int8, args, plan, &device,
+        )?,
+    );
+    Ok(rows)
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_name() -> Option<String> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()?;
+    let name = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .to_string();
+    (!name.is_empty()).then_some(name)
+}

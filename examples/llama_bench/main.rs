@@ -1,0 +1,279 @@
+//! llama_bench: bitsandbytes' benchmark tables (BF16 / NF4 / NF4+DQ / INT8 / INT8+Decomp at
+//! batch 1, 8, 32) measured on burn-bnb.
+//!
+//! ```sh
+//! cargo run --release --example llama_bench                       # GPU if present, else a small CPU model
+//! cargo run --release --example llama_bench -- --models llama-3.1-8b,qwen2.5-3b \
+//!     --baseline bnb-h100-llama-3.1-8b.json --out benches/results/h100
+//! ```
+//!
+//! Models have random weights of the exact architecture (speed depends only on the shapes), made
+//! directly in the target format one layer at a time, so a 70B model in NF4 never exists in
+//! BF16; `--model` takes the architecture from a Hugging Face config.json.
+
+mod bench;
+mod build;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use build::Format;
+use report::{BaselineRow, Row};
+
+/// Reproduces bitsandbytes' inference benchmark (decode latency and throughput of Llama/Qwen
+/// models by weight format and batch size) on burn-bnb's backend and kernels.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Model presets, comma-separated: llama-3.1-8b, llama-3.1-70b, qwen2.5-3b, qwen2.5-14b,
+    /// qwen2.5-32b, or tiny (a 4-layer Llama for CPUs). Default: llama-3.1-8b on a GPU, tiny on
+    /// the CPU.
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+
+    /// The architecture of a local Hugging Face folder or a Hub repo id (its config.json),
+    /// instead of a preset (replaces --models). Weights are still random: speed depends only on
+    /// the shapes.
+    #[arg(long)]
+    model: Option<String>,
+
+    /// Weight formats, comma-separated. NF4 uses blocksize 64 and bf16 compute; INT8 runs
+    /// float16 activations with outlier threshold 0, INT8+Decomp with threshold 6.0, as in the
+    /// published tables. lm_head and the embedding stay unquantized.
+    #[arg(long, value_delimiter = ',', value_enum,
+          default_values_t = [Format::Bf16, Format::Nf4, Format::Nf4Dq, Format::Int8, Format::Int8Decomp])]
+    formats: Vec<Format>,
+
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
+    batches: Vec<usize>,
+
+    /// Prompt length in tokens (random ids).
+    #[arg(long, default_value_t = 64)]
+    input_len: usize,
+
+    /// New tokens generated per run (greedy); the first comes from the prefill, the rest are the
+    /// measured decode steps. Default 64 (8 on the CPU).
+    #[arg(long)]
+    new_tokens: Option<usize>,
+
+    /// Unmeasured runs before measuring (default 10; 1 on the CPU).
+    #[arg(long)]
+    warmup: Option<usize>,
+
+    /// Measured runs (default 10; 2 on the CPU).
+    #[arg(long)]
+    runs: Option<usize>,
+
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+
+    /// bitsandbytes rows (JSON list as written by tools/bnb_bench.py) to compare against: adds
+    /// "vs bitsandbytes" columns.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+
+    /// INT8+Decomp with random weights: hidden dimensions made outlier features (see the
+    /// guide: random models have none, real ones have a handful).
+    #[arg(long, default_value_t = 7)]
+    outlier_dims: usize,
+
+    /// Folder for the JSON rows, the markdown table and the SVG chart.
+    #[arg(long, default_value = "target/llama_bench")]
+    out: PathBuf,
+
+    /// Label of the device in the outputs (default: what the backend reports).
+    #[arg(long)]
+    card: Option<String>,
+
+    /// Seed of the random weights and prompts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    /// CUDA if an NVIDIA driver is present, else the CPU.
+    Auto,
+    /// CUDA (burn-cuda).
+    Cuda,
+    /// wgpu (Vulkan, Metal, DX12).
+    Wgpu,
+    /// The CPU (burn-ndarray).
+    Cpu,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llama_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error>;
+
+fn run(mut args: Args) -> Result<(), Error> {
+    let device = match args.device {
+        DeviceArg::Auto if nvidia_driver_present() => DeviceArg::Cuda,
+        DeviceArg::Auto => {
+            eprintln!(
+                "llama_bench: no NVIDIA driver found: running a small model on the CPU (--device cpu)"
+            );
+            DeviceArg::Cpu
+        }
+        other => other,
+    };
+    let on_cpu = device == DeviceArg::Cpu;
+    if args.models.is_empty() && args.model.is_none() {
+        args.models = vec![if on_cpu { "tiny" } else { "llama-3.1-8b" }.to_string()];
+    }
+    let plan = bench::Plan {
+        input_len: args.input_len,
+        new_tokens: args.new_tokens.unwrap_or(if on_cpu { 8 } else { 64 }),
+        warmup: args.warmup.unwrap_or(if on_cpu { 1 } else { 10 }),
+        runs: args.runs.unwrap_or(if on_cpu { 2 } else { 10 }),
+        seed: args.seed,
+    };
+    if plan.new_tokens < 2 || plan.runs == 0 {
+        return Err("--new-tokens must be at least 2 and --runs at least 1".into());
+    }
+    let baseline: Option<Vec<BaselineRow>> = match &args.baseline {
+        Some(path) => Some(serde_json::from_str(
+            &std::fs::read_to_string(path)
+                .map_err(|e| format!("reading --baseline {}: {e}", path.display()))?,
+        )?),
+        None => None,
+    };
+    std::fs::create_dir_all(&args.out)?;
+
+    let models: Vec<String> = match &args.model {
+        Some(m) => vec![m.clone()],
+        None => args.models.clone(),
+    };
+    let mut all_rows = Vec::new();
+    for model in &models {
+        let rows = match device {
+            DeviceArg::Cpu => build::run_cpu(model, &args, plan)?,
+            #[cfg(feature = "cuda")]
+            DeviceArg::Cuda => build::run_cuda(model, &args, plan)?,
+            #[cfg(feature = "wgpu")]
+            DeviceArg::Wgpu => build::run_wgpu(model, &args, plan)?,
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(format!("llama_bench was built without the {other:?} backend").into());
+            }
+        };
+        let title = format!(
+            "{} · {}",
+            rows.first().map_or("?", |r| r.device.as_str()),
+            model
+        );
+        let table = report::markdown_table(&title, &rows, baseline.as_deref());
+        println!("\n{table}");
+        let stem = args.out.join(model.replace('/', "_"));
+        std::fs::write(stem.with_extension("md"), &table)?;
+        report::chart_svg(
+            &stem.with_extension("svg"),
+            &format!("{title}: decode throughput"),
+            &rows,
+            baseline.as_deref(),
+        )?;
+        all_rows.extend(rows);
+    }
+    let json = args.out.join("llama_bench.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&all_rows)?)?;
+    println!(
+        "rows: {}, tables and charts in {}",
+        json.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Measures one model in one format at every batch size.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
+    model_name: &str,
+    model: &burn_bnb::models::CausalLm<B>,
+    format: Format,
+    args: &Args,
+    plan: bench::Plan,
+    device: &B::Device,
+    progress: &ProgressBar,
+    device_name: &str,
+) -> Result<Vec<Row>, Error> {
+    let weight_bytes = build::weight_bytes(model);
+    let commit = option_env!("BURN_BNB_COMMIT").map_or_else(git_commit, str::to_string);
+    let mut rows = Vec::new();
+    for &batch in &args.batches {
+        progress.set_message(format!(
+            "{model_name} {} batch {batch}",
+            report::format_label(format.key())
+        ));
+        let m = bench::measure(model, batch, plan, device, || progress.inc(1))?;
+        let latency = m.step.as_secs_f64();
+        // A line per row as soon as it is measured: a long run that is cut short still reports.
+        progress.suspend(|| {
+            eprintln!(
+                "{model_name} {} batch {batch}: {:.4} s/step, {:.1} tok/s, prefill {:.3} s",
+                report::format_label(format.key()),
+                latency,
+                batch as f64 / latency,
+                m.prefill.as_secs_f64()
+            )
+        });
+        rows.push(Row {
+            model: model_name.to_string(),
+            precision: format.key().to_string(),
+            batch,
+            per_token_latency_s: latency,
+            throughput_tok_s: batch as f64 / latency,
+            prefill_s: m.prefill.as_secs_f64(),
+            steps: m.steps,
+            weight_bytes,
+            peak_memory_bytes: 0,
+            device: device_name.to_string(),
+            commit: commit.clone(),
+            date: today(),
+        });
+    }
+    Ok(rows)
+}
+
+/// A progress bar over all runs of one model.
+pub(crate) fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} runs  {msg}  [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn nvidia_driver_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn today() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
