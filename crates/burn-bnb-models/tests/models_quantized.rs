@@ -148,10 +148,13 @@ fn quantize_on_load_matches_prequantized() {
             // (bitsandbytes' approximate division): a few dozen codes, each a full FP4 step at
             // a block's largest magnitudes, which on this tiny sharp model moves logits by
             // under 1% (rms) and no argmax.
+            // LLM.int8() also quantizes the activations (rounded to f16 first, as bitsandbytes
+            // does), so the same code differences move the logits a little more: 1.5% rms seen.
             _ => {
+                let limit = if matches!(format, WeightFormat::Int8 { .. }) { 0.02 } else { 0.015 };
                 assert!(codes_off < 200, "{name}: {codes_off} codes differ");
                 assert!(
-                    d.rms_rel < 0.015 && d.argmax_agree == d.positions,
+                    d.rms_rel < limit && d.argmax_agree == d.positions,
                     "{name}: {d}"
                 );
             }
