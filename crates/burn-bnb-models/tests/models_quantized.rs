@@ -151,7 +151,11 @@ fn quantize_on_load_matches_prequantized() {
             // LLM.int8() also quantizes the activations (rounded to f16 first, as bitsandbytes
             // does), so the same code differences move the logits a little more: 1.5% rms seen.
             _ => {
-                let limit = if matches!(format, WeightFormat::Int8 { .. }) { 0.02 } else { 0.015 };
+                let limit = if matches!(format, WeightFormat::Int8 { .. }) {
+                    0.02
+                } else {
+                    0.015
+                };
                 assert!(codes_off < 200, "{name}: {codes_off} codes differ");
                 assert!(
                     d.rms_rel < limit && d.argmax_agree == d.positions,

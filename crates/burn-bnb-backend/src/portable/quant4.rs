@@ -144,6 +144,7 @@ pub fn dequantize_4bit<B: Backend>(
     let nb = weight.num_blocks();
     let bs = weight.blocksize;
     let bytes = numel.div_ceil(2);
+    let device = weight.device();
 
     let absmax = match weight.absmax {
         Absmax4Primitive::Plain(absmax) => float::<B, 1>(absmax),
@@ -153,20 +154,10 @@ pub fn dequantize_4bit<B: Backend>(
     let high = packed.clone().bitwise_right_shift_scalar(4.elem());
     let low = packed.bitwise_and_scalar(0x0F.elem());
     let codes = Tensor::stack::<2>(vec![high, low], 1).reshape([2 * bytes]);
-    let mut table = float::<B, 1>(weight.code);
-    if weight.quant_type == QuantType::Fp4 {
-        // bitsandbytes' FP4 dequantization is sign x magnitude: code 8 is -0, whatever the
-        // table holds.
-        let device = table.device();
-        table = Tensor::cat(
-            vec![
-                table.clone().slice(0..8),
-                f32_const::<B, 1>(-0.0, &device),
-                table.slice(9..16),
-            ],
-            0,
-        );
-    }
+    // The table of the dequantization, not the stored `quant_map`: for FP4 they differ in the
+    // sign of code 8 (bitsandbytes decodes sign x magnitude, so -0), and `code` is validated to
+    // be the standard table anyway.
+    let table = f32_tensor::<B>(weight.quant_type.dequant_lut(), &device);
     let values = table.select(0, codes);
     let values = pad_to(values, nb * bs).reshape([nb, bs]);
     let w = (values * absmax.reshape([nb, 1])).reshape([nb * bs]);
