@@ -35,6 +35,19 @@ pub struct Plan {
     pub seed: u64,
 }
 
+/// One run, as reported to the caller's progress callback.
+#[derive(Debug, Clone, Copy)]
+pub struct RunTimes {
+    /// Run number, warm-up runs included.
+    pub index: usize,
+    /// Prefill time.
+    pub prefill: Duration,
+    /// Total decode time.
+    pub decode: Duration,
+    /// Decode steps.
+    pub steps: usize,
+}
+
 /// Runs `plan` at batch size `batch`; `tick` is called after every run (progress).
 ///
 /// Every step ends by reading the next tokens back to the host, which synchronizes the device,
@@ -44,7 +57,7 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
     batch: usize,
     plan: Plan,
     device: &B::Device,
-    mut tick: impl FnMut(),
+    mut tick: impl FnMut(RunTimes),
 ) -> Result<Measurement, burn_bnb::models::GenerateError> {
     let vocab = model.config().vocab_size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ batch as u64);
@@ -76,7 +89,12 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
             step_total += decode;
             steps += plan.new_tokens - 1;
         }
-        tick();
+        tick(RunTimes {
+            index: run,
+            prefill,
+            decode,
+            steps: plan.new_tokens - 1,
+        });
     }
     Ok(Measurement {
         step: step_total / steps.max(1) as u32,

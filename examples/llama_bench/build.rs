@@ -197,7 +197,15 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
     plan: bench::Plan,
     device: &B::Device,
 ) -> Result<Vec<Row>, Error> {
-    let config = model_config(args.model.as_deref().unwrap_or(model_name))?;
+    let mut config = model_config(args.model.as_deref().unwrap_or(model_name))?;
+    let label = match args.layers {
+        Some(layers) if layers < config.num_hidden_layers => {
+            config.num_hidden_layers = layers.max(1);
+            format!("{model_name} ({} layers)", config.num_hidden_layers)
+        }
+        _ => model_name.to_string(),
+    };
+    let model_name = label.as_str();
     let progress = crate::progress_bar(
         (formats.len() * args.batches.len() * (plan.warmup + plan.runs)) as u64,
     );
@@ -205,8 +213,19 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
     for &format in formats {
         progress.set_message(format!("{model_name}: building {} weights", format.key()));
         B::seed(device, args.seed);
+        let start = std::time::Instant::now();
         let model: CausalLm<B> = random_model(&config, format, args.outlier_dims, device)?;
         B::sync(device).ok();
+        if args.verbose {
+            progress.suspend(|| {
+                eprintln!(
+                    "{model_name} {}: weights built in {:.1} s ({:.2} GB)",
+                    format.key(),
+                    start.elapsed().as_secs_f64(),
+                    weight_bytes(&model) as f64 / 1e9
+                )
+            });
+        }
         let name = args.card.clone().unwrap_or_else(|| D::name(device));
         let mut measured = crate::measure_model(
             model_name, &model, format, args, plan, device, &progress, &name,

@@ -94,6 +94,15 @@ struct Args {
     /// Seed of the random weights and prompts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+
+    /// Keep only the first N decoder layers of the model (a quick check of a large preset:
+    /// the step time scales with the layer count). Rows name the model with its layer count.
+    #[arg(long)]
+    layers: Option<usize>,
+
+    /// Print the build time of every model and the prefill and decode time of every run.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -174,7 +183,7 @@ fn run(mut args: Args) -> Result<(), Error> {
         let title = format!(
             "{} · {}",
             rows.first().map_or("?", |r| r.device.as_str()),
-            model
+            rows.first().map_or(model.as_str(), |r| r.model.as_str())
         );
         let table = report::markdown_table(&title, &rows, baseline.as_deref());
         println!("\n{table}");
@@ -218,7 +227,20 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
             "{model_name} {} batch {batch}",
             report::format_label(format.key())
         ));
-        let m = bench::measure(model, batch, plan, device, || progress.inc(1))?;
+        let m = bench::measure(model, batch, plan, device, |run| {
+            progress.inc(1);
+            if args.verbose {
+                progress.suspend(|| {
+                    eprintln!(
+                        "  batch {batch} run {}: prefill {:.3} s, decode {:.3} s ({} steps)",
+                        run.index,
+                        run.prefill.as_secs_f64(),
+                        run.decode.as_secs_f64(),
+                        run.steps
+                    )
+                });
+            }
+        })?;
         let latency = m.step.as_secs_f64();
         // A line per row as soon as it is measured: a long run that is cut short still reports.
         progress.suspend(|| {

@@ -39,7 +39,9 @@ pub trait QuantizedOps: Backend {
     }
 
     /// Dequantizes a 4-bit tensor (bitsandbytes' `dequantize_4bit`), double-quantized absmax
-    /// reconstruction included: `w = round_to(dtype, f32(code[q] * absmax[block]))`.
+    /// reconstruction included: `w = cast(dtype, round_to(weight.dtype, f32(code[q] * absmax[block])))`,
+    /// so the values are bitsandbytes' (which dequantizes to the weight's dtype) whatever `dtype`
+    /// is; on a device without the weight's dtype, `round_to(dtype, ...)`.
     ///
     /// Returns a tensor of `weight.shape` and `dtype`.
     ///

@@ -13,7 +13,9 @@
 //! | `int8_vectorwise_dequant` | one pass | `cols % 4 != 0` |
 //! | `int8_linear` | row quantization, int8 GEMM with the dequantization fused, outlier columns added by a kernel reading their count on the device | `K % 4 != 0` |
 
-use burn_backend::{Backend, DType, Element, FloatDType, Shape, tensor::FloatTensor};
+use burn_backend::{
+    Backend, DType, Element, FloatDType, Shape, ops::FloatTensorOps, tensor::FloatTensor,
+};
 use burn_bnb_formats::{FloatDtype, Quant4Config};
 use burn_bnb_kernels::{
     self as kernels, Absmax4, DoubleQuant4, Int8Matrix, KernelError, Quant4Options, Quant4Weight,
@@ -249,6 +251,15 @@ where
         let out = DType::from(dtype);
         if !kernel_float(out) {
             return portable::dequantize_4bit::<Self>(weight, dtype);
+        }
+        // bitsandbytes' values are those of the weight's dtype: dequantize to it, then cast.
+        let stored = portable::dequantization_dtype::<Self>(&weight.device(), weight.dtype);
+        if stored != dtype && kernel_float(stored.into()) {
+            let w = launched(
+                kernels::dequantize_4bit(&kernel_weight(&weight), stored.into()),
+                "dequantize_4bit",
+            );
+            return Self::float_cast(w, dtype);
         }
         launched(
             kernels::dequantize_4bit(&kernel_weight(&weight), out),

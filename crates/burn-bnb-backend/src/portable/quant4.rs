@@ -166,7 +166,9 @@ pub fn dequantize_4bit<B: Backend>(
     } else {
         w
     };
-    B::float_reshape(float_primitive(w.cast(dtype)), weight.shape)
+    // Rounded to the weight's dtype first, as bitsandbytes' result is, whatever `dtype` is.
+    let stored = dequantization_dtype::<B>(&device, weight.dtype);
+    B::float_reshape(float_primitive(w.cast(stored).cast(dtype)), weight.shape)
 }
 
 /// Portable [`QuantizedOps::matmul_4bit`](crate::QuantizedOps::matmul_4bit): dequantize, then an

@@ -794,10 +794,20 @@ pub fn golden_int8<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     let y = int8_matmul_dequant(&xq, &wq, None, F::KIND).unwrap();
     let expected_y = view_f32(&st, "int8.y");
     let y = dev.read_f32(&y);
+    // bitsandbytes' y is float16: rounding it once more to bfloat16 can land one bfloat16 step
+    // away from rounding the float32 value once (double rounding), so bf16 allows that step.
     let ulp_off = y
         .iter()
         .zip(&expected_y)
-        .filter(|(a, b)| round::<F>(**b) != **a)
+        .filter(|(a, b)| {
+            let r = round::<F>(**b);
+            if F::NAME == "bf16" {
+                (bf16::from_f32(**a).to_bits() as i32 - bf16::from_f32(r).to_bits() as i32).abs()
+                    > 1
+            } else {
+                r != **a
+            }
+        })
         .count();
     assert!(
         ulp_off * 1000 <= y.len(),
@@ -820,7 +830,9 @@ pub fn golden_int8<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         check_close(
             &dev.read_f32(&out),
             &expected,
-            if exact_inputs { 4e-3 } else { 2.5e-2 },
+            // bf16 inputs are not bitsandbytes' f16 ones: other int8 codes, about one
+            // quantization step of x (1/127 of a row's absmax) per product term.
+            if exact_inputs { 4e-3 } else { 4e-2 },
             key,
         );
     }
