@@ -220,7 +220,12 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
     device_name: &str,
 ) -> Result<Vec<Row>, Error> {
     let weight_bytes = build::weight_bytes(model);
-    let commit = option_env!("BURN_BNB_COMMIT").map_or_else(git_commit, str::to_string);
+    // The commit label: BURN_BNB_COMMIT at run time (a binary carried to a machine without the
+    // repository), then at build time, then `git describe`.
+    let commit = std::env::var("BURN_BNB_COMMIT")
+        .ok()
+        .or_else(|| option_env!("BURN_BNB_COMMIT").map(str::to_string))
+        .unwrap_or_else(git_commit);
     let mut rows = Vec::new();
     for &batch in &args.batches {
         progress.set_message(format!(
