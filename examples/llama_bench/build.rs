@@ -49,6 +49,7 @@ impl Format {
     }
 
     /// INT8 rows run with float16 activations, the others in bfloat16.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub fn is_int8(self) -> bool {
         matches!(self, Format::Int8 | Format::Int8Decomp)
     }
@@ -176,6 +177,9 @@ pub fn weight_bytes<B: Backend, M: Module<B>>(model: &M) -> u64 {
     v.0
 }
 
+/// Called with the rows measured so far after every format (`false`) and at the end (`true`).
+pub type Save<'a> = dyn FnMut(&[Row], bool) -> Result<(), Error> + 'a;
+
 /// What the runner reports about its device.
 pub trait DeviceInfo<B: Backend> {
     /// Human-readable device name.
@@ -196,6 +200,7 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
     args: &Args,
     plan: bench::Plan,
     device: &B::Device,
+    save: &mut Save<'_>,
 ) -> Result<Vec<Row>, Error> {
     let mut config = model_config(args.model.as_deref().unwrap_or(model_name))?;
     let label = match args.layers {
@@ -235,6 +240,7 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
             row.peak_memory_bytes = reserved;
         }
         rows.extend(measured);
+        progress.suspend(|| save(&rows, false))?;
         // Dropped weights go back to the allocator's pools for the next format. No explicit
         // `memory_cleanup`: in cubecl-runtime 0.9 it panics in the persistent pool ("The size
         // should match") after a model of this size was freed (seen on the H100).
@@ -248,21 +254,36 @@ struct Generic;
 impl<B: Backend> DeviceInfo<B> for Generic {}
 
 /// The CPU: `Bnb<NdArray>` in float32 (the portable path).
-pub fn run_cpu(model: &str, args: &Args, plan: bench::Plan) -> Result<Vec<Row>, Error> {
+pub fn run_cpu(
+    model: &str,
+    args: &Args,
+    plan: bench::Plan,
+    save: &mut Save<'_>,
+) -> Result<Vec<Row>, Error> {
     type B = Bnb<burn::backend::NdArray<f32>>;
-    run_formats::<B, Generic>(model, &args.formats, args, plan, &Default::default())
+    run_formats::<B, Generic>(model, &args.formats, args, plan, &Default::default(), save)
 }
 
 /// wgpu: `Bnb<Wgpu>` in float32.
 #[cfg(feature = "wgpu")]
-pub fn run_wgpu(model: &str, args: &Args, plan: bench::Plan) -> Result<Vec<Row>, Error> {
+pub fn run_wgpu(
+    model: &str,
+    args: &Args,
+    plan: bench::Plan,
+    save: &mut Save<'_>,
+) -> Result<Vec<Row>, Error> {
     type B = Bnb<burn::backend::Wgpu<f32, i32>>;
-    run_formats::<B, Generic>(model, &args.formats, args, plan, &Default::default())
+    run_formats::<B, Generic>(model, &args.formats, args, plan, &Default::default(), save)
 }
 
 /// CUDA: BF16 and 4-bit rows on `Bnb<Cuda<bf16>>`, INT8 rows on `Bnb<Cuda<f16>>`.
 #[cfg(feature = "cuda")]
-pub fn run_cuda(model: &str, args: &Args, plan: bench::Plan) -> Result<Vec<Row>, Error> {
+pub fn run_cuda(
+    model: &str,
+    args: &Args,
+    plan: bench::Plan,
+    save: &mut Save<'_>,
+) -> Result<Vec<Row>, Error> {
     use burn::backend::cuda::CudaDevice;
     struct Cuda;
     impl<B: Backend<Device = CudaDevice>> DeviceInfo<B> for Cuda {
@@ -279,11 +300,22 @@ pub fn run_cuda(model: &str, args: &Args, plan: bench::Plan) -> Result<Vec<Row>,
     let device = CudaDevice::default();
     let (int8, other): (Vec<Format>, Vec<Format>) = args.formats.iter().partition(|f| f.is_int8());
     let mut rows = run_formats::<Bnb<burn::backend::Cuda<half::bf16, i32>>, Cuda>(
-        model, &other, args, plan, &device,
+        model, &other, args, plan, &device, save,
     )?;
+    let done = rows.clone();
+    let mut save_int8 = |int8_rows: &[Row], last: bool| {
+        let mut so_far = done.clone();
+        so_far.extend_from_slice(int8_rows);
+        save(&so_far, last)
+    };
     rows.extend(
         run_formats::<Bnb<burn::backend::Cuda<half::f16, i32>>, Cuda>(
-            model, &int8, args, plan, &device,
+            model,
+            &int8,
+            args,
+            plan,
+            &device,
+            &mut save_int8,
         )?,
     );
     Ok(rows)

@@ -103,6 +103,11 @@ struct Args {
     /// Print the build time of every model and the prefill and decode time of every run.
     #[arg(long, short)]
     verbose: bool,
+
+    /// Measure nothing: render the tables and charts of rows saved by an earlier run (its
+    /// llama_bench.json), with --baseline if given, into --out.
+    #[arg(long, value_name = "ROWS_JSON")]
+    render: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -130,6 +135,9 @@ fn main() -> ExitCode {
 type Error = Box<dyn std::error::Error>;
 
 fn run(mut args: Args) -> Result<(), Error> {
+    if args.render.is_some() {
+        return render(&args);
+    }
     let device = match args.device {
         DeviceArg::Auto if nvidia_driver_present() => DeviceArg::Cuda,
         DeviceArg::Auto => {
@@ -154,13 +162,7 @@ fn run(mut args: Args) -> Result<(), Error> {
     if plan.new_tokens < 2 || plan.runs == 0 {
         return Err("--new-tokens must be at least 2 and --runs at least 1".into());
     }
-    let baseline: Option<Vec<BaselineRow>> = match &args.baseline {
-        Some(path) => Some(serde_json::from_str(
-            &std::fs::read_to_string(path)
-                .map_err(|e| format!("reading --baseline {}: {e}", path.display()))?,
-        )?),
-        None => None,
-    };
+    let baseline = read_baseline(&args)?;
     std::fs::create_dir_all(&args.out)?;
 
     let models: Vec<String> = match &args.model {
@@ -169,42 +171,97 @@ fn run(mut args: Args) -> Result<(), Error> {
     };
     let mut all_rows = Vec::new();
     for model in &models {
+        // Outputs are rewritten after every format, so a run cut short keeps what it measured.
+        let mut save = |rows: &[Row], last: bool| -> Result<(), Error> {
+            let mut so_far = all_rows.clone();
+            so_far.extend_from_slice(rows);
+            std::fs::write(
+                args.out.join("llama_bench.json"),
+                serde_json::to_string_pretty(&so_far)?,
+            )?;
+            write_outputs(&args.out, model, rows, baseline.as_deref(), last)
+        };
         let rows = match device {
-            DeviceArg::Cpu => build::run_cpu(model, &args, plan)?,
+            DeviceArg::Cpu => build::run_cpu(model, &args, plan, &mut save)?,
             #[cfg(feature = "cuda")]
-            DeviceArg::Cuda => build::run_cuda(model, &args, plan)?,
+            DeviceArg::Cuda => build::run_cuda(model, &args, plan, &mut save)?,
             #[cfg(feature = "wgpu")]
-            DeviceArg::Wgpu => build::run_wgpu(model, &args, plan)?,
+            DeviceArg::Wgpu => build::run_wgpu(model, &args, plan, &mut save)?,
             #[allow(unreachable_patterns)]
             other => {
                 return Err(format!("llama_bench was built without the {other:?} backend").into());
             }
         };
-        let title = format!(
-            "{} · {}",
-            rows.first().map_or("?", |r| r.device.as_str()),
-            rows.first().map_or(model.as_str(), |r| r.model.as_str())
-        );
-        let table = report::markdown_table(&title, &rows, baseline.as_deref());
-        println!("\n{table}");
-        let stem = args.out.join(model.replace('/', "_"));
-        std::fs::write(stem.with_extension("md"), &table)?;
-        report::chart_svg(
-            &stem.with_extension("svg"),
-            &format!("{title}: decode throughput"),
-            &rows,
-            baseline.as_deref(),
-        )?;
+        save(&rows, true)?;
         all_rows.extend(rows);
     }
-    let json = args.out.join("llama_bench.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&all_rows)?)?;
     println!(
         "rows: {}, tables and charts in {}",
-        json.display(),
+        args.out.join("llama_bench.json").display(),
         args.out.display()
     );
     Ok(())
+}
+
+/// The `--baseline` rows, if any.
+fn read_baseline(args: &Args) -> Result<Option<Vec<BaselineRow>>, Error> {
+    let Some(path) = &args.baseline else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading --baseline {}: {e}", path.display()))?;
+    let rows = serde_json::from_str(&text)
+        .map_err(|e| format!("--baseline {}: not bnb_bench.py rows: {e}", path.display()))?;
+    Ok(Some(rows))
+}
+
+/// `--render`: the tables and charts of saved rows.
+fn render(args: &Args) -> Result<(), Error> {
+    let Some(path) = &args.render else {
+        return Ok(());
+    };
+    let baseline = read_baseline(args)?;
+    std::fs::create_dir_all(&args.out)?;
+    let rows: Vec<Row> = serde_json::from_str(
+        &std::fs::read_to_string(path)
+            .map_err(|e| format!("reading --render {}: {e}", path.display()))?,
+    )
+    .map_err(|e| format!("--render {}: not llama_bench rows: {e}", path.display()))?;
+    let mut models: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    models.sort_unstable();
+    models.dedup();
+    for model in models {
+        let of_model: Vec<Row> = rows.iter().filter(|r| r.model == model).cloned().collect();
+        write_outputs(&args.out, model, &of_model, baseline.as_deref(), true)?;
+    }
+    Ok(())
+}
+
+/// The markdown table and SVG chart of one model's rows; `print` also prints the table.
+fn write_outputs(
+    out: &std::path::Path,
+    model: &str,
+    rows: &[Row],
+    baseline: Option<&[BaselineRow]>,
+    print: bool,
+) -> Result<(), Error> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let title = format!("{} · {}", first.device, first.model);
+    let table = report::markdown_table(&title, rows, baseline);
+    if print {
+        println!("\n{table}");
+    }
+    // Not `with_extension`: preset names have dots (`llama-3.1-8b`).
+    let stem = model.replace('/', "_");
+    std::fs::write(out.join(format!("{stem}.md")), &table)?;
+    report::chart_svg(
+        &out.join(format!("{stem}.svg")),
+        &format!("{title}: decode throughput"),
+        rows,
+        baseline,
+    )
 }
 
 /// Measures one model in one format at every batch size.

@@ -110,15 +110,19 @@ pub fn markdown_table(title: &str, rows: &[Row], baseline: Option<&[BaselineRow]
                 );
             }
             None => {
+                // 0 means the backend could not tell.
+                let peak = match r.peak_memory_bytes {
+                    0 => "—".to_string(),
+                    bytes => format!("{:.2}", gib(bytes)),
+                };
                 let _ = writeln!(
                     out,
-                    "| {label} | {} | {:.4} | {:.2} | {:.4} | {:.2} | {:.2} |",
+                    "| {label} | {} | {:.4} | {:.2} | {:.4} | {:.2} | {peak} |",
                     r.batch,
                     r.per_token_latency_s,
                     r.throughput_tok_s,
                     r.prefill_s,
                     gib(r.weight_bytes),
-                    gib(r.peak_memory_bytes)
                 );
             }
         }

@@ -11,6 +11,7 @@ use crate::weights::{INDEX_FILE, SINGLE_FILE, shard_names};
 /// Files read besides the weights; the first two are required.
 const CONFIG: &str = "config.json";
 const TOKENIZER: &str = "tokenizer.json";
+#[cfg_attr(not(feature = "hub"), allow(dead_code))]
 const OPTIONAL: [&str; 2] = ["generation_config.json", "tokenizer_config.json"];
 
 /// The folder holding `config.json`, the tokenizer and the weights of `model`: a path to a
