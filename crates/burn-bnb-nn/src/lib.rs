@@ -12,15 +12,18 @@
 //! (quantizing it) or from the quantized tensors of a bitsandbytes checkpoint.
 //!
 //! The quantized buffers are parameters that never require gradients: they move with
-//! `to_device`, appear in records, and no optimizer touches them. Save records with full
-//! precision settings: a half-precision recorder would round the float32 scales.
+//! `to_device`, appear in records, and no optimizer touches them. Records hold the codes as one
+//! byte value per element and the scales and code tables as float32 ([`F32State`]), so a layer
+//! saved with any recorder loads bit for bit on any backend, whatever its float type.
 
 #![warn(missing_docs)]
 
 mod linear4bit;
 mod linear8bit;
+mod state;
 
 pub use linear4bit::{DoubleQuantParams, Linear4bit, Linear4bitConfig};
 pub use linear8bit::{Linear8bitLt, Linear8bitLtConfig};
+pub use state::{F32State, F32StateItem};
 
 pub use burn_bnb_backend::{BnbError, Result};

@@ -1,3 +1,4 @@
+use crate::state::F32State;
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Ignored, Module, ModuleDisplay, Param, ParamId};
 use burn::nn::Linear;
@@ -68,11 +69,11 @@ pub struct Linear4bit<B: Backend> {
     /// [`ByteLayout`] (`U8`, or four bytes per `U32`).
     pub weight: Param<Tensor<B, 1, Int>>,
     /// One float32 scale per block, `[num_blocks]` (`weight.absmax`), unless double-quantized.
-    pub absmax: Option<Param<Tensor<B, 1>>>,
+    pub absmax: Option<F32State<B>>,
     /// The double-quantized scales, if so quantized.
     pub double_quant: Option<DoubleQuantParams<B>>,
     /// The 16 code values, float32 (`weight.quant_map`).
-    pub quant_map: Param<Tensor<B, 1>>,
+    pub quant_map: F32State<B>,
     /// `[d_output]`, optional.
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// The size of the input features.
@@ -97,11 +98,11 @@ pub struct DoubleQuantParams<B: Backend> {
     /// as [`Linear4bit::weight`].
     pub absmax_q: Param<Tensor<B, 1, Int>>,
     /// One float32 scale per group of `nested_blocksize` blocks (`weight.nested_absmax`).
-    pub nested_absmax: Param<Tensor<B, 1>>,
+    pub nested_absmax: F32State<B>,
     /// The 256-entry map the codes index (`weight.nested_quant_map`).
-    pub nested_quant_map: Param<Tensor<B, 1>>,
+    pub nested_quant_map: F32State<B>,
     /// The mean subtracted before quantizing, `[1]` (`nested_offset`).
-    pub nested_offset: Param<Tensor<B, 1>>,
+    pub nested_offset: F32State<B>,
     /// Blocks per nested group (256).
     pub nested_blocksize: usize,
 }
@@ -262,14 +263,14 @@ impl<B: QuantizedOps> Linear4bit<B> {
         let blocks = weight.num_blocks();
         let bytes = weight.numel().div_ceil(2);
         let (absmax, double_quant) = match weight.absmax {
-            Absmax4Primitive::Plain(absmax) => (Some(constant(float(absmax))), None),
+            Absmax4Primitive::Plain(absmax) => (Some(F32State::new(float(absmax))), None),
             Absmax4Primitive::Double(dq) => (
                 None,
                 Some(DoubleQuantParams {
                     absmax_q: byte_param(Tensor::from_primitive(dq.codes), blocks, false),
-                    nested_absmax: constant(float(dq.nested_absmax)),
-                    nested_quant_map: constant(float(dq.nested_code)),
-                    nested_offset: constant(float(dq.offset)),
+                    nested_absmax: F32State::new(float(dq.nested_absmax)),
+                    nested_quant_map: F32State::new(float(dq.nested_code)),
+                    nested_offset: F32State::new(float(dq.offset)),
                     nested_blocksize: dq.nested_blocksize,
                 }),
             ),
@@ -278,7 +279,7 @@ impl<B: QuantizedOps> Linear4bit<B> {
             weight: byte_param(Tensor::from_primitive(weight.packed), bytes, false),
             absmax,
             double_quant,
-            quant_map: constant(float(weight.code)),
+            quant_map: F32State::new(float(weight.code)),
             bias: bias.map(Param::from_tensor),
             d_input,
             d_output,

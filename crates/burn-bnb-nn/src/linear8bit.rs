@@ -7,9 +7,9 @@ use burn_bnb_backend::formats::{FormatError, Int8Rows};
 use burn_bnb_backend::{BnbError, ByteLayout, Int8Primitive, QuantizedOps, Result};
 
 use crate::linear4bit::{
-    byte_param, cast_to, check_bias, check_dims, check_linear, constant, stored_bytes,
-    to_compute_dtype,
+    byte_param, cast_to, check_bias, check_dims, check_linear, stored_bytes, to_compute_dtype,
 };
+use crate::state::F32State;
 
 /// Configuration to create a [`Linear8bitLt`] layer.
 #[derive(Config, Debug)]
@@ -48,7 +48,7 @@ pub struct Linear8bitLt<B: Backend> {
     /// `d_input` a multiple of 4, or four codes per `I32`.
     pub weight: Param<Tensor<B, 2, Int>>,
     /// The float32 absmax of each weight row, `[d_output]` (bitsandbytes' `SCB`).
-    pub scb: Param<Tensor<B, 1>>,
+    pub scb: F32State<B>,
     /// `[d_output]`, optional.
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// The outlier threshold; `0` disables the decomposition.
@@ -145,7 +145,7 @@ impl<B: QuantizedOps> Linear8bitLt<B> {
         let d_input = weight.cols;
         Linear8bitLt {
             weight: byte_param(Tensor::from_primitive(weight.codes), d_input, true),
-            scb: constant(Tensor::from_primitive(TensorPrimitive::Float(
+            scb: F32State::new(Tensor::from_primitive(TensorPrimitive::Float(
                 weight.absmax,
             ))),
             bias: bias.map(Param::from_tensor),

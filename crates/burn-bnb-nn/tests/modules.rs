@@ -6,7 +6,7 @@ use burn::module::Param;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, HalfPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, Tolerance};
 use burn_autodiff::Autodiff;
@@ -182,6 +182,58 @@ fn records_round_trip_through_bytes() {
         loaded.forward(x.clone()).into_data(),
         layer.forward(x).into_data()
     );
+}
+
+/// Burn rounds float parameters to the recorder's precision on save and to the backend's float
+/// type on load; the scales and code tables must come back bit for bit anyway.
+#[test]
+fn records_keep_the_float32_state_under_half_precision_and_other_float_types() {
+    type F64 = Bnb<NdArray<f64>>;
+    let w: Vec<f32> = (0..48 * 80)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 61.0)
+        .collect();
+    let quantized = Quantized4::quantize(
+        &w,
+        &[48, 80],
+        Quant4Config::nf4()
+            .with_blocksize(32)
+            .with_double_quant(true),
+    )
+    .unwrap();
+    let rows = burn_bnb_backend::formats::Int8Rows::quantize(&w, 48, 80, 0.0).unwrap();
+    let config4 = Linear4bitConfig::new(80, 48)
+        .with_bias(false)
+        .with_blocksize(32)
+        .with_double_quant(true);
+    let config8 = Linear8bitLtConfig::new(80, 48).with_bias(false);
+
+    // A half-precision recorder on an f32 backend.
+    let half = BinBytesRecorder::<HalfPrecisionSettings>::default();
+    let layer = Linear4bit::<B>::from_quantized(&quantized, None, &device()).unwrap();
+    let bytes = half.record(layer.into_record(), ()).unwrap();
+    let loaded = config4
+        .init::<B>(&device())
+        .unwrap()
+        .load_record(Recorder::<B>::load(&half, bytes, &device()).unwrap());
+    assert_eq!(loaded.to_quantized().unwrap(), quantized);
+
+    // A full-precision record loaded on a backend whose float type is f64.
+    let full = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let layer = Linear4bit::<B>::from_quantized(&quantized, None, &device()).unwrap();
+    let bytes = full.record(layer.into_record(), ()).unwrap();
+    let loaded = config4
+        .init::<F64>(&device())
+        .unwrap()
+        .load_record(Recorder::<F64>::load(&full, bytes, &device()).unwrap());
+    assert_eq!(loaded.to_quantized().unwrap(), quantized);
+
+    let layer = Linear8bitLt::<B>::from_quantized(&rows, None, 0.0, &device()).unwrap();
+    let bytes = half.record(layer.into_record(), ()).unwrap();
+    let loaded = config8
+        .init::<F64>(&device())
+        .unwrap()
+        .load_record(Recorder::<F64>::load(&half, bytes, &device()).unwrap());
+    assert_eq!(loaded.to_quantized().unwrap(), rows);
 }
 
 #[test]
