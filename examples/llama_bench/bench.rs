@@ -44,6 +44,10 @@ pub struct RunTimes {
     pub prefill: Duration,
     /// Total decode time.
     pub decode: Duration,
+    /// The part of `decode` spent before the step's logits were requested: building the step
+    /// on the host (and whatever device work the backend ran synchronously meanwhile). Close to
+    /// `decode` means host-bound steps.
+    pub enqueue: Duration,
     /// Decode steps.
     pub steps: usize,
 }
@@ -79,9 +83,12 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
         let prefill = start.elapsed();
 
         let mut decode = Duration::ZERO;
+        let mut enqueue = Duration::ZERO;
         for _ in 1..plan.new_tokens {
             let start = Instant::now();
-            next = argmax(session.step(&next));
+            let logits = session.step(&next);
+            enqueue += start.elapsed();
+            next = argmax(logits);
             decode += start.elapsed();
         }
         if run >= plan.warmup {
@@ -93,6 +100,7 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
             index: run,
             prefill,
             decode,
+            enqueue,
             steps: plan.new_tokens - 1,
         });
     }

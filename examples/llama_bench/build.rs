@@ -210,6 +210,11 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
         }
         _ => model_name.to_string(),
     };
+    let label = if args.no_fusion {
+        format!("{label} (no fusion)")
+    } else {
+        label
+    };
     let model_name = label.as_str();
     let progress = crate::progress_bar(
         (formats.len() * args.batches.len() * (plan.warmup + plan.runs)) as u64,
@@ -298,26 +303,49 @@ pub fn run_cuda(
         }
     }
     let device = CudaDevice::default();
+    if args.no_fusion {
+        type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+        return run_cuda_with::<Bnb<Unfused<half::bf16>>, Bnb<Unfused<half::f16>>, Cuda>(
+            model, args, plan, &device, save,
+        );
+    }
+    run_cuda_with::<
+        Bnb<burn::backend::Cuda<half::bf16, i32>>,
+        Bnb<burn::backend::Cuda<half::f16, i32>>,
+        Cuda,
+    >(model, args, plan, &device, save)
+}
+
+/// The BF16 and 4-bit rows on `Bf16`, the INT8 rows on `F16`.
+#[cfg(feature = "cuda")]
+fn run_cuda_with<Bf16, F16, D>(
+    model: &str,
+    args: &Args,
+    plan: bench::Plan,
+    device: &burn::backend::cuda::CudaDevice,
+    save: &mut Save<'_>,
+) -> Result<Vec<Row>, Error>
+where
+    Bf16: QuantizedOps<Device = burn::backend::cuda::CudaDevice>,
+    F16: QuantizedOps<Device = burn::backend::cuda::CudaDevice>,
+    D: DeviceInfo<Bf16> + DeviceInfo<F16>,
+{
     let (int8, other): (Vec<Format>, Vec<Format>) = args.formats.iter().partition(|f| f.is_int8());
-    let mut rows = run_formats::<Bnb<burn::backend::Cuda<half::bf16, i32>>, Cuda>(
-        model, &other, args, plan, &device, save,
-    )?;
+    let mut rows = run_formats::<Bf16, D>(model, &other, args, plan, device, save)?;
     let done = rows.clone();
     let mut save_int8 = |int8_rows: &[Row], last: bool| {
         let mut so_far = done.clone();
         so_far.extend_from_slice(int8_rows);
         save(&so_far, last)
     };
-    rows.extend(
-        run_formats::<Bnb<burn::backend::Cuda<half::f16, i32>>, Cuda>(
-            model,
-            &int8,
-            args,
-            plan,
-            &device,
-            &mut save_int8,
-        )?,
-    );
+    rows.extend(run_formats::<F16, D>(
+        model,
+        &int8,
+        args,
+        plan,
+        device,
+        &mut save_int8,
+    )?);
     Ok(rows)
 }
 

@@ -104,6 +104,11 @@ struct Args {
     #[arg(long, short)]
     verbose: bool,
 
+    /// CUDA without Burn's fusion (`Bnb<CubeBackend<CudaRuntime>>`): one kernel per operation,
+    /// and no fusion bookkeeping on the host. Measures what fusion costs or saves.
+    #[arg(long)]
+    no_fusion: bool,
+
     /// Measure nothing: render the tables and charts of rows saved by an earlier run (its
     /// llama_bench.json), with --baseline if given, into --out.
     #[arg(long, value_name = "ROWS_JSON")]
@@ -294,11 +299,12 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
             if args.verbose {
                 progress.suspend(|| {
                     eprintln!(
-                        "  batch {batch} run {}: prefill {:.3} s, decode {:.3} s ({} steps)",
+                        "  batch {batch} run {}: prefill {:.3} s, decode {:.3} s ({} steps, {:.3} s before the logits were read)",
                         run.index,
                         run.prefill.as_secs_f64(),
                         run.decode.as_secs_f64(),
-                        run.steps
+                        run.steps,
+                        run.enqueue.as_secs_f64()
                     )
                 });
             }
