@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
+use burn_bnb::backend::op_stats;
 use burn_bnb::models::{CausalLm, Session};
 use rand::{Rng, SeedableRng};
 
@@ -18,6 +19,9 @@ pub struct Measurement {
     pub prefill: Duration,
     /// Decode steps measured.
     pub steps: usize,
+    /// Operations through `Bnb<B>` during the decode steps of the last run (with
+    /// `op_stats` enabled), and those steps.
+    pub ops: Option<(Vec<burn_bnb::backend::op_stats::OpStat>, usize)>,
 }
 
 /// Run parameters.
@@ -68,6 +72,7 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
     let mut step_total = Duration::ZERO;
     let mut prefill_total = Duration::ZERO;
     let mut steps = 0;
+    let mut ops = None;
     for run in 0..plan.warmup + plan.runs {
         let prompts: Vec<Vec<u32>> = (0..batch)
             .map(|_| {
@@ -82,6 +87,11 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
         let mut next = argmax(logits);
         let prefill = start.elapsed();
 
+        let last = run + 1 == plan.warmup + plan.runs;
+        let counting = last && op_stats::is_enabled();
+        if counting {
+            op_stats::take();
+        }
         let mut decode = Duration::ZERO;
         let mut enqueue = Duration::ZERO;
         for _ in 1..plan.new_tokens {
@@ -90,6 +100,9 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
             enqueue += start.elapsed();
             next = argmax(logits);
             decode += start.elapsed();
+        }
+        if counting {
+            ops = Some((op_stats::take(), plan.new_tokens - 1));
         }
         if run >= plan.warmup {
             prefill_total += prefill;
@@ -108,6 +121,7 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
         step: step_total / steps.max(1) as u32,
         prefill: prefill_total / plan.runs.max(1) as u32,
         steps,
+        ops,
     })
 }
 

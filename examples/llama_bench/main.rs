@@ -109,6 +109,11 @@ struct Args {
     #[arg(long)]
     no_fusion: bool,
 
+    /// Count the operations of the last run's decode steps and the host time each took
+    /// (`burn_bnb::backend::op_stats`), and print the busiest per batch (all with --verbose).
+    #[arg(long)]
+    op_stats: bool,
+
     /// Measure nothing: render the tables and charts of rows saved by an earlier run (its
     /// llama_bench.json), with --baseline if given, into --out.
     #[arg(long, value_name = "ROWS_JSON")]
@@ -140,6 +145,7 @@ fn main() -> ExitCode {
 type Error = Box<dyn std::error::Error>;
 
 fn run(mut args: Args) -> Result<(), Error> {
+    burn_bnb::backend::op_stats::enable(args.op_stats);
     if args.render.is_some() {
         return render(&args);
     }
@@ -320,6 +326,10 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
                 m.prefill.as_secs_f64()
             )
         });
+        if let Some((ops, steps)) = &m.ops {
+            let shown = if args.verbose { usize::MAX } else { 12 };
+            progress.suspend(|| print_op_stats(ops, *steps, latency, shown));
+        }
         rows.push(Row {
             model: model_name.to_string(),
             precision: format.key().to_string(),
@@ -336,6 +346,33 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
         });
     }
     Ok(rows)
+}
+
+/// Operations per decode step and their host time, the busiest first.
+fn print_op_stats(
+    ops: &[burn_bnb::backend::op_stats::OpStat],
+    steps: usize,
+    step_s: f64,
+    shown: usize,
+) {
+    let steps = steps.max(1) as f64;
+    let calls: u64 = ops.iter().map(|o| o.calls).sum();
+    let host: f64 = ops.iter().map(|o| o.host.as_secs_f64()).sum();
+    eprintln!(
+        "  {:.0} operations per step, {:.2} ms of host time in them per step (step {:.2} ms)",
+        calls as f64 / steps,
+        1e3 * host / steps,
+        1e3 * step_s
+    );
+    for op in ops.iter().take(shown) {
+        eprintln!(
+            "    {:<28} {:>7.1} calls/step {:>9.1} us/step {:>7.1} us/call",
+            op.name,
+            op.calls as f64 / steps,
+            1e6 * op.host.as_secs_f64() / steps,
+            1e6 * op.host.as_secs_f64() / op.calls.max(1) as f64
+        );
+    }
 }
 
 /// A progress bar over all runs of one model.

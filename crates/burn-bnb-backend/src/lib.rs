@@ -32,6 +32,7 @@ mod backends;
 mod decorator;
 mod error;
 mod layout;
+pub mod op_stats;
 mod ops;
 pub mod portable;
 mod primitive;

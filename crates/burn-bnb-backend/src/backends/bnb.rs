@@ -22,10 +22,12 @@ fn to_inner_int8<B: QuantizedKernels>(weight: Int8Primitive<Bnb<B>>) -> Int8Prim
 
 impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
+        let _timer = crate::op_stats::Timer::start("quantize_4bit");
         from_inner_4bit(<B as QuantizedKernels>::quantize_4bit(tensor, config))
     }
 
     fn dequantize_4bit(weight: Quant4Primitive<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("dequantize_4bit");
         <B as QuantizedKernels>::dequantize_4bit(to_inner_4bit(weight), dtype)
     }
 
@@ -34,10 +36,12 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
         weight: Quant4Primitive<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("matmul_4bit");
         <B as QuantizedKernels>::matmul_4bit(x, to_inner_4bit(weight), bias)
     }
 
     fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
+        let _timer = crate::op_stats::Timer::start("int8_vectorwise_quant");
         <B as QuantizedKernels>::int8_vectorwise_quant(tensor, threshold).map_backend(
             |t| t,
             |t| t,
@@ -49,6 +53,7 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
         weight: Int8Primitive<Self>,
         dtype: FloatDType,
     ) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("int8_vectorwise_dequant");
         <B as QuantizedKernels>::int8_vectorwise_dequant(to_inner_int8(weight), dtype)
     }
 
@@ -58,6 +63,7 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
         bias: Option<FloatTensor<Self>>,
         threshold: f32,
     ) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("int8_linear");
         <B as QuantizedKernels>::int8_linear(x, to_inner_int8(weight), bias, threshold)
     }
 }

@@ -39,12 +39,14 @@ macro_rules! forward_ops {
             $(
                 #[inline(always)]
                 fn $name( $( $arg : $ty ),* ) -> $ret {
+                    let _timer = $crate::op_stats::Timer::start(stringify!($name));
                     B::$name( $( $arg ),* )
                 }
             )*
             $( $(
                 #[inline(always)]
                 fn $rname( $( $rarg : $rty ),* ) -> $rret {
+                    let _timer = $crate::op_stats::Timer::start(stringify!($rname));
                     $crate::decorator::Rewrap::rewrap(B::$rname( $( $rarg ),* ))
                 }
             )* )?
