@@ -177,7 +177,8 @@ pub fn weight_bytes<B: Backend, M: Module<B>>(model: &M) -> u64 {
     v.0
 }
 
-/// Called with the rows measured so far after every format (`false`) and at the end (`true`).
+/// Called with all rows measured so far (every model's) after every format (`false`) and at the
+/// end of a model (`true`).
 pub type Save<'a> = dyn FnMut(&[Row], bool) -> Result<(), Error> + 'a;
 
 /// What the runner reports about its device.
@@ -193,15 +194,16 @@ pub trait DeviceInfo<B: Backend> {
 }
 
 /// Measures every format and batch of one model on backend `B` (float type chosen by the
-/// caller: bf16 for 4-bit and BF16 rows, f16 for INT8 rows).
+/// caller: bf16 for 4-bit and BF16 rows, f16 for INT8 rows), appending to `rows`.
 pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
     model_name: &str,
     formats: &[Format],
     args: &Args,
     plan: bench::Plan,
     device: &B::Device,
+    rows: &mut Vec<Row>,
     save: &mut Save<'_>,
-) -> Result<Vec<Row>, Error> {
+) -> Result<(), Error> {
     let mut config = model_config(args.model.as_deref().unwrap_or(model_name))?;
     let label = match args.layers {
         Some(layers) if layers < config.num_hidden_layers => {
@@ -219,7 +221,6 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
     let progress = crate::progress_bar(
         (formats.len() * args.batches.len() * (plan.warmup + plan.runs)) as u64,
     );
-    let mut rows = Vec::new();
     for &format in formats {
         progress.set_message(format!("{model_name}: building {} weights", format.key()));
         B::seed(device, args.seed);
@@ -245,14 +246,14 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
             row.peak_memory_bytes = reserved;
         }
         rows.extend(measured);
-        progress.suspend(|| save(&rows, false))?;
+        progress.suspend(|| save(rows, false))?;
         // Dropped weights go back to the allocator's pools for the next format. No explicit
         // `memory_cleanup`: in cubecl-runtime 0.9 it panics in the persistent pool ("The size
         // should match") after a model of this size was freed (seen on the H100).
         drop(model);
     }
     progress.finish_and_clear();
-    Ok(rows)
+    Ok(())
 }
 
 struct Generic;
@@ -263,10 +264,19 @@ pub fn run_cpu(
     model: &str,
     args: &Args,
     plan: bench::Plan,
+    rows: &mut Vec<Row>,
     save: &mut Save<'_>,
-) -> Result<Vec<Row>, Error> {
+) -> Result<(), Error> {
     type B = Bnb<burn::backend::NdArray<f32>>;
-    run_formats::<B, Generic>(model, &args.formats, args, plan, &Default::default(), save)
+    run_formats::<B, Generic>(
+        model,
+        &args.formats,
+        args,
+        plan,
+        &Default::default(),
+        rows,
+        save,
+    )
 }
 
 /// wgpu: `Bnb<Wgpu>` in float32.
@@ -275,10 +285,19 @@ pub fn run_wgpu(
     model: &str,
     args: &Args,
     plan: bench::Plan,
+    rows: &mut Vec<Row>,
     save: &mut Save<'_>,
-) -> Result<Vec<Row>, Error> {
+) -> Result<(), Error> {
     type B = Bnb<burn::backend::Wgpu<f32, i32>>;
-    run_formats::<B, Generic>(model, &args.formats, args, plan, &Default::default(), save)
+    run_formats::<B, Generic>(
+        model,
+        &args.formats,
+        args,
+        plan,
+        &Default::default(),
+        rows,
+        save,
+    )
 }
 
 /// CUDA: BF16 and 4-bit rows on `Bnb<Cuda<bf16>>`, INT8 rows on `Bnb<Cuda<f16>>`.
@@ -287,8 +306,9 @@ pub fn run_cuda(
     model: &str,
     args: &Args,
     plan: bench::Plan,
+    rows: &mut Vec<Row>,
     save: &mut Save<'_>,
-) -> Result<Vec<Row>, Error> {
+) -> Result<(), Error> {
     use burn::backend::cuda::CudaDevice;
     struct Cuda;
     impl<B: Backend<Device = CudaDevice>> DeviceInfo<B> for Cuda {
@@ -306,14 +326,14 @@ pub fn run_cuda(
     if args.no_fusion {
         type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
         return run_cuda_with::<Bnb<Unfused<half::bf16>>, Bnb<Unfused<half::f16>>, Cuda>(
-            model, args, plan, &device, save,
+            model, args, plan, &device, rows, save,
         );
     }
     run_cuda_with::<
         Bnb<burn::backend::Cuda<half::bf16, i32>>,
         Bnb<burn::backend::Cuda<half::f16, i32>>,
         Cuda,
-    >(model, args, plan, &device, save)
+    >(model, args, plan, &device, rows, save)
 }
 
 /// The BF16 and 4-bit rows on `Bf16`, the INT8 rows on `F16`.
@@ -323,30 +343,17 @@ fn run_cuda_with<Bf16, F16, D>(
     args: &Args,
     plan: bench::Plan,
     device: &burn::backend::cuda::CudaDevice,
+    rows: &mut Vec<Row>,
     save: &mut Save<'_>,
-) -> Result<Vec<Row>, Error>
+) -> Result<(), Error>
 where
     Bf16: QuantizedOps<Device = burn::backend::cuda::CudaDevice>,
     F16: QuantizedOps<Device = burn::backend::cuda::CudaDevice>,
     D: DeviceInfo<Bf16> + DeviceInfo<F16>,
 {
     let (int8, other): (Vec<Format>, Vec<Format>) = args.formats.iter().partition(|f| f.is_int8());
-    let mut rows = run_formats::<Bf16, D>(model, &other, args, plan, device, save)?;
-    let done = rows.clone();
-    let mut save_int8 = |int8_rows: &[Row], last: bool| {
-        let mut so_far = done.clone();
-        so_far.extend_from_slice(int8_rows);
-        save(&so_far, last)
-    };
-    rows.extend(run_formats::<F16, D>(
-        model,
-        &int8,
-        args,
-        plan,
-        device,
-        &mut save_int8,
-    )?);
-    Ok(rows)
+    run_formats::<Bf16, D>(model, &other, args, plan, device, rows, save)?;
+    run_formats::<F16, D>(model, &int8, args, plan, device, rows, save)
 }
 
 #[cfg(feature = "cuda")]

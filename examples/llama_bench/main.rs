@@ -180,31 +180,29 @@ fn run(mut args: Args) -> Result<(), Error> {
         Some(m) => vec![m.clone()],
         None => args.models.clone(),
     };
-    let mut all_rows = Vec::new();
+    let mut rows = Vec::new();
     for model in &models {
         // Outputs are rewritten after every format, so a run cut short keeps what it measured.
+        let start = rows.len();
         let mut save = |rows: &[Row], last: bool| -> Result<(), Error> {
-            let mut so_far = all_rows.clone();
-            so_far.extend_from_slice(rows);
             std::fs::write(
                 args.out.join("llama_bench.json"),
-                serde_json::to_string_pretty(&so_far)?,
+                serde_json::to_string_pretty(rows)?,
             )?;
-            write_outputs(&args.out, model, rows, baseline.as_deref(), last)
+            write_outputs(&args.out, model, &rows[start..], baseline.as_deref(), last)
         };
-        let rows = match device {
-            DeviceArg::Cpu => build::run_cpu(model, &args, plan, &mut save)?,
+        match device {
+            DeviceArg::Cpu => build::run_cpu(model, &args, plan, &mut rows, &mut save)?,
             #[cfg(feature = "cuda")]
-            DeviceArg::Cuda => build::run_cuda(model, &args, plan, &mut save)?,
+            DeviceArg::Cuda => build::run_cuda(model, &args, plan, &mut rows, &mut save)?,
             #[cfg(feature = "wgpu")]
-            DeviceArg::Wgpu => build::run_wgpu(model, &args, plan, &mut save)?,
+            DeviceArg::Wgpu => build::run_wgpu(model, &args, plan, &mut rows, &mut save)?,
             #[allow(unreachable_patterns)]
             other => {
                 return Err(format!("llama_bench was built without the {other:?} backend").into());
             }
-        };
+        }
         save(&rows, true)?;
-        all_rows.extend(rows);
     }
     println!(
         "rows: {}, tables and charts in {}",

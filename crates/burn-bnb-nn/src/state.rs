@@ -15,6 +15,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::linear4bit::constant;
+
 /// A frozen float32 parameter, `[len]`: kept in float32 on every backend and in every record.
 #[derive(Clone, Debug)]
 pub struct F32State<B: Backend> {
@@ -30,18 +32,13 @@ impl<B: Backend> F32State<B> {
             tensor.cast(DType::F32)
         };
         Self {
-            param: Param::initialized(ParamId::new(), tensor),
+            param: constant(tensor),
         }
     }
 
     /// The float32 tensor.
     pub fn val(&self) -> Tensor<B, 1> {
         self.param.val()
-    }
-
-    /// The parameter (for visitors that need its id).
-    pub fn param(&self) -> &Param<Tensor<B, 1>> {
-        &self.param
     }
 }
 

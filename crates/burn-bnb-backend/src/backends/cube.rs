@@ -254,17 +254,15 @@ where
         }
         // bitsandbytes' values are those of the weight's dtype: dequantize to it, then cast.
         let stored = portable::dequantization_dtype::<Self>(&weight.device(), weight.dtype);
-        if stored != dtype && kernel_float(stored.into()) {
-            let w = launched(
-                kernels::dequantize_4bit(&kernel_weight(&weight), stored.into()),
-                "dequantize_4bit",
-            );
-            return Self::float_cast(w, dtype);
-        }
-        launched(
-            kernels::dequantize_4bit(&kernel_weight(&weight), out),
+        let w = launched(
+            kernels::dequantize_4bit(&kernel_weight(&weight), stored.into()),
             "dequantize_4bit",
-        )
+        );
+        if stored == dtype {
+            w
+        } else {
+            Self::float_cast(w, dtype)
+        }
     }
 
     fn matmul_4bit(

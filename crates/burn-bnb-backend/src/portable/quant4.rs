@@ -168,7 +168,8 @@ pub fn dequantize_4bit<B: Backend>(
     };
     // Rounded to the weight's dtype first, as bitsandbytes' result is, whatever `dtype` is.
     let stored = dequantization_dtype::<B>(&device, weight.dtype);
-    B::float_reshape(float_primitive(w.cast(stored).cast(dtype)), weight.shape)
+    let w = if stored == dtype { w } else { w.cast(stored) };
+    B::float_reshape(float_primitive(w.cast(dtype)), weight.shape)
 }
 
 /// Portable [`QuantizedOps::matmul_4bit`](crate::QuantizedOps::matmul_4bit): dequantize, then an

@@ -16,7 +16,9 @@ use burn_backend::{
 use burn_bnb_backend::formats::{
     self, FloatElement, Int8Rows, Quant4Config, Quantized4, bf16, f16,
 };
-use burn_bnb_backend::{FUSED_SIMT_MAX_ROWS, Int8Primitive, Quant4Primitive, QuantizedOps};
+use burn_bnb_backend::{
+    FUSED_SIMT_MAX_ROWS, Int8Primitive, Quant4Primitive, QuantizedOps, portable,
+};
 use burn_tensor::{Tensor, TensorData};
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
@@ -152,7 +154,7 @@ pub fn reference_linear(
     out
 }
 
-/// `x · dequantize(w)ᵀ (+ bias)` with Burn's own matmul, in `F`.
+/// `x · dequantize(w)ᵀ (+ bias)` with Burn's own matmul ([`portable::linear`]), in `F`.
 fn dense_linear<B: QuantizedOps, F: SuiteFloat>(
     weight: &Quant4Primitive<B>,
     x: &[F],
@@ -162,24 +164,10 @@ fn dense_linear<B: QuantizedOps, F: SuiteFloat>(
     use_bias: bool,
     device: &B::Device,
 ) -> Vec<f64> {
-    let w = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(
-        weight.clone().dequantize(F::FLOAT).unwrap(),
-    ));
-    let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(upload::<B, F, 2>(
-        x,
-        [m, k],
-        device,
-    )));
-    let mut y = x.matmul(w.transpose());
-    if use_bias {
-        let b = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(upload::<B, F, 1>(
-            bias,
-            [bias.len()],
-            device,
-        )));
-        y = y + b.unsqueeze::<2>();
-    }
-    download::<B>(y.into_primitive().tensor())
+    let w = weight.clone().dequantize(F::FLOAT).unwrap();
+    let x = upload::<B, F, 2>(x, [m, k], device);
+    let bias = use_bias.then(|| upload::<B, F, 1>(bias, [bias.len()], device));
+    download::<B>(portable::linear::<B>(x, w, bias))
         .into_iter()
         .map(f64::from)
         .collect()
