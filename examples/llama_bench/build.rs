@@ -6,7 +6,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn_bnb::formats::QuantType;
 use burn_bnb::models::{CausalLm, ModelConfig, Projection, ProjectionSpec};
-use burn_bnb::{Bnb, Linear4bitConfig, Linear8bitLtConfig, QuantizedOps};
+use burn_bnb::{Linear4bitConfig, Linear8bitLtConfig, QuantizedOps};
 use clap::ValueEnum;
 
 use crate::report::Row;
@@ -259,36 +259,18 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
 struct Generic;
 impl<B: Backend> DeviceInfo<B> for Generic {}
 
-/// The CPU: `Bnb<NdArray>` in float32 (the portable path).
-pub fn run_cpu(
+/// Every format on `B`'s default device, in `B`'s float type: `Bnb<NdArray<f32>>` (the CPU
+/// reference) or `Bnb<Wgpu<f32>>`.
+pub fn run_default<B: QuantizedOps>(
     model: &str,
     args: &Args,
     plan: bench::Plan,
     rows: &mut Vec<Row>,
     save: &mut Save<'_>,
-) -> Result<(), Error> {
-    type B = Bnb<burn::backend::NdArray<f32>>;
-    run_formats::<B, Generic>(
-        model,
-        &args.formats,
-        args,
-        plan,
-        &Default::default(),
-        rows,
-        save,
-    )
-}
-
-/// wgpu: `Bnb<Wgpu>` in float32.
-#[cfg(feature = "wgpu")]
-pub fn run_wgpu(
-    model: &str,
-    args: &Args,
-    plan: bench::Plan,
-    rows: &mut Vec<Row>,
-    save: &mut Save<'_>,
-) -> Result<(), Error> {
-    type B = Bnb<burn::backend::Wgpu<f32, i32>>;
+) -> Result<(), Error>
+where
+    B::Device: Default,
+{
     run_formats::<B, Generic>(
         model,
         &args.formats,
@@ -325,13 +307,15 @@ pub fn run_cuda(
     let device = CudaDevice::default();
     if args.no_fusion {
         type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
-        return run_cuda_with::<Bnb<Unfused<half::bf16>>, Bnb<Unfused<half::f16>>, Cuda>(
-            model, args, plan, &device, rows, save,
-        );
+        return run_cuda_with::<
+            burn_bnb::Bnb<Unfused<half::bf16>>,
+            burn_bnb::Bnb<Unfused<half::f16>>,
+            Cuda,
+        >(model, args, plan, &device, rows, save);
     }
     run_cuda_with::<
-        Bnb<burn::backend::Cuda<half::bf16, i32>>,
-        Bnb<burn::backend::Cuda<half::f16, i32>>,
+        burn_bnb::Bnb<burn::backend::Cuda<half::bf16, i32>>,
+        burn_bnb::Bnb<burn::backend::Cuda<half::f16, i32>>,
         Cuda,
     >(model, args, plan, &device, rows, save)
 }

@@ -18,6 +18,7 @@ mod report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use burn_bnb::Bnb;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -192,11 +193,15 @@ fn run(mut args: Args) -> Result<(), Error> {
             write_outputs(&args.out, model, &rows[start..], baseline.as_deref(), last)
         };
         match device {
-            DeviceArg::Cpu => build::run_cpu(model, &args, plan, &mut rows, &mut save)?,
+            DeviceArg::Cpu => build::run_default::<Bnb<burn::backend::NdArray<f32>>>(
+                model, &args, plan, &mut rows, &mut save,
+            )?,
             #[cfg(feature = "cuda")]
             DeviceArg::Cuda => build::run_cuda(model, &args, plan, &mut rows, &mut save)?,
             #[cfg(feature = "wgpu")]
-            DeviceArg::Wgpu => build::run_wgpu(model, &args, plan, &mut rows, &mut save)?,
+            DeviceArg::Wgpu => build::run_default::<Bnb<burn::backend::Wgpu<f32, i32>>>(
+                model, &args, plan, &mut rows, &mut save,
+            )?,
             #[allow(unreachable_patterns)]
             other => {
                 return Err(format!("llama_bench was built without the {other:?} backend").into());
