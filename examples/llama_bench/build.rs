@@ -212,8 +212,8 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
         }
         _ => model_name.to_string(),
     };
-    let label = if args.no_fusion {
-        format!("{label} (no fusion)")
+    let label = if args.fusion {
+        format!("{label} (fusion)")
     } else {
         label
     };
@@ -305,17 +305,17 @@ pub fn run_cuda(
         }
     }
     let device = CudaDevice::default();
-    if args.no_fusion {
-        type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+    if args.fusion {
         return run_cuda_with::<
-            burn_bnb::Bnb<Unfused<half::bf16>>,
-            burn_bnb::Bnb<Unfused<half::f16>>,
+            burn_bnb::Bnb<burn::backend::Cuda<half::bf16, i32>>,
+            burn_bnb::Bnb<burn::backend::Cuda<half::f16, i32>>,
             Cuda,
         >(model, args, plan, &device, rows, save);
     }
+    type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
     run_cuda_with::<
-        burn_bnb::Bnb<burn::backend::Cuda<half::bf16, i32>>,
-        burn_bnb::Bnb<burn::backend::Cuda<half::f16, i32>>,
+        burn_bnb::Bnb<Unfused<half::bf16>>,
+        burn_bnb::Bnb<Unfused<half::f16>>,
         Cuda,
     >(model, args, plan, &device, rows, save)
 }

@@ -105,10 +105,13 @@ struct Args {
     #[arg(long, short)]
     verbose: bool,
 
-    /// CUDA without Burn's fusion (`Bnb<CubeBackend<CudaRuntime>>`): one kernel per operation,
-    /// and no fusion bookkeeping on the host. Measures what fusion costs or saves.
+    /// CUDA with Burn's fusion (`Bnb<Cuda>`, i.e. `Bnb<Fusion<CubeBackend<CudaRuntime>>>`)
+    /// instead of the default `Bnb<CubeBackend<CudaRuntime>>`. The decoder layer runs as a few
+    /// fused kernels of its own (`DecoderOps`), so fusion has little left to fuse while its
+    /// per-operation bookkeeping on the host remains: on an H200 it made decode steps ~5x
+    /// slower (benches/speed-notes.md). Rows are labelled "(fusion)".
     #[arg(long)]
-    no_fusion: bool,
+    fusion: bool,
 
     /// Count the operations of the last run's decode steps and the host time each took
     /// (`burn_bnb::backend::op_stats`), and print the busiest per batch (all with --verbose).

@@ -11,6 +11,9 @@
 //!   blocksize, double quantization) quantize / dequantize / matmul, and LLM.int8()'s row-wise
 //!   quantization and linear layer. `Autodiff<Bnb<B>>` implements it too, with gradients for
 //!   the activations and the bias (the quantized weight is frozen, as in QLoRA).
+//! - [`DecoderOps`] holds the fused operations of a Llama / Qwen 2 decoder layer (RMSNorm,
+//!   rotary embedding, SwiGLU, attention over a KV cache): one kernel each on `CubeBackend`,
+//!   the composition of Burn operations elsewhere. [`QuantizedOps`] requires it.
 //! - [`QuantizedKernels`] is the hook an inner backend implements; every method defaults to the
 //!   [`portable`] path built from ordinary Burn tensor operations. `NdArray`, `CubeBackend` and
 //!   `Fusion<B>` implement it.
@@ -29,6 +32,7 @@
 
 mod api;
 mod backends;
+pub mod decoder_ops;
 mod decorator;
 mod error;
 mod layout;
@@ -40,6 +44,7 @@ mod util;
 
 #[cfg(feature = "cubecl")]
 pub use backends::cube::{FUSED_CMMA_MAX_ROWS, FUSED_MAX_ROWS_ENV, FUSED_SIMT_MAX_ROWS};
+pub use decoder_ops::{DecoderKernels, DecoderOps};
 pub use decorator::Bnb;
 pub use error::{BnbError, Result};
 pub use layout::{ByteLayout, byte_dtype, signed_byte_dtype};

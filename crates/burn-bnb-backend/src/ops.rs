@@ -1,9 +1,10 @@
 //! The quantized operations: [`QuantizedOps`] (what models call) and [`QuantizedKernels`] (what
 //! a backend implements).
 
-use burn_backend::{Backend, FloatDType, tensor::FloatTensor};
+use burn_backend::{FloatDType, tensor::FloatTensor};
 use burn_bnb_formats::Quant4Config;
 
+use crate::decoder_ops::{DecoderKernels, DecoderOps};
 use crate::portable;
 use crate::primitive::{Int8Primitive, Quant4Primitive};
 
@@ -19,7 +20,7 @@ use crate::primitive::{Int8Primitive, Quant4Primitive};
 /// `linear`, ...), which return a [`BnbError`](crate::BnbError) for bad shapes, blocksizes or
 /// non-finite values. Every method has a portable default body built from ordinary Burn tensor
 /// operations, bit-compatible with the CPU reference [`burn_bnb_formats`].
-pub trait QuantizedOps: Backend {
+pub trait QuantizedOps: DecoderOps {
     /// Blockwise 4-bit quantization of a tensor of any shape (bitsandbytes' `quantize_4bit`).
     ///
     /// The tensor is flattened row-major and cut into blocks of `config.blocksize` elements
@@ -133,6 +134,7 @@ pub trait QuantizedOps: Backend {
 ///
 /// ```ignore
 /// impl burn_bnb_backend::QuantizedKernels for MyBackend {}
+/// impl burn_bnb_backend::DecoderKernels for MyBackend {}
 /// ```
 ///
 /// is enough to make `Bnb<MyBackend>` work; override the methods a native kernel does better.
@@ -140,7 +142,7 @@ pub trait QuantizedOps: Backend {
 /// `Fusion<B>` (each operation a custom fusion-stream operation running `B`'s kernel).
 ///
 /// The methods and their contracts are those of [`QuantizedOps`].
-pub trait QuantizedKernels: Backend {
+pub trait QuantizedKernels: DecoderKernels {
     /// See [`QuantizedOps::quantize_4bit`].
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
         portable::quantize_4bit::<Self>(tensor, config)

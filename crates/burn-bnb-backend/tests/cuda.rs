@@ -47,3 +47,14 @@ fn bnb_cube_cuda_bf16_unfused() {
 fn bnb_cuda_f32_backend_bf16_tensors() {
     suite::all::<Bnb<Cuda>, bf16>(&CudaDevice::default());
 }
+
+/// The decoder-layer kernels alone, without `Fusion` (which runs their compositions), in every
+/// float type: `cargo test ... --test cuda -- --ignored decoder`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decoder_kernels_cuda() {
+    let device = CudaDevice::default();
+    suite::decoder::<Bnb<CubeCuda<bf16>>, bf16>(&device);
+    suite::decoder::<Bnb<CubeCuda<f16>>, f16>(&device);
+    suite::decoder::<Bnb<CubeCuda<f32>>, f32>(&device);
+}

@@ -76,6 +76,7 @@
 #![warn(missing_docs)]
 
 mod decode;
+pub mod decoder;
 pub mod dequant4;
 pub mod error;
 pub mod int8;
@@ -84,6 +85,7 @@ pub mod layout;
 pub mod matmul4;
 pub mod quant4;
 
+pub use decoder::{ATTENTION_MAX_KEYS, attention, rms_norm, rotary, swiglu};
 pub use dequant4::dequantize_4bit;
 pub use error::{KernelError, Result};
 pub use int8::{

@@ -173,6 +173,9 @@ fn frozen_linear<B: QuantizedOps, C: CheckpointStrategy>(
     }
 }
 
+/// The composed operations, differentiated by Autodiff.
+impl<B: QuantizedOps, C: CheckpointStrategy> crate::DecoderOps for Autodiff<B, C> {}
+
 impl<B: QuantizedOps, C: CheckpointStrategy> QuantizedOps for Autodiff<B, C> {
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
         B::quantize_4bit(inner::<B, C>(tensor), config).map_backend(outer::<B, C>, |t| t)

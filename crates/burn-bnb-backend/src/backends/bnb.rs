@@ -3,6 +3,7 @@
 use burn_backend::{FloatDType, tensor::FloatTensor};
 use burn_bnb_formats::Quant4Config;
 
+use crate::decoder_ops::{DecoderKernels, DecoderOps};
 use crate::decorator::Bnb;
 use crate::ops::{QuantizedKernels, QuantizedOps};
 use crate::primitive::{Int8Primitive, Quant4Primitive};
@@ -65,5 +66,37 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
     ) -> FloatTensor<Self> {
         let _timer = crate::op_stats::Timer::start("int8_linear");
         <B as QuantizedKernels>::int8_linear(x, to_inner_int8(weight), bias, threshold)
+    }
+}
+
+impl<B: QuantizedKernels> DecoderOps for Bnb<B> {
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("rms_norm");
+        <B as DecoderKernels>::rms_norm(x, weight, eps)
+    }
+
+    fn rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("rotary");
+        <B as DecoderKernels>::rotary(x, cos, sin)
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("swiglu");
+        <B as DecoderKernels>::swiglu(gate, up)
+    }
+
+    fn grouped_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("grouped_attention");
+        <B as DecoderKernels>::grouped_attention(q, k, v, bias, scale)
     }
 }

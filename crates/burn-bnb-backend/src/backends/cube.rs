@@ -75,12 +75,12 @@ fn fused_max_rows_override() -> Option<usize> {
 
 /// Unwraps a launcher's result: the checked entry points validated the input, so a refusal is
 /// a bug, reported with the kernel's message.
-fn launched<T>(result: Result<T, KernelError>, op: &str) -> T {
+pub(super) fn launched<T>(result: Result<T, KernelError>, op: &str) -> T {
     result.unwrap_or_else(|err| panic!("burn-bnb {op}: the kernel refused validated input: {err}"))
 }
 
 /// The float dtypes the kernels compute in.
-fn kernel_float(dtype: DType) -> bool {
+pub(super) fn kernel_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 

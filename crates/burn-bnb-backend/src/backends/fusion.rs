@@ -324,6 +324,9 @@ fn linear_output_shape(x: &Shape, n: usize) -> Shape {
     Shape::from(dims)
 }
 
+/// The composed operations, which Burn's fusion fuses.
+impl<B: FusionBackend + QuantizedKernels> crate::DecoderKernels for Fusion<B> {}
+
 impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
         let layout = Layout4 {

@@ -6,6 +6,8 @@ mod autodiff;
 mod bnb;
 #[cfg(feature = "cubecl")]
 pub(crate) mod cube;
+#[cfg(feature = "cubecl")]
+mod cube_decoder;
 #[cfg(feature = "fusion")]
 mod fusion;
 #[cfg(feature = "ndarray")]

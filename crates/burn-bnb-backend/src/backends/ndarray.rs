@@ -18,6 +18,14 @@ use crate::ops::QuantizedKernels;
 use crate::portable;
 use crate::primitive::{Int8Primitive, Quant4Primitive};
 
+impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> crate::DecoderKernels
+    for NdArray<E, I, Q>
+where
+    NdArrayTensor: From<SharedArray<E>>,
+    NdArrayTensor: From<SharedArray<I>>,
+{
+}
+
 impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> QuantizedKernels
     for NdArray<E, I, Q>
 where

@@ -1,5 +1,6 @@
-//! The portable path: every [`QuantizedOps`](crate::QuantizedOps) operation built from ordinary
-//! Burn tensor operations (integer bit operations, `select` into the code tables, f32 math,
+//! The portable path: every [`QuantizedOps`](crate::QuantizedOps) operation (and, in
+//! [`decoder`], every [`DecoderOps`](crate::DecoderOps) operation) built from ordinary Burn tensor
+//! operations (integer bit operations, `select` into the code tables, f32 math,
 //! casts), so that any backend runs them.
 //!
 //! Bit-compatible with the CPU reference [`burn_bnb_formats`]: quantization produces the same
@@ -19,6 +20,7 @@
 //! These functions are public so that a [`QuantizedKernels`](crate::QuantizedKernels)
 //! implementation can fall back to them for the cases its kernels do not cover.
 
+pub mod decoder;
 mod double_quant;
 mod int8;
 mod quant4;

@@ -1,8 +1,6 @@
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::DType;
-use burn::tensor::activation::softmax;
-use burn_bnb_backend::QuantizedOps;
+use burn_bnb_backend::{QuantizedOps, decoder_ops};
 
 use crate::nn::cache::LayerCache;
 use crate::nn::projection::Projection;
@@ -14,9 +12,10 @@ use crate::nn::rope::apply_rope;
 /// the `kv_heads` key/value heads serves `group = heads / kv_heads` consecutive query heads
 /// (query head `h` reads key/value head `h / group`, as transformers' `repeat_kv`).
 ///
-/// Keys and values are never repeated: queries are arranged as `[batch, kv_heads, group * seq,
-/// head_dim]` and multiplied against `[batch, kv_heads, len, head_dim]`. The scores are
-/// soft-maxed in float32.
+/// Keys and values are never repeated ([`DecoderOps::grouped_attention`]: one kernel on CubeCL
+/// backends, over views of the cache). The scores are soft-maxed in float32.
+///
+/// [`DecoderOps::grouped_attention`]: burn_bnb_backend::DecoderOps::grouped_attention
 ///
 /// # Shapes
 /// - input: `[batch, seq, hidden]`
@@ -43,19 +42,18 @@ impl<B: QuantizedOps> Attention<B> {
     /// Attends the new tokens to themselves and to everything in `cache`.
     ///
     /// `rope` is `(cos, sin)` of the new tokens' positions (`[batch, seq, 1, head_dim]`), `bias`
-    /// the additive float32 mask `[batch, 1, 1, seq, start + seq]`, `start` the first cache slot
+    /// the additive float32 mask `[batch, seq, start + seq]`, `start` the first cache slot
     /// of the new tokens.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &(Tensor<B, 4>, Tensor<B, 4>),
-        bias: &Tensor<B, 5>,
+        bias: &Tensor<B, 3>,
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let group = h / kvh;
         let (cos, sin) = rope;
 
         let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
@@ -65,25 +63,7 @@ impl<B: QuantizedOps> Attention<B> {
         let k = apply_rope(k, cos, sin);
 
         let (k, v) = cache.append(k.swap_dims(1, 2), v.swap_dims(1, 2), start);
-        let len = start + s;
-
-        // Query head kv * group + g -> [b, kv, g, s, hd], flattened to [b, kv, g * s, hd].
-        let q = q
-            .reshape([b, s, kvh, group, hd])
-            .permute([0, 2, 3, 1, 4])
-            .reshape([b, kvh, group * s, hd]);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar((hd as f64).powf(-0.5));
-        let dtype = scores.dtype();
-        let scores = scores.cast(DType::F32).reshape([b, kvh, group, s, len]) + bias.clone();
-        let probs = softmax(scores, 4)
-            .cast(dtype)
-            .reshape([b, kvh, group * s, len]);
-        let out = probs
-            .matmul(v)
-            .reshape([b, kvh, group, s, hd])
-            .permute([0, 3, 1, 2, 4])
+        let out = decoder_ops::grouped_attention(q, k, v, bias.clone(), (hd as f64).powf(-0.5))
             .reshape([b, s, h * hd]);
         self.o_proj.forward(out)
     }

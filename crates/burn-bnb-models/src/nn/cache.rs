@@ -121,11 +121,11 @@ impl<B: Backend> KvCache<B> {
     ///
     /// # Shapes
     /// - padding: `[batch, seq]`, true for padding
-    /// - output: `[batch, 1, 1, seq, len + seq]` in float32
+    /// - output: `[batch, seq, len + seq]` in float32
     ///
     /// # Panics
     /// If the step does not fit the cache or the batch differs.
-    pub(crate) fn begin_step(&mut self, padding: Tensor<B, 2, Bool>) -> Tensor<B, 5> {
+    pub(crate) fn begin_step(&mut self, padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
         let [b, s] = padding.dims();
         assert_eq!(b, self.batch, "batch of the step differs from the cache's");
         let start = self.len;
@@ -151,7 +151,6 @@ impl<B: Backend> KvCache<B> {
         let masked = keys.bool_or(future);
         Tensor::<B, 3>::zeros([b, s, end], (&device, burn::tensor::DType::F32))
             .mask_fill(masked, MASKED)
-            .reshape([b, 1, 1, s, end])
     }
 
     /// Marks the step begun by [`begin_step`](Self::begin_step) as written.

@@ -65,7 +65,7 @@ impl<B: QuantizedOps> DecoderLayer<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &(Tensor<B, 4>, Tensor<B, 4>),
-        bias: &Tensor<B, 5>,
+        bias: &Tensor<B, 3>,
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Tensor<B, 3> {

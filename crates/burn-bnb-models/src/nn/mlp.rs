@@ -1,7 +1,6 @@
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
-use burn_bnb_backend::QuantizedOps;
+use burn_bnb_backend::{QuantizedOps, decoder_ops};
 
 use crate::nn::projection::Projection;
 
@@ -23,7 +22,8 @@ pub struct Mlp<B: Backend> {
 impl<B: QuantizedOps> Mlp<B> {
     /// Applies the block.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
+        self.down_proj.forward(decoder_ops::swiglu(gate, up))
     }
 }

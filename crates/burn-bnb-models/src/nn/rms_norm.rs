@@ -1,6 +1,6 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::DType;
+use burn_bnb_backend::{DecoderOps, decoder_ops};
 
 /// Root-mean-square normalization as Llama and Qwen 2 compute it.
 ///
@@ -32,18 +32,12 @@ impl<B: Backend> RmsNorm<B> {
             eps,
         }
     }
+}
 
-    /// Normalizes the last dimension.
+impl<B: DecoderOps> RmsNorm<B> {
+    /// Normalizes the last dimension (one fused kernel on CubeCL backends, see
+    /// [`DecoderOps::rms_norm`]).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let inv_rms = x
-            .clone()
-            .square()
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt()
-            .recip();
-        (x * inv_rms).cast(dtype) * self.weight.val().unsqueeze()
+        decoder_ops::rms_norm(x, self.weight.val(), self.eps)
     }
 }

@@ -1,5 +1,6 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use burn_bnb_backend::{DecoderOps, decoder_ops};
 
 use crate::config::{ModelConfig, RopeScaling};
 
@@ -108,23 +109,19 @@ impl<B: Backend> RotaryEmbedding<B> {
     }
 }
 
-/// Applies the rotation to `x` with `(cos, sin)` from [`RotaryEmbedding::at`].
+/// Applies the rotation to `x` with `(cos, sin)` from [`RotaryEmbedding::at`] (one fused kernel
+/// on CubeCL backends, see [`DecoderOps::rotary`]).
 ///
 /// # Shapes
 /// - x: `[batch, seq, heads, head_dim]`
 /// - cos, sin: `[batch, seq, 1, head_dim]`
 /// - output: `[batch, seq, heads, head_dim]`
-pub fn apply_rope<B: Backend>(
+pub fn apply_rope<B: DecoderOps>(
     x: Tensor<B, 4>,
     cos: &Tensor<B, 4>,
     sin: &Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    let [b, s, h, d] = x.dims();
-    let half = d / 2;
-    let x1 = x.clone().slice([0..b, 0..s, 0..h, 0..half]);
-    let x2 = x.clone().slice([0..b, 0..s, 0..h, half..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+    decoder_ops::rotary(x, cos.clone(), sin.clone())
 }
 
 #[cfg(test)]

@@ -1,0 +1,58 @@
+//! The non-matmul operations of a Llama / Qwen 2 decoder layer, one kernel each.
+//!
+//! A decode step of Llama-3.1-8B runs ~100 Burn operations per layer (reshapes, casts, the
+//! elementwise pieces of RMSNorm, RoPE, softmax and SwiGLU); each costs 10-30 us of host time to
+//! launch, which made the step host-bound at ~60 ms on an H200 whatever the weight format
+//! (`benches/speed-notes.md`). These kernels do each piece in one launch, with the roundings of
+//! the composed operations (every intermediate that Burn would round to the activation dtype is
+//! rounded here too; statistics in f32):
+//!
+//! | launcher | computes |
+//! |---|---|
+//! | [`rms_norm`] | `F(F(x * inv_rms(x)) * weight)`, `inv_rms` in f32 |
+//! | [`rotary`] | `F(F(x * cos) + F(rotate_half(x) * sin))` |
+//! | [`swiglu`] | `F(F(gate * F(sigmoid(gate))) * up)` |
+//! | [`attention`] | `softmax(F(F(q kᵀ) * scale) + bias) v` per query row, GQA, over a strided KV cache |
+//!
+//! The reductions use plane sums where the runtime has them and a shared-memory tree otherwise
+//! (lavapipe), like the 4-bit kernels.
+
+mod attention;
+mod reduce;
+mod rms_norm;
+mod rotary;
+mod swiglu;
+
+pub use attention::{ATTENTION_MAX_KEYS, attention};
+pub use rms_norm::rms_norm;
+pub use rotary::rotary;
+pub use swiglu::swiglu;
+
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+
+use crate::error::{KernelError, Result};
+
+/// Checks that `t` is a contiguous float tensor of `dtype`.
+fn check_contiguous<R: CubeRuntime>(
+    t: &CubeTensor<R>,
+    tensor: &'static str,
+    dtype: burn_backend::DType,
+) -> Result<()> {
+    crate::layout::check_float(t, tensor)?;
+    if t.dtype != dtype {
+        return Err(KernelError::DType {
+            tensor,
+            expected: "the dtype of the activations",
+            actual: t.dtype,
+        });
+    }
+    if !t.is_contiguous() {
+        return Err(KernelError::Shape {
+            tensor,
+            expected: "a contiguous tensor".into(),
+            actual: t.shape.dims.clone(),
+        });
+    }
+    Ok(())
+}
