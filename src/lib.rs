@@ -39,5 +39,7 @@ pub use burn_bnb_kernels as kernels;
 pub use burn_bnb_models as models;
 pub use burn_bnb_nn as nn;
 
-pub use burn_bnb_backend::{Bnb, QuantizedKernels, QuantizedOps};
+#[cfg(feature = "cuda")]
+pub use burn_bnb_backend::BnbCuda;
+pub use burn_bnb_backend::{Bnb, DecoderKernels, DecoderOps, QuantizedKernels, QuantizedOps};
 pub use burn_bnb_nn::{Linear4bit, Linear4bitConfig, Linear8bitLt, Linear8bitLtConfig};

@@ -313,11 +313,9 @@ pub fn run_cuda(
         >(model, args, plan, &device, rows, save);
     }
     type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
-    run_cuda_with::<
-        burn_bnb::Bnb<Unfused<half::bf16>>,
-        burn_bnb::Bnb<Unfused<half::f16>>,
-        Cuda,
-    >(model, args, plan, &device, rows, save)
+    run_cuda_with::<burn_bnb::Bnb<Unfused<half::bf16>>, burn_bnb::Bnb<Unfused<half::f16>>, Cuda>(
+        model, args, plan, &device, rows, save,
+    )
 }
 
 /// The BF16 and 4-bit rows on `Bf16`, the INT8 rows on `F16`.

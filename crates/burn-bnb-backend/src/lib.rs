@@ -46,6 +46,15 @@ mod util;
 pub use backends::cube::{FUSED_CMMA_MAX_ROWS, FUSED_MAX_ROWS_ENV, FUSED_SIMT_MAX_ROWS};
 pub use decoder_ops::{DecoderKernels, DecoderOps};
 pub use decorator::Bnb;
+
+/// `Bnb` over CUDA's CubeCL backend without Burn's fusion, in float type `F`: the fastest way to
+/// decode with burn-bnb. A decoder layer is already a few kernels of its own ([`DecoderOps`],
+/// the quantized matmuls), so fusion has little left to fuse, while its per-operation host work
+/// stays: on an H200 it made Llama-3.1-8B decode steps about 5x slower (`Bnb<Cuda>`: 54 ms,
+/// this: 11 ms in NF4; `benches/speed-notes.md`). `Bnb<burn::backend::Cuda>` works too.
+#[cfg(feature = "cuda")]
+pub type BnbCuda<F = f32> =
+    Bnb<burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, F, i32, u8>>;
 pub use error::{BnbError, Result};
 pub use layout::{ByteLayout, byte_dtype, signed_byte_dtype};
 pub use ops::{QuantizedKernels, QuantizedOps};

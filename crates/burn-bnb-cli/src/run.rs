@@ -25,7 +25,7 @@ macro_rules! on_device {
             }
             #[cfg(feature = "cuda")]
             Device::Cuda => {
-                type $B = burn_bnb_models::Bnb<burn::backend::Cuda<half::bf16, i32>>;
+                type $B = burn_bnb_backend::BnbCuda<half::bf16>;
                 let $device = burn::backend::cuda::CudaDevice::default();
                 probe::<$B>("cuda", &$device)?;
                 $body

@@ -52,6 +52,7 @@
 //! | [`int8_matmul_i32`] | the raw int32 product | `int8_linear_matmul` |
 //! | [`int8_add_outliers`] | `out += x[:, cols] · W_deq[:, cols]ᵀ` | the decomposition's `addmm` |
 //! | [`linear_8bit_lt`] | the whole `Linear8bitLt` forward | `Linear8bitLt.forward` |
+//! | [`rms_norm`], [`rotary`], [`swiglu`], [`attention`] | a decoder layer's other operations, one launch each ([`decoder`]) | (transformers' modules) |
 //!
 //! # Kernels
 //!

@@ -25,7 +25,7 @@
 #![warn(missing_docs)]
 
 /// The backend decorator and the trait the quantized projections run on.
-pub use burn_bnb_backend::{Bnb, QuantizedOps};
+pub use burn_bnb_backend::{Bnb, DecoderOps, QuantizedOps};
 /// The quantized linear layers the projections hold.
 pub use burn_bnb_nn::{Linear4bit, Linear8bitLt};
 
