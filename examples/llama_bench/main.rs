@@ -107,9 +107,10 @@ struct Args {
 
     /// CUDA with Burn's fusion (`Bnb<Cuda>`, i.e. `Bnb<Fusion<CubeBackend<CudaRuntime>>>`)
     /// instead of the default `Bnb<CubeBackend<CudaRuntime>>`. The decoder layer runs as a few
-    /// fused kernels of its own (`DecoderOps`), so fusion has little left to fuse while its
-    /// per-operation bookkeeping on the host remains: on an H200 it made decode steps ~5x
-    /// slower (benches/speed-notes.md). Rows are labelled "(fusion)".
+    /// kernels of its own (`DecoderOps`), so fusion has little left to fuse while its
+    /// per-operation bookkeeping on the host remains (with the decoder operations still
+    /// composed, fusion made H200 decode steps ~5x slower; benches/speed-notes.md). Rows are
+    /// labelled "(fusion)".
     #[arg(long)]
     fusion: bool,
 

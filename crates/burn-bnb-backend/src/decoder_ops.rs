@@ -70,8 +70,8 @@ pub trait DecoderOps: Backend {
 
 /// Where an inner backend plugs in its own kernels for [`DecoderOps`]; every method defaults to
 /// the composition of Burn operations, so `impl DecoderKernels for MyBackend {}` is enough.
-/// Implemented for `NdArray`, `CubeBackend` (the kernels of `burn_bnb_kernels::decoder`) and
-/// `Fusion<B>` (the composition, which Burn's fusion then fuses).
+/// Implemented for `NdArray` (the compositions), `CubeBackend` (the kernels of
+/// `burn_bnb_kernels::decoder`) and `Fusion<B>` (custom fusion operations running `B`'s).
 ///
 /// The methods and their contracts are those of [`DecoderOps`].
 pub trait DecoderKernels: Backend {

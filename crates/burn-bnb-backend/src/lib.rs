@@ -12,8 +12,8 @@
 //!   quantization and linear layer. `Autodiff<Bnb<B>>` implements it too, with gradients for
 //!   the activations and the bias (the quantized weight is frozen, as in QLoRA).
 //! - [`DecoderOps`] holds the fused operations of a Llama / Qwen 2 decoder layer (RMSNorm,
-//!   rotary embedding, SwiGLU, attention over a KV cache): one kernel each on `CubeBackend`,
-//!   the composition of Burn operations elsewhere. [`QuantizedOps`] requires it.
+//!   rotary embedding, SwiGLU, attention over a KV cache): one kernel each on `CubeBackend`
+//!   (and `Fusion<CubeBackend>`), the composition of Burn operations elsewhere. [`QuantizedOps`] requires it.
 //! - [`QuantizedKernels`] is the hook an inner backend implements; every method defaults to the
 //!   [`portable`] path built from ordinary Burn tensor operations. `NdArray`, `CubeBackend` and
 //!   `Fusion<B>` implement it.
@@ -48,10 +48,12 @@ pub use decoder_ops::{DecoderKernels, DecoderOps};
 pub use decorator::Bnb;
 
 /// `Bnb` over CUDA's CubeCL backend without Burn's fusion, in float type `F`: the fastest way to
-/// decode with burn-bnb. A decoder layer is already a few kernels of its own ([`DecoderOps`],
-/// the quantized matmuls), so fusion has little left to fuse, while its per-operation host work
-/// stays: on an H200 it made Llama-3.1-8B decode steps about 5x slower (`Bnb<Cuda>`: 54 ms,
-/// this: 11 ms in NF4; `benches/speed-notes.md`). `Bnb<burn::backend::Cuda>` works too.
+/// decode with burn-bnb measured so far. A decoder layer is already a few kernels of its own
+/// ([`DecoderOps`], the quantized matmuls), so fusion has little left to fuse while its
+/// per-operation host work stays. On an H200, Llama-3.1-8B NF4 decode steps took 11 ms on this
+/// backend and 54 ms on `Bnb<Cuda>` when the decoder operations were still compositions under
+/// fusion (`benches/speed-notes.md`); they are custom fusion operations now, a gap not measured
+/// yet. `Bnb<burn::backend::Cuda>` works too.
 #[cfg(feature = "cuda")]
 pub type BnbCuda<F = f32> =
     Bnb<burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, F, i32, u8>>;

@@ -48,8 +48,8 @@ fn bnb_cuda_f32_backend_bf16_tensors() {
     suite::all::<Bnb<Cuda>, bf16>(&CudaDevice::default());
 }
 
-/// The decoder-layer kernels alone, without `Fusion` (which runs their compositions), in every
-/// float type: `cargo test ... --test cuda -- --ignored decoder`.
+/// The decoder-layer kernels alone, without `Fusion`, in every float type (quick to run after a
+/// kernel change): `cargo test ... --test cuda -- --ignored decoder`.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn decoder_kernels_cuda() {

@@ -1,5 +1,5 @@
-//! `Fusion<B>`: each quantized operation is registered in the fusion stream as a custom
-//! operation whose execution runs `B`'s kernel (the pattern of burn-vision's
+//! `Fusion<B>`: each quantized (and decoder-layer) operation is registered in the fusion stream
+//! as a custom operation whose execution runs `B`'s kernel (the pattern of burn-vision's
 //! `connected_components`). Burn's fusers see an opaque operation and fuse around it.
 
 use core::marker::PhantomData;
@@ -15,6 +15,7 @@ use burn_fusion::{
 };
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
+use crate::decoder_ops::DecoderKernels;
 use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
@@ -200,6 +201,14 @@ enum Kind {
         bias: bool,
         threshold: f32,
     },
+    RmsNorm {
+        eps: f64,
+    },
+    Rotary,
+    Swiglu,
+    GroupedAttention {
+        scale: f64,
+    },
 }
 
 #[derive(Debug)]
@@ -267,6 +276,31 @@ impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for Quanti
                 let out = B::int8_linear(x, weight, bias, *threshold);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
+            Kind::RmsNorm { eps } => {
+                let x = float(handles, next_ir(irs));
+                let weight = float(handles, next_ir(irs));
+                let out = <B as DecoderKernels>::rms_norm(x, weight, *eps);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::Rotary => {
+                let x = float(handles, next_ir(irs));
+                let cos = float(handles, next_ir(irs));
+                let sin = float(handles, next_ir(irs));
+                let out = <B as DecoderKernels>::rotary(x, cos, sin);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::Swiglu => {
+                let gate = float(handles, next_ir(irs));
+                let up = float(handles, next_ir(irs));
+                let out = <B as DecoderKernels>::swiglu(gate, up);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::GroupedAttention { scale } => {
+                let mut next = || float(handles, next_ir(irs));
+                let (q, k, v, bias) = (next(), next(), next(), next());
+                let out = <B as DecoderKernels>::grouped_attention(q, k, v, bias, *scale);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
         }
     }
 }
@@ -324,8 +358,54 @@ fn linear_output_shape(x: &Shape, n: usize) -> Shape {
     Shape::from(dims)
 }
 
-/// The composed operations, which Burn's fusion fuses.
-impl<B: FusionBackend + QuantizedKernels> crate::DecoderKernels for Fusion<B> {}
+/// Each operation one custom fusion-stream operation running `B`'s kernel (on `CubeBackend`, one
+/// launch), as the quantized operations.
+impl<B: FusionBackend + QuantizedKernels> DecoderKernels for Fusion<B> {
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let out = (x.shape.clone(), x.dtype);
+        let kind = Kind::RmsNorm { eps };
+        single(register::<B>(
+            "bnb_rms_norm",
+            kind,
+            vec![x, weight],
+            vec![out],
+        ))
+    }
+
+    fn rotary(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let out = (x.shape.clone(), x.dtype);
+        let inputs = vec![x, cos, sin];
+        single(register::<B>("bnb_rotary", Kind::Rotary, inputs, vec![out]))
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = (gate.shape.clone(), gate.dtype);
+        let inputs = vec![gate, up];
+        single(register::<B>("bnb_swiglu", Kind::Swiglu, inputs, vec![out]))
+    }
+
+    fn grouped_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let out = (q.shape.clone(), q.dtype);
+        let kind = Kind::GroupedAttention { scale };
+        let inputs = vec![q, k, v, bias];
+        single(register::<B>(
+            "bnb_grouped_attention",
+            kind,
+            inputs,
+            vec![out],
+        ))
+    }
+}
 
 impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
