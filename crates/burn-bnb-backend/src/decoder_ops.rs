@@ -5,7 +5,7 @@
 //! Burn operations they are ~100 launches per layer, each with 10-30 us of host cost, which
 //! bounds a decode step far above the time the GPU needs to read the weights. Each operation
 //! here is one kernel on `CubeBackend` (CUDA, ROCm, wgpu) and the composition of Burn operations
-//! ([`portable::decoder`]) everywhere else, with the same roundings.
+//! ([`crate::portable::decoder`]) everywhere else, with the same roundings.
 
 use burn_backend::{Backend, tensor::FloatTensor};
 use burn_tensor::{Tensor, TensorPrimitive};

@@ -17,7 +17,13 @@
 use burn_backend::{Backend, DType, Element, TensorData};
 use burn_tensor::{ElementConversion, Int, Tensor};
 
-/// How a device stores byte strings; see the [module docs](self).
+/// How a device stores byte strings (packed 4-bit codes, 8-bit absmax codes, int8 codes).
+///
+/// The CubeCL kernels read byte buffers as little-endian 32-bit words (WGSL has no 8-bit
+/// types), so every byte string is padded with zeros to whole words and stored as `U8`/`I8`
+/// ([`Bytes`](ByteLayout::Bytes): CUDA, ROCm, Metal, CPU) or four bytes to a `U32`/`I32`
+/// ([`Words`](ByteLayout::Words): wgpu's WGSL), byte `i` in bits `8 * (i % 4)..` of element
+/// `i / 4`: the same memory, so the kernels take either without a copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ByteLayout {
     /// One byte per `U8` (unsigned) or `I8` (signed) element.

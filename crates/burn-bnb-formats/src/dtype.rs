@@ -76,7 +76,7 @@ impl FromStr for FloatDtype {
     }
 }
 
-/// A float element type the reference functions are generic over: `f32`, [`f16`] or [`bf16`].
+/// A float element type the reference functions are generic over: `f32`, [`f16`](struct@f16) or [`bf16`].
 pub trait FloatElement: Copy + Send + Sync + PartialEq + fmt::Debug + 'static {
     /// The dtype tag of this type.
     const DTYPE: FloatDtype;

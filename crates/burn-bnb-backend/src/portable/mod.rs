@@ -13,7 +13,7 @@
 //! Constants are passed as one-element `F32` tensors, not as scalars: Burn converts a scalar to
 //! the backend's default float element, which would round it on a bf16 or f16 backend.
 //!
-//! Byte strings are read and written in either [`ByteLayout`](crate::ByteLayout) (unpacked to
+//! Byte strings are read and written in either [`ByteLayout`] (unpacked to
 //! and packed from int tensors with integer bit operations), so the portable path computes on
 //! the same tensors as the kernels.
 //!
