@@ -8,9 +8,10 @@
 //! ([`crate::portable::decoder`]) everywhere else, with the same roundings.
 
 use burn_backend::{Backend, tensor::FloatTensor};
-use burn_tensor::{Tensor, TensorPrimitive};
+use burn_tensor::Tensor;
 
 use crate::portable::decoder as portable;
+use crate::util::{float, float_primitive};
 
 /// Fused decoder-layer operations on primitives. Every method defaults to the composition of
 /// Burn operations in [`portable::decoder`](crate::portable::decoder), which defines it.
@@ -106,21 +107,17 @@ pub trait DecoderKernels: Backend {
     }
 }
 
-fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
-
-fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
 /// [`DecoderOps::rms_norm`] on tensors.
 pub fn rms_norm<B: DecoderOps, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, D> {
-    tensor(B::rms_norm(prim(x), prim(weight), eps))
+    float(B::rms_norm(
+        float_primitive(x),
+        float_primitive(weight),
+        eps,
+    ))
 }
 
 /// [`DecoderOps::rotary`] on tensors.
@@ -129,12 +126,16 @@ pub fn rotary<B: DecoderOps>(
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    tensor(B::rotary(prim(x), prim(cos), prim(sin)))
+    float(B::rotary(
+        float_primitive(x),
+        float_primitive(cos),
+        float_primitive(sin),
+    ))
 }
 
 /// [`DecoderOps::swiglu`] on tensors.
 pub fn swiglu<B: DecoderOps, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
-    tensor(B::swiglu(prim(gate), prim(up)))
+    float(B::swiglu(float_primitive(gate), float_primitive(up)))
 }
 
 /// [`DecoderOps::grouped_attention`] on tensors.
@@ -145,11 +146,11 @@ pub fn grouped_attention<B: DecoderOps>(
     bias: Tensor<B, 3>,
     scale: f64,
 ) -> Tensor<B, 4> {
-    tensor(B::grouped_attention(
-        prim(q),
-        prim(k),
-        prim(v),
-        prim(bias),
+    float(B::grouped_attention(
+        float_primitive(q),
+        float_primitive(k),
+        float_primitive(v),
+        float_primitive(bias),
         scale,
     ))
 }
