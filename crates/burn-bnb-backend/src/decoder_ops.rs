@@ -30,6 +30,39 @@ pub trait DecoderOps: Backend {
         portable::rms_norm::<Self>(x, weight, eps)
     }
 
+    /// The residual add and the RMSNorm after it: `(s, rms_norm(s, weight, eps))` with
+    /// `s = x + residual` in `x`'s dtype (a decoder layer's `x += attn; h = norm(x)`).
+    ///
+    /// # Shapes
+    /// - `x`, `residual`: `[..., hidden]`
+    /// - `weight`: `[hidden]`
+    /// - outputs: `x`'s shape and dtype
+    fn add_rms_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        portable::add_rms_norm::<Self>(x, residual, weight, eps)
+    }
+
+    /// A dense linear layer `x Wᵀ + bias` with the weight in Hugging Face's `[out, in]` layout
+    /// (a dense projection, the lm_head): on CubeCL backends a GEMV (one token) or tensor-core
+    /// GEMM at decode shapes when `W` is contiguous in that layout, Burn's matmul otherwise.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]`
+    /// - `weight`: `[out, in]` (cast to `x`'s dtype if it differs)
+    /// - `bias`: `[out]`
+    /// - output: `[..., out]` in `x`'s dtype
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        crate::portable::linear::<Self>(x, weight, bias)
+    }
+
     /// Rotary embedding, rotate-half convention: `x * cos + rotate_half(x) * sin`.
     ///
     /// # Shapes
@@ -47,6 +80,33 @@ pub trait DecoderOps: Backend {
     /// The SwiGLU gate: `silu(gate) * up`, elementwise.
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         portable::swiglu::<Self>(gate, up)
+    }
+
+    /// The rotary embedding of a step's queries and keys, and the keys and values written into
+    /// slots `start..start + seq` of the layer's KV cache: returns
+    /// `(rotary(q), k_cache with rotary(k) there, v_cache with v there)`. The caches are
+    /// updated in place when their buffers are not shared (one kernel on CubeCL backends).
+    ///
+    /// # Shapes
+    /// - `q`: `[batch, seq, heads, head_dim]`
+    /// - `k`, `v`: `[batch, seq, kv_heads, head_dim]`
+    /// - `cos`, `sin`: `[batch, seq, 1, head_dim]`
+    /// - `k_cache`, `v_cache`: `[batch, kv_heads, slots, head_dim]`, `start + seq <= slots`
+    #[allow(clippy::too_many_arguments)]
+    fn rotary_kv(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let q = Self::rotary(q, cos.clone(), sin.clone());
+        let k = Self::rotary(k, cos, sin);
+        let (k_cache, v_cache) = portable::write_kv::<Self>(k, v, k_cache, v_cache, start);
+        (q, k_cache, v_cache)
     }
 
     /// Grouped-query attention of the new tokens over the keys and values so far:
@@ -81,6 +141,25 @@ pub trait DecoderKernels: Backend {
         portable::rms_norm::<Self>(x, weight, eps)
     }
 
+    /// See [`DecoderOps::add_rms_norm`].
+    fn add_rms_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        portable::add_rms_norm::<Self>(x, residual, weight, eps)
+    }
+
+    /// See [`DecoderOps::linear`].
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        crate::portable::linear::<Self>(x, weight, bias)
+    }
+
     /// See [`DecoderOps::rotary`].
     fn rotary(
         x: FloatTensor<Self>,
@@ -93,6 +172,24 @@ pub trait DecoderKernels: Backend {
     /// See [`DecoderOps::swiglu`].
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         portable::swiglu::<Self>(gate, up)
+    }
+
+    /// See [`DecoderOps::rotary_kv`].
+    #[allow(clippy::too_many_arguments)]
+    fn rotary_kv(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let q = Self::rotary(q, cos.clone(), sin.clone());
+        let k = Self::rotary(k, cos, sin);
+        let (k_cache, v_cache) = portable::write_kv::<Self>(k, v, k_cache, v_cache, start);
+        (q, k_cache, v_cache)
     }
 
     /// See [`DecoderOps::grouped_attention`].
@@ -120,6 +217,35 @@ pub fn rms_norm<B: DecoderOps, const D: usize>(
     ))
 }
 
+/// [`DecoderOps::add_rms_norm`] on tensors: `(x + residual, rms_norm(x + residual))`.
+pub fn add_rms_norm<B: DecoderOps, const D: usize>(
+    x: Tensor<B, D>,
+    residual: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, D>, Tensor<B, D>) {
+    let (sum, normed) = B::add_rms_norm(
+        float_primitive(x),
+        float_primitive(residual),
+        float_primitive(weight),
+        eps,
+    );
+    (float(sum), float(normed))
+}
+
+/// [`DecoderOps::linear`] on tensors: `x Wᵀ + bias`, `weight` `[out, in]`.
+pub fn linear<B: DecoderOps, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    float(B::linear(
+        float_primitive(x),
+        float_primitive(weight),
+        bias.map(float_primitive),
+    ))
+}
+
 /// [`DecoderOps::rotary`] on tensors.
 pub fn rotary<B: DecoderOps>(
     x: Tensor<B, 4>,
@@ -131,6 +257,32 @@ pub fn rotary<B: DecoderOps>(
         float_primitive(cos),
         float_primitive(sin),
     ))
+}
+
+/// [`DecoderOps::rotary_kv`] on tensors: `(rotary(q), k_cache, v_cache)` with the step's
+/// rotated keys and its values written at slots `start..start + seq`.
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_kv<B: DecoderOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    k_cache: Tensor<B, 4>,
+    v_cache: Tensor<B, 4>,
+    start: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let (q, k_cache, v_cache) = B::rotary_kv(
+        float_primitive(q),
+        float_primitive(k),
+        float_primitive(v),
+        float_primitive(cos),
+        float_primitive(sin),
+        float_primitive(k_cache),
+        float_primitive(v_cache),
+        start,
+    );
+    (float(q), float(k_cache), float(v_cache))
 }
 
 /// [`DecoderOps::swiglu`] on tensors.

@@ -46,13 +46,14 @@
 //! | [`double_quantize`] | `absmax -> DoubleQuant4` | `compress_statistics=True` |
 //! | [`dequantize_4bit`] | `Quant4Weight -> [N, K]` of f32/f16/bf16, bit-exact | `dequantize_4bit` |
 //! | [`matmul_4bit`] | `x [.., K] · Wᵀ + bias -> [.., N]`, fused | `matmul_4bit` / `gemv_4bit` |
+//! | [`matmul_dense`] | the same for a dense `[N, K]` weight (decode shapes at the copy bandwidth) | (`torch.nn.functional.linear`) |
 //! | [`int8_quantize_rows`] | `x -> (CA, SCA, outlier columns)`; weights `W -> (CB, SCB)` | `int8_vectorwise_quant` |
 //! | [`int8_dequantize`] | `(CB, SCB) -> [N, K]` of f32/f16/bf16, bit-exact | `int8_vectorwise_dequant` |
 //! | [`int8_matmul_dequant`] | `f16(acc * SCA * SCB / 127² + bias)` in the output dtype | `int8_linear_matmul` + `int8_mm_dequant` |
 //! | [`int8_matmul_i32`] | the raw int32 product | `int8_linear_matmul` |
 //! | [`int8_add_outliers`] | `out += x[:, cols] · W_deq[:, cols]ᵀ` | the decomposition's `addmm` |
 //! | [`linear_8bit_lt`] | the whole `Linear8bitLt` forward | `Linear8bitLt.forward` |
-//! | [`rms_norm`], [`rotary`], [`swiglu`], [`attention`] | a decoder layer's other operations, one launch each ([`decoder`]) | (transformers' modules) |
+//! | [`rms_norm`], [`add_rms_norm`], [`rotary`], [`swiglu`], [`attention`] | a decoder layer's other operations, one launch each ([`decoder`]) | (transformers' modules) |
 //!
 //! # Kernels
 //!
@@ -78,6 +79,7 @@
 
 mod decode;
 pub mod decoder;
+pub mod dense;
 pub mod dequant4;
 pub mod error;
 pub mod int8;
@@ -86,7 +88,10 @@ pub mod layout;
 pub mod matmul4;
 pub mod quant4;
 
-pub use decoder::{ATTENTION_MAX_KEYS, attention, rms_norm, rotary, swiglu};
+pub use decoder::{
+    ATTENTION_MAX_KEYS, add_rms_norm, attention, rms_norm, rotary, rotary_kv, swiglu,
+};
+pub use dense::{matmul_dense, matmul_dense_with};
 pub use dequant4::dequantize_4bit;
 pub use error::{KernelError, Result};
 pub use int8::{

@@ -219,7 +219,7 @@ fn matmul4_simt_kernel<F: Float>(
 
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn write_simt_output<F: Float>(
+pub(crate) fn write_simt_output<F: Float>(
     total: f32,
     i: u32,
     n0: u32,
@@ -246,6 +246,8 @@ fn write_simt_output<F: Float>(
 struct CmmaConfig {
     bm: u32,
     bn: u32,
+    /// The weight is a dense `[N, K]` matrix of `F` (`w`) instead of 4-bit codes (`packed`).
+    dense: bool,
     dq: bool,
     bias: bool,
     /// Write f32 partial sums (split-K) instead of the final output.
@@ -264,6 +266,7 @@ const LDS_LINES: u32 = LDS / 8;
 #[allow(clippy::too_many_arguments)]
 fn matmul4_cmma_kernel<F: Float>(
     x: &Array<Line<F>>,
+    w: &Array<Line<F>>,
     packed: &Array<Line<u32>>,
     code: &Array<f32>,
     absmax: &Array<f32>,
@@ -288,6 +291,7 @@ fn matmul4_cmma_kernel<F: Float>(
     let units = comptime!(cfg.bn * 2);
     let fm = comptime!(cfg.bm / 16);
     let a_lines = comptime!(cfg.bm * BK / 8 / (cfg.bn * 2));
+    let b_lines = comptime!(BK / 16);
 
     let id = CUBE_POS as u32;
     let tile_n = id % n_tiles;
@@ -304,7 +308,9 @@ fn matmul4_cmma_kernel<F: Float>(
     let kt_end = min(k_tiles, kt_start + tiles_per_split);
 
     let mut lut = SharedMemory::<f32>::new(16usize);
-    if UNIT_POS < 16 {
+    // A dense weight has no code table (`code` is bound to an unrelated buffer).
+    let lut_units = comptime!(if cfg.dense { 0u32 } else { 16u32 });
+    if UNIT_POS < lut_units {
         lut[UNIT_POS as usize] = code[UNIT_POS as usize];
     }
     let mut a_s =
@@ -328,6 +334,7 @@ fn matmul4_cmma_kernel<F: Float>(
     let mut w_scale = 0.0f32;
     // `lined`: a local array of 8-element lines (`new` would hold scalars).
     let mut a_regs = Array::<Line<F>>::lined(comptime!(a_lines as usize), 8usize);
+    let mut b_regs = Array::<Line<F>>::lined(comptime!(b_lines as usize), 8usize);
 
     // Prefetch of step `kt_start`.
     fetch_tiles::<F>(
@@ -352,8 +359,13 @@ fn matmul4_cmma_kernel<F: Float>(
         &mut w_line,
         &mut w_scale,
         &mut a_regs,
+        w,
+        n0,
+        n_total,
+        &mut b_regs,
         units,
         a_lines,
+        cfg.dense,
         cfg.dq,
     );
     sync_cube();
@@ -380,17 +392,25 @@ fn matmul4_cmma_kernel<F: Float>(
             let l = UNIT_POS + i * units;
             a_s[((l / 8) * LDS_LINES + l % 8) as usize] = a_regs[i as usize];
         }
-        #[unroll]
-        for j in 0..4u32 {
-            let word = w_line[j as usize];
-            let mut v = Line::<F>::empty(8usize);
+        if comptime!(cfg.dense) {
             #[unroll]
-            for b in 0..4u32 {
-                let byte = byte_of(word, b);
-                v[(2 * b) as usize] = F::cast_from(lut[(byte >> 4) as usize] * w_scale);
-                v[(2 * b + 1) as usize] = F::cast_from(lut[(byte & 15u32) as usize] * w_scale);
+            for i in 0..b_lines {
+                let l = UNIT_POS + i * units;
+                b_s[((l / 8) * LDS_LINES + l % 8) as usize] = b_regs[i as usize];
             }
-            b_s[(b_row * LDS_LINES + b_half * 4 + j) as usize] = v;
+        } else {
+            #[unroll]
+            for j in 0..4u32 {
+                let word = w_line[j as usize];
+                let mut v = Line::<F>::empty(8usize);
+                #[unroll]
+                for b in 0..4u32 {
+                    let byte = byte_of(word, b);
+                    v[(2 * b) as usize] = F::cast_from(lut[(byte >> 4) as usize] * w_scale);
+                    v[(2 * b + 1) as usize] = F::cast_from(lut[(byte & 15u32) as usize] * w_scale);
+                }
+                b_s[(b_row * LDS_LINES + b_half * 4 + j) as usize] = v;
+            }
         }
         sync_cube();
 
@@ -417,8 +437,13 @@ fn matmul4_cmma_kernel<F: Float>(
                 &mut w_line,
                 &mut w_scale,
                 &mut a_regs,
+                w,
+                n0,
+                n_total,
+                &mut b_regs,
                 units,
                 a_lines,
+                cfg.dense,
                 cfg.dq,
             );
         }
@@ -499,8 +524,9 @@ fn matmul4_cmma_kernel<F: Float>(
     }
 }
 
-/// Global loads of one K step into registers: this unit's 16 bytes of packed weights and their
-/// scale, and its lines of activations (zeros past `M` and `K`).
+/// Global loads of one K step into registers: this unit's weight share (16 bytes of packed
+/// codes and their scale, or `BK / 16` lines of a dense weight) and its lines of activations
+/// (zeros past `M`, `N` and `K`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fetch_tiles<F: Float>(
@@ -525,38 +551,64 @@ fn fetch_tiles<F: Float>(
     w_line: &mut Line<u32>,
     w_scale: &mut f32,
     a_regs: &mut Array<Line<F>>,
+    w: &Array<Line<F>>,
+    n0: u32,
+    n_total: u32,
+    b_regs: &mut Array<Line<F>>,
     #[comptime] units: u32,
     #[comptime] a_lines: u32,
+    #[comptime] dense: bool,
     #[comptime] dq: bool,
 ) {
     let k0 = kt * BK;
-    let chunk = kt * 2 + b_half;
-    if chunk < chunks_per_row {
-        *w_line = packed[(b_n * chunks_per_row + chunk) as usize];
-        *w_scale = block_scale(
-            (b_n * k_total + chunk * 32) >> log2_bs,
-            absmax,
-            dq_codes,
-            nested_absmax,
-            nested_code,
-            off,
-            nested_shift,
-            zero,
-            dq,
-        );
+    if dense {
+        load_rows::<F>(w, b_regs, n0, n_total, k0 / 8, x_row_lines, units, BK / 16);
     } else {
-        *w_scale = 0.0f32;
-    }
-    #[unroll]
-    for i in 0..a_lines {
-        let l = UNIT_POS + i * units;
-        let m = m0 + l / 8;
-        let kl = k0 / 8 + l % 8;
-        let mut v = Line::<F>::empty(8usize).fill(F::new(0.0));
-        if m < m_total && kl < x_row_lines {
-            v = x[(m * x_row_lines + kl) as usize];
+        let chunk = kt * 2 + b_half;
+        if chunk < chunks_per_row {
+            *w_line = packed[(b_n * chunks_per_row + chunk) as usize];
+            *w_scale = block_scale(
+                (b_n * k_total + chunk * 32) >> log2_bs,
+                absmax,
+                dq_codes,
+                nested_absmax,
+                nested_code,
+                off,
+                nested_shift,
+                zero,
+                dq,
+            );
+        } else {
+            *w_scale = 0.0f32;
         }
-        a_regs[i as usize] = v;
+    }
+    load_rows::<F>(x, a_regs, m0, m_total, k0 / 8, x_row_lines, units, a_lines);
+}
+
+/// Loads `count` 8-element lines per unit of the `BK`-wide tile starting at row `r0` and line
+/// `k0_line` of a row-major matrix with `row_lines` lines a row, zeros past its ends.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_rows<F: Float>(
+    src: &Array<Line<F>>,
+    regs: &mut Array<Line<F>>,
+    r0: u32,
+    rows_total: u32,
+    k0_line: u32,
+    row_lines: u32,
+    #[comptime] units: u32,
+    #[comptime] count: u32,
+) {
+    #[unroll]
+    for i in 0..count {
+        let l = UNIT_POS + i * units;
+        let r = r0 + l / 8;
+        let kl = k0_line + l % 8;
+        let mut v = Line::<F>::empty(8usize).fill(F::new(0.0));
+        if r < rows_total && kl < row_lines {
+            v = src[(r * row_lines + kl) as usize];
+        }
+        regs[i as usize] = v;
     }
 }
 
@@ -632,9 +684,22 @@ pub fn matmul_4bit_with<R: CubeRuntime>(
 ) -> Result<CubeTensor<R>> {
     weight.validate()?;
     let (n, k) = weight.linear_dims()?;
+    product(x, WeightOperand::Quant4(weight), bias, n, k, strategy)
+}
+
+/// `x Wᵀ + bias` for either kind of weight `[N, K]`: checks the activations and the bias, then
+/// launches the strategy's kernel.
+pub(crate) fn product<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: WeightOperand<'_, R>,
+    bias: Option<&CubeTensor<R>>,
+    n: usize,
+    k: usize,
+    strategy: Matmul4Strategy,
+) -> Result<CubeTensor<R>> {
     let (m, _) = check_activations(x, k)?;
     check_bias(bias, n, x.dtype)?;
-    if k % 8 != 0 {
+    if !k.is_multiple_of(8) {
         return Err(KernelError::Unsupported {
             what: "in_features",
             reason: format!("K = {k} is not a multiple of 8"),
@@ -642,17 +707,24 @@ pub fn matmul_4bit_with<R: CubeRuntime>(
     }
     let x = burn_cubecl::kernel::into_contiguous(x.clone());
     let out = empty(&x, output_shape(&x, n), x.dtype);
-    if m == 0 {
+    if m == 0 || n == 0 {
         return Ok(out);
     }
     let strategy = match strategy {
         Matmul4Strategy::Auto => auto_strategy(&x.client, x.dtype, m, n, k),
         s => s,
     };
-    with_float!(x.dtype, "x", F => match strategy {
-        Matmul4Strategy::Simt(p) => launch_simt::<R, F>(&x, weight, bias, &out, m, n, k, p)?,
-        Matmul4Strategy::Cmma(p) => launch_cmma::<R, F>(&x, weight, bias, &out, m, n, k, p)?,
-        Matmul4Strategy::Auto => unreachable!("resolved above"),
+    with_float!(x.dtype, "x", F => match (strategy, weight) {
+        (Matmul4Strategy::Simt(p), WeightOperand::Quant4(w)) => {
+            launch_simt::<R, F>(&x, w, bias, &out, m, n, k, p)?
+        }
+        (Matmul4Strategy::Simt(p), WeightOperand::Dense(w)) => {
+            crate::dense::launch_simt::<R, F>(&x, w, bias, &out, m, n, k, p)?
+        }
+        (Matmul4Strategy::Cmma(p), weight) => {
+            launch_cmma::<R, F>(&x, weight, bias, &out, m, n, k, p)?
+        }
+        (Matmul4Strategy::Auto, _) => unreachable!("resolved above"),
     });
     Ok(out)
 }
@@ -684,6 +756,23 @@ pub fn auto_strategy<R: CubeRuntime>(
     })
 }
 
+/// Checks SIMT parameters; returns the plane size for the reductions (0: shared memory).
+pub(crate) fn simt_plane<R: CubeRuntime>(client: &ComputeClient<R>, p: SimtParams) -> Result<u32> {
+    if !matches!(p.rows, 1..=8)
+        || !matches!(p.mt, 1..=8)
+        || !p.cube_size.is_power_of_two()
+        || p.cube_size < 32
+    {
+        return Err(KernelError::Unsupported {
+            what: "SIMT parameters",
+            reason: format!("{p:?}: rows and mt in 1..=8, cube_size a power of two >= 32"),
+        });
+    }
+    Ok(plane_size(client)
+        .filter(|&p_size| p.cube_size.is_multiple_of(p_size))
+        .unwrap_or(0))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
     x: &CubeTensor<R>,
@@ -695,23 +784,11 @@ fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
     k: usize,
     p: SimtParams,
 ) -> Result<()> {
-    if !matches!(p.rows, 1..=8)
-        || !matches!(p.mt, 1..=8)
-        || !p.cube_size.is_power_of_two()
-        || p.cube_size < 32
-    {
-        return Err(KernelError::Unsupported {
-            what: "SIMT parameters",
-            reason: format!("{p:?}: rows and mt in 1..=8, cube_size a power of two >= 32"),
-        });
-    }
     let client = &x.client;
+    let plane = simt_plane(client, p)?;
     let lw = if k.is_multiple_of(32) { 4 } else { 1 };
     let xl = line_size::<R>(x.dtype.size(), k.min(8)).min(8);
     let xl = if 8 % xl == 0 { xl } else { 1 };
-    let plane = plane_size(client)
-        .filter(|&p_size| p.cube_size.is_multiple_of(p_size))
-        .unwrap_or(0);
     let cfg = SimtConfig {
         rows: p.rows,
         mt: p.mt,
@@ -757,10 +834,19 @@ fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
     Ok(())
 }
 
+/// The weight operand of a product.
+#[derive(Clone, Copy)]
+pub(crate) enum WeightOperand<'a, R: CubeRuntime> {
+    /// 4-bit codes, dequantized into shared memory.
+    Quant4(&'a Quant4Weight<R>),
+    /// A contiguous `[N, K]` matrix in the dtype of the activations.
+    Dense(&'a CubeTensor<R>),
+}
+
 #[allow(clippy::too_many_arguments)]
-fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
+pub(crate) fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
     x: &CubeTensor<R>,
-    weight: &Quant4Weight<R>,
+    weight: WeightOperand<'_, R>,
     bias: Option<&CubeTensor<R>>,
     out: &CubeTensor<R>,
     m: usize,
@@ -769,11 +855,15 @@ fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
     p: CmmaParams,
 ) -> Result<()> {
     let client = &x.client;
-    if !supports_cmma(client, x.dtype) || !k.is_multiple_of(32) {
+    let (dense, min_k) = match weight {
+        WeightOperand::Quant4(_) => (None, 32),
+        WeightOperand::Dense(w) => (Some(w), 8),
+    };
+    if !supports_cmma(client, x.dtype) || !k.is_multiple_of(min_k) {
         return Err(KernelError::Unsupported {
             what: "cmma strategy",
             reason: format!(
-                "needs 16x16x16 cmma for {:?} and K % 32 == 0 (K = {k})",
+                "needs 16x16x16 cmma for {:?} and K % {min_k} == 0 (K = {k})",
                 x.dtype
             ),
         });
@@ -795,47 +885,89 @@ fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
     let tiles_per_split = k_tiles.div_ceil(splits);
     let splits = k_tiles.div_ceil(tiles_per_split);
     let partial = (splits > 1).then(|| empty(x, vec![splits * m * n], DType::F32));
+    // The operands a variant does not read are bound to a buffer it never touches.
+    let (packed, code, scales) = match weight {
+        WeightOperand::Quant4(q) => (&q.packed, &q.code, Some(ScaleArgs::new(q))),
+        WeightOperand::Dense(w) => (w, x, None),
+    };
     let cfg = CmmaConfig {
         bm: p.bm,
         bn: p.bn,
-        dq: matches!(weight.absmax, crate::layout::Absmax4::Double(_)),
+        dense: dense.is_some(),
+        dq: matches!(
+            weight,
+            WeightOperand::Quant4(Quant4Weight {
+                absmax: crate::layout::Absmax4::Double(_),
+                ..
+            })
+        ),
         bias: bias.is_some(),
         partial: partial.is_some(),
     };
-    let scales = ScaleArgs::new(weight);
     let bias_t = bias.unwrap_or(x);
-    let partial_t = partial.as_ref().unwrap_or(&weight.code);
+    let partial_t = partial.as_ref().unwrap_or(out);
     let cubes = n_tiles * m_tiles * splits;
-    // SAFETY: weight rows are clamped to `N - 1`, activation rows and K chunks past the ends are
-    // replaced by zeros, and every store is bounds-checked.
+    let (absmax, dq_codes, nested_absmax, nested_code, offset, nested_shift, log2_bs) =
+        match (scales, weight) {
+            (Some(s), WeightOperand::Quant4(q)) => (
+                s.absmax,
+                s.dq_codes,
+                s.nested_absmax,
+                s.nested_code,
+                s.offset,
+                s.nested_shift,
+                q.blocksize.trailing_zeros(),
+            ),
+            _ => (
+                float_arg(x, 1),
+                float_arg(x, 1),
+                float_arg(x, 1),
+                float_arg(x, 1),
+                float_arg(x, 1),
+                0,
+                0,
+            ),
+        };
+    // SAFETY: weight rows are clamped to `N - 1` (4-bit) or replaced by zeros (dense),
+    // activation rows and K chunks past the ends are replaced by zeros, and every store is
+    // bounds-checked.
     unsafe {
         matmul4_cmma_kernel::launch_unchecked::<F, R>(
             client,
             grid(client, cubes),
             CubeDim::new_1d(p.bn * 2),
             float_arg(x, 8),
-            words_arg(&weight.packed, 4),
-            f32_arg(&weight.code),
-            scales.absmax,
-            scales.dq_codes,
-            scales.nested_absmax,
-            scales.nested_code,
-            scales.offset,
+            float_arg(dense.unwrap_or(x), 8),
+            words_arg(packed, 4),
+            if dense.is_some() {
+                float_arg(x, 1)
+            } else {
+                f32_arg(code)
+            },
+            absmax,
+            dq_codes,
+            nested_absmax,
+            nested_code,
+            offset,
             float_arg(bias_t, 1),
             float_arg(out, 1),
-            f32_arg(partial_t),
+            if partial.is_some() {
+                f32_arg(partial_t)
+            } else {
+                float_arg(out, 1)
+            },
             ScalarArg::new(m as u32),
             ScalarArg::new(n as u32),
             ScalarArg::new(k as u32),
             ScalarArg::new(n_tiles as u32),
             ScalarArg::new(m_tiles as u32),
             ScalarArg::new(tiles_per_split as u32),
-            ScalarArg::new(weight.blocksize.trailing_zeros()),
-            ScalarArg::new(scales.nested_shift),
+            ScalarArg::new(log2_bs),
+            ScalarArg::new(nested_shift),
             ScalarArg::new(0u32),
             cfg,
         )
-        .map_err(|e| KernelError::launch("matmul_4bit (cmma)", e))?;
+        .map_err(|e| KernelError::launch("matmul (cmma)", e))?;
         if let Some(partial) = &partial {
             let mn = m * n;
             reduce_splits_kernel::launch_unchecked::<F, R>(
@@ -850,7 +982,7 @@ fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
                 splits as u32,
                 bias.is_some(),
             )
-            .map_err(|e| KernelError::launch("matmul_4bit (split-K reduction)", e))?;
+            .map_err(|e| KernelError::launch("matmul (split-K reduction)", e))?;
         }
     }
     Ok(())

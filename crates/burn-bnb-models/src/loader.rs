@@ -103,7 +103,8 @@ impl<B: Backend> ProjectionLoader<B> for DenseLoader {
             });
         }
         weight.expect_shape(&[spec.out_features, spec.in_features])?;
-        let weight = dense_tensor::<B, 2>(weight, true, device)?;
+        // Stored as `[out, in]` and viewed as Burn's `[in, out]`: see `Projection::dense`.
+        let weight = dense_tensor::<B, 2>(weight, false, device)?.transpose();
         let bias = load_bias::<B>(spec, checkpoint, device)?;
         Ok(Projection::dense(weight, bias))
     }
@@ -262,7 +263,9 @@ fn build<B: Backend>(
         None
     } else {
         Some(Linear {
-            weight: Param::from_tensor(matrix("lm_head.weight", [config.vocab_size, h], true)?),
+            weight: Param::from_tensor(
+                matrix("lm_head.weight", [config.vocab_size, h], false)?.transpose(),
+            ),
             bias: None,
         })
     };

@@ -3,14 +3,13 @@
 use std::convert::Infallible;
 
 use burn::module::{Ignored, Module};
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::module::linear;
-use burn_bnb_backend::QuantizedOps;
+use burn_bnb_backend::{QuantizedOps, decoder_ops};
 
 use crate::config::ModelConfig;
 use crate::loader::ProjectionSpec;
-use crate::nn::{DecoderLayer, KvCache, Projection, RmsNorm};
+use crate::nn::{DecoderLayer, KvCache, Projection, RmsNorm, random_linear};
 
 /// The tokens of one forward step of a batch.
 ///
@@ -146,11 +145,8 @@ impl<B: Backend> CausalLm<B> {
                 .unwrap_or_else(|never| match never {})
             })
             .collect();
-        let lm_head = (!config.tie_word_embeddings).then(|| {
-            LinearConfig::new(h, config.vocab_size)
-                .with_bias(false)
-                .init(device)
-        });
+        let lm_head = (!config.tie_word_embeddings)
+            .then(|| random_linear(h, config.vocab_size, false, device));
         Self {
             embed_tokens: EmbeddingConfig::new(config.vocab_size, h).init(device),
             layers,
@@ -187,11 +183,17 @@ impl<B: QuantizedOps> CausalLm<B> {
         let bias = cache.begin_step(input.padding);
         let rope = cache.rope.at(input.positions);
         let mut x = self.embed_tokens.forward(input.tokens);
+        let mut pending = None;
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &rope, &bias, layer_cache, start);
+            let (stream, out) =
+                layer.forward_deferred(x, pending, &rope, &bias, layer_cache, start);
+            (x, pending) = (stream, Some(out));
         }
         cache.end_step(seq);
-        self.norm.forward(x)
+        match pending {
+            Some(out) => self.norm.forward_add(x, out).1,
+            None => self.norm.forward(x),
+        }
     }
 
     /// Projects hidden states onto the vocabulary.
@@ -200,9 +202,10 @@ impl<B: QuantizedOps> CausalLm<B> {
     /// - hidden: `[batch, seq, hidden]`
     /// - output: `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        // Both weights are `[vocab, hidden]` in memory: the decode kernels read their rows.
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => linear(hidden, self.embed_tokens.weight.val().transpose(), None),
+            Some(head) => decoder_ops::linear(hidden, head.weight.val().transpose(), None),
+            None => decoder_ops::linear(hidden, self.embed_tokens.weight.val(), None),
         }
     }
 

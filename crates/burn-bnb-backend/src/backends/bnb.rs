@@ -75,6 +75,25 @@ impl<B: QuantizedKernels> DecoderOps for Bnb<B> {
         <B as DecoderKernels>::rms_norm(x, weight, eps)
     }
 
+    fn add_rms_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _timer = crate::op_stats::Timer::start("add_rms_norm");
+        <B as DecoderKernels>::add_rms_norm(x, residual, weight, eps)
+    }
+
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("linear");
+        <B as DecoderKernels>::linear(x, weight, bias)
+    }
+
     fn rotary(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
@@ -82,6 +101,20 @@ impl<B: QuantizedKernels> DecoderOps for Bnb<B> {
     ) -> FloatTensor<Self> {
         let _timer = crate::op_stats::Timer::start("rotary");
         <B as DecoderKernels>::rotary(x, cos, sin)
+    }
+
+    fn rotary_kv(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _timer = crate::op_stats::Timer::start("rotary_kv");
+        <B as DecoderKernels>::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start)
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

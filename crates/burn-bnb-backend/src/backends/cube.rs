@@ -123,7 +123,7 @@ fn contiguous<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
 }
 
 /// A backend whose tensors are `CubeTensor<R>`s: `CubeBackend<R, ..>`.
-trait Cube<R: CubeRuntime>:
+pub(super) trait Cube<R: CubeRuntime>:
     Backend<
         FloatTensorPrimitive = CubeTensor<R>,
         IntTensorPrimitive = CubeTensor<R>,
@@ -142,7 +142,7 @@ impl<R: CubeRuntime, B> Cube<R> for B where
 }
 
 /// `bias` in `dtype`, contiguous, as the kernels take it.
-fn kernel_bias<R: CubeRuntime, B: Cube<R>>(
+pub(super) fn kernel_bias<R: CubeRuntime, B: Cube<R>>(
     bias: Option<CubeTensor<R>>,
     dtype: DType,
 ) -> Option<CubeTensor<R>> {

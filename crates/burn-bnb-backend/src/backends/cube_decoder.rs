@@ -10,6 +10,13 @@ use super::cube::{kernel_float, launched};
 use crate::decoder_ops::DecoderKernels;
 use crate::portable::decoder as portable;
 
+/// The most activation rows for which [`DecoderKernels::linear`] runs this crate's dense kernels
+/// on a device with tensor cores (decode batches; a 64-token prefill of one sequence): the
+/// kernels re-read the weight for every 64 rows, Burn's autotuned matmul is built for larger
+/// products. The crossover is not measured yet; 64 keeps every decode step of the benchmark
+/// (batch <= 32) on the kernels and every batched prefill on Burn's matmul.
+pub const DENSE_KERNEL_MAX_ROWS: usize = 64;
+
 impl<R, F, I, BT> DecoderKernels for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -23,6 +30,55 @@ where
         }
         let (x, weight) = (into_contiguous(x), into_contiguous(weight));
         launched(kernels::rms_norm(&x, &weight, eps), "rms_norm")
+    }
+
+    fn add_rms_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if !kernel_float(x.dtype)
+            || weight.dtype != x.dtype
+            || residual.dtype != x.dtype
+            || residual.shape != x.shape
+        {
+            return portable::add_rms_norm::<Self>(x, residual, weight, eps);
+        }
+        let (x, residual) = (into_contiguous(x), into_contiguous(residual));
+        launched(
+            kernels::add_rms_norm(&x, &residual, &into_contiguous(weight), eps),
+            "add_rms_norm",
+        )
+    }
+
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let fits = match weight.shape.dims[..] {
+            [n, k] => {
+                let rows = x.shape.num_elements() / k.max(1);
+                let max_rows = if kernels::matmul4::supports_cmma(&x.client, x.dtype) {
+                    DENSE_KERNEL_MAX_ROWS
+                } else {
+                    super::cube::FUSED_SIMT_MAX_ROWS
+                };
+                n > 0
+                    && k % 8 == 0
+                    && x.shape.dims.last() == Some(&k)
+                    && (1..=max_rows).contains(&rows)
+            }
+            _ => false,
+        };
+        // A weight that is not contiguous as `[out, in]` (Burn's own `[in, out]` layout) would
+        // need a copy per call: Burn's matmul reads it as it is.
+        if !fits || !kernel_float(x.dtype) || weight.dtype != x.dtype || !weight.is_contiguous() {
+            return crate::portable::linear::<Self>(x, weight, bias);
+        }
+        let bias = super::cube::kernel_bias::<R, Self>(bias, x.dtype);
+        launched(kernels::matmul_dense(&x, &weight, bias.as_ref()), "linear")
     }
 
     fn rotary(
@@ -50,6 +106,53 @@ where
             "rotary",
         );
         Self::float_reshape(y, Shape::from(dims))
+    }
+
+    fn rotary_kv(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let dtype = q.dtype;
+        // In place only into buffers nobody else holds: a shared cache is copied by the
+        // composition's `slice_assign`, as Burn would.
+        let owned = |t: &FloatTensor<Self>| t.can_mut() && t.is_contiguous() && t.dtype == dtype;
+        let fits = matches!(q.shape.dims[..], [b, s, _, d] if d % 2 == 0
+            && cos.shape.dims[..] == [b, s, 1, d]
+            && sin.shape.dims[..] == [b, s, 1, d])
+            && kernel_float(dtype)
+            && [&k, &v, &cos, &sin].iter().all(|t| t.dtype == dtype)
+            && owned(&k_cache)
+            && owned(&v_cache);
+        if !fits {
+            let q = Self::rotary(q, cos.clone(), sin.clone());
+            let k = Self::rotary(k, cos, sin);
+            let (k_cache, v_cache) = portable::write_kv::<Self>(k, v, k_cache, v_cache, start);
+            return (q, k_cache, v_cache);
+        }
+        let [b, s, d] = [q.shape.dims[0], q.shape.dims[1], q.shape.dims[3]];
+        let table = |t: FloatTensor<Self>| {
+            Self::float_reshape(into_contiguous(t), Shape::from(vec![b * s, d]))
+        };
+        let q_rot = launched(
+            kernels::rotary_kv(
+                &into_contiguous(q),
+                &into_contiguous(k),
+                &into_contiguous(v),
+                &table(cos),
+                &table(sin),
+                &k_cache,
+                &v_cache,
+                start,
+            ),
+            "rotary_kv",
+        );
+        (q_rot, k_cache, v_cache)
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

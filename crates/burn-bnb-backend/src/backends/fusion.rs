@@ -204,6 +204,12 @@ enum Kind {
     RmsNorm {
         eps: f64,
     },
+    AddRmsNorm {
+        eps: f64,
+    },
+    Linear {
+        bias: bool,
+    },
     Rotary,
     Swiglu,
     GroupedAttention {
@@ -280,6 +286,20 @@ impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for Quanti
                 let x = float(handles, next_ir(irs));
                 let weight = float(handles, next_ir(irs));
                 let out = <B as DecoderKernels>::rms_norm(x, weight, *eps);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::AddRmsNorm { eps } => {
+                let mut next = || float(handles, next_ir(irs));
+                let (x, residual, weight) = (next(), next(), next());
+                let (sum, out) = <B as DecoderKernels>::add_rms_norm(x, residual, weight, *eps);
+                handles.register_float_tensor::<B>(&outputs[0].id, sum);
+                handles.register_float_tensor::<B>(&outputs[1].id, out);
+            }
+            Kind::Linear { bias } => {
+                let x = float(handles, next_ir(irs));
+                let weight = float(handles, next_ir(irs));
+                let bias = bias.then(|| float(handles, next_ir(irs)));
+                let out = <B as DecoderKernels>::linear(x, weight, bias);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
             Kind::Rotary => {
@@ -370,6 +390,34 @@ impl<B: FusionBackend + QuantizedKernels> DecoderKernels for Fusion<B> {
             vec![x, weight],
             vec![out],
         ))
+    }
+
+    fn add_rms_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let out = (x.shape.clone(), x.dtype);
+        let kind = Kind::AddRmsNorm { eps };
+        let inputs = vec![x, residual, weight];
+        let mut outputs = register::<B>("bnb_add_rms_norm", kind, inputs, vec![out.clone(), out]);
+        let normed = outputs.pop().expect("two outputs");
+        (outputs.pop().expect("two outputs"), normed)
+    }
+
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let out = (linear_output_shape(&x.shape, weight.shape.dims[0]), x.dtype);
+        let kind = Kind::Linear {
+            bias: bias.is_some(),
+        };
+        let mut inputs = vec![x, weight];
+        inputs.extend(bias);
+        single(register::<B>("bnb_linear", kind, inputs, vec![out]))
     }
 
     fn rotary(

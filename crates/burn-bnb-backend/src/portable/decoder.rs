@@ -29,6 +29,18 @@ pub fn rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: f64)
     B::float_reshape(float_primitive(y), dims.into())
 }
 
+/// `s = x + residual` (in `x`'s dtype), then [`rms_norm`] of `s`; returns both.
+pub fn add_rms_norm<B: Backend>(
+    x: FloatTensor<B>,
+    residual: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    eps: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let sum = B::float_add(x, residual);
+    let normed = rms_norm::<B>(sum.clone(), weight, eps);
+    (sum, normed)
+}
+
 /// `x * cos + rotate_half(x) * sin` with `rotate_half([a, b]) = [-b, a]` (halves of the last
 /// dimension).
 ///
@@ -47,6 +59,25 @@ pub fn rotary<B: Backend>(
     let x2 = x.clone().slice([0..b, 0..s, 0..h, half..d]);
     let rotated = burn_tensor::Tensor::cat(vec![x2.neg(), x1], 3);
     float_primitive(x * float::<B, 4>(cos) + rotated * float::<B, 4>(sin))
+}
+
+/// Writes `k` and `v` (`[batch, seq, kv_heads, head_dim]`) into slots `start..start + seq` of
+/// the caches (`[batch, kv_heads, slots, head_dim]`).
+pub fn write_kv<B: Backend>(
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    k_cache: FloatTensor<B>,
+    v_cache: FloatTensor<B>,
+    start: usize,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let write = |cache: FloatTensor<B>, new: FloatTensor<B>| {
+        let new = float::<B, 4>(new).swap_dims(1, 2);
+        let [b, h, s, d] = new.dims();
+        float_primitive(
+            float::<B, 4>(cache).slice_assign([0..b, 0..h, start..start + s, 0..d], new),
+        )
+    };
+    (write(k_cache, k), write(v_cache, v))
 }
 
 /// `silu(gate) * up`.

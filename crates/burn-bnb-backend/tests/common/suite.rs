@@ -201,6 +201,61 @@ pub fn decoder<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
         );
     }
 
+    for (rows, hidden) in [(1, 4096), (3, 200), (2, 6)] {
+        let what = format!("add_rms_norm {rows}x{hidden} {:?}", F::DTYPE);
+        let x = upload::<B, F, 2>(&data(&mut rng, rows * hidden, 2.0), [rows, hidden], device);
+        let r = upload::<B, F, 2>(&data(&mut rng, rows * hidden, 1.0), [rows, hidden], device);
+        let w = upload::<B, F, 1>(&data(&mut rng, hidden, 1.0), [hidden], device);
+        let (sum, normed) = B::add_rms_norm(x.clone(), r.clone(), w.clone(), 1e-5);
+        let (sum_ref, normed_ref) = composed::add_rms_norm::<B>(x, r, w, 1e-5);
+        // The sum is one rounding of an exact f32 sum: equal bits.
+        assert_eq!(download::<B>(sum), download::<B>(sum_ref), "{what}: sum");
+        compare(normed, normed_ref, &what);
+    }
+
+    // (rows, out, in): one token, a batch, past the kernels' row limit, K not a multiple of 8.
+    for (m, n, k) in [
+        (1, 300, 4096),
+        (8, 70, 256),
+        (32, 33, 96),
+        (80, 16, 64),
+        (2, 9, 12),
+    ] {
+        let (x, w, bias) = (
+            data(&mut rng, m * k, 1.0),
+            data(&mut rng, n * k, 0.05),
+            data(&mut rng, n, 0.1),
+        );
+        for use_bias in [false, true] {
+            let what = format!("linear {m}x{n}x{k} bias {use_bias} {:?}", F::DTYPE);
+            let y = B::linear(
+                upload::<B, F, 2>(&x, [m, k], device),
+                upload::<B, F, 2>(&w, [n, k], device),
+                use_bias.then(|| upload::<B, F, 1>(&bias, [n], device)),
+            );
+            let bias32 = widened(&bias);
+            let exact = reference_linear(
+                &widened(&x),
+                &widened(&w),
+                use_bias.then_some(&bias32[..]),
+                m,
+                k,
+            );
+            let y = download::<B>(y);
+            // The kernels accumulate in f32 and round once; past their row limit (or on a
+            // backend without them) the product is Burn's matmul, within its own bound.
+            if let Err(inexact) = close(&y, &exact, F::RTOL, &what) {
+                assert!(m > FUSED_SIMT_MAX_ROWS || k % 8 != 0, "{inexact}");
+                check_close(
+                    &y,
+                    &exact,
+                    BURN_MATMUL_RTOL,
+                    &format!("{what} (Burn's matmul)"),
+                );
+            }
+        }
+    }
+
     for (b, s, h, d) in [(1, 1, 32, 128), (2, 3, 5, 6), (1, 4, 2, 64)] {
         let what = format!("rotary {b}x{s}x{h}x{d} {:?}", F::DTYPE);
         let x = upload::<B, F, 4>(&data(&mut rng, b * s * h * d, 1.0), [b, s, h, d], device);
@@ -214,6 +269,31 @@ pub fn decoder<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
             composed::rotary::<B>(x, cos, sin),
             &what,
         );
+    }
+
+    // (batch, seq, heads, kv_heads, head_dim, slots, start)
+    for (b, s, h, kvh, d, slots, start) in [(1, 1, 32, 8, 128, 80, 70), (2, 3, 6, 2, 16, 9, 4)] {
+        let what = format!("rotary_kv {b}x{s}x{h}/{kvh}x{d} at {start} {:?}", F::DTYPE);
+        let mut values = |shape: [usize; 4]| (data(&mut rng, shape.iter().product(), 1.0), shape);
+        let [q, k, v] = [[b, s, h, d], [b, s, kvh, d], [b, s, kvh, d]].map(&mut values);
+        let [kc, vc] = [[b, kvh, slots, d]; 2].map(&mut values);
+        let up = |(values, shape): &(Vec<F>, [usize; 4])| upload::<B, F, 4>(values, *shape, device);
+        let angles = randn(&mut rng, b * s * d, 3.0);
+        let cos: Vec<F> = rounded(&angles.iter().map(|a| a.cos()).collect::<Vec<_>>());
+        let sin: Vec<F> = rounded(&angles.iter().map(|a| a.sin()).collect::<Vec<_>>());
+        let cos = upload::<B, F, 4>(&cos, [b, s, 1, d], device);
+        let sin = upload::<B, F, 4>(&sin, [b, s, 1, d], device);
+        let q_ref = composed::rotary::<B>(up(&q), cos.clone(), sin.clone());
+        let k_rot = composed::rotary::<B>(up(&k), cos.clone(), sin.clone());
+        let (k_ref, v_ref) = composed::write_kv::<B>(k_rot, up(&v), up(&kc), up(&vc), start);
+        let (q, k, v, k_cache, v_cache) = (up(&q), up(&k), up(&v), up(&kc), up(&vc));
+        let (q_out, k_out, v_out) = B::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start);
+        compare(q_out, q_ref, &what);
+        // Same roundings as the composition and the values copied: equal bits.
+        let (k_out, k_ref) = (download::<B>(k_out), download::<B>(k_ref));
+        let (v_out, v_ref) = (download::<B>(v_out), download::<B>(v_ref));
+        assert_eq!(k_out, k_ref, "{what}: keys in the cache");
+        assert_eq!(v_out, v_ref, "{what}: values in the cache");
     }
 
     for n in [1, 14336, 37] {

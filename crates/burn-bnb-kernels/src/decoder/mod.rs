@@ -10,7 +10,9 @@
 //! | launcher | computes |
 //! |---|---|
 //! | [`rms_norm`] | `F(F(x * inv_rms(x)) * weight)`, `inv_rms` in f32 |
+//! | [`add_rms_norm`] | `s = F(x + residual)` and `rms_norm(s)`: the residual add and the next norm |
 //! | [`rotary`] | `F(F(x * cos) + F(rotate_half(x) * sin))` |
+//! | [`rotary_kv`] | [`rotary`] of the queries and keys, the keys and values written into the KV cache in place |
 //! | [`swiglu`] | `F(F(gate * F(sigmoid(gate))) * up)` |
 //! | [`attention`] | `softmax(F(F(q kᵀ) * scale) + bias) v` per query row, GQA, over a strided KV cache |
 //!
@@ -21,11 +23,13 @@ mod attention;
 mod reduce;
 mod rms_norm;
 mod rotary;
+mod rotary_kv;
 mod swiglu;
 
 pub use attention::{ATTENTION_MAX_KEYS, attention};
-pub use rms_norm::rms_norm;
+pub use rms_norm::{add_rms_norm, rms_norm};
 pub use rotary::rotary;
+pub use rotary_kv::rotary_kv;
 pub use swiglu::swiglu;
 
 use burn_cubecl::CubeRuntime;

@@ -18,7 +18,7 @@ use burn_bnb_kernels::{
     Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, Int8Strategy, KernelError, Matmul4Strategy,
     Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_dequantize, int8_matmul_dequant,
     int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows, linear_8bit_lt,
-    matmul_4bit_with, quantize_4bit,
+    matmul_4bit_with, matmul_dense_with, quantize_4bit,
 };
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -613,6 +613,65 @@ pub fn matmul4_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             }
         }
     }
+}
+
+/// Dense `x Wᵀ (+ b)` (the unquantized projections at decode shapes) on shapes that are not
+/// multiples of any tile, every strategy, against an f64 reference of the `F`-rounded operands.
+pub fn matmul_dense_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(11);
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 17, 72),
+        (1, 130, 1024),
+        (3, 63, 200),
+        (8, 100, 256),
+        (17, 33, 1000),
+        (32, 70, 320),
+        (40, 129, 192),
+        (2, 5, 8),
+    ];
+    for &(m, n, k) in shapes {
+        let w: Vec<f32> = randn(&mut rng, n * k, 1.0 / (k as f32).sqrt())
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let x: Vec<f32> = randn(&mut rng, m * k, 1.0)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let bias: Vec<f32> = randn(&mut rng, n, 0.1)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let (xt, wt, bt) = (
+            dev.floats::<F>(&x, vec![m, k]),
+            dev.floats::<F>(&w, vec![n, k]),
+            dev.floats::<F>(&bias, vec![n]),
+        );
+        for use_bias in [false, true] {
+            let reference = reference_matmul(&x, &w, use_bias.then_some(&bias[..]), m, n, k);
+            for strategy in strategies(dev, F::KIND, m, k) {
+                let out = matmul_dense_with(&xt, &wt, use_bias.then_some(&bt), strategy).unwrap();
+                assert_eq!(out.shape.dims, vec![m, n]);
+                let what = format!(
+                    "dense m {m} n {n} k {k} bias {use_bias} {strategy:?} {}",
+                    F::NAME
+                );
+                check_close(&dev.read_f32(&out), &reference, F::RTOL, &what);
+            }
+        }
+    }
+    // A weight of another dtype or shape, or K not a multiple of 8, is refused.
+    let x = dev.floats::<F>(&[1.0; 12], vec![1, 12]);
+    let w = dev.floats::<F>(&[1.0; 24], vec![2, 12]);
+    assert!(matches!(
+        matmul_dense_with(&x, &w, None, Matmul4Strategy::Auto),
+        Err(KernelError::Unsupported { .. })
+    ));
+    let w = dev.floats::<F>(&[1.0; 24], vec![3, 8]);
+    assert!(matches!(
+        matmul_dense_with(&x, &w, None, Matmul4Strategy::Auto),
+        Err(KernelError::Shape { tensor: "x", .. })
+    ));
 }
 
 /// bitsandbytes' own 4-bit matmul outputs (`mm4.*`, bf16) reproduced within bf16 rounding.

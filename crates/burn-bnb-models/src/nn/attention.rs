@@ -4,7 +4,6 @@ use burn_bnb_backend::{QuantizedOps, decoder_ops};
 
 use crate::nn::cache::LayerCache;
 use crate::nn::projection::Projection;
-use crate::nn::rope::apply_rope;
 
 /// Grouped-query self-attention with rotary embeddings and a KV cache.
 ///
@@ -59,10 +58,7 @@ impl<B: QuantizedOps> Attention<B> {
         let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
         let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, hd]);
         let v = self.v_proj.forward(x).reshape([b, s, kvh, hd]);
-        let q = apply_rope(q, cos, sin);
-        let k = apply_rope(k, cos, sin);
-
-        let (k, v) = cache.append(k.swap_dims(1, 2), v.swap_dims(1, 2), start);
+        let (q, k, v) = cache.append_rotated(q, k, v, cos.clone(), sin.clone(), start);
         let out = decoder_ops::grouped_attention(q, k, v, bias.clone(), (hd as f64).powf(-0.5))
             .reshape([b, s, h * hd]);
         self.o_proj.forward(out)

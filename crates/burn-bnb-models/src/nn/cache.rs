@@ -1,14 +1,28 @@
 use burn::prelude::*;
+use burn_bnb_backend::{DecoderOps, decoder_ops};
 
 use crate::config::ModelConfig;
 use crate::nn::rope::RotaryEmbedding;
 
+/// Cache slots are allocated and attended in blocks of this many: the views of the filled slots
+/// that attention reads then end on a boundary CubeCL can express without copying (a slice
+/// whose byte offsets are not multiples of the runtime's alignment, 512 bytes on CUDA, is
+/// copied: with 256-byte bf16 rows every other decode step copied each layer's cache). The
+/// extra slots of the last block are masked like future ones.
+pub const SLOT_BLOCK: usize = 16;
+
+/// The slots attention reads after `end` slots were written: `end` rounded up to a whole
+/// block, at most `slots`.
+fn visible(end: usize, slots: usize) -> usize {
+    end.next_multiple_of(SLOT_BLOCK).min(slots)
+}
+
 /// Keys and values of one layer, preallocated for the whole generation.
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
-    /// `[batch, kv_heads, max_len, head_dim]`.
+    /// `[batch, kv_heads, slots, head_dim]`.
     k: Tensor<B, 4>,
-    /// `[batch, kv_heads, max_len, head_dim]`.
+    /// `[batch, kv_heads, slots, head_dim]`.
     v: Tensor<B, 4>,
 }
 
@@ -16,19 +30,67 @@ impl<B: Backend> LayerCache<B> {
     fn new(
         batch: usize,
         kv_heads: usize,
-        max_len: usize,
+        slots: usize,
         head_dim: usize,
         device: &B::Device,
     ) -> Self {
-        let shape = [batch, kv_heads, max_len, head_dim];
+        let shape = [batch, kv_heads, slots, head_dim];
         Self {
             k: Tensor::zeros(shape, device),
             v: Tensor::zeros(shape, device),
         }
     }
 
+    /// Rotates the step's queries and keys by `cos`/`sin`, writes the keys and values at slots
+    /// `start..start + seq` in place, and returns the rotated queries and views of slots
+    /// `0..start + seq` of the caches (one kernel on CubeCL backends:
+    /// [`DecoderOps::rotary_kv`]).
+    ///
+    /// # Shapes
+    /// - q: `[batch, seq, heads, head_dim]`
+    /// - k, v: `[batch, seq, kv_heads, head_dim]`
+    /// - cos, sin: `[batch, seq, 1, head_dim]`
+    /// - outputs: q's shape; `[batch, kv_heads, visible, head_dim]` twice, `visible` being
+    ///   `start + seq` rounded up to a [`SLOT_BLOCK`] (the bias of
+    ///   [`KvCache::begin_step`] masks the extra slots)
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_rotated(
+        &mut self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        start: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)
+    where
+        B: DecoderOps,
+    {
+        let [b, s, _, d] = q.dims();
+        let h = k.dims()[2];
+        let end = visible(start + s, self.k.dims()[2]);
+        let mut q_rot = None;
+        // `inplace` moves each buffer out, so the kernel owns it and writes without a copy.
+        self.k.inplace(|k_cache| {
+            let mut new_k = None;
+            self.v.inplace(|v_cache| {
+                let (q, k_cache, v_cache) =
+                    decoder_ops::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start);
+                q_rot = Some(q);
+                new_k = Some(k_cache);
+                v_cache
+            });
+            new_k.expect("set by the inner closure")
+        });
+        (
+            q_rot.expect("set by the closure"),
+            self.k.clone().slice([0..b, 0..h, 0..end, 0..d]),
+            self.v.clone().slice([0..b, 0..h, 0..end, 0..d]),
+        )
+    }
+
     /// Writes the new keys and values at slots `start..start + seq` in place and returns views of
-    /// slots `0..start + seq`.
+    /// the visible slots (as [`append_rotated`](Self::append_rotated)).
     ///
     /// # Shapes
     /// - k, v: `[batch, kv_heads, seq, head_dim]`
@@ -40,12 +102,13 @@ impl<B: Backend> LayerCache<B> {
         start: usize,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [b, h, s, d] = k.dims();
-        let end = start + s;
+        let written = start..start + s;
         // `inplace` moves the buffer out so it is uniquely owned and written without a copy.
         self.k
-            .inplace(|cache| cache.slice_assign([0..b, 0..h, start..end, 0..d], k));
+            .inplace(|cache| cache.slice_assign([0..b, 0..h, written.clone(), 0..d], k));
         self.v
-            .inplace(|cache| cache.slice_assign([0..b, 0..h, start..end, 0..d], v));
+            .inplace(|cache| cache.slice_assign([0..b, 0..h, written, 0..d], v));
+        let end = visible(start + s, self.k.dims()[2]);
         (
             self.k.clone().slice([0..b, 0..h, 0..end, 0..d]),
             self.v.clone().slice([0..b, 0..h, 0..end, 0..d]),
@@ -57,12 +120,12 @@ impl<B: Backend> LayerCache<B> {
 /// hold padding, the rotary tables, and how many slots are filled.
 ///
 /// All sequences share the slot index (left padding aligns them), each has its own positions.
-/// Nothing grows during decoding: every buffer is allocated for `max_len` slots up front and
-/// written with `slice_assign`.
+/// Nothing grows during decoding: every buffer is allocated for `max_len` slots (rounded up to a
+/// [`SLOT_BLOCK`]) up front and written in place.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     pub(crate) layers: Vec<LayerCache<B>>,
-    /// `[batch, max_len]`, true where the slot is padding (or not yet written).
+    /// `[batch, slots]`, true where the slot is padding (or not yet written).
     masked: Tensor<B, 2, Bool>,
     pub(crate) rope: RotaryEmbedding<B>,
     len: usize,
@@ -74,12 +137,13 @@ impl<B: Backend> KvCache<B> {
     /// A cache for `batch` sequences of up to `max_len` slots (prompt, padding included, plus new
     /// tokens).
     pub fn new(config: &ModelConfig, batch: usize, max_len: usize, device: &B::Device) -> Self {
+        let slots = max_len.next_multiple_of(SLOT_BLOCK);
         let layers = (0..config.num_hidden_layers)
             .map(|_| {
                 LayerCache::new(
                     batch,
                     config.num_key_value_heads,
-                    max_len,
+                    slots,
                     config.head_dim(),
                     device,
                 )
@@ -87,7 +151,7 @@ impl<B: Backend> KvCache<B> {
             .collect();
         Self {
             layers,
-            masked: Tensor::<B, 2, Int>::ones([batch, max_len], device).bool(),
+            masked: Tensor::<B, 2, Int>::ones([batch, slots], device).bool(),
             rope: RotaryEmbedding::new(config, max_len, device),
             len: 0,
             batch,
@@ -121,7 +185,8 @@ impl<B: Backend> KvCache<B> {
     ///
     /// # Shapes
     /// - padding: `[batch, seq]`, true for padding
-    /// - output: `[batch, seq, len + seq]` in float32
+    /// - output: `[batch, seq, visible]` in float32, `visible` being `len + seq` rounded up to
+    ///   a [`SLOT_BLOCK`] (the slots past `len + seq` are masked)
     ///
     /// # Panics
     /// If the step does not fit the cache or the batch differs.
@@ -138,18 +203,20 @@ impl<B: Backend> KvCache<B> {
         let device = padding.device();
         self.masked
             .inplace(|m| m.slice_assign([0..b, start..end], padding));
+        let len = visible(end, self.masked.dims()[1]);
         let keys = self
             .masked
             .clone()
-            .slice([0..b, 0..end])
-            .reshape([b, 1, end])
-            .expand([b, s, end]);
-        // Query i sits at slot start + i: key slots beyond it are the future.
-        let future = Tensor::<B, 2, Bool>::tril_mask([s, end], start as i64, &device)
-            .reshape([1, s, end])
-            .expand([b, s, end]);
+            .slice([0..b, 0..len])
+            .reshape([b, 1, len])
+            .expand([b, s, len]);
+        // Query i sits at slot start + i: key slots beyond it (the unwritten rest of the last
+        // block included) are the future.
+        let future = Tensor::<B, 2, Bool>::tril_mask([s, len], start as i64, &device)
+            .reshape([1, s, len])
+            .expand([b, s, len]);
         let masked = keys.bool_or(future);
-        Tensor::<B, 3>::zeros([b, s, end], (&device, burn::tensor::DType::F32))
+        Tensor::<B, 3>::zeros([b, s, len], (&device, burn::tensor::DType::F32))
             .mask_fill(masked, MASKED)
     }
 

@@ -12,6 +12,8 @@ use crate::nn::rms_norm::RmsNorm;
 
 /// One pre-norm decoder layer: `x += attn(norm1(x)); x += mlp(norm2(x))`.
 ///
+/// Each residual add runs in the kernel of the norm after it ([`DecoderLayer::forward_deferred`]).
+///
 /// # Shapes
 /// - input: `[batch, seq, hidden]`
 /// - output: `[batch, seq, hidden]`
@@ -69,17 +71,33 @@ impl<B: QuantizedOps> DecoderLayer<B> {
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Tensor<B, 3> {
-        let attn = self.self_attn.forward(
-            self.input_layernorm.forward(x.clone()),
-            rope,
-            bias,
-            cache,
-            start,
-        );
-        let x = x + attn;
-        let mlp = self
-            .mlp
-            .forward(self.post_attention_layernorm.forward(x.clone()));
+        let (x, mlp) = self.forward_deferred(x, None, rope, bias, cache, start);
         x + mlp
+    }
+
+    /// The layer with its residual adds folded into the norms that follow them: takes the
+    /// residual stream `x` and the previous layer's output not yet added to it (`pending`), and
+    /// returns this layer's stream and pending output, so that each add runs in the same kernel
+    /// as the next norm ([`RmsNorm::forward_add`]). A stack of layers ends with
+    /// `norm.forward_add(x, pending)`.
+    pub fn forward_deferred(
+        &self,
+        x: Tensor<B, 3>,
+        pending: Option<Tensor<B, 3>>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        bias: &Tensor<B, 3>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let (x, h) = match pending {
+            Some(pending) => self.input_layernorm.forward_add(x, pending),
+            None => {
+                let h = self.input_layernorm.forward(x.clone());
+                (x, h)
+            }
+        };
+        let attn = self.self_attn.forward(h, rope, bias, cache, start);
+        let (x, h) = self.post_attention_layernorm.forward_add(x, attn);
+        (x, self.mlp.forward(h))
     }
 }

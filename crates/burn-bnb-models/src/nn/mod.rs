@@ -9,9 +9,9 @@ pub(crate) mod rms_norm;
 pub(crate) mod rope;
 
 pub use attention::Attention;
-pub use cache::{KvCache, LayerCache};
+pub use cache::{KvCache, LayerCache, SLOT_BLOCK};
 pub use decoder::DecoderLayer;
 pub use mlp::Mlp;
-pub use projection::{Projection, ProjectionKind};
+pub use projection::{Projection, ProjectionKind, random_linear};
 pub use rms_norm::RmsNorm;
 pub use rope::{RotaryEmbedding, apply_rope, inv_freq};

@@ -1,7 +1,8 @@
 use burn::module::{Module, Param};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::prelude::*;
-use burn_bnb_backend::{BnbError, QuantizedOps};
+use burn::tensor::Distribution;
+use burn_bnb_backend::{BnbError, QuantizedOps, decoder_ops};
 use burn_bnb_formats::Quant4Config;
 use burn_bnb_nn::{Linear4bit, Linear8bitLt};
 
@@ -80,7 +81,12 @@ pub enum Projection<B: Backend> {
 
 impl<B: Backend> Projection<B> {
     /// Builds a dense projection from a weight in Burn's `[in_features, out_features]` layout
-    /// (the transpose of the checkpoint's) and an optional bias `[out_features]`.
+    /// and an optional bias `[out_features]`.
+    ///
+    /// Pass the transpose of a contiguous `[out_features, in_features]` (checkpoint-layout)
+    /// tensor, as the loaders do: [`forward`](Self::forward) hands that layout to
+    /// [`DecoderOps::linear`](burn_bnb_backend::DecoderOps::linear), whose decode kernels read
+    /// the weight rows as stored; Burn's own `[in, out]` layout runs Burn's matmul.
     pub fn dense(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
         Projection::Dense(Linear {
             weight: Param::from_tensor(weight),
@@ -88,13 +94,10 @@ impl<B: Backend> Projection<B> {
         })
     }
 
-    /// A randomly initialized dense projection (Kaiming uniform, as `burn::nn::Linear`).
+    /// A randomly initialized dense projection (Kaiming uniform, as `burn::nn::Linear`), stored
+    /// in the checkpoint layout (see [`dense`](Self::dense)).
     pub fn random(in_features: usize, out_features: usize, bias: bool, device: &B::Device) -> Self {
-        Projection::Dense(
-            LinearConfig::new(in_features, out_features)
-                .with_bias(bias)
-                .init(device),
-        )
+        Projection::Dense(random_linear(in_features, out_features, bias, device))
     }
 
     /// `[in_features, out_features]`.
@@ -199,9 +202,32 @@ impl<B: QuantizedOps> Projection<B> {
     /// If `x`'s last dimension is not `in_features`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Projection::Dense(linear) => linear.forward(x),
+            Projection::Dense(linear) => decoder_ops::linear(
+                x,
+                linear.weight.val().transpose(),
+                linear.bias.as_ref().map(|b| b.val()),
+            ),
             Projection::Linear4bit(layer) => layer.forward(x),
             Projection::Linear8bitLt(layer) => layer.forward(x),
         }
+    }
+}
+
+/// A `burn::nn::Linear` with Kaiming-uniform weights and bias (`U(-1/sqrt(in), 1/sqrt(in))`, the
+/// distribution of `LinearConfig::init`), its weight the transpose of a contiguous
+/// `[out_features, in_features]` tensor: the layout checkpoints store and the decode kernels read.
+pub fn random_linear<B: Backend>(
+    in_features: usize,
+    out_features: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Linear<B> {
+    let bound = 1.0 / (in_features as f64).sqrt();
+    let uniform = Distribution::Uniform(-bound, bound);
+    Linear {
+        weight: Param::from_tensor(
+            Tensor::<B, 2>::random([out_features, in_features], uniform, device).transpose(),
+        ),
+        bias: bias.then(|| Param::from_tensor(Tensor::random([out_features], uniform, device))),
     }
 }

@@ -40,4 +40,14 @@ impl<B: DecoderOps> RmsNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         decoder_ops::rms_norm(x, self.weight.val(), self.eps)
     }
+
+    /// Adds `residual` to `x` and normalizes the sum: `(x + residual, norm(x + residual))`, one
+    /// kernel on CubeCL backends ([`DecoderOps::add_rms_norm`]).
+    pub fn forward_add<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Tensor<B, D>,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        decoder_ops::add_rms_norm(x, residual, self.weight.val(), self.eps)
+    }
 }

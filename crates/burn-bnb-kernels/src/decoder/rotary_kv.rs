@@ -1,0 +1,231 @@
+//! The rotary embedding of a step's queries and keys and the write of its keys and values into
+//! the KV cache, in one launch (four otherwise: two rotations, two cache writes).
+//!
+//! ```text
+//! q_out             = rotary(q)
+//! k_cache[.., t, :] = rotary(k[t])    for the step's slots t = start .. start + seq
+//! v_cache[.., t, :] = v[t]
+//! ```
+//!
+//! The rotation has [`rotary`](super::rotary)'s roundings; the caches are written in place.
+
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use super::check_contiguous;
+use crate::error::{KernelError, Result};
+use crate::launch::{empty, grid, line_size, with_float};
+use crate::layout::float_arg;
+
+/// One unit per line of the first half of a head, over the query heads, then the key heads,
+/// then the value heads of every token: it reads the line and its partner in the second half and
+/// writes both (rotated, except values).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn rotary_kv_kernel<F: Float>(
+    q: &Array<Line<F>>,
+    k: &Array<Line<F>>,
+    v: &Array<Line<F>>,
+    cos: &Array<Line<F>>,
+    sin: &Array<Line<F>>,
+    q_out: &mut Array<Line<F>>,
+    k_cache: &mut Array<Line<F>>,
+    v_cache: &mut Array<Line<F>>,
+    units: u32,
+    heads: u32,
+    kv_heads: u32,
+    half_lines: u32,
+    seq: u32,
+    slots: u32,
+    start: u32,
+) {
+    let u = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
+    if u >= units {
+        terminate!();
+    }
+    let all_heads = heads + 2 * kv_heads;
+    let j = u % half_lines;
+    let head = (u / half_lines) % all_heads;
+    let row = u / (half_lines * all_heads);
+    let row_lines = 2 * half_lines;
+    let table = row * row_lines + j;
+    if head < heads + kv_heads {
+        let c1 = cos[table as usize];
+        let c2 = cos[(table + half_lines) as usize];
+        let s1 = sin[table as usize];
+        let s2 = sin[(table + half_lines) as usize];
+        if head < heads {
+            let base = (row * heads + head) * row_lines + j;
+            let x1 = q[base as usize];
+            let x2 = q[(base + half_lines) as usize];
+            q_out[base as usize] = x1 * c1 - x2 * s1;
+            q_out[(base + half_lines) as usize] = x2 * c2 + x1 * s2;
+        } else {
+            let kh = head - heads;
+            let base = (row * kv_heads + kh) * row_lines + j;
+            let dst = cache_line(row, kh, j, seq, slots, start, kv_heads, row_lines);
+            let x1 = k[base as usize];
+            let x2 = k[(base + half_lines) as usize];
+            k_cache[dst as usize] = x1 * c1 - x2 * s1;
+            k_cache[(dst + half_lines) as usize] = x2 * c2 + x1 * s2;
+        }
+    } else {
+        let kh = head - heads - kv_heads;
+        let base = (row * kv_heads + kh) * row_lines + j;
+        let dst = cache_line(row, kh, j, seq, slots, start, kv_heads, row_lines);
+        v_cache[dst as usize] = v[base as usize];
+        v_cache[(dst + half_lines) as usize] = v[(base + half_lines) as usize];
+    }
+}
+
+/// Line `j` of slot `start + row % seq` of head `kh` of sequence `row / seq` in a
+/// `[batch, kv_heads, slots, head_dim]` cache.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn cache_line(
+    row: u32,
+    kh: u32,
+    j: u32,
+    seq: u32,
+    slots: u32,
+    start: u32,
+    kv_heads: u32,
+    row_lines: u32,
+) -> u32 {
+    let b = row / seq;
+    let t = start + row % seq;
+    ((b * kv_heads + kh) * slots + t) * row_lines + j
+}
+
+/// Rotates `q` and `k` (as [`rotary`](super::rotary)) and writes the rotated keys and `v` into
+/// slots `start..start + seq` of the caches, in place; returns the rotated queries.
+///
+/// # Shapes
+/// - `q`: `[batch, seq, heads, head_dim]`, contiguous
+/// - `k`, `v`: `[batch, seq, kv_heads, head_dim]`, contiguous
+/// - `cos`, `sin`: `[batch * seq, head_dim]`, contiguous
+/// - `k_cache`, `v_cache`: `[batch, kv_heads, slots, head_dim]`, contiguous, written in place
+///   (the caller owns their buffers)
+/// - output: `q`'s shape
+///
+/// # Errors
+/// Shapes that do not match, an odd head dimension, `start + seq > slots`, dtypes that differ,
+/// non-contiguous inputs.
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_kv<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+    cos: &CubeTensor<R>,
+    sin: &CubeTensor<R>,
+    k_cache: &CubeTensor<R>,
+    v_cache: &CubeTensor<R>,
+    start: usize,
+) -> Result<CubeTensor<R>> {
+    for (t, name) in [
+        (q, "q"),
+        (k, "k"),
+        (v, "v"),
+        (cos, "cos"),
+        (sin, "sin"),
+        (k_cache, "k_cache"),
+        (v_cache, "v_cache"),
+    ] {
+        check_contiguous(t, name, q.dtype)?;
+    }
+    let shape_error = |tensor: &'static str, expected: String, t: &CubeTensor<R>| {
+        Err(KernelError::Shape {
+            tensor,
+            expected,
+            actual: t.shape.dims.clone(),
+        })
+    };
+    let [batch, seq, heads, dim] = match q.shape.dims[..] {
+        [b, s, h, d] if d % 2 == 0 && d > 0 => [b, s, h, d],
+        _ => {
+            return shape_error(
+                "q",
+                "[batch, seq, heads, head_dim], even head_dim".into(),
+                q,
+            );
+        }
+    };
+    let kv_heads = match k.shape.dims[..] {
+        [b, s, kvh, d] if [b, s, d] == [batch, seq, dim] => kvh,
+        _ => return shape_error("k", format!("[{batch}, {seq}, kv_heads, {dim}]"), k),
+    };
+    if v.shape != k.shape {
+        return shape_error("v", format!("{:?} (the shape of k)", k.shape.dims), v);
+    }
+    for (t, name) in [(cos, "cos"), (sin, "sin")] {
+        if t.shape.dims[..] != [batch * seq, dim] {
+            return shape_error(name, format!("[{}, {dim}]", batch * seq), t);
+        }
+    }
+    let slots = match k_cache.shape.dims[..] {
+        [b, kvh, slots, d] if [b, kvh, d] == [batch, kv_heads, dim] && start + seq <= slots => {
+            slots
+        }
+        _ => {
+            return shape_error(
+                "k_cache",
+                format!("[{batch}, {kv_heads}, >= {}, {dim}]", start + seq),
+                k_cache,
+            );
+        }
+    };
+    if v_cache.shape != k_cache.shape {
+        return shape_error(
+            "v_cache",
+            format!("{:?} (the shape of k_cache)", k_cache.shape.dims),
+            v_cache,
+        );
+    }
+    let sizes = [batch, seq, heads, kv_heads, dim, slots, start];
+    with_float!(q.dtype, "q", F => launch::<R, F>(q, k, v, cos, sin, k_cache, v_cache, sizes))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch<R: CubeRuntime, F: Float + CubeElement>(
+    q: &CubeTensor<R>,
+    k: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+    cos: &CubeTensor<R>,
+    sin: &CubeTensor<R>,
+    k_cache: &CubeTensor<R>,
+    v_cache: &CubeTensor<R>,
+    [batch, seq, heads, kv_heads, dim, slots, start]: [usize; 7],
+) -> Result<CubeTensor<R>> {
+    let out = empty(q, q.shape.dims.clone(), q.dtype);
+    let line = line_size::<R>(q.dtype.size(), dim / 2);
+    let half_lines = dim / 2 / line;
+    let units = batch * seq * (heads + 2 * kv_heads) * half_lines;
+    let client = &q.client;
+    // SAFETY: rows, heads and lines are below the checked shapes; cache slots are below
+    // `start + seq <= slots`.
+    unsafe {
+        rotary_kv_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, units.div_ceil(256)),
+            CubeDim::new_1d(256),
+            float_arg(q, line),
+            float_arg(k, line),
+            float_arg(v, line),
+            float_arg(cos, line),
+            float_arg(sin, line),
+            float_arg(&out, line),
+            float_arg(k_cache, line),
+            float_arg(v_cache, line),
+            ScalarArg::new(units as u32),
+            ScalarArg::new(heads as u32),
+            ScalarArg::new(kv_heads as u32),
+            ScalarArg::new(half_lines as u32),
+            ScalarArg::new(seq as u32),
+            ScalarArg::new(slots as u32),
+            ScalarArg::new(start as u32),
+        )
+        .map_err(|e| KernelError::launch("rotary_kv", e))?;
+    }
+    Ok(out)
+}
