@@ -228,7 +228,7 @@ fn perplexity_on<B: QuantizedOps>(
     if args.json {
         let json = serde_json::json!({
             "model": args.model.model,
-            "quant": pretrained.model.layers[0].self_attn.q_proj.format().to_string(),
+            "quant": pretrained.model.layers[0].self_attn.qkv.format().to_string(),
             "device": value_name(args.model.device),
             "tokens": result.tokens,
             "predicted_tokens": result.tokens - 1,

@@ -265,6 +265,14 @@ pub(crate) fn f32_arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     unsafe { ArrayArg::from_raw_parts::<f32>(&t.handle, t.shape.num_elements(), 1) }
 }
 
+/// A float tensor whose rows may be spaced apart (a view) as an array of lines of `line`
+/// elements spanning its whole buffer from the view's first element.
+pub(crate) fn view_arg<R: CubeRuntime>(t: &CubeTensor<R>, line: usize) -> ArrayArg<'_, R> {
+    let len = t.handle.size() as usize / t.dtype.size();
+    // SAFETY: the caller checked the dtype; the length is what the buffer holds from the view on.
+    unsafe { ArrayArg::from_raw_parts_and_size(&t.handle, len, line, t.dtype.size()) }
+}
+
 /// A contiguous float tensor of element type `F` as an array of lines of `line` elements.
 pub(crate) fn float_arg<R: CubeRuntime>(t: &CubeTensor<R>, line: usize) -> ArrayArg<'_, R> {
     // SAFETY: the caller checked the dtype; the length is the tensor's element count.

@@ -53,7 +53,7 @@ pub use loader::{
     DenseLoader, LoadOptions, ProjectionLoader, ProjectionSpec, dense_tensor, load_bias, load_model,
 };
 pub use model::{CausalLm, ForwardInput};
-pub use nn::{KvCache, Projection, ProjectionKind};
+pub use nn::{KvCache, Projection, ProjectionGroup, ProjectionKind, StackedProjection};
 pub use pretrained::Pretrained;
 pub use quantized::{BnbLoader, SaveOptions, save_quantized, stored_format};
 pub use tokenizer::{TextStream, TextTokenizer};

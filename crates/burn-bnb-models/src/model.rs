@@ -241,7 +241,8 @@ mod tests {
             .with_max_position_embeddings(64);
         let model = config.init::<B>(&device);
         assert!(model.lm_head.is_none());
-        assert_eq!(model.layers[0].self_attn.k_proj.features(), [96, 32]);
+        assert_eq!(model.layers[0].self_attn.qkv.widths(), [96, 32, 32]);
+        assert!(model.layers[0].self_attn.qkv.is_stacked());
         let tokens: Vec<u32> = (0..7).collect();
         let logits = model.score(&tokens, &device);
         assert_eq!(logits.dims(), [1, 7, 50]);
@@ -281,7 +282,13 @@ mod tests {
             let layer = &model.layers[1];
             assert_eq!(layer.mlp.down_proj.format(), format);
             assert_eq!(layer.mlp.down_proj.features(), [96, 64]);
-            assert_eq!(layer.self_attn.k_proj.features(), [64, 32]);
+            assert_eq!(layer.self_attn.qkv.widths(), [64, 32, 32]);
+            assert_eq!(layer.mlp.gate_up.widths(), [96, 96]);
+            assert_eq!(layer.self_attn.qkv.format(), format);
+            // Only double-quantized weights (one nested offset per tensor) stay apart.
+            let double_quant = matches!(format, WeightFormat::FourBit(c) if c.double_quant);
+            assert_eq!(layer.self_attn.qkv.is_stacked(), !double_quant, "{format}");
+            assert_eq!(layer.mlp.gate_up.is_stacked(), !double_quant, "{format}");
             // The norms are reachable: a zero final norm zeroes the hidden states, so every
             // logit is zero.
             model.norm.weight = burn::module::Param::from_tensor(Tensor::zeros([64], &device));

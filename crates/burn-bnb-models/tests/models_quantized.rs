@@ -8,6 +8,7 @@
 
 mod common;
 
+use burn_bnb_models::nn::DecoderLayer;
 use burn_bnb_models::{
     BnbLoader, Checkpoint, CheckpointError, LoadError, LoadOptions, Pretrained, Projection,
     SaveOptions, WeightFormat, perplexity, save_quantized,
@@ -66,7 +67,7 @@ fn prequantized_checkpoints_match_transformers() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         for layer in &p.model.layers {
             assert_eq!(layer.mlp.down_proj.format(), format, "{name}");
-            assert_eq!(layer.self_attn.q_proj.format(), format, "{name}");
+            assert_eq!(layer.self_attn.qkv.format(), format, "{name}");
         }
 
         let reference = reference(&fam);
@@ -128,11 +129,7 @@ fn quantize_on_load_matches_prequantized() {
         let pre = load_with(&dir, BnbLoader::as_stored()).unwrap();
         let mut codes_off = 0usize;
         for (a, b) in q.model.layers.iter().zip(&pre.model.layers) {
-            for (x, y) in [
-                (&a.self_attn.q_proj, &b.self_attn.q_proj),
-                (&a.self_attn.o_proj, &b.self_attn.o_proj),
-                (&a.mlp.down_proj, &b.mlp.down_proj),
-            ] {
+            for (x, y) in stored(a).into_iter().zip(stored(b)) {
                 codes_off += differing_codes(x, y, format);
             }
         }
@@ -254,7 +251,7 @@ fn save_quantized_reproduces_the_golden_nf4_dq_checkpoint() {
     }
     // And it loads back as NF4+DQ.
     let p = load_with(out.path(), BnbLoader::as_stored()).unwrap();
-    assert_eq!(p.model.layers[0].mlp.up_proj.format(), WeightFormat::NF4_DQ);
+    assert_eq!(p.model.layers[0].mlp.gate_up.format(), WeightFormat::NF4_DQ);
 
     // A quantized source is refused: requantizing would only add error.
     let err = save_quantized(
@@ -366,4 +363,12 @@ fn malformed_quantized_checkpoints_name_the_tensor() {
         CheckpointError::QuantState { tensor, .. } => assert!(tensor.ends_with("__int4")),
         other => panic!("{other}"),
     }
+}
+
+/// A layer's projections as stored (stacked groups count once).
+fn stored<B: burn::prelude::Backend>(l: &DecoderLayer<B>) -> Vec<&Projection<B>> {
+    let mut p = l.self_attn.qkv.projections();
+    p.extend(l.mlp.gate_up.projections());
+    p.extend([&l.self_attn.o_proj, &l.mlp.down_proj]);
+    p
 }

@@ -139,19 +139,16 @@ where
         let table = |t: FloatTensor<Self>| {
             Self::float_reshape(into_contiguous(t), Shape::from(vec![b * s, d]))
         };
-        let q_rot = launched(
-            kernels::rotary_kv(
-                &into_contiguous(q),
-                &into_contiguous(k),
-                &into_contiguous(v),
-                &table(cos),
-                &table(sin),
-                &k_cache,
-                &v_cache,
-                start,
-            ),
-            "rotary_kv",
-        );
+        let (cos, sin) = (table(cos), table(sin));
+        let run = |q: &FloatTensor<Self>, k: &FloatTensor<Self>, v: &FloatTensor<Self>| {
+            kernels::rotary_kv(q, k, v, &cos, &sin, &k_cache, &v_cache, start)
+        };
+        // Views of a stacked q/k/v output are read in place; other layouts are copied first
+        // (the kernel checks before launching anything).
+        let q_rot = run(&q, &k, &v).unwrap_or_else(|_| {
+            let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+            launched(run(&q, &k, &v), "rotary_kv")
+        });
         (q_rot, k_cache, v_cache)
     }
 
@@ -159,8 +156,11 @@ where
         if !kernel_float(gate.dtype) || up.dtype != gate.dtype || up.shape != gate.shape {
             return portable::swiglu::<Self>(gate, up);
         }
-        let (gate, up) = (into_contiguous(gate), into_contiguous(up));
-        launched(kernels::swiglu(&gate, &up), "swiglu")
+        // Views of a stacked gate/up output are read in place; other layouts are copied first.
+        kernels::swiglu(&gate, &up).unwrap_or_else(|_| {
+            let (gate, up) = (into_contiguous(gate), into_contiguous(up));
+            launched(kernels::swiglu(&gate, &up), "swiglu")
+        })
     }
 
     fn grouped_attention(

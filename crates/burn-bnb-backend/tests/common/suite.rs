@@ -286,7 +286,23 @@ pub fn decoder<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
         let q_ref = composed::rotary::<B>(up(&q), cos.clone(), sin.clone());
         let k_rot = composed::rotary::<B>(up(&k), cos.clone(), sin.clone());
         let (k_ref, v_ref) = composed::write_kv::<B>(k_rot, up(&v), up(&kc), up(&vc), start);
-        let (q, k, v, k_cache, v_cache) = (up(&q), up(&k), up(&v), up(&kc), up(&vc));
+        // q, k and v as head slices of one stacked projection output, as the models pass them.
+        let stacked: Vec<F> = (0..b * s)
+            .flat_map(|t| {
+                let row = |(values, shape): &(Vec<F>, [usize; 4])| {
+                    let w = shape[2] * d;
+                    values[t * w..(t + 1) * w].to_vec()
+                };
+                [row(&q), row(&k), row(&v)].concat()
+            })
+            .collect();
+        let all = upload::<B, F, 4>(&stacked, [b, s, h + 2 * kvh, d], device);
+        let heads = |from: usize, n: usize| {
+            let range = [0..b, 0..s, from..from + n, 0..d].map(burn_tensor::Slice::from);
+            B::float_slice(all.clone(), &range)
+        };
+        let (q, k, v) = (heads(0, h), heads(h, kvh), heads(h + kvh, kvh));
+        let (k_cache, v_cache) = (up(&kc), up(&vc));
         let (q_out, k_out, v_out) = B::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start);
         compare(q_out, q_ref, &what);
         // Same roundings as the composition and the values copied: equal bits.
@@ -294,6 +310,25 @@ pub fn decoder<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
         let (v_out, v_ref) = (download::<B>(v_out), download::<B>(v_ref));
         assert_eq!(k_out, k_ref, "{what}: keys in the cache");
         assert_eq!(v_out, v_ref, "{what}: values in the cache");
+    }
+
+    // The halves of a stacked gate/up output: views whose rows are 2n apart.
+    for (rows, n) in [(1, 14336), (3, 40), (2, 37)] {
+        let what = format!("swiglu of views {rows}x{n} {:?}", F::DTYPE);
+        let both = upload::<B, F, 2>(&data(&mut rng, rows * 2 * n, 2.0), [rows, 2 * n], device);
+        let half = |i: usize| {
+            let range = [0..rows, i * n..(i + 1) * n].map(burn_tensor::Slice::from);
+            B::float_slice(both.clone(), &range)
+        };
+        let contiguous = |t: FloatTensor<B>| {
+            let values = download::<B>(t);
+            upload::<B, F, 2>(&rounded::<F>(&values), [rows, n], device)
+        };
+        compare(
+            B::swiglu(half(0), half(1)),
+            composed::swiglu::<B>(contiguous(half(0)), contiguous(half(1))),
+            &what,
+        );
     }
 
     for n in [1, 14336, 37] {

@@ -43,19 +43,64 @@ fn check_contiguous<R: CubeRuntime>(
     tensor: &'static str,
     dtype: burn_backend::DType,
 ) -> Result<()> {
+    check_dtype(t, tensor, dtype)?;
+    if !t.is_contiguous() {
+        return Err(KernelError::Shape {
+            tensor,
+            expected: "a contiguous tensor".into(),
+            actual: t.shape.dims.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The distance in elements between consecutive rows of `t` (all dimensions but the last,
+/// flattened) when its last dimension is contiguous and its rows are evenly spaced: a
+/// contiguous tensor, or a slice of one along the last dimension (the parts of a stacked
+/// projection's output). `None` otherwise.
+fn row_stride<R: CubeRuntime>(t: &CubeTensor<R>) -> Option<usize> {
+    let (dims, strides) = (&t.shape.dims, &t.strides);
+    let last = dims.len().checked_sub(1)?;
+    if strides[last] != 1 && dims[last] > 1 {
+        return None;
+    }
+    if last == 0 {
+        return Some(dims[0]);
+    }
+    let row = strides[last - 1];
+    // The leading dimensions must collapse into rows `row` apart.
+    (0..last.saturating_sub(1))
+        .all(|i| dims[i] == 1 || strides[i] == strides[i + 1] * dims[i + 1])
+        .then_some(row)
+}
+
+/// Checks that `t` is a float tensor of `dtype` whose rows are evenly spaced
+/// ([`row_stride`]); returns the row stride.
+fn check_rows<R: CubeRuntime>(
+    t: &CubeTensor<R>,
+    tensor: &'static str,
+    dtype: burn_backend::DType,
+) -> Result<usize> {
+    check_dtype(t, tensor, dtype)?;
+    row_stride(t).ok_or_else(|| KernelError::Shape {
+        tensor,
+        expected: "rows with a contiguous last dimension, evenly spaced".into(),
+        actual: t.shape.dims.clone(),
+    })
+}
+
+/// Checks that `t` is a float tensor of `dtype` (the activations').
+fn check_dtype<R: CubeRuntime>(
+    t: &CubeTensor<R>,
+    tensor: &'static str,
+    dtype: burn_backend::DType,
+) -> Result<()> {
     crate::layout::check_float(t, tensor)?;
     if t.dtype != dtype {
         return Err(KernelError::DType {
             tensor,
             expected: "the dtype of the activations",
             actual: t.dtype,
-        });
-    }
-    if !t.is_contiguous() {
-        return Err(KernelError::Shape {
-            tensor,
-            expected: "a contiguous tensor".into(),
-            actual: t.shape.dims.clone(),
         });
     }
     Ok(())

@@ -13,10 +13,10 @@ use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::check_contiguous;
+use super::{check_contiguous, check_dtype};
 use crate::error::{KernelError, Result};
 use crate::launch::{empty, grid, line_size, with_float};
-use crate::layout::float_arg;
+use crate::layout::{float_arg, view_arg};
 
 /// One unit per line of the first half of a head, over the query heads, then the key heads,
 /// then the value heads of every token: it reads the line and its partner in the second half and
@@ -39,6 +39,9 @@ fn rotary_kv_kernel<F: Float>(
     seq: u32,
     slots: u32,
     start: u32,
+    q_row: u32,
+    k_row: u32,
+    v_row: u32,
 ) {
     let u = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
     if u >= units {
@@ -56,14 +59,15 @@ fn rotary_kv_kernel<F: Float>(
         let s1 = sin[table as usize];
         let s2 = sin[(table + half_lines) as usize];
         if head < heads {
-            let base = (row * heads + head) * row_lines + j;
+            let base = row * q_row + head * row_lines + j;
+            let dst = (row * heads + head) * row_lines + j;
             let x1 = q[base as usize];
             let x2 = q[(base + half_lines) as usize];
-            q_out[base as usize] = x1 * c1 - x2 * s1;
-            q_out[(base + half_lines) as usize] = x2 * c2 + x1 * s2;
+            q_out[dst as usize] = x1 * c1 - x2 * s1;
+            q_out[(dst + half_lines) as usize] = x2 * c2 + x1 * s2;
         } else {
             let kh = head - heads;
-            let base = (row * kv_heads + kh) * row_lines + j;
+            let base = row * k_row + kh * row_lines + j;
             let dst = cache_line(row, kh, j, seq, slots, start, kv_heads, row_lines);
             let x1 = k[base as usize];
             let x2 = k[(base + half_lines) as usize];
@@ -72,7 +76,7 @@ fn rotary_kv_kernel<F: Float>(
         }
     } else {
         let kh = head - heads - kv_heads;
-        let base = (row * kv_heads + kh) * row_lines + j;
+        let base = row * v_row + kh * row_lines + j;
         let dst = cache_line(row, kh, j, seq, slots, start, kv_heads, row_lines);
         v_cache[dst as usize] = v[base as usize];
         v_cache[(dst + half_lines) as usize] = v[(base + half_lines) as usize];
@@ -102,8 +106,11 @@ fn cache_line(
 /// slots `start..start + seq` of the caches, in place; returns the rotated queries.
 ///
 /// # Shapes
-/// - `q`: `[batch, seq, heads, head_dim]`, contiguous
-/// - `k`, `v`: `[batch, seq, kv_heads, head_dim]`, contiguous
+/// - `q`: `[batch, seq, heads, head_dim]`
+/// - `k`, `v`: `[batch, seq, kv_heads, head_dim]`
+///
+///   `q`, `k`, `v` contiguous, or views whose tokens are evenly spaced with their heads
+///   contiguous (the head slices of a stacked q/k/v projection's output, read in place)
 /// - `cos`, `sin`: `[batch * seq, head_dim]`, contiguous
 /// - `k_cache`, `v_cache`: `[batch, kv_heads, slots, head_dim]`, contiguous, written in place
 ///   (the caller owns their buffers)
@@ -123,10 +130,10 @@ pub fn rotary_kv<R: CubeRuntime>(
     v_cache: &CubeTensor<R>,
     start: usize,
 ) -> Result<CubeTensor<R>> {
+    let q_row = token_stride(q, "q", q.dtype)?;
+    let k_row = token_stride(k, "k", q.dtype)?;
+    let v_row = token_stride(v, "v", q.dtype)?;
     for (t, name) in [
-        (q, "q"),
-        (k, "k"),
-        (v, "v"),
         (cos, "cos"),
         (sin, "sin"),
         (k_cache, "k_cache"),
@@ -182,7 +189,9 @@ pub fn rotary_kv<R: CubeRuntime>(
             v_cache,
         );
     }
-    let sizes = [batch, seq, heads, kv_heads, dim, slots, start];
+    let sizes = [
+        batch, seq, heads, kv_heads, dim, slots, start, q_row, k_row, v_row,
+    ];
     with_float!(q.dtype, "q", F => launch::<R, F>(q, k, v, cos, sin, k_cache, v_cache, sizes))
 }
 
@@ -195,10 +204,26 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
     sin: &CubeTensor<R>,
     k_cache: &CubeTensor<R>,
     v_cache: &CubeTensor<R>,
-    [batch, seq, heads, kv_heads, dim, slots, start]: [usize; 7],
+    [
+        batch,
+        seq,
+        heads,
+        kv_heads,
+        dim,
+        slots,
+        start,
+        q_row,
+        k_row,
+        v_row,
+    ]: [usize; 10],
 ) -> Result<CubeTensor<R>> {
     let out = empty(q, q.shape.dims.clone(), q.dtype);
     let line = line_size::<R>(q.dtype.size(), dim / 2);
+    let line = if [q_row, k_row, v_row].iter().all(|r| r % line == 0) {
+        line
+    } else {
+        1
+    };
     let half_lines = dim / 2 / line;
     let units = batch * seq * (heads + 2 * kv_heads) * half_lines;
     let client = &q.client;
@@ -209,9 +234,9 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
             client,
             grid(client, units.div_ceil(256)),
             CubeDim::new_1d(256),
-            float_arg(q, line),
-            float_arg(k, line),
-            float_arg(v, line),
+            view_arg(q, line),
+            view_arg(k, line),
+            view_arg(v, line),
             float_arg(cos, line),
             float_arg(sin, line),
             float_arg(&out, line),
@@ -224,8 +249,37 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
             ScalarArg::new(seq as u32),
             ScalarArg::new(slots as u32),
             ScalarArg::new(start as u32),
+            ScalarArg::new((q_row / line) as u32),
+            ScalarArg::new((k_row / line) as u32),
+            ScalarArg::new((v_row / line) as u32),
         )
         .map_err(|e| KernelError::launch("rotary_kv", e))?;
     }
     Ok(out)
+}
+
+/// The distance in elements between consecutive tokens of a `[batch, seq, heads, head_dim]`
+/// tensor whose heads are contiguous within a token and whose tokens are evenly spaced.
+fn token_stride<R: CubeRuntime>(
+    t: &CubeTensor<R>,
+    tensor: &'static str,
+    dtype: burn_backend::DType,
+) -> Result<usize> {
+    check_dtype(t, tensor, dtype)?;
+    match (&t.shape.dims[..], &t.strides[..]) {
+        ([b, s, h, d], [sb, ss, sh, sd])
+            if (*d == 1 || *sd == 1)
+                && (*h == 1 || sh == d)
+                && (*b == 1 || *s == 1 || *sb == s * ss) =>
+        {
+            // One token per sequence: the batch stride spaces the tokens.
+            Ok(if *s == 1 { *sb } else { *ss })
+        }
+        _ => Err(KernelError::Shape {
+            tensor,
+            expected: "[batch, seq, heads, head_dim] with contiguous heads, evenly spaced tokens"
+                .into(),
+            actual: t.shape.dims.clone(),
+        }),
+    }
 }

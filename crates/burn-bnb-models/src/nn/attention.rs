@@ -3,6 +3,7 @@ use burn::prelude::*;
 use burn_bnb_backend::{QuantizedOps, decoder_ops};
 
 use crate::nn::cache::LayerCache;
+use crate::nn::group::ProjectionGroup;
 use crate::nn::projection::Projection;
 
 /// Grouped-query self-attention with rotary embeddings and a KV cache.
@@ -21,12 +22,9 @@ use crate::nn::projection::Projection;
 /// - output: `[batch, seq, hidden]`
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    /// `[hidden] -> [heads * head_dim]`.
-    pub q_proj: Projection<B>,
-    /// `[hidden] -> [kv_heads * head_dim]`.
-    pub k_proj: Projection<B>,
-    /// `[hidden] -> [kv_heads * head_dim]`.
-    pub v_proj: Projection<B>,
+    /// q `[hidden] -> [heads * head_dim]`, k and v `[hidden] -> [kv_heads * head_dim]`, in one
+    /// product where their formats allow.
+    pub qkv: ProjectionGroup<B>,
     /// `[heads * head_dim] -> [hidden]`.
     pub o_proj: Projection<B>,
     /// Query heads.
@@ -55,9 +53,25 @@ impl<B: QuantizedOps> Attention<B> {
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let (cos, sin) = rope;
 
-        let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
-        let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, hd]);
-        let v = self.v_proj.forward(x).reshape([b, s, kvh, hd]);
+        let (q, k, v) = match &self.qkv {
+            // Split by heads after the reshape: views the decoder kernels read in place.
+            ProjectionGroup::Stacked(stacked) => {
+                let y = stacked
+                    .projection
+                    .forward(x)
+                    .reshape([b, s, h + 2 * kvh, hd]);
+                (
+                    y.clone().narrow(2, 0, h),
+                    y.clone().narrow(2, h, kvh),
+                    y.narrow(2, h + kvh, kvh),
+                )
+            }
+            ProjectionGroup::Separate(_) => {
+                let mut parts = self.qkv.forward(x).into_iter();
+                let mut next = |heads| parts.next().expect("q, k, v").reshape([b, s, heads, hd]);
+                (next(h), next(kvh), next(kvh))
+            }
+        };
         let (q, k, v) = cache.append_rotated(q, k, v, cos.clone(), sin.clone(), start);
         let out = decoder_ops::grouped_attention(q, k, v, bias.clone(), (hd as f64).powf(-0.5))
             .reshape([b, s, h * hd]);

@@ -6,6 +6,7 @@ use crate::config::ModelConfig;
 use crate::loader::ProjectionSpec;
 use crate::nn::attention::Attention;
 use crate::nn::cache::LayerCache;
+use crate::nn::group::ProjectionGroup;
 use crate::nn::mlp::Mlp;
 use crate::nn::projection::{Projection, ProjectionKind};
 use crate::nn::rms_norm::RmsNorm;
@@ -43,9 +44,11 @@ impl<B: Backend> DecoderLayer<B> {
         Ok(DecoderLayer {
             input_layernorm: norm(&format!("{prefix}.input_layernorm.weight"))?,
             self_attn: Attention {
-                q_proj: proj(ProjectionKind::Query)?,
-                k_proj: proj(ProjectionKind::Key)?,
-                v_proj: proj(ProjectionKind::Value)?,
+                qkv: ProjectionGroup::new(vec![
+                    proj(ProjectionKind::Query)?,
+                    proj(ProjectionKind::Key)?,
+                    proj(ProjectionKind::Value)?,
+                ]),
                 o_proj: proj(ProjectionKind::Output)?,
                 heads: config.num_attention_heads,
                 kv_heads: config.num_key_value_heads,
@@ -53,8 +56,10 @@ impl<B: Backend> DecoderLayer<B> {
             },
             post_attention_layernorm: norm(&format!("{prefix}.post_attention_layernorm.weight"))?,
             mlp: Mlp {
-                gate_proj: proj(ProjectionKind::Gate)?,
-                up_proj: proj(ProjectionKind::Up)?,
+                gate_up: ProjectionGroup::new(vec![
+                    proj(ProjectionKind::Gate)?,
+                    proj(ProjectionKind::Up)?,
+                ]),
                 down_proj: proj(ProjectionKind::Down)?,
             },
         })

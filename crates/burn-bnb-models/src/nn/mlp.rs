@@ -2,6 +2,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn_bnb_backend::{QuantizedOps, decoder_ops};
 
+use crate::nn::group::ProjectionGroup;
 use crate::nn::projection::Projection;
 
 /// SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
@@ -11,10 +12,8 @@ use crate::nn::projection::Projection;
 /// - output: `[..., hidden]`
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    /// `[hidden] -> [intermediate]`.
-    pub gate_proj: Projection<B>,
-    /// `[hidden] -> [intermediate]`.
-    pub up_proj: Projection<B>,
+    /// gate and up, `[hidden] -> [intermediate]` each, in one product where their formats allow.
+    pub gate_up: ProjectionGroup<B>,
     /// `[intermediate] -> [hidden]`.
     pub down_proj: Projection<B>,
 }
@@ -22,8 +21,8 @@ pub struct Mlp<B: Backend> {
 impl<B: QuantizedOps> Mlp<B> {
     /// Applies the block.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let gate = self.gate_proj.forward(x.clone());
-        let up = self.up_proj.forward(x);
+        let mut parts = self.gate_up.forward(x).into_iter();
+        let (gate, up) = (parts.next().expect("gate"), parts.next().expect("up"));
         self.down_proj.forward(decoder_ops::swiglu(gate, up))
     }
 }

@@ -1,0 +1,213 @@
+use burn::module::{Ignored, Module, Param, ParamId};
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn_bnb_backend::QuantizedOps;
+use burn_bnb_nn::{F32State, Linear4bit, Linear8bitLt};
+
+use crate::format::WeightFormat;
+use crate::nn::projection::Projection;
+
+/// Projections of the same input computed together: a layer's q/k/v, or gate/up.
+///
+/// Decoding is bound by kernel launches (~15 us of host time each on an H200, whatever the
+/// kernel does), so projections whose weights can be stacked along the output dimension run as
+/// one product: `x [W_1; W_2; ...]ᵀ`, whose output columns are the parts' outputs side by side.
+/// Stacking copies no value and changes no rounding (every output element is the same dot
+/// product); it needs parts of the same format reading the same input width, and
+///
+/// - dense: the same bias presence;
+/// - 4-bit: plain float32 absmax (double-quantized scales carry one offset per tensor, which a
+///   stacked weight cannot hold), the same code, blocksize and dtypes, and whole blocks and
+///   32-bit words per part;
+/// - LLM.int8(): the same threshold and bias presence.
+///
+/// Other parts stay [`ProjectionGroup::Separate`], one product each.
+///
+/// # Shapes
+/// - input: `[..., in_features]`
+/// - outputs: `[..., widths[i]]` each
+// Two per layer: the size difference is irrelevant, and `Module` is not derived for boxes.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum ProjectionGroup<B: Backend> {
+    /// One product.
+    Stacked(StackedProjection<B>),
+    /// One product per part.
+    Separate(Vec<Projection<B>>),
+}
+
+/// Parts stacked into one projection: the output columns of part `i` follow those of parts
+/// `0..i`.
+#[derive(Module, Debug)]
+pub struct StackedProjection<B: Backend> {
+    /// The stacked weight, `[in_features] -> [sum of widths]`.
+    pub projection: Projection<B>,
+    /// The output width of each part.
+    pub widths: Ignored<Vec<usize>>,
+}
+
+impl<B: Backend> ProjectionGroup<B> {
+    /// Groups `parts`, stacking them when they allow it (see the type's documentation).
+    ///
+    /// # Panics
+    /// If `parts` is empty.
+    pub fn new(parts: Vec<Projection<B>>) -> Self {
+        assert!(!parts.is_empty(), "a projection group needs a part");
+        let widths = parts.iter().map(|p| p.features()[1]).collect();
+        match stack(&parts) {
+            Some(projection) if parts.len() > 1 => ProjectionGroup::Stacked(StackedProjection {
+                projection,
+                widths: Ignored(widths),
+            }),
+            _ => ProjectionGroup::Separate(parts),
+        }
+    }
+
+    /// The output width of every part.
+    pub fn widths(&self) -> Vec<usize> {
+        match self {
+            ProjectionGroup::Stacked(stacked) => stacked.widths.0.clone(),
+            ProjectionGroup::Separate(parts) => parts.iter().map(|p| p.features()[1]).collect(),
+        }
+    }
+
+    /// The storage format of the weights (all parts share it once stacked; the first part's
+    /// otherwise).
+    pub fn format(&self) -> WeightFormat {
+        match self {
+            ProjectionGroup::Stacked(stacked) => stacked.projection.format(),
+            ProjectionGroup::Separate(parts) => parts[0].format(),
+        }
+    }
+
+    /// The projections as stored: the one stacked projection, or every separate part.
+    pub fn projections(&self) -> Vec<&Projection<B>> {
+        match self {
+            ProjectionGroup::Stacked(stacked) => vec![&stacked.projection],
+            ProjectionGroup::Separate(parts) => parts.iter().collect(),
+        }
+    }
+
+    /// Whether the parts run as one product.
+    pub fn is_stacked(&self) -> bool {
+        matches!(self, ProjectionGroup::Stacked(..))
+    }
+}
+
+impl<B: QuantizedOps> ProjectionGroup<B> {
+    /// Every part's output. Stacked parts come back as views of the one product's output (the
+    /// decoder kernels read such row-strided views without copying).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Vec<Tensor<B, D>> {
+        match self {
+            ProjectionGroup::Stacked(stacked) => {
+                let y = stacked.projection.forward(x);
+                let mut start = 0;
+                stacked
+                    .widths
+                    .0
+                    .iter()
+                    .map(|&w| {
+                        let part = y.clone().narrow(D - 1, start, w);
+                        start += w;
+                        part
+                    })
+                    .collect()
+            }
+            ProjectionGroup::Separate(parts) => {
+                parts.iter().map(|p| p.forward(x.clone())).collect()
+            }
+        }
+    }
+}
+
+/// The parts stacked into one projection, or `None` when their formats do not allow it.
+fn stack<B: Backend>(parts: &[Projection<B>]) -> Option<Projection<B>> {
+    let k = parts[0].features()[0];
+    let format = parts[0].format();
+    let has_bias = parts[0].has_bias();
+    if parts
+        .iter()
+        .any(|p| p.features()[0] != k || p.format() != format || p.has_bias() != has_bias)
+    {
+        return None;
+    }
+    let biases = |bias: Vec<Option<Tensor<B, 1>>>| -> Option<Tensor<B, 1>> {
+        let bias: Option<Vec<_>> = bias.into_iter().collect();
+        bias.map(|b| Tensor::cat(b, 0))
+    };
+    match &parts[0] {
+        Projection::Dense(_) => {
+            let mut weights = Vec::new();
+            let mut bias = Vec::new();
+            for p in parts {
+                let Projection::Dense(linear) = p else {
+                    return None;
+                };
+                // `[in, out]` views of `[out, in]` storage: stack the storage rows.
+                weights.push(linear.weight.val().transpose());
+                bias.push(linear.bias.as_ref().map(|b| b.val()));
+            }
+            Some(Projection::Dense(Linear {
+                weight: Param::from_tensor(Tensor::cat(weights, 0).transpose()),
+                bias: biases(bias).map(Param::from_tensor),
+            }))
+        }
+        Projection::Linear4bit(first) => {
+            let mut packed = Vec::new();
+            let mut absmax = Vec::new();
+            let mut bias = Vec::new();
+            let mut d_output = 0;
+            for p in parts {
+                let Projection::Linear4bit(layer) = p else {
+                    return None;
+                };
+                let numel = layer.d_input * layer.d_output;
+                let whole = numel.is_multiple_of(layer.blocksize) && numel.is_multiple_of(8);
+                if !whole
+                    || layer.double_quant.is_some()
+                    || layer.weight_dtype.0 != first.weight_dtype.0
+                    || layer.compute_dtype.0 != first.compute_dtype.0
+                {
+                    return None;
+                }
+                packed.push(layer.weight.val());
+                absmax.push(layer.absmax.as_ref()?.val());
+                bias.push(layer.bias.as_ref().map(|b| b.val()));
+                d_output += layer.d_output;
+            }
+            Some(Projection::Linear4bit(Linear4bit {
+                weight: Param::initialized(ParamId::new(), Tensor::cat(packed, 0)),
+                absmax: Some(F32State::new(Tensor::cat(absmax, 0))),
+                double_quant: None,
+                quant_map: F32State::new(first.quant_map.val()),
+                bias: biases(bias).map(Param::from_tensor),
+                d_input: first.d_input,
+                d_output,
+                blocksize: first.blocksize,
+                quant_type: first.quant_type.clone(),
+                weight_dtype: first.weight_dtype.clone(),
+                compute_dtype: first.compute_dtype.clone(),
+            }))
+        }
+        Projection::Linear8bitLt(first) => {
+            let mut codes = Vec::new();
+            let mut scb = Vec::new();
+            let mut bias = Vec::new();
+            for p in parts {
+                let Projection::Linear8bitLt(layer) = p else {
+                    return None;
+                };
+                codes.push(layer.weight.val());
+                scb.push(layer.scb.val());
+                bias.push(layer.bias.as_ref().map(|b| b.val()));
+            }
+            Some(Projection::Linear8bitLt(Linear8bitLt {
+                weight: Param::initialized(ParamId::new(), Tensor::cat(codes, 0)),
+                scb: F32State::new(Tensor::cat(scb, 0)),
+                bias: biases(bias).map(Param::from_tensor),
+                threshold: first.threshold,
+                d_input: first.d_input,
+            }))
+        }
+    }
+}
