@@ -31,10 +31,10 @@ pub(crate) fn i8_of(word: u32, b: u32) -> i32 {
 /// default), which would round once instead of twice and miss bitsandbytes' values by an ulp.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn block_scale(
+pub(crate) fn block_scale<D: CubePrimitive>(
     block: u32,
     absmax: &Array<f32>,
-    dq_codes: &Array<u32>,
+    dq_codes: &Array<D>,
     nested_absmax: &Array<f32>,
     nested_code: &Array<f32>,
     offset: f32,
@@ -43,7 +43,7 @@ pub(crate) fn block_scale(
     #[comptime] dq: bool,
 ) -> f32 {
     if dq {
-        let word = dq_codes[(block / 4) as usize];
+        let word = u32::cast_from(dq_codes[(block / 4) as usize]);
         let q = byte_of(word, block % 4);
         let product = nested_code[q as usize] * nested_absmax[(block >> nested_shift) as usize];
         let product = f32::reinterpret(u32::reinterpret(product) ^ zero);

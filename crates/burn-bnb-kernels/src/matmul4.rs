@@ -91,8 +91,76 @@ fn matmul4_simt_kernel<F: Float>(
     x: &Array<Line<F>>,
     packed: &Array<Line<u32>>,
     code: &Array<f32>,
-    absmax: &Array<f32>,
     dq_codes: &Array<u32>,
+    nested_absmax: &Array<f32>,
+    nested_code: &Array<f32>,
+    offset: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    groups: u32,
+    log2_bs: u32,
+    nested_shift: u32,
+    zero: u32,
+    #[comptime] cfg: SimtConfig,
+) {
+    simt_body::<F, u32>(
+        x,
+        packed,
+        code,
+        nested_absmax,
+        dq_codes,
+        nested_absmax,
+        nested_code,
+        offset,
+        bias,
+        out,
+        m_total,
+        n_total,
+        k_total,
+        groups,
+        log2_bs,
+        nested_shift,
+        zero,
+        cfg,
+    );
+}
+
+/// [`matmul4_simt_kernel`] for plain float32 absmax: four fewer buffers to bind, which is most
+/// of a decode step's cost per launch (the host, not the GPU, bounds one-token decoding).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul4_simt_plain_kernel<F: Float>(
+    x: &Array<Line<F>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    absmax: &Array<f32>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    groups: u32,
+    log2_bs: u32,
+    #[comptime] cfg: SimtConfig,
+) {
+    // The double-quantization operands are never read (`cfg.dq` is false).
+    simt_body::<F, f32>(
+        x, packed, code, absmax, absmax, absmax, code, code, bias, out, m_total, n_total, k_total,
+        groups, log2_bs, 0u32, 0u32, cfg,
+    );
+}
+
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn simt_body<F: Float, D: CubePrimitive>(
+    x: &Array<Line<F>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    absmax: &Array<f32>,
+    dq_codes: &Array<D>,
     nested_absmax: &Array<f32>,
     nested_code: &Array<f32>,
     offset: &Array<f32>,
@@ -806,29 +874,48 @@ fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
     // SAFETY: weight rows are clamped to `N - 1` and activation rows to `M - 1`; chunk indices
     // are below `K / (8 * lw)`; stores are bounds-checked.
     unsafe {
-        matmul4_simt_kernel::launch_unchecked::<F, R>(
-            client,
-            grid(client, cubes),
-            CubeDim::new_1d(p.cube_size),
-            float_arg(x, xl),
-            words_arg(&weight.packed, lw as usize),
-            f32_arg(&weight.code),
-            scales.absmax,
-            scales.dq_codes,
-            scales.nested_absmax,
-            scales.nested_code,
-            scales.offset,
-            float_arg(bias_t, 1),
-            float_arg(out, 1),
-            ScalarArg::new(m as u32),
-            ScalarArg::new(n as u32),
-            ScalarArg::new(k as u32),
-            ScalarArg::new(groups as u32),
-            ScalarArg::new(weight.blocksize.trailing_zeros()),
-            ScalarArg::new(scales.nested_shift),
-            ScalarArg::new(0u32),
-            cfg,
-        )
+        if cfg.dq {
+            matmul4_simt_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, cubes),
+                CubeDim::new_1d(p.cube_size),
+                float_arg(x, xl),
+                words_arg(&weight.packed, lw as usize),
+                f32_arg(&weight.code),
+                scales.dq_codes,
+                scales.nested_absmax,
+                scales.nested_code,
+                scales.offset,
+                float_arg(bias_t, 1),
+                float_arg(out, 1),
+                ScalarArg::new(m as u32),
+                ScalarArg::new(n as u32),
+                ScalarArg::new(k as u32),
+                ScalarArg::new(groups as u32),
+                ScalarArg::new(weight.blocksize.trailing_zeros()),
+                ScalarArg::new(scales.nested_shift),
+                ScalarArg::new(0u32),
+                cfg,
+            )
+        } else {
+            matmul4_simt_plain_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, cubes),
+                CubeDim::new_1d(p.cube_size),
+                float_arg(x, xl),
+                words_arg(&weight.packed, lw as usize),
+                f32_arg(&weight.code),
+                scales.absmax,
+                float_arg(bias_t, 1),
+                float_arg(out, 1),
+                ScalarArg::new(m as u32),
+                ScalarArg::new(n as u32),
+                ScalarArg::new(k as u32),
+                ScalarArg::new(groups as u32),
+                ScalarArg::new(weight.blocksize.trailing_zeros()),
+                cfg,
+            )
+        }
         .map_err(|e| KernelError::launch("matmul_4bit (simt)", e))?;
     }
     Ok(())

@@ -432,8 +432,20 @@ pub(crate) fn stored_bytes<B: Backend, const D: usize>(
     len: usize,
     signed: bool,
 ) -> Tensor<B, D, Int> {
+    // Every forward pass comes through here: recognize a stored layout from the tensor alone
+    // (querying the device's dtype support locks its client twice, a few microseconds a
+    // projection). A `U8`/`I8` tensor exists only where the device has 8-bit integers; words
+    // (`U32`/`I32`) are told from one byte value per element by their count.
+    let last = tensor.dims()[D - 1];
+    if let Some((layout, s)) = ByteLayout::of_dtype(tensor.dtype())
+        && s == signed
+        && last == layout.elements(len)
+        && (layout == ByteLayout::Bytes || last != len)
+    {
+        return tensor;
+    }
     let layout = ByteLayout::of::<B>(&tensor.device());
-    if tensor.dtype() == layout.dtype(signed) && tensor.dims()[D - 1] == layout.elements(len) {
+    if tensor.dtype() == layout.dtype(signed) && last == layout.elements(len) {
         tensor
     } else {
         layout.pack(tensor, signed)

@@ -305,10 +305,10 @@ pub fn decoder<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
         let (k_cache, v_cache) = (up(&kc), up(&vc));
         let (q_out, k_out, v_out) = B::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start);
         compare(q_out, q_ref, &what);
-        // Same roundings as the composition and the values copied: equal bits.
-        let (k_out, k_ref) = (download::<B>(k_out), download::<B>(k_ref));
+        // The rotation as `rotary`'s (CUDA may contract `x c - y s` into an FMA: not bit-equal
+        // to the composition), the values copied: equal bits.
+        compare(k_out, k_ref, &format!("{what}: keys in the cache"));
         let (v_out, v_ref) = (download::<B>(v_out), download::<B>(v_ref));
-        assert_eq!(k_out, k_ref, "{what}: keys in the cache");
         assert_eq!(v_out, v_ref, "{what}: values in the cache");
     }
 
