@@ -1,6 +1,6 @@
 //! Criterion benches of the burn-bnb kernels on CUDA at the Llama-3.1-8B layer shapes
-//! (N x K = 4096x4096, 4096x14336, 14336x4096, 1024x4096; M = 1, 8, 32), next to burn's dense
-//! bf16 matmul of the same shape.
+//! (N x K = 4096x4096, 4096x14336, 14336x4096, 1024x4096; M = 1, 8, 32), next to the dense bf16
+//! product of the same shape, burn's matmul and this project's (`matmul_dense`).
 //!
 //! Every format reads its weight from one of 4 rotating copies (more bytes than the H100's 50 MB
 //! L2), so each call streams its weight from device memory. Reported per call: the median time
@@ -25,7 +25,8 @@ use burn_backend::{DType, Shape};
 use burn_bnb_kernels::int8::Int8Strategy;
 use burn_bnb_kernels::{
     CmmaParams, Int8Matrix, Matmul4Strategy, Quant4Options, Quant4Weight, SimtParams,
-    int8_matmul_dequant_with, int8_quantize_rows, linear_8bit_lt, matmul_4bit_with, quantize_4bit,
+    int8_matmul_dequant_with, int8_quantize_rows, linear_8bit_lt, matmul_4bit_with, matmul_dense,
+    quantize_4bit,
 };
 use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
 use burn_cubecl::kernel::prng::random_normal;
@@ -232,6 +233,8 @@ fn copy_bandwidth(ctx: &Ctx) -> f64 {
 /// The weights of one layer shape in every format, `COPIES` of each.
 struct Weights {
     dense: Vec<CubeTensor<R>>,
+    /// The same as `[out, in]`, the layout this project's dense kernels read.
+    dense_nk: Vec<CubeTensor<R>>,
     nf4: Vec<Quant4Weight<R>>,
     nf4_dq: Vec<Quant4Weight<R>>,
     int8: Vec<Int8Matrix<R>>,
@@ -241,6 +244,7 @@ impl Weights {
     fn new(ctx: &Ctx, n: usize, k: usize) -> Self {
         let mut w = Weights {
             dense: vec![],
+            dense_nk: vec![],
             nf4: vec![],
             nf4_dq: vec![],
             int8: vec![],
@@ -260,6 +264,7 @@ impl Weights {
                 )
                 .unwrap(),
             );
+            w.dense_nk.push(bf16.clone());
             let f16 = burn_cubecl::kernel::cast(bf16, DType::F16);
             w.int8
                 .push(int8_quantize_rows(&f16, 0.0).unwrap().quantized);
@@ -306,6 +311,17 @@ fn cases<'a>(
             .unwrap();
         }),
     }];
+    cases.push(Case {
+        format: "bf16 (ours)",
+        variant: format!(
+            "{:?}",
+            burn_bnb_kernels::matmul4::auto_strategy(&ctx.client, DType::BF16, m, n, k)
+        ),
+        weight_bytes: n * k * 2,
+        run: Box::new(move |i| {
+            matmul_dense(x_bf16, &w.dense_nk[i % COPIES], None).unwrap();
+        }),
+    });
     let mut q4 = |format: &'static str, dq: bool, strategy: Matmul4Strategy| {
         let weights = if dq { &w.nf4_dq } else { &w.nf4 };
         let resolved = match strategy {
