@@ -19,7 +19,9 @@
 //! bias, the checkpoint's `quantization_config`) and the [`Checkpoint`].
 //! [`DenseLoader`] builds [`Projection::Dense`]; [`BnbLoader`] loads pre-quantized bitsandbytes
 //! modules as stored (NF4/FP4 ±DQ, LLM.int8()) or quantizes dense weights on load to any
-//! [`WeightFormat`]. Embeddings and lm_head stay dense.
+//! [`WeightFormat`]. Embeddings and lm_head stay dense. A layer then stacks q/k/v and gate/up
+//! into one [`ProjectionGroup`] product each where the format allows (every format but
+//! double-quantized 4-bit): decoding is bound by kernel launches.
 //! - Export: [`save_quantized`] writes a bitsandbytes checkpoint that transformers loads.
 
 #![warn(missing_docs)]
