@@ -51,8 +51,8 @@ impl<B: Backend> LayerCache<B> {
     /// - k, v: `[batch, seq, kv_heads, head_dim]`
     /// - cos, sin: `[batch, seq, 1, head_dim]`
     /// - outputs: q's shape; `[batch, kv_heads, visible, head_dim]` twice, `visible` being
-    ///   `start + seq` rounded up to a [`SLOT_BLOCK`] (the bias of
-    ///   [`KvCache::begin_step`] masks the extra slots)
+    ///   `start + seq` rounded up to a [`SLOT_BLOCK`] (the step's attention
+    ///   bias masks the extra slots)
     #[allow(clippy::too_many_arguments)]
     pub fn append_rotated(
         &mut self,
