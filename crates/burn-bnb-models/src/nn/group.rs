@@ -211,3 +211,56 @@ fn stack<B: Backend>(parts: &[Projection<B>]) -> Option<Projection<B>> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    type B = burn_bnb_backend::Bnb<NdArray<f32>>;
+
+    /// Stacking changes no value: every part's output equals its own product, in every format.
+    #[test]
+    fn stacked_parts_equal_separate_products() {
+        let device = Default::default();
+        let widths = [128, 64, 64];
+        for format in WeightFormat::ALL {
+            for bias in [false, true] {
+                let parts: Vec<Projection<B>> = widths
+                    .iter()
+                    .map(|&w| Projection::random_in(96, w, bias, format, &device).unwrap())
+                    .collect();
+                let group = ProjectionGroup::new(parts.clone());
+                let double_quant = matches!(format, WeightFormat::FourBit(c) if c.double_quant);
+                assert_eq!(group.is_stacked(), !double_quant, "{format}");
+                assert_eq!(group.widths(), widths);
+                assert_eq!(group.format(), format);
+                // Activations with an outlier column, so LLM.int8()'s decomposition is exercised.
+                let x = Tensor::<B, 3>::random([2, 3, 96], Distribution::Normal(0.0, 1.0), &device)
+                    .slice_assign([0..2, 0..3, 5..6], Tensor::full([2, 3, 1], 8.0, &device));
+                for (part, projection) in group.forward(x.clone()).into_iter().zip(&parts) {
+                    let alone = projection.forward(x.clone());
+                    assert_eq!(part.dims(), alone.dims());
+                    let diff = (part - alone.clone()).abs().max().into_scalar();
+                    let scale = alone.abs().max().into_scalar();
+                    assert!(
+                        diff <= 1e-5 * scale,
+                        "{format} bias {bias}: {diff} of {scale}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parts_of_different_formats_stay_separate() {
+        let device = Default::default();
+        let parts: Vec<Projection<B>> = [WeightFormat::Dense, WeightFormat::NF4]
+            .into_iter()
+            .map(|f| Projection::random_in(64, 32, false, f, &device).unwrap())
+            .collect();
+        assert!(!ProjectionGroup::new(parts).is_stacked());
+    }
+}
