@@ -23,9 +23,29 @@ pub struct ForwardInput<B: Backend> {
     pub positions: Tensor<B, 2, Int>,
     /// True where the slot is padding `[batch, seq]`.
     pub padding: Tensor<B, 2, Bool>,
+    /// `padding` on the host, row-major, when the step was built from host data: the attention
+    /// mask is then built on the host (one upload instead of about ten device operations).
+    padding_host: Option<Vec<bool>>,
 }
 
 impl<B: Backend> ForwardInput<B> {
+    /// A step from tensors already on the device.
+    ///
+    /// # Shapes
+    /// - tokens, positions, padding: `[batch, seq]`
+    pub fn new(
+        tokens: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        padding: Tensor<B, 2, Bool>,
+    ) -> Self {
+        Self {
+            tokens,
+            positions,
+            padding,
+            padding_host: None,
+        }
+    }
+
     /// Builds a step from host data: `tokens[b][i]` and `padding[b][i]` for `b < batch`, with
     /// the positions given explicitly.
     ///
@@ -63,7 +83,8 @@ impl<B: Backend> ForwardInput<B> {
         Self {
             tokens: Tensor::from_data(TensorData::new(flat_ids, [batch, seq]), device),
             positions: Tensor::from_data(TensorData::new(flat_pos, [batch, seq]), device),
-            padding: Tensor::from_data(TensorData::new(flat_pad, [batch, seq]), device),
+            padding: Tensor::from_data(TensorData::new(flat_pad.clone(), [batch, seq]), device),
+            padding_host: Some(flat_pad),
         }
     }
 
@@ -180,7 +201,7 @@ impl<B: QuantizedOps> CausalLm<B> {
     pub fn forward(&self, input: ForwardInput<B>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let [_, seq] = input.tokens.dims();
         let start = cache.len();
-        let bias = cache.begin_step(input.padding);
+        let bias = cache.begin_step(input.padding, input.padding_host.as_deref());
         let rope = cache.rope.at(input.positions);
         let mut x = self.embed_tokens.forward(input.tokens);
         let mut pending = None;

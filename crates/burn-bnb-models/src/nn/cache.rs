@@ -127,6 +127,10 @@ pub struct KvCache<B: Backend> {
     pub(crate) layers: Vec<LayerCache<B>>,
     /// `[batch, slots]`, true where the slot is padding (or not yet written).
     masked: Tensor<B, 2, Bool>,
+    /// The same on the host while every step so far brought its padding as host data: the
+    /// step's bias is then built on the host and uploaded once (a decode step is bound by
+    /// launches, and the device-side construction is about ten of them).
+    masked_host: Option<Vec<bool>>,
     pub(crate) rope: RotaryEmbedding<B>,
     len: usize,
     batch: usize,
@@ -152,6 +156,7 @@ impl<B: Backend> KvCache<B> {
         Self {
             layers,
             masked: Tensor::<B, 2, Int>::ones([batch, slots], device).bool(),
+            masked_host: Some(vec![true; batch * slots]),
             rope: RotaryEmbedding::new(config, max_len, device),
             len: 0,
             batch,
@@ -184,13 +189,18 @@ impl<B: Backend> KvCache<B> {
     /// padding or in the future.
     ///
     /// # Shapes
-    /// - padding: `[batch, seq]`, true for padding
+    /// - padding: `[batch, seq]`, true for padding (`padding_host`: the same, row-major, when
+    ///   the caller has it on the host)
     /// - output: `[batch, seq, visible]` in float32, `visible` being `len + seq` rounded up to
     ///   a [`SLOT_BLOCK`] (the slots past `len + seq` are masked)
     ///
     /// # Panics
     /// If the step does not fit the cache or the batch differs.
-    pub(crate) fn begin_step(&mut self, padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+    pub(crate) fn begin_step(
+        &mut self,
+        padding: Tensor<B, 2, Bool>,
+        padding_host: Option<&[bool]>,
+    ) -> Tensor<B, 3> {
         let [b, s] = padding.dims();
         assert_eq!(b, self.batch, "batch of the step differs from the cache's");
         let start = self.len;
@@ -203,7 +213,31 @@ impl<B: Backend> KvCache<B> {
         let device = padding.device();
         self.masked
             .inplace(|m| m.slice_assign([0..b, start..end], padding));
-        let len = visible(end, self.masked.dims()[1]);
+        let slots = self.masked.dims()[1];
+        let len = visible(end, slots);
+        match (&mut self.masked_host, padding_host) {
+            (Some(host), Some(new)) if new.len() == b * s => {
+                for (row, pad) in new.chunks(s).enumerate() {
+                    host[row * slots + start..row * slots + end].copy_from_slice(pad);
+                }
+                // Query i sits at slot start + i: key slots beyond it (the unwritten rest of the
+                // last block included) are the future.
+                let bias: Vec<f32> = (0..b)
+                    .flat_map(|row| {
+                        let keys = &host[row * slots..row * slots + len];
+                        (0..s).flat_map(move |i| {
+                            keys.iter().enumerate().map(move |(j, &padded)| {
+                                if padded || j > start + i { MASKED } else { 0.0 }
+                            })
+                        })
+                    })
+                    .collect();
+                let data = burn::tensor::TensorData::new(bias, [b, s, len]);
+                return Tensor::from_data_dtype(data, &device, burn::tensor::DType::F32);
+            }
+            // A step without host padding: the mirror would go stale.
+            (host, _) => *host = None,
+        }
         let keys = self
             .masked
             .clone()
@@ -229,3 +263,47 @@ impl<B: Backend> KvCache<B> {
 /// Added to the scores of masked keys. Finite so that a row with every key masked (a padding
 /// query) gives a uniform distribution instead of NaN, as transformers' `finfo.min` does.
 const MASKED: f32 = -1e30;
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::tensor::TensorData;
+
+    use super::*;
+    use crate::config::Family;
+
+    type B = NdArray<f32>;
+
+    /// The bias built on the host from host padding equals the one built on the device, through
+    /// a padded prefill and decode steps across a slot block, and after a step without host
+    /// padding (which retires the host mirror).
+    #[test]
+    fn host_bias_equals_device_bias() {
+        let device = Default::default();
+        let config = ModelConfig::new(Family::Llama, 40, 32, 64, 1, 2, 1);
+        let mut host = KvCache::<B>::new(&config, 2, 40, &device);
+        let mut dev = KvCache::<B>::new(&config, 2, 40, &device);
+        let prefill = vec![true, true, false, false, false, false, false, false];
+        let mut steps = vec![(prefill, 4)];
+        steps.extend((0..16).map(|i| (vec![i == 3, false], 1)));
+        for (step, (pad, s)) in steps.iter().enumerate() {
+            let tensor =
+                || Tensor::<B, 2, Bool>::from_data(TensorData::new(pad.clone(), [2, *s]), &device);
+            // Step 10 comes without host padding: from then on the device path runs.
+            let host_pad = (step != 10).then_some(&pad[..]);
+            let a = host.begin_step(tensor(), host_pad);
+            let b = dev.begin_step(tensor(), None);
+            assert_eq!(a.dims(), b.dims(), "step {step}");
+            assert_eq!(a.dtype(), burn::tensor::DType::F32);
+            let (a, b) = (a.into_data(), b.into_data());
+            assert_eq!(
+                a.as_slice::<f32>().unwrap(),
+                b.as_slice::<f32>().unwrap(),
+                "step {step}"
+            );
+            host.end_step(*s);
+            dev.end_step(*s);
+        }
+        assert!(host.masked_host.is_none());
+    }
+}
