@@ -88,32 +88,6 @@ impl<B: Backend> LayerCache<B> {
             self.v.clone().slice([0..b, 0..h, 0..end, 0..d]),
         )
     }
-
-    /// Writes the new keys and values at slots `start..start + seq` in place and returns views of
-    /// the visible slots (as [`append_rotated`](Self::append_rotated)).
-    ///
-    /// # Shapes
-    /// - k, v: `[batch, kv_heads, seq, head_dim]`
-    /// - outputs: `[batch, kv_heads, start + seq, head_dim]`
-    pub fn append(
-        &mut self,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-        start: usize,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [b, h, s, d] = k.dims();
-        let written = start..start + s;
-        // `inplace` moves the buffer out so it is uniquely owned and written without a copy.
-        self.k
-            .inplace(|cache| cache.slice_assign([0..b, 0..h, written.clone(), 0..d], k));
-        self.v
-            .inplace(|cache| cache.slice_assign([0..b, 0..h, written, 0..d], v));
-        let end = visible(start + s, self.k.dims()[2]);
-        (
-            self.k.clone().slice([0..b, 0..h, 0..end, 0..d]),
-            self.v.clone().slice([0..b, 0..h, 0..end, 0..d]),
-        )
-    }
 }
 
 /// The state of a batch of sequences being decoded: per-layer keys and values, which cache slots
@@ -211,11 +185,11 @@ impl<B: Backend> KvCache<B> {
             self.max_len
         );
         let device = padding.device();
-        self.masked
-            .inplace(|m| m.slice_assign([0..b, start..end], padding));
         let slots = self.masked.dims()[1];
         let len = visible(end, slots);
         match (&mut self.masked_host, padding_host) {
+            // While the host mirror holds the masked slots, the device copy is not written:
+            // the step costs one upload and no launch.
             (Some(host), Some(new)) if new.len() == b * s => {
                 for (row, pad) in new.chunks(s).enumerate() {
                     host[row * slots + start..row * slots + end].copy_from_slice(pad);
@@ -235,9 +209,16 @@ impl<B: Backend> KvCache<B> {
                 let data = burn::tensor::TensorData::new(bias, [b, s, len]);
                 return Tensor::from_data_dtype(data, &device, burn::tensor::DType::F32);
             }
-            // A step without host padding: the mirror would go stale.
-            (host, _) => *host = None,
+            // A step without host padding: the device copy takes over from the mirror for good.
+            (host, _) => {
+                if let Some(mirror) = host.take() {
+                    let data = burn::tensor::TensorData::new(mirror, [b, slots]);
+                    self.masked = Tensor::from_data(data, &device);
+                }
+            }
         }
+        self.masked
+            .inplace(|m| m.slice_assign([0..b, start..end], padding));
         let keys = self
             .masked
             .clone()
