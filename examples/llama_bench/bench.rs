@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 use burn_bnb::backend::op_stats;
 use burn_bnb::models::{CausalLm, Session};
+
+use crate::profile::HostProfile;
 use rand::{Rng, SeedableRng};
 
 /// What one (model, format, batch) configuration measured.
@@ -56,7 +58,8 @@ pub struct RunTimes {
     pub steps: usize,
 }
 
-/// Runs `plan` at batch size `batch`; `tick` is called after every run (progress).
+/// Runs `plan` at batch size `batch`; `tick` is called after every run (progress). With
+/// `profile`, the host is sampled during the last run's decode steps.
 ///
 /// Every step ends by reading the next tokens back to the host, which synchronizes the device,
 /// so the timestamps around a step bound its whole device time.
@@ -65,8 +68,9 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
     batch: usize,
     plan: Plan,
     device: &B::Device,
+    profile: Option<(&HostProfile, &str)>,
     mut tick: impl FnMut(RunTimes),
-) -> Result<Measurement, burn_bnb::models::GenerateError> {
+) -> Result<Measurement, crate::Error> {
     let vocab = model.config().vocab_size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ batch as u64);
     let mut step_total = Duration::ZERO;
@@ -92,6 +96,10 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
         if counting {
             op_stats::take();
         }
+        let sampling = match profile {
+            Some((profile, label)) if last => Some(profile.start(label)?),
+            _ => None,
+        };
         let mut decode = Duration::ZERO;
         let mut enqueue = Duration::ZERO;
         for _ in 1..plan.new_tokens {
@@ -103,6 +111,9 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
         }
         if counting {
             ops = Some((op_stats::take(), plan.new_tokens - 1));
+        }
+        if let Some(sampling) = sampling {
+            sampling.finish()?;
         }
         if run >= plan.warmup {
             prefill_total += prefill;

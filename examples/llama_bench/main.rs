@@ -13,6 +13,7 @@
 
 mod bench;
 mod build;
+mod profile;
 mod report;
 
 use std::path::PathBuf;
@@ -119,6 +120,12 @@ struct Args {
     #[arg(long)]
     op_stats: bool,
 
+    /// Sample the host (pprof, 4 kHz) during the last run's decode steps of every row and write
+    /// a flame graph (`<row>.svg`) and the busiest functions (`<row>.txt`) into DIR. Needs a
+    /// binary built with `--features host-profile`.
+    #[arg(long, value_name = "DIR")]
+    host_profile: Option<PathBuf>,
+
     /// Measure nothing: render the tables and charts of rows saved by an earlier run (its
     /// llama_bench.json), with --baseline if given, into --out.
     #[arg(long, value_name = "ROWS_JSON")]
@@ -180,6 +187,9 @@ fn run(mut args: Args) -> Result<(), Error> {
     }
     let baseline = read_baseline(&args)?;
     std::fs::create_dir_all(&args.out)?;
+    if let Some(dir) = &args.host_profile {
+        profile::HostProfile::new(dir)?;
+    }
 
     let models: Vec<String> = match &args.model {
         Some(m) => vec![m.clone()],
@@ -301,13 +311,19 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
         .ok()
         .or_else(|| option_env!("BURN_BNB_COMMIT").map(str::to_string))
         .unwrap_or_else(git_commit);
+    let profile = match &args.host_profile {
+        Some(dir) => Some(profile::HostProfile::new(dir)?),
+        None => None,
+    };
     let mut rows = Vec::new();
     for &batch in &args.batches {
+        let label = format!("{model_name}-{}-b{batch}", format.key());
         progress.set_message(format!(
             "{model_name} {} batch {batch}",
             report::format_label(format.key())
         ));
-        let m = bench::measure(model, batch, plan, device, |run| {
+        let profiling = profile.as_ref().map(|p| (p, label.as_str()));
+        let m = bench::measure(model, batch, plan, device, profiling, |run| {
             progress.inc(1);
             if args.verbose {
                 progress.suspend(|| {
