@@ -71,7 +71,8 @@ impl Sampling {
                 .report()
                 .build()
                 .map_err(|e| format!("host profile: {e}"))?;
-            let svg = self.stem.with_extension("svg");
+            // Not `with_extension`: preset names have dots (`llama-3.1-8b`).
+            let svg = PathBuf::from(format!("{}.svg", self.stem.display()));
             let file =
                 std::fs::File::create(&svg).map_err(|e| format!("{}: {e}", svg.display()))?;
             report
@@ -90,7 +91,7 @@ impl Sampling {
                     (names, count)
                 })
                 .collect();
-            let txt = self.stem.with_extension("txt");
+            let txt = PathBuf::from(format!("{}.txt", self.stem.display()));
             std::fs::write(&txt, summary(&samples))
                 .map_err(|e| format!("{}: {e}", txt.display()))?;
         }

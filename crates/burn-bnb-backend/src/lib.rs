@@ -36,6 +36,7 @@ pub mod decoder_ops;
 mod decorator;
 mod error;
 mod layout;
+pub mod memory;
 pub mod op_stats;
 mod ops;
 pub mod portable;

@@ -197,7 +197,10 @@ pub fn load_model<B: Backend>(
     } else {
         ProgressBar::hidden()
     };
-    let model = build(config, checkpoint, projections, &bar, device)?;
+    // Weights in the persistent pool: kept out of the pools every launch walks.
+    let model = burn_bnb_backend::memory::persistent::<B, _>(device, || {
+        build(config, checkpoint, projections, &bar, device)
+    })?;
     bar.finish_and_clear();
     Ok(model)
 }

@@ -142,6 +142,17 @@ impl<B: Backend> CausalLm<B> {
     pub fn random_with(
         config: &ModelConfig,
         device: &B::Device,
+        projection: impl FnMut(&ProjectionSpec<'_>) -> Projection<B>,
+    ) -> Self {
+        // Weights in the persistent pool: kept out of the pools every launch walks.
+        burn_bnb_backend::memory::persistent::<B, _>(device, || {
+            Self::build_random(config, device, projection)
+        })
+    }
+
+    fn build_random(
+        config: &ModelConfig,
+        device: &B::Device,
         mut projection: impl FnMut(&ProjectionSpec<'_>) -> Projection<B>,
     ) -> Self {
         let h = config.hidden_size;
