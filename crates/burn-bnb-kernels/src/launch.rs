@@ -213,15 +213,19 @@ pub(crate) fn has_cmma16<R: CubeRuntime>(
         })
 }
 
-/// Split-K factor for a tiled product with `tiles` output tiles and `k_tiles` K steps.
+/// Split-K factor for a tiled product with `tiles` output tiles and `k_tiles` K steps, at most
+/// `max_splits`.
 ///
-/// The tensor-core kernels keep one K step of loads in flight per unit, so a multiprocessor needs
-/// several cubes at once to cover the memory latency: aim for about 6 cubes per multiprocessor,
-/// keeping at least 4 K steps per cube.
+/// The tensor-core kernels keep a few K steps of loads in flight per unit, so a multiprocessor
+/// needs several cubes at once to cover the memory latency: aim for about 6 cubes per
+/// multiprocessor, keeping at least 4 K steps per cube. Each split writes an f32 partial
+/// output that is read back once more: callers cap the splits so that this traffic stays small
+/// next to the weight bytes.
 pub(crate) fn split_k<R: CubeRuntime>(
     client: &ComputeClient<R>,
     tiles: usize,
     k_tiles: usize,
+    max_splits: usize,
 ) -> u32 {
     let sms = client
         .properties()
@@ -229,7 +233,10 @@ pub(crate) fn split_k<R: CubeRuntime>(
         .num_streaming_multiprocessors
         .unwrap_or(100) as usize;
     let mut splits = 1;
-    while tiles * splits < 6 * sms && k_tiles / (splits * 2) >= 4 && splits < 32 {
+    while tiles * splits < 6 * sms
+        && k_tiles / (splits * 2) >= 4
+        && splits * 2 <= max_splits.min(32)
+    {
         splits *= 2;
     }
     splits as u32

@@ -320,6 +320,8 @@ struct CmmaConfig {
     bias: bool,
     /// Write f32 partial sums (split-K) instead of the final output.
     partial: bool,
+    /// K steps whose global loads are in flight at once (a ring of register slots).
+    depth: u32,
 }
 
 /// K step of the tensor-core kernel.
@@ -398,44 +400,53 @@ fn matmul4_cmma_kernel<F: Float>(
     let b_half = UNIT_POS % 2;
     let b_n = min(n0 + b_row, n_total - 1);
 
-    let mut w_line = Line::<u32>::empty(4usize).fill(0u32);
-    let mut w_scale = 0.0f32;
+    // A ring of `depth` register slots, one K step each: the loads of the next `depth - 1`
+    // steps stay in flight while one step is multiplied (a step of 4-bit codes is only 16
+    // bytes a unit, too little to cover the memory latency alone).
+    let depth = comptime!(cfg.depth);
+    let mut w_lines = Array::<Line<u32>>::lined(comptime!(depth as usize), 4usize);
+    let mut w_scales = Array::<f32>::new(comptime!(depth as usize));
     // `lined`: a local array of 8-element lines (`new` would hold scalars).
-    let mut a_regs = Array::<Line<F>>::lined(comptime!(a_lines as usize), 8usize);
-    let mut b_regs = Array::<Line<F>>::lined(comptime!(b_lines as usize), 8usize);
+    let mut a_regs = Array::<Line<F>>::lined(comptime!((a_lines * depth) as usize), 8usize);
+    let mut b_regs = Array::<Line<F>>::lined(comptime!((b_lines * depth) as usize), 8usize);
 
-    // Prefetch of step `kt_start`.
-    fetch_tiles::<F>(
-        x,
-        packed,
-        absmax,
-        dq_codes,
-        nested_absmax,
-        nested_code,
-        off,
-        nested_shift,
-        zero,
-        kt_start,
-        b_n,
-        b_half,
-        m0,
-        m_total,
-        k_total,
-        chunks_per_row,
-        x_row_lines,
-        log2_bs,
-        &mut w_line,
-        &mut w_scale,
-        &mut a_regs,
-        w,
-        n0,
-        n_total,
-        &mut b_regs,
-        units,
-        a_lines,
-        cfg.dense,
-        cfg.dq,
-    );
+    #[unroll]
+    for d in 0..depth {
+        if kt_start + d < kt_end {
+            fetch_tiles::<F>(
+                x,
+                packed,
+                absmax,
+                dq_codes,
+                nested_absmax,
+                nested_code,
+                off,
+                nested_shift,
+                zero,
+                kt_start + d,
+                d,
+                b_n,
+                b_half,
+                m0,
+                m_total,
+                k_total,
+                chunks_per_row,
+                x_row_lines,
+                log2_bs,
+                &mut w_lines,
+                &mut w_scales,
+                &mut a_regs,
+                w,
+                n0,
+                n_total,
+                &mut b_regs,
+                units,
+                a_lines,
+                cfg.dense,
+                cfg.dq,
+            );
+        }
+    }
     sync_cube();
 
     let mut accs = Sequence::<cmma::Matrix<f32>>::new();
@@ -452,106 +463,120 @@ fn matmul4_cmma_kernel<F: Float>(
     }
     let warp = UNIT_POS / 32;
 
-    let mut kt = kt_start;
-    while kt < kt_end {
-        // Registers -> shared memory: activations as they are, weights dequantized.
+    let mut kt0 = kt_start;
+    while kt0 < kt_end {
+        // Slot `d` holds step `kt0 + d`; the cube-wide condition keeps the barriers uniform.
         #[unroll]
-        for i in 0..a_lines {
-            let l = UNIT_POS + i * units;
-            a_s[((l / 8) * LDS_LINES + l % 8) as usize] = a_regs[i as usize];
-        }
-        if comptime!(cfg.dense) {
-            #[unroll]
-            for i in 0..b_lines {
-                let l = UNIT_POS + i * units;
-                b_s[((l / 8) * LDS_LINES + l % 8) as usize] = b_regs[i as usize];
-            }
-        } else {
-            #[unroll]
-            for j in 0..4u32 {
-                let word = w_line[j as usize];
-                let mut v = Line::<F>::empty(8usize);
+        for d in 0..depth {
+            let kt = kt0 + d;
+            if kt < kt_end {
+                // Registers -> shared memory: activations as they are, weights dequantized.
                 #[unroll]
-                for b in 0..4u32 {
-                    let byte = byte_of(word, b);
-                    v[(2 * b) as usize] = F::cast_from(lut[(byte >> 4) as usize] * w_scale);
-                    v[(2 * b + 1) as usize] = F::cast_from(lut[(byte & 15u32) as usize] * w_scale);
+                for i in 0..a_lines {
+                    let l = UNIT_POS + i * units;
+                    a_s[((l / 8) * LDS_LINES + l % 8) as usize] =
+                        a_regs[(d * a_lines + i) as usize];
                 }
-                b_s[(b_row * LDS_LINES + b_half * 4 + j) as usize] = v;
+                if comptime!(cfg.dense) {
+                    #[unroll]
+                    for i in 0..b_lines {
+                        let l = UNIT_POS + i * units;
+                        b_s[((l / 8) * LDS_LINES + l % 8) as usize] =
+                            b_regs[(d * b_lines + i) as usize];
+                    }
+                } else {
+                    let w_line = w_lines[d as usize];
+                    let w_scale = w_scales[d as usize];
+                    #[unroll]
+                    for j in 0..4u32 {
+                        let word = w_line[j as usize];
+                        let mut v = Line::<F>::empty(8usize);
+                        #[unroll]
+                        for b in 0..4u32 {
+                            let byte = byte_of(word, b);
+                            v[(2 * b) as usize] = F::cast_from(lut[(byte >> 4) as usize] * w_scale);
+                            v[(2 * b + 1) as usize] =
+                                F::cast_from(lut[(byte & 15u32) as usize] * w_scale);
+                        }
+                        b_s[(b_row * LDS_LINES + b_half * 4 + j) as usize] = v;
+                    }
+                }
+                sync_cube();
+
+                // The slot is free again: refill it with the step `depth` ahead.
+                if kt + depth < kt_end {
+                    fetch_tiles::<F>(
+                        x,
+                        packed,
+                        absmax,
+                        dq_codes,
+                        nested_absmax,
+                        nested_code,
+                        off,
+                        nested_shift,
+                        zero,
+                        kt + depth,
+                        d,
+                        b_n,
+                        b_half,
+                        m0,
+                        m_total,
+                        k_total,
+                        chunks_per_row,
+                        x_row_lines,
+                        log2_bs,
+                        &mut w_lines,
+                        &mut w_scales,
+                        &mut a_regs,
+                        w,
+                        n0,
+                        n_total,
+                        &mut b_regs,
+                        units,
+                        a_lines,
+                        cfg.dense,
+                        cfg.dq,
+                    );
+                }
+
+                #[unroll]
+                for kk in 0..comptime!(BK / 16) {
+                    let b_frag = cmma::Matrix::<F>::from_slice(
+                        cmma::MatrixIdent::B,
+                        16usize,
+                        16usize,
+                        16usize,
+                        cmma::MatrixLayout::ColMajor,
+                        &b_s.slice(
+                            ((warp * 16) * LDS_LINES + kk * 2) as usize,
+                            ((warp * 16 + 16) * LDS_LINES) as usize,
+                        )
+                        .try_cast_unchecked(),
+                        LDS,
+                    );
+                    #[unroll]
+                    for f in 0..fm {
+                        let a_frag = cmma::Matrix::<F>::from_slice(
+                            cmma::MatrixIdent::A,
+                            16usize,
+                            16usize,
+                            16usize,
+                            cmma::MatrixLayout::RowMajor,
+                            &a_s.slice(
+                                ((f * 16) * LDS_LINES + kk * 2) as usize,
+                                ((f * 16 + 16) * LDS_LINES) as usize,
+                            )
+                            .try_cast_unchecked(),
+                            LDS,
+                        );
+                        let acc = accs.index(f as usize);
+                        cmma::execute::<F, F, f32, f32>(&a_frag, &b_frag, acc, acc);
+                    }
+                }
+                sync_cube();
             }
         }
-        sync_cube();
-
-        if kt + 1 < kt_end {
-            fetch_tiles::<F>(
-                x,
-                packed,
-                absmax,
-                dq_codes,
-                nested_absmax,
-                nested_code,
-                off,
-                nested_shift,
-                zero,
-                kt + 1,
-                b_n,
-                b_half,
-                m0,
-                m_total,
-                k_total,
-                chunks_per_row,
-                x_row_lines,
-                log2_bs,
-                &mut w_line,
-                &mut w_scale,
-                &mut a_regs,
-                w,
-                n0,
-                n_total,
-                &mut b_regs,
-                units,
-                a_lines,
-                cfg.dense,
-                cfg.dq,
-            );
-        }
-
-        #[unroll]
-        for kk in 0..comptime!(BK / 16) {
-            let b_frag = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::B,
-                16usize,
-                16usize,
-                16usize,
-                cmma::MatrixLayout::ColMajor,
-                &b_s.slice(
-                    ((warp * 16) * LDS_LINES + kk * 2) as usize,
-                    ((warp * 16 + 16) * LDS_LINES) as usize,
-                )
-                .try_cast_unchecked(),
-                LDS,
-            );
-            #[unroll]
-            for f in 0..fm {
-                let a_frag = cmma::Matrix::<F>::from_slice(
-                    cmma::MatrixIdent::A,
-                    16usize,
-                    16usize,
-                    16usize,
-                    cmma::MatrixLayout::RowMajor,
-                    &a_s.slice(
-                        ((f * 16) * LDS_LINES + kk * 2) as usize,
-                        ((f * 16 + 16) * LDS_LINES) as usize,
-                    )
-                    .try_cast_unchecked(),
-                    LDS,
-                );
-                let acc = accs.index(f as usize);
-                cmma::execute::<F, F, f32, f32>(&a_frag, &b_frag, acc, acc);
-            }
-        }
-        sync_cube();
-        kt += 1;
+        kt0 += depth;
     }
 
     // Accumulators -> shared memory -> global, with bias and rounding (or raw partial sums).
@@ -592,9 +617,9 @@ fn matmul4_cmma_kernel<F: Float>(
     }
 }
 
-/// Global loads of one K step into registers: this unit's weight share (16 bytes of packed
-/// codes and their scale, or `BK / 16` lines of a dense weight) and its lines of activations
-/// (zeros past `M`, `N` and `K`).
+/// Global loads of K step `kt` into register slot `slot`: this unit's weight share (16 bytes of
+/// packed codes and their scale, or `BK / 16` lines of a dense weight) and its lines of
+/// activations (zeros past `M`, `N` and `K`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fetch_tiles<F: Float>(
@@ -608,6 +633,7 @@ fn fetch_tiles<F: Float>(
     nested_shift: u32,
     zero: u32,
     kt: u32,
+    slot: u32,
     b_n: u32,
     b_half: u32,
     m0: u32,
@@ -616,8 +642,8 @@ fn fetch_tiles<F: Float>(
     chunks_per_row: u32,
     x_row_lines: u32,
     log2_bs: u32,
-    w_line: &mut Line<u32>,
-    w_scale: &mut f32,
+    w_lines: &mut Array<Line<u32>>,
+    w_scales: &mut Array<f32>,
     a_regs: &mut Array<Line<F>>,
     w: &Array<Line<F>>,
     n0: u32,
@@ -630,12 +656,23 @@ fn fetch_tiles<F: Float>(
 ) {
     let k0 = kt * BK;
     if dense {
-        load_rows::<F>(w, b_regs, n0, n_total, k0 / 8, x_row_lines, units, BK / 16);
+        let b_lines = comptime!(BK / 16);
+        load_rows::<F>(
+            w,
+            b_regs,
+            slot * b_lines,
+            n0,
+            n_total,
+            k0 / 8,
+            x_row_lines,
+            units,
+            b_lines,
+        );
     } else {
         let chunk = kt * 2 + b_half;
         if chunk < chunks_per_row {
-            *w_line = packed[(b_n * chunks_per_row + chunk) as usize];
-            *w_scale = block_scale(
+            w_lines[slot as usize] = packed[(b_n * chunks_per_row + chunk) as usize];
+            w_scales[slot as usize] = block_scale(
                 (b_n * k_total + chunk * 32) >> log2_bs,
                 absmax,
                 dq_codes,
@@ -647,19 +684,31 @@ fn fetch_tiles<F: Float>(
                 dq,
             );
         } else {
-            *w_scale = 0.0f32;
+            w_scales[slot as usize] = 0.0f32;
         }
     }
-    load_rows::<F>(x, a_regs, m0, m_total, k0 / 8, x_row_lines, units, a_lines);
+    load_rows::<F>(
+        x,
+        a_regs,
+        slot * a_lines,
+        m0,
+        m_total,
+        k0 / 8,
+        x_row_lines,
+        units,
+        a_lines,
+    );
 }
 
 /// Loads `count` 8-element lines per unit of the `BK`-wide tile starting at row `r0` and line
-/// `k0_line` of a row-major matrix with `row_lines` lines a row, zeros past its ends.
+/// `k0_line` of a row-major matrix with `row_lines` lines a row, zeros past its ends, into
+/// `regs[base..base + count]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_rows<F: Float>(
     src: &Array<Line<F>>,
     regs: &mut Array<Line<F>>,
+    base: u32,
     r0: u32,
     rows_total: u32,
     k0_line: u32,
@@ -676,7 +725,7 @@ fn load_rows<F: Float>(
         if r < rows_total && kl < row_lines {
             v = src[(r * row_lines + kl) as usize];
         }
-        regs[i as usize] = v;
+        regs[(base + i) as usize] = v;
     }
 }
 
@@ -812,7 +861,8 @@ pub fn auto_strategy<R: CubeRuntime>(
             _ => (64, 128),
         };
         let tiles = n.div_ceil(bn as usize) * m.div_ceil(bm as usize);
-        let splits = crate::launch::split_k(client, tiles, k.div_ceil(BK as usize));
+        // Partial sums (4 bytes per output and split) at most half the packed weight bytes.
+        let splits = crate::launch::split_k(client, tiles, k.div_ceil(BK as usize), k / (16 * m));
         return Matmul4Strategy::Cmma(CmmaParams { bm, bn, splits });
     }
     let mt = if m == 1 { 1 } else { 4 };
@@ -990,6 +1040,9 @@ pub(crate) fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
         ),
         bias: bias.is_some(),
         partial: partial.is_some(),
+        // Enough weight bytes in flight per unit: 4 steps of 16-byte code chunks, 2 of 64-byte
+        // dense rows (more would cost registers without more bandwidth).
+        depth: if dense.is_some() { 2 } else { 4 },
     };
     let bias_t = bias.unwrap_or(x);
     let partial_t = partial.as_ref().unwrap_or(out);
