@@ -1125,8 +1125,9 @@ fn launch_int8_cmma<R: CubeRuntime, F: Float + CubeElement>(
         fuse_bias: bias.is_some() && is_f16,
         add_bias: bias.is_some() && !is_f16,
         partial: partial.is_some(),
-        // 2 x 32 bytes of codes in flight per unit.
-        depth: 2,
+        // One step in flight: two made INT8 decode steps ~20% and prefill ~75% slower on an
+        // H200 (benches/speed-notes.md, fourth session).
+        depth: 1,
     };
     let bias_t = bias.unwrap_or(&a.absmax);
     let partial_t = partial.as_ref().unwrap_or(&a.absmax);
