@@ -84,7 +84,12 @@ fn main() -> Result<(), burn_bnb::backend::BnbError> {
         head: LinearConfig::new(256, 10).init(&device),
         act: Relu::new(),
     };
-    let quantized = QuantizedMlp::from_float(&mlp)?;
+    // ANCHOR: persistent
+    // Quantized weights live as long as the model: build them in the allocator's persistent
+    // pool, out of the pools that every kernel launch searches (a no-op on NdArray).
+    let quantized =
+        burn_bnb::backend::memory::persistent::<B, _>(&device, || QuantizedMlp::from_float(&mlp))?;
+    // ANCHOR_END: persistent
     let x = Tensor::<B, 2>::random([8, 256], Distribution::Normal(0.0, 1.0), &device);
     let float_out = mlp
         .head
