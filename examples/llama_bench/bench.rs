@@ -21,6 +21,8 @@ pub struct Measurement {
     pub prefill: Duration,
     /// Decode steps measured.
     pub steps: usize,
+    /// Most device memory in use after a measured step (weights, KV cache, live buffers).
+    pub peak_in_use: u64,
     /// Operations through `Bnb<B>` during the decode steps of the last run (with
     /// `op_stats` enabled), and those steps.
     pub ops: Option<(Vec<burn_bnb::backend::op_stats::OpStat>, usize)>,
@@ -59,7 +61,8 @@ pub struct RunTimes {
 }
 
 /// Runs `plan` at batch size `batch`; `tick` is called after every run (progress). With
-/// `profile`, the host is sampled during the last run's decode steps.
+/// `profile`, the host is sampled during the last run's decode steps. `in_use` reports the
+/// device memory in use; it is read after every measured step, outside the timed part.
 ///
 /// Every step ends by reading the next tokens back to the host, which synchronizes the device,
 /// so the timestamps around a step bound its whole device time.
@@ -69,6 +72,7 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
     plan: Plan,
     device: &B::Device,
     profile: Option<(&HostProfile, &str)>,
+    in_use: &dyn Fn() -> u64,
     mut tick: impl FnMut(RunTimes),
 ) -> Result<Measurement, crate::Error> {
     let vocab = model.config().vocab_size;
@@ -77,6 +81,7 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
     let mut prefill_total = Duration::ZERO;
     let mut steps = 0;
     let mut ops = None;
+    let mut peak_in_use = 0;
     for run in 0..plan.warmup + plan.runs {
         let prompts: Vec<Vec<u32>> = (0..batch)
             .map(|_| {
@@ -108,6 +113,9 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
             enqueue += start.elapsed();
             next = argmax(logits);
             decode += start.elapsed();
+            if run >= plan.warmup {
+                peak_in_use = peak_in_use.max(in_use());
+            }
         }
         if counting {
             ops = Some((op_stats::take(), plan.new_tokens - 1));
@@ -132,6 +140,7 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
         step: step_total / steps.max(1) as u32,
         prefill: prefill_total / plan.runs.max(1) as u32,
         steps,
+        peak_in_use,
         ops,
     })
 }

@@ -177,7 +177,7 @@ pub fn weight_bytes<B: Backend, M: Module<B>>(model: &M) -> u64 {
     v.0
 }
 
-/// Called with all rows measured so far (every model's) after every format (`false`) and at the
+/// Called with all rows measured so far (every model's) after every row (`false`) and at the
 /// end of a model (`true`).
 pub type Save<'a> = dyn FnMut(&[Row], bool) -> Result<(), Error> + 'a;
 
@@ -187,8 +187,9 @@ pub trait DeviceInfo<B: Backend> {
     fn name(device: &B::Device) -> String {
         B::name(device)
     }
-    /// Bytes reserved by the allocator right now (0 if unknown).
-    fn reserved_bytes(_device: &B::Device) -> u64 {
+    /// Bytes of device memory in use right now: live buffers, not the allocator's free
+    /// reserve (0 if unknown).
+    fn in_use_bytes(_device: &B::Device) -> u64 {
         0
     }
 }
@@ -238,15 +239,15 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
             });
         }
         let name = args.card.clone().unwrap_or_else(|| D::name(device));
-        let mut measured = crate::measure_model(
-            model_name, &model, format, args, plan, device, &progress, &name,
+        let in_use = || D::in_use_bytes(device);
+        // Saved after every row: a run stopped by a time limit keeps every cell it measured.
+        let mut keep = |row: Row| {
+            rows.push(row);
+            progress.suspend(|| save(rows, false))
+        };
+        crate::measure_model(
+            model_name, &model, format, args, plan, device, &progress, &name, &in_use, &mut keep,
         )?;
-        let reserved = D::reserved_bytes(device);
-        for row in &mut measured {
-            row.peak_memory_bytes = reserved;
-        }
-        rows.extend(measured);
-        progress.suspend(|| save(rows, false))?;
         // Dropped weights go back to the allocator's pools for the next format. No explicit
         // `memory_cleanup`: in cubecl-runtime 0.9 it panics in the persistent pool ("The size
         // should match") after a model of this size was freed (seen on the H100).
@@ -297,11 +298,11 @@ pub fn run_cuda(
         fn name(_device: &CudaDevice) -> String {
             gpu_name().unwrap_or_else(|| "CUDA GPU".into())
         }
-        fn reserved_bytes(device: &CudaDevice) -> u64 {
+        fn in_use_bytes(device: &CudaDevice) -> u64 {
             use cubecl::Runtime;
             cubecl::cuda::CudaRuntime::client(device)
                 .memory_usage()
-                .bytes_reserved
+                .bytes_in_use
         }
     }
     let device = CudaDevice::default();

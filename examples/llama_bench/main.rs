@@ -292,7 +292,8 @@ fn write_outputs(
     )
 }
 
-/// Measures one model in one format at every batch size.
+/// Measures one model in one format at every batch size, handing each row to `keep` as soon as
+/// it is measured.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
     model_name: &str,
@@ -303,7 +304,9 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
     device: &B::Device,
     progress: &ProgressBar,
     device_name: &str,
-) -> Result<Vec<Row>, Error> {
+    in_use: &dyn Fn() -> u64,
+    keep: &mut dyn FnMut(Row) -> Result<(), Error>,
+) -> Result<(), Error> {
     let weight_bytes = build::weight_bytes(model);
     // The commit label: BURN_BNB_COMMIT at run time (a binary carried to a machine without the
     // repository), then at build time, then `git describe`.
@@ -315,7 +318,6 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
         Some(dir) => Some(profile::HostProfile::new(dir)?),
         None => None,
     };
-    let mut rows = Vec::new();
     for &batch in &args.batches {
         let label = format!("{model_name}-{}-b{batch}", format.key());
         progress.set_message(format!(
@@ -323,7 +325,7 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
             report::format_label(format.key())
         ));
         let profiling = profile.as_ref().map(|p| (p, label.as_str()));
-        let m = bench::measure(model, batch, plan, device, profiling, |run| {
+        let m = bench::measure(model, batch, plan, device, profiling, in_use, |run| {
             progress.inc(1);
             if args.verbose {
                 progress.suspend(|| {
@@ -353,7 +355,7 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
             let shown = if args.verbose { usize::MAX } else { 12 };
             progress.suspend(|| print_op_stats(ops, *steps, latency, shown));
         }
-        rows.push(Row {
+        keep(Row {
             model: model_name.to_string(),
             precision: format.key().to_string(),
             batch,
@@ -362,13 +364,13 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
             prefill_s: m.prefill.as_secs_f64(),
             steps: m.steps,
             weight_bytes,
-            peak_memory_bytes: 0,
+            peak_memory_bytes: m.peak_in_use,
             device: device_name.to_string(),
             commit: commit.clone(),
             date: today(),
-        });
+        })?;
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// Operations per decode step and their host time, the busiest first.

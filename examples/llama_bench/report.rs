@@ -28,7 +28,9 @@ pub struct Row {
     pub steps: usize,
     /// Bytes of all weights as stored on the device.
     pub weight_bytes: u64,
-    /// Peak device memory reserved during the runs, bytes (0 where the backend can't tell).
+    /// Most device memory in use after a measured decode step (weights, KV cache, live
+    /// buffers; like torch's `max_memory_allocated`, not the allocator's reserve), bytes (0 where
+    /// the backend can't tell). Rows of commits up to `58e1de9` hold the allocator's reserve.
     pub peak_memory_bytes: u64,
     /// The device, in words.
     pub device: String,
