@@ -83,21 +83,15 @@ fn outlier_mask_kernel<F: Float>(
     if wi * 32 >= k_total {
         terminate!();
     }
-    let mut bits = 0u32;
-    let mut row = UNIT_POS;
-    while row < m_total {
-        #[unroll]
-        for j in 0..32u32 {
-            let col = wi * 32 + j;
-            if col < k_total {
-                let v = round_to_f16(f32::cast_from(x[(row * k_total + col) as usize]));
-                if f32::abs(v) >= threshold_h {
-                    bits |= 1u32 << j;
-                }
-            }
-        }
-        row += cube_size;
-    }
+    let bits = outlier_bits::<F>(
+        x,
+        wi,
+        UNIT_POS,
+        comptime!(cube_size).runtime(),
+        m_total,
+        k_total,
+        threshold_h,
+    );
     let mut red = SharedMemory::<u32>::new(comptime!(cube_size as usize));
     red[UNIT_POS as usize] = bits;
     sync_cube();
@@ -115,10 +109,54 @@ fn outlier_mask_kernel<F: Float>(
     }
 }
 
+/// Bit `j` set iff column `wi * 32 + j` holds a value whose f16 rounding reaches `threshold_h`
+/// in one of the rows `row0, row0 + step, ...` below `m_total`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn outlier_bits<F: Float>(
+    x: &Array<F>,
+    wi: u32,
+    row0: u32,
+    step: u32,
+    m_total: u32,
+    k_total: u32,
+    threshold_h: f32,
+) -> u32 {
+    let mut bits = 0u32;
+    let mut row = row0;
+    while row < m_total {
+        #[unroll]
+        for j in 0..32u32 {
+            let col = wi * 32 + j;
+            if col < k_total {
+                let v = round_to_f16(f32::cast_from(x[(row * k_total + col) as usize]));
+                if f32::abs(v) >= threshold_h {
+                    bits |= 1u32 << j;
+                }
+            }
+        }
+        row += step;
+    }
+    bits
+}
+
 /// One cube: per-unit bit counts, an inclusive scan in shared memory, then every unit writes its
 /// columns at its offset, so the list is in ascending order.
 #[cube(launch_unchecked)]
 fn compact_outliers_kernel(
+    mask: &Array<u32>,
+    cols: &mut Array<u32>,
+    count: &mut Array<u32>,
+    num_words: u32,
+    words_per_unit: u32,
+    #[comptime] cube_size: u32,
+) {
+    compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
+}
+
+/// The body of [`compact_outliers_kernel`], for a whole cube.
+#[cube]
+fn compact_columns(
     mask: &Array<u32>,
     cols: &mut Array<u32>,
     count: &mut Array<u32>,
@@ -188,6 +226,35 @@ fn quantize_rows_kernel<F: Float>(
     if row >= m_total {
         terminate!();
     }
+    quantize_row::<F>(
+        x,
+        mask,
+        codes,
+        absmax,
+        row,
+        k_total,
+        threshold_h,
+        threshold,
+        cube_size,
+        decompose,
+    );
+}
+
+/// Quantizes row `row` with the whole cube (the body of [`quantize_rows_kernel`]).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn quantize_row<F: Float>(
+    x: &Array<Line<F>>,
+    mask: &Array<u32>,
+    codes: &mut Array<u32>,
+    absmax: &mut Array<f32>,
+    row: u32,
+    k_total: u32,
+    threshold_h: f32,
+    threshold: f32,
+    #[comptime] cube_size: u32,
+    #[comptime] decompose: bool,
+) {
     let words = k_total / 4;
     let base = row * words;
     let mut local_max = 0.0f32;
@@ -230,6 +297,52 @@ fn quantize_rows_kernel<F: Float>(
     }
     if UNIT_POS == 0 {
         absmax[row as usize] = amax;
+    }
+}
+
+/// LLM.int8()'s activation side for a few rows in one cube, one launch instead of three: the
+/// outlier mask (each unit whole words over every row), the compaction, then the rows one after
+/// the other. Global writes before a barrier are visible to the whole cube after it.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn quantize_rows_outliers_kernel<F: Float>(
+    x_scalars: &Array<F>,
+    x: &Array<Line<F>>,
+    mask: &mut Array<u32>,
+    cols: &mut Array<u32>,
+    count: &mut Array<u32>,
+    codes: &mut Array<u32>,
+    absmax: &mut Array<f32>,
+    m_total: u32,
+    k_total: u32,
+    num_words: u32,
+    words_per_unit: u32,
+    threshold_h: f32,
+    threshold: f32,
+    #[comptime] cube_size: u32,
+) {
+    let mut wi = UNIT_POS;
+    while wi < num_words {
+        mask[wi as usize] = outlier_bits::<F>(x_scalars, wi, 0, 1, m_total, k_total, threshold_h);
+        wi += cube_size;
+    }
+    sync_cube();
+    compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
+    for row in 0..m_total {
+        quantize_row::<F>(
+            x,
+            mask,
+            codes,
+            absmax,
+            row,
+            k_total,
+            threshold_h,
+            threshold,
+            cube_size,
+            true,
+        );
+        // The row's maximum is read from shared memory the next row overwrites.
+        sync_cube();
     }
 }
 
@@ -837,6 +950,13 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
     let absmax = empty(&x, vec![m], DType::F32);
     let decompose = threshold > 0.0;
     let threshold_h = half::f16::from_f32(threshold).to_f32();
+    if decompose && (1..=FUSED_OUTLIER_MAX_ROWS).contains(&m) {
+        let outliers = fused_outliers_and_rows(&x, m, k, threshold_h, threshold, &codes, &absmax)?;
+        return Ok(Int8Activations {
+            quantized: Int8Matrix { codes, absmax },
+            outliers: Some(outliers),
+        });
+    }
     let outliers = if decompose {
         Some(outlier_columns(&x, m, k, threshold_h)?)
     } else {
@@ -882,6 +1002,55 @@ fn i8_lines<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
 fn words_arg_any<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     // SAFETY: the tensor's buffer holds `size / 4` words.
     unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, t.handle.size() as usize / 4, 1) }
+}
+
+/// Most rows [`int8_quantize_rows`] decomposes in one launch (decoding batches); more rows take
+/// three launches, which spread the mask and the rows over the whole device.
+pub const FUSED_OUTLIER_MAX_ROWS: usize = 32;
+
+/// [`int8_quantize_rows`] with outliers for at most [`FUSED_OUTLIER_MAX_ROWS`] rows: one cube.
+fn fused_outliers_and_rows<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    m: usize,
+    k: usize,
+    threshold_h: f32,
+    threshold: f32,
+    codes: &CubeTensor<R>,
+    absmax: &CubeTensor<R>,
+) -> Result<OutlierColumns<R>> {
+    let client = &x.client;
+    let num_words = k.div_ceil(32);
+    let mask = empty(x, vec![num_words], DType::U32);
+    let cols = empty(x, vec![k], DType::U32);
+    let count = empty(x, vec![1], DType::U32);
+    let words_per_unit = num_words.div_ceil(ROW_CUBE as usize);
+    with_float!(x.dtype, "x", F => {
+        // SAFETY: one cube; mask words below `ceil(K / 32)`, at most `K` columns, rows below
+        // `M`, word indices below `K / 4` within a row.
+        unsafe {
+            quantize_rows_outliers_kernel::launch_unchecked::<F, R>(
+                client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(ROW_CUBE),
+                float_arg(x, 1),
+                float_arg(x, 4),
+                words_arg_any(&mask),
+                words_arg_any(&cols),
+                words_arg_any(&count),
+                words_arg(codes, 1),
+                f32_arg(absmax),
+                ScalarArg::new(m as u32),
+                ScalarArg::new(k as u32),
+                ScalarArg::new(num_words as u32),
+                ScalarArg::new(words_per_unit as u32),
+                ScalarArg::new(threshold_h),
+                ScalarArg::new(threshold),
+                ROW_CUBE,
+            )
+            .map_err(|e| KernelError::launch("int8_quantize_rows (outliers, one cube)", e))?;
+        }
+    });
+    Ok(OutlierColumns { mask, cols, count })
 }
 
 fn outlier_columns<R: CubeRuntime>(

@@ -920,6 +920,8 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (8, 33, 260),
         (17, 40, 64),
         (32, 31, 516),
+        // Past FUSED_OUTLIER_MAX_ROWS: the outliers in three launches.
+        (45, 20, 96),
     ];
     for &(m, n, k) in shapes {
         let w = randn(&mut rng, n * k, 0.05);
@@ -991,6 +993,32 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             } else {
                 check_close(&actual, &expected, 4e-3, &what);
             }
+        }
+        // The outlier columns themselves: every column with an f16 magnitude of at least 6.
+        let outliers = int8_quantize_rows(&xt, 6.0)
+            .unwrap()
+            .outliers
+            .expect("a threshold decomposes");
+        let expected_cols: Vec<u32> = (0..k)
+            .filter(|&c| (0..m).any(|r| f16::from_f32(x[r * k + c]).to_f32().abs() >= 6.0))
+            .map(|c| c as u32)
+            .collect();
+        let words = |t| -> Vec<u32> { bytemuck::cast_slice(&dev.bytes_of(t)).to_vec() };
+        let count = words(&outliers.count)[0] as usize;
+        assert_eq!(
+            &words(&outliers.cols)[..count],
+            &expected_cols[..],
+            "outlier columns m {m} k {k} {}",
+            F::NAME
+        );
+        let mask = words(&outliers.mask);
+        for c in 0..k {
+            let set = (mask[c / 32] >> (c % 32)) & 1 == 1;
+            assert_eq!(
+                set,
+                expected_cols.contains(&(c as u32)),
+                "mask bit {c}, m {m} k {k}"
+            );
         }
     }
 }
