@@ -501,8 +501,6 @@ struct Int8CmmaConfig {
     fuse_bias: bool,
     add_bias: bool,
     partial: bool,
-    /// K steps whose global loads are in flight at once (a ring of register slots).
-    depth: u32,
 }
 
 /// K step of the int8 tensor-core kernel, in codes.
@@ -554,34 +552,25 @@ fn int8_matmul_cmma_kernel<F: Float>(
     let mut a_s = SharedMemory::<i8>::new_aligned(comptime!((a_total) as usize), 16usize, 256usize);
     let mut b_s =
         SharedMemory::<i8>::new_aligned(comptime!((cfg.bn * slices) as usize), 16usize, 256usize);
-    // A ring of `depth` register slots, one K step each, so that the loads of the next steps
-    // stay in flight while one is multiplied.
-    let depth = comptime!(cfg.depth);
     // `lined`: a local array of 16-byte lines (`new` would hold scalars).
-    let mut b_regs = Array::<Line<i8>>::lined(comptime!((2 * depth) as usize), 16usize);
-    let mut a_regs = Array::<Line<i8>>::lined(comptime!((a_lines * depth) as usize), 16usize);
+    let mut b_regs = Array::<Line<i8>>::lined(2usize, 16usize);
+    let mut a_regs = Array::<Line<i8>>::lined(comptime!(a_lines as usize), 16usize);
 
-    #[unroll]
-    for d in 0..depth {
-        if kt_start + d < kt_end {
-            fetch_int8_tiles(
-                a,
-                b,
-                kt_start + d,
-                d,
-                m0,
-                n0,
-                m_total,
-                n_total,
-                k_lines,
-                &mut a_regs,
-                &mut b_regs,
-                units,
-                a_lines,
-                a_total,
-            );
-        }
-    }
+    fetch_int8_tiles(
+        a,
+        b,
+        kt_start,
+        m0,
+        n0,
+        m_total,
+        n_total,
+        k_lines,
+        &mut a_regs,
+        &mut b_regs,
+        units,
+        a_lines,
+        a_total,
+    );
 
     let mut accs = Sequence::<cmma::Matrix<i32>>::new();
     #[unroll]
@@ -597,85 +586,74 @@ fn int8_matmul_cmma_kernel<F: Float>(
     }
     let warp = UNIT_POS / 32;
 
-    let mut kt0 = kt_start;
-    while kt0 < kt_end {
-        // Slot `d` holds step `kt0 + d`; the cube-wide condition keeps the barriers uniform.
+    let mut kt = kt_start;
+    while kt < kt_end {
         #[unroll]
-        for d in 0..depth {
-            let kt = kt0 + d;
-            if kt < kt_end {
-                #[unroll]
-                for i in 0..2u32 {
-                    let l = UNIT_POS + i * units;
-                    b_s[((l % slices) * cfg.bn + l / slices) as usize] =
-                        b_regs[(d * 2 + i) as usize];
-                }
-                #[unroll]
-                for i in 0..a_lines {
-                    let l = UNIT_POS + i * units;
-                    if l < a_total {
-                        a_s[((l % slices) * cfg.bm + l / slices) as usize] =
-                            a_regs[(d * a_lines + i) as usize];
-                    }
-                }
-                sync_cube();
-                // The slot is free again: refill it with the step `depth` ahead.
-                if kt + depth < kt_end {
-                    fetch_int8_tiles(
-                        a,
-                        b,
-                        kt + depth,
-                        d,
-                        m0,
-                        n0,
-                        m_total,
-                        n_total,
-                        k_lines,
-                        &mut a_regs,
-                        &mut b_regs,
-                        units,
-                        a_lines,
-                        a_total,
-                    );
-                }
-                #[unroll]
-                for kk in 0..slices {
-                    let b_frag = cmma::Matrix::<i8>::from_slice(
-                        cmma::MatrixIdent::B,
-                        16usize,
-                        16usize,
-                        16usize,
-                        cmma::MatrixLayout::ColMajor,
-                        &b_s.slice(
-                            (kk * cfg.bn + warp * 16) as usize,
-                            (kk * cfg.bn + warp * 16 + 16) as usize,
-                        )
-                        .try_cast_unchecked(),
-                        16u32,
-                    );
-                    #[unroll]
-                    for f in 0..fm {
-                        let a_frag = cmma::Matrix::<i8>::from_slice(
-                            cmma::MatrixIdent::A,
-                            16usize,
-                            16usize,
-                            16usize,
-                            cmma::MatrixLayout::RowMajor,
-                            &a_s.slice(
-                                (kk * cfg.bm + f * 16) as usize,
-                                (kk * cfg.bm + f * 16 + 16) as usize,
-                            )
-                            .try_cast_unchecked(),
-                            16u32,
-                        );
-                        let acc = accs.index(f as usize);
-                        cmma::execute::<i8, i8, i32, i32>(&a_frag, &b_frag, acc, acc);
-                    }
-                }
-                sync_cube();
+        for i in 0..2u32 {
+            let l = UNIT_POS + i * units;
+            b_s[((l % slices) * cfg.bn + l / slices) as usize] = b_regs[i as usize];
+        }
+        #[unroll]
+        for i in 0..a_lines {
+            let l = UNIT_POS + i * units;
+            if l < a_total {
+                a_s[((l % slices) * cfg.bm + l / slices) as usize] = a_regs[i as usize];
             }
         }
-        kt0 += depth;
+        sync_cube();
+        if kt + 1 < kt_end {
+            fetch_int8_tiles(
+                a,
+                b,
+                kt + 1,
+                m0,
+                n0,
+                m_total,
+                n_total,
+                k_lines,
+                &mut a_regs,
+                &mut b_regs,
+                units,
+                a_lines,
+                a_total,
+            );
+        }
+        #[unroll]
+        for kk in 0..slices {
+            let b_frag = cmma::Matrix::<i8>::from_slice(
+                cmma::MatrixIdent::B,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::ColMajor,
+                &b_s.slice(
+                    (kk * cfg.bn + warp * 16) as usize,
+                    (kk * cfg.bn + warp * 16 + 16) as usize,
+                )
+                .try_cast_unchecked(),
+                16u32,
+            );
+            #[unroll]
+            for f in 0..fm {
+                let a_frag = cmma::Matrix::<i8>::from_slice(
+                    cmma::MatrixIdent::A,
+                    16usize,
+                    16usize,
+                    16usize,
+                    cmma::MatrixLayout::RowMajor,
+                    &a_s.slice(
+                        (kk * cfg.bm + f * 16) as usize,
+                        (kk * cfg.bm + f * 16 + 16) as usize,
+                    )
+                    .try_cast_unchecked(),
+                    16u32,
+                );
+                let acc = accs.index(f as usize);
+                cmma::execute::<i8, i8, i32, i32>(&a_frag, &b_frag, acc, acc);
+            }
+        }
+        sync_cube();
+        kt += 1;
     }
 
     let mut c_s =
@@ -718,16 +696,14 @@ fn int8_matmul_cmma_kernel<F: Float>(
     }
 }
 
-/// Global loads of K step `kt` into register slot `slot`: two 16-byte lines of weight codes
-/// per unit, and the activation lines (zeros past `M` and `K`; weight rows past `N` are
-/// clamped, their outputs dropped).
+/// Global loads of one K step: two 16-byte lines of weight codes per unit, and the activation
+/// lines (zeros past `M` and `K`; weight rows past `N` are clamped, their outputs dropped).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fetch_int8_tiles(
     a: &Array<Line<i8>>,
     b: &Array<Line<i8>>,
     kt: u32,
-    slot: u32,
     m0: u32,
     n0: u32,
     m_total: u32,
@@ -749,7 +725,7 @@ fn fetch_int8_tiles(
         if kl < k_lines {
             v = b[(n * k_lines + kl) as usize];
         }
-        b_regs[(slot * 2 + i) as usize] = v;
+        b_regs[i as usize] = v;
     }
     #[unroll]
     for i in 0..a_lines {
@@ -760,7 +736,7 @@ fn fetch_int8_tiles(
         if l < a_total && m < m_total && kl < k_lines {
             v = a[(m * k_lines + kl) as usize];
         }
-        a_regs[(slot * a_lines + i) as usize] = v;
+        a_regs[i as usize] = v;
     }
 }
 
@@ -1294,9 +1270,6 @@ fn launch_int8_cmma<R: CubeRuntime, F: Float + CubeElement>(
         fuse_bias: bias.is_some() && is_f16,
         add_bias: bias.is_some() && !is_f16,
         partial: partial.is_some(),
-        // One step in flight: two made INT8 decode steps ~20% and prefill ~75% slower on an
-        // H200 (benches/speed-notes.md, fourth session).
-        depth: 1,
     };
     let bias_t = bias.unwrap_or(&a.absmax);
     let partial_t = partial.as_ref().unwrap_or(&a.absmax);
