@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use burn_backend::{DType, Shape};
 use burn_bnb_kernels::int8::Int8Strategy;
 use burn_bnb_kernels::{
-    CmmaParams, Int8Matrix, Matmul4Strategy, Quant4Options, Quant4Weight, SimtParams,
+    CmmaParams, Int8Matrix, Matmul4Strategy, MmaParams, Quant4Options, Quant4Weight, SimtParams,
     int8_matmul_dequant_with, int8_quantize_rows, linear_8bit_lt, matmul_4bit_with, matmul_dense,
     quantize_4bit,
 };
@@ -326,7 +326,7 @@ fn cases<'a>(
         let weights = if dq { &w.nf4_dq } else { &w.nf4 };
         let resolved = match strategy {
             Matmul4Strategy::Auto => {
-                burn_bnb_kernels::matmul4::auto_strategy(&ctx.client, DType::BF16, m, n, k)
+                burn_bnb_kernels::matmul4::auto_strategy_4bit(&ctx.client, DType::BF16, m, n, k, 64)
             }
             s => s,
         };
@@ -383,6 +383,32 @@ fn cases<'a>(
                     cube_size: 128,
                 }),
             );
+            if let Matmul4Strategy::Mma(auto) =
+                burn_bnb_kernels::matmul4::auto_strategy_4bit(&ctx.client, DType::BF16, m, n, k, 64)
+            {
+                for (mt, warps, split_scale, depth) in [
+                    (2, 4, 2.0, 2),
+                    (2, 4, 0.5, 2),
+                    (2, 4, 1.0, 1),
+                    (2, 4, 1.0, 3),
+                    (2, 8, 1.0, 2),
+                    (1, 4, 1.0, 2),
+                    (1, 8, 2.0, 4),
+                ] {
+                    let splits = ((auto.splits as f64 * split_scale) as u32).max(1);
+                    let p = MmaParams {
+                        mt,
+                        warps,
+                        splits,
+                        depth,
+                        ..auto
+                    };
+                    q4("nf4", false, Matmul4Strategy::Mma(p));
+                    if (mt, warps, depth) == (2, 4, 2) && split_scale == 2.0 {
+                        q4("nf4-dq", true, Matmul4Strategy::Mma(p));
+                    }
+                }
+            }
         }
     }
     let mut i8 = |format: &'static str, threshold: f32, strategy: Option<Int8Strategy>| {
@@ -427,6 +453,34 @@ fn cases<'a>(
                     continue;
                 }
                 i8("int8", 0.0, Some(Int8Strategy::Cmma { bm, bn, splits }));
+            }
+            if let Int8Strategy::Mma {
+                nt,
+                splits: auto_splits,
+                ..
+            } = burn_bnb_kernels::int8::auto_int8_strategy(&ctx.client, m, n, k)
+            {
+                for (mt, warps, split_scale, depth) in [
+                    (2, 4, 2.0, 2),
+                    (2, 4, 0.5, 2),
+                    (2, 4, 1.0, 1),
+                    (2, 4, 1.0, 3),
+                    (2, 8, 1.0, 2),
+                    (1, 4, 1.0, 2),
+                ] {
+                    let splits = ((auto_splits as f64 * split_scale) as u32).max(1);
+                    i8(
+                        "int8",
+                        0.0,
+                        Some(Int8Strategy::Mma {
+                            nt,
+                            mt,
+                            warps,
+                            splits,
+                            depth,
+                        }),
+                    );
+                }
             }
         }
     }

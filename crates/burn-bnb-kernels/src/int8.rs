@@ -439,7 +439,7 @@ fn int8_matmul_simt_kernel<F: Float>(
 /// `int8_mm_dequant`: `f16(fma(acc * SCA * SCB, 1/127², bias))`, then the output dtype.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn dequant_int8<F: Float>(
+pub(crate) fn dequant_int8<F: Float>(
     acc: i32,
     sca: f32,
     scb: f32,
@@ -940,13 +940,14 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
     };
     if m > 0 {
         let mask_t = outliers.as_ref().map_or(&absmax, |o| &o.mask);
+        let row_cube = wide_row_cube(client);
         with_float!(x.dtype, "x", F => {
             // SAFETY: one cube per row; word indices are below `K / 4` within the row.
             unsafe {
                 quantize_rows_kernel::launch_unchecked::<F, R>(
                     client,
                     grid(client, m),
-                    CubeDim::new_1d(ROW_CUBE),
+                    CubeDim::new_1d(row_cube),
                     float_arg(&x, 4),
                     words_arg_any(mask_t),
                     words_arg(&codes, 1),
@@ -955,7 +956,7 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
                     ScalarArg::new(k as u32),
                     ScalarArg::new(threshold_h),
                     ScalarArg::new(threshold),
-                    ROW_CUBE,
+                    row_cube,
                     decompose,
                 )
                 .map_err(|e| KernelError::launch("int8_quantize_rows", e))?;
@@ -974,15 +975,29 @@ fn i8_lines<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     unsafe { ArrayArg::from_raw_parts::<i8>(&t.handle, t.shape.num_elements(), 16) }
 }
 
+/// Units of the row-quantization cube: as many as the device allows, up to 1024. A decode
+/// step has a handful of rows, one cube each, and every unit's loop over the row pays a memory
+/// latency per iteration: 256 units took 18.6 us for an 8 x 14336 f16 input on an H200 (ncu),
+/// ~14 dependent iterations a unit.
+fn wide_row_cube<R: CubeRuntime>(client: &ComputeClient<R>) -> u32 {
+    let max = client.properties().hardware.max_units_per_cube.min(1024);
+    if max < ROW_CUBE {
+        return ROW_CUBE;
+    }
+    1 << (31 - max.leading_zeros())
+}
+
 /// Any 4-byte-element tensor as a `u32` array (masks and dummies).
 fn words_arg_any<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     // SAFETY: the tensor's buffer holds `size / 4` words.
     unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, t.handle.size() as usize / 4, 1) }
 }
 
-/// Most rows [`int8_quantize_rows`] decomposes in one launch (decoding batches); more rows take
-/// three launches, which spread the mask and the rows over the whole device.
-pub const FUSED_OUTLIER_MAX_ROWS: usize = 32;
+/// Most rows [`int8_quantize_rows`] decomposes in one launch (one token); more rows take three
+/// launches, which spread the mask and the rows over the whole device. One cube for every row
+/// measured slower from 8 rows on (Llama-3.1-8B INT8+Decomp on an H200, s/step: batch 1
+/// 0.0091 -> 0.0063, batch 8 0.0125 -> 0.0210, batch 32 0.0150 -> 0.0568).
+pub const FUSED_OUTLIER_MAX_ROWS: usize = 1;
 
 /// [`int8_quantize_rows`] with outliers for at most [`FUSED_OUTLIER_MAX_ROWS`] rows: one cube.
 fn fused_outliers_and_rows<R: CubeRuntime>(
@@ -1101,7 +1116,25 @@ pub enum Int8Strategy {
         /// K slices.
         splits: u32,
     },
+    /// Tensor cores with fragments loaded straight into registers (i8 x i8 -> i32 `mma`,
+    /// 16x8x32; 2..=32 activation rows, `K % 64 == 0`): each warp owns `16 * mt` weight rows and
+    /// all `8 * nt` activation rows, `warps` warps a cube, K split over `splits` cubes, `depth`
+    /// K steps of loads in flight.
+    Mma {
+        /// Activation rows in tiles of 8: 1, 2 or 4.
+        nt: u32,
+        /// Weight rows per warp in tiles of 16: 1 or 2.
+        mt: u32,
+        /// Warps per cube: 1 to 16.
+        warps: u32,
+        /// K slices.
+        splits: u32,
+        /// K steps in flight: 1 to 4.
+        depth: u32,
+    },
 }
+
+pub use crate::mma8::supports_int8_mma;
 
 /// Whether the runtime offers 16x16x16 `cmma` on i8 with i32 accumulation.
 pub fn supports_int8_cmma<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
@@ -1162,6 +1195,7 @@ pub fn int8_matmul_dequant_with<R: CubeRuntime>(
     };
     with_float!(dtype, "output", F => match strategy {
         Int8Strategy::Cmma { bm, bn, splits } => launch_int8_cmma::<R, F>(a, b, bias, &out, m, n, k, bm, bn, splits)?,
+        Int8Strategy::Mma { nt, mt, warps, splits, depth } => crate::mma8::launch_int8_mma::<R, F>(a, b, bias, &out, m, n, k, (nt, mt, warps, splits, depth))?,
         s => launch_int8_simt::<R, F>(a, b, bias, &out, None, m, n, k, s)?,
     });
     Ok(out)
@@ -1209,6 +1243,16 @@ pub fn auto_int8_strategy<R: CubeRuntime>(
     n: usize,
     k: usize,
 ) -> Int8Strategy {
+    if crate::mma8::fits(m, k) && crate::mma8::supports_int8_mma(client) {
+        let (nt, mt, warps, splits, depth) = crate::mma8::auto_params(client, m, n, k);
+        return Int8Strategy::Mma {
+            nt,
+            mt,
+            warps,
+            splits,
+            depth,
+        };
+    }
     if m > 1 && k.is_multiple_of(16) && supports_int8_cmma(client) {
         let (bm, bn) = match m {
             0..=16 => (16, 64),
@@ -1259,9 +1303,7 @@ fn launch_int8_cmma<R: CubeRuntime, F: Float + CubeElement>(
     let n_tiles = n.div_ceil(bn as usize);
     let m_tiles = m.div_ceil(bm as usize);
     let k_tiles = k.div_ceil(BK8 as usize);
-    let splits = (splits as usize).min(k_tiles);
-    let tiles_per_split = k_tiles.div_ceil(splits);
-    let splits = k_tiles.div_ceil(tiles_per_split);
+    let (tiles_per_split, splits) = crate::launch::k_slices(k_tiles, splits);
     let partial = (splits > 1).then(|| empty(&a.codes, vec![splits * m * n], DType::I32));
     let is_f16 = out.dtype == DType::F16;
     let cfg = Int8CmmaConfig {
@@ -1297,26 +1339,49 @@ fn launch_int8_cmma<R: CubeRuntime, F: Float + CubeElement>(
         )
         .map_err(|e| KernelError::launch("int8_matmul (cmma)", e))?;
         if let Some(partial) = &partial {
-            let mn = m * n;
-            int8_reduce_splits_kernel::launch_unchecked::<F, R>(
-                client,
-                grid(client, mn.div_ceil(256)),
-                CubeDim::new_1d(256),
-                words_arg_any(partial),
-                f32_arg(&a.absmax),
-                f32_arg(&b.absmax),
-                float_arg(bias_t, 1),
-                float_arg(out, 1),
-                ScalarArg::new(mn as u32),
-                ScalarArg::new(n as u32),
-                splits as u32,
-                cfg.fuse_bias,
-                cfg.add_bias,
-            )
-            .map_err(|e| KernelError::launch("int8_matmul (split-K reduction)", e))?;
+            reduce_int8_splits::<R, F>(partial, a, b, bias, out, m, n, splits, cfg.fuse_bias)?;
         }
     }
     Ok(())
+}
+
+/// Adds `splits` int32 partial products `[splits, M, N]` and dequantizes them into `out`.
+///
+/// # Safety
+/// `partial` holds `splits * m * n` int32 values, `out` `m * n` values of `F`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn reduce_int8_splits<R: CubeRuntime, F: Float + CubeElement>(
+    partial: &CubeTensor<R>,
+    a: &Int8Matrix<R>,
+    b: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    out: &CubeTensor<R>,
+    m: usize,
+    n: usize,
+    splits: usize,
+    fuse_bias: bool,
+) -> Result<()> {
+    let client = &a.codes.client;
+    let mn = m * n;
+    // SAFETY: one unit per output, checked against `m * n`; sizes are the caller's contract.
+    unsafe {
+        int8_reduce_splits_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, mn.div_ceil(256)),
+            CubeDim::new_1d(256),
+            words_arg_any(partial),
+            f32_arg(&a.absmax),
+            f32_arg(&b.absmax),
+            float_arg(bias.unwrap_or(&a.absmax), 1),
+            float_arg(out, 1),
+            ScalarArg::new(mn as u32),
+            ScalarArg::new(n as u32),
+            splits as u32,
+            fuse_bias,
+            bias.is_some() && !fuse_bias,
+        )
+    }
+    .map_err(|e| KernelError::launch("int8_matmul (split-K reduction)", e))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1341,8 +1406,10 @@ fn launch_int8_simt<R: CubeRuntime, F: Float + CubeElement>(
             mt,
             cube_size,
         } => (rows, mt, cube_size),
-        Int8Strategy::Auto | Int8Strategy::Cmma { .. } if m == 1 => (2, 1, 128),
-        Int8Strategy::Auto | Int8Strategy::Cmma { .. } => (2, 4, 128),
+        Int8Strategy::Auto | Int8Strategy::Cmma { .. } | Int8Strategy::Mma { .. } if m == 1 => {
+            (2, 1, 128)
+        }
+        Int8Strategy::Auto | Int8Strategy::Cmma { .. } | Int8Strategy::Mma { .. } => (2, 4, 128),
     };
     if !matches!(rows, 1..=8)
         || !matches!(mt, 1..=8)

@@ -213,6 +213,45 @@ pub(crate) fn has_cmma16<R: CubeRuntime>(
         })
 }
 
+/// Whether the runtime offers the manual (register-fragment) `mma` of shape `m x n x k` with
+/// `ab` inputs and `cd` accumulation.
+pub(crate) fn has_mma<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    ab: cubecl::ir::StorageType,
+    cd: cubecl::ir::StorageType,
+    (m, n, k): (u32, u32, u32),
+) -> bool {
+    client
+        .properties()
+        .features
+        .mma
+        .contains(&cubecl::features::MmaConfig {
+            a_type: ab,
+            b_type: ab,
+            cd_type: cd,
+            m,
+            n,
+            k,
+        })
+}
+
+/// `(steps_per_split, splits)` for `k_steps` K steps spread over at most `requested` cubes:
+/// every split but the last gets the same number of steps and none is empty.
+pub(crate) fn k_slices(k_steps: usize, requested: u32) -> (usize, usize) {
+    let splits = (requested as usize).clamp(1, k_steps.max(1));
+    let per_split = k_steps.div_ceil(splits).max(1);
+    (per_split, k_steps.div_ceil(per_split))
+}
+
+/// Activation tiles of 8 rows for `m` rows in the register-fragment kernels: 1, 2 or 4.
+pub(crate) fn batch_tiles(m: usize) -> u32 {
+    match m {
+        0..=8 => 1,
+        9..=16 => 2,
+        _ => 4,
+    }
+}
+
 /// Split-K factor for a tiled product with `tiles` output tiles and `k_tiles` K steps, at most
 /// `max_splits`.
 ///

@@ -86,10 +86,12 @@ pub mod int8;
 mod launch;
 pub mod layout;
 pub mod matmul4;
+mod mma4;
+mod mma8;
 pub mod quant4;
 
 pub use decoder::{
-    ATTENTION_MAX_KEYS, add_rms_norm, attention, rms_norm, rotary, rotary_kv, swiglu,
+    ATTENTION_MAX_KEYS, add_rms_norm, argmax, attention, rms_norm, rotary, rotary_kv, swiglu,
 };
 pub use dense::{matmul_dense, matmul_dense_with};
 pub use dequant4::dequantize_4bit;
@@ -100,5 +102,7 @@ pub use int8::{
     linear_8bit_lt,
 };
 pub use layout::{Absmax4, DoubleQuant4, Int8Matrix, Quant4Weight};
-pub use matmul4::{CmmaParams, Matmul4Strategy, SimtParams, matmul_4bit, matmul_4bit_with};
+pub use matmul4::{
+    CmmaParams, Matmul4Strategy, MmaParams, SimtParams, matmul_4bit, matmul_4bit_with,
+};
 pub use quant4::{Quant4Options, double_quantize, quantize_4bit};

@@ -29,6 +29,7 @@ use crate::launch::{
     plane_size, with_float,
 };
 use crate::layout::{Quant4Weight, f32_arg, float_arg, words_arg};
+pub use crate::mma4::{MmaParams, supports_mma};
 
 /// Comptime shape of the SIMT kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,6 +63,9 @@ pub enum Matmul4Strategy {
     Simt(SimtParams),
     /// The tensor-core kernel (CUDA-class runtimes with f16/bf16 `cmma`).
     Cmma(CmmaParams),
+    /// The tensor-core kernel with weight fragments built in registers, for 2..=32 activation
+    /// rows of a 4-bit weight (CUDA sm_80+, f16/bf16, `K % 64 == 0`, blocksize >= 64).
+    Mma(MmaParams),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -827,9 +831,14 @@ pub(crate) fn product<R: CubeRuntime>(
     if m == 0 || n == 0 {
         return Ok(out);
     }
-    let strategy = match strategy {
-        Matmul4Strategy::Auto => auto_strategy(&x.client, x.dtype, m, n, k),
-        s => s,
+    let strategy = match (strategy, &weight) {
+        (Matmul4Strategy::Auto, WeightOperand::Quant4(w)) => {
+            auto_strategy_4bit(&x.client, x.dtype, m, n, k, w.blocksize)
+        }
+        (Matmul4Strategy::Auto, WeightOperand::Dense(_)) => {
+            auto_strategy(&x.client, x.dtype, m, n, k)
+        }
+        (s, _) => s,
     };
     with_float!(x.dtype, "x", F => match (strategy, weight) {
         (Matmul4Strategy::Simt(p), WeightOperand::Quant4(w)) => {
@@ -841,12 +850,38 @@ pub(crate) fn product<R: CubeRuntime>(
         (Matmul4Strategy::Cmma(p), weight) => {
             launch_cmma::<R, F>(&x, weight, bias, &out, m, n, k, p)?
         }
+        (Matmul4Strategy::Mma(p), WeightOperand::Quant4(w)) => {
+            crate::mma4::launch_mma::<R, F>(&x, w, bias, &out, m, n, k, p)?
+        }
+        (Matmul4Strategy::Mma(_), WeightOperand::Dense(_)) => {
+            return Err(KernelError::Unsupported {
+                what: "mma strategy",
+                reason: "takes 4-bit weights only".into(),
+            });
+        }
         (Matmul4Strategy::Auto, _) => unreachable!("resolved above"),
     });
     Ok(out)
 }
 
-/// The strategy [`matmul_4bit`] uses for an `[M, K] x [N, K]ᵀ` product of `dtype`.
+/// The strategy [`matmul_4bit`] uses for an `[M, K] x [N, K]ᵀ` product of `dtype` with a 4-bit
+/// weight of `blocksize`: [`Matmul4Strategy::Mma`] where it fits, else [`auto_strategy`].
+pub fn auto_strategy_4bit<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+    blocksize: usize,
+) -> Matmul4Strategy {
+    if crate::mma4::fits(m, k, blocksize) && supports_mma(client, dtype) {
+        return Matmul4Strategy::Mma(crate::mma4::auto_params(client, m, n, k));
+    }
+    auto_strategy(client, dtype, m, n, k)
+}
+
+/// The strategy [`matmul_dense`](crate::matmul_dense) uses for an `[M, K] x [N, K]ᵀ` product of
+/// `dtype` (and [`matmul_4bit`] where [`Matmul4Strategy::Mma`] does not fit).
 pub fn auto_strategy<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
@@ -1018,9 +1053,7 @@ pub(crate) fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
     let n_tiles = n.div_ceil(p.bn as usize);
     let m_tiles = m.div_ceil(p.bm as usize);
     let k_tiles = k.div_ceil(BK as usize);
-    let splits = (p.splits as usize).min(k_tiles);
-    let tiles_per_split = k_tiles.div_ceil(splits);
-    let splits = k_tiles.div_ceil(tiles_per_split);
+    let (tiles_per_split, splits) = crate::launch::k_slices(k_tiles, p.splits);
     let partial = (splits > 1).then(|| empty(x, vec![splits * m * n], DType::F32));
     // The operands a variant does not read are bound to a buffer it never touches.
     let (packed, code, scales) = match weight {
@@ -1110,21 +1143,40 @@ pub(crate) fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
         )
         .map_err(|e| KernelError::launch("matmul (cmma)", e))?;
         if let Some(partial) = &partial {
-            let mn = m * n;
-            reduce_splits_kernel::launch_unchecked::<F, R>(
-                client,
-                grid(client, mn.div_ceil(256)),
-                CubeDim::new_1d(256),
-                f32_arg(partial),
-                float_arg(bias_t, 1),
-                float_arg(out, 1),
-                ScalarArg::new(mn as u32),
-                ScalarArg::new(n as u32),
-                splits as u32,
-                bias.is_some(),
-            )
-            .map_err(|e| KernelError::launch("matmul (split-K reduction)", e))?;
+            reduce_splits::<R, F>(partial, bias, out, m, n, splits)?;
         }
     }
     Ok(())
+}
+
+/// `out = sum over splits of partial[split] (+ bias)`, summed in split order (deterministic).
+///
+/// # Safety
+/// `partial` holds `splits * m * n` f32 values, `out` `m * n` values of `F`, `bias` `n`.
+pub(crate) unsafe fn reduce_splits<R: CubeRuntime, F: Float + CubeElement>(
+    partial: &CubeTensor<R>,
+    bias: Option<&CubeTensor<R>>,
+    out: &CubeTensor<R>,
+    m: usize,
+    n: usize,
+    splits: usize,
+) -> Result<()> {
+    let client = &out.client;
+    let mn = m * n;
+    // SAFETY: every unit checks its index against `m * n`; the sizes are the caller's contract.
+    unsafe {
+        reduce_splits_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, mn.div_ceil(256)),
+            CubeDim::new_1d(256),
+            f32_arg(partial),
+            float_arg(bias.unwrap_or(out), 1),
+            float_arg(out, 1),
+            ScalarArg::new(mn as u32),
+            ScalarArg::new(n as u32),
+            splits as u32,
+            bias.is_some(),
+        )
+    }
+    .map_err(|e| KernelError::launch("matmul (split-K reduction)", e))
 }

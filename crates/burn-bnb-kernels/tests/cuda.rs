@@ -47,7 +47,8 @@ cuda_tests!(
     golden_matmul4,
     golden_int8,
     int8_random,
-    int8_strategies
+    int8_strategies,
+    argmax_rows
 );
 
 #[test]

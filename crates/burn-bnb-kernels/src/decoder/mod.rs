@@ -19,6 +19,7 @@
 //! The reductions use plane sums where the runtime has them and a shared-memory tree otherwise
 //! (lavapipe), like the 4-bit kernels.
 
+mod argmax;
 mod attention;
 mod reduce;
 mod rms_norm;
@@ -26,6 +27,7 @@ mod rotary;
 mod rotary_kv;
 mod swiglu;
 
+pub use argmax::argmax;
 pub use attention::{ATTENTION_MAX_KEYS, attention};
 pub use rms_norm::{add_rms_norm, rms_norm};
 pub use rotary::rotary;

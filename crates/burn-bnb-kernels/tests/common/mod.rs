@@ -16,9 +16,9 @@ use burn_bnb_formats::{
 };
 use burn_bnb_kernels::{
     Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, Int8Strategy, KernelError, Matmul4Strategy,
-    Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_dequantize, int8_matmul_dequant,
-    int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows, linear_8bit_lt,
-    matmul_4bit_with, matmul_dense_with, quantize_4bit,
+    MmaParams, Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_dequantize,
+    int8_matmul_dequant, int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows,
+    linear_8bit_lt, matmul_4bit_with, matmul_dense_with, quantize_4bit,
 };
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -550,6 +550,34 @@ fn strategies<R: CubeRuntime>(
     s
 }
 
+/// The register-fragment tensor-core kernel in several shapes, where the device and the
+/// product allow it (2..=32 rows, K % 64 == 0, blocksize >= 64, CUDA f16/bf16).
+fn mma_strategies<R: CubeRuntime>(
+    dev: &Dev<R>,
+    dtype: DType,
+    m: usize,
+    k: usize,
+    blocksize: usize,
+) -> Vec<Matmul4Strategy> {
+    let fits = (2..=32).contains(&m) && k.is_multiple_of(64) && blocksize >= 64;
+    if !fits || !burn_bnb_kernels::matmul4::supports_mma(&dev.client, dtype) {
+        return Vec::new();
+    }
+    let nt = m.div_ceil(8).next_power_of_two() as u32;
+    [(1, 1, 1, 1), (2, 4, 3, 2), (2, 2, 2, 4), (1, 3, 5, 3)]
+        .into_iter()
+        .map(|(mt, warps, splits, depth)| {
+            Matmul4Strategy::Mma(MmaParams {
+                nt,
+                mt,
+                warps,
+                splits,
+                depth,
+            })
+        })
+        .collect()
+}
+
 /// Fused 4-bit matmuls on shapes that are not multiples of any tile, against an f64 reference.
 pub fn matmul4_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     let mut rng = StdRng::seed_from_u64(5);
@@ -562,6 +590,10 @@ pub fn matmul4_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (1, 130, 1024),
         (5, 1, 96),
         (40, 129, 192),
+        (2, 40, 192),
+        (9, 130, 512),
+        (16, 50, 128),
+        (24, 33, 384),
     ];
     let configs = [
         (QuantType::Nf4, 64, false),
@@ -601,7 +633,9 @@ pub fn matmul4_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         let bt = dev.floats::<F>(&bias, vec![n]);
         for use_bias in [false, true] {
             let reference = reference_matmul(&x, &wd, use_bias.then_some(&bias[..]), m, n, k);
-            for strategy in strategies(dev, F::KIND, m, k) {
+            let mut all = strategies(dev, F::KIND, m, k);
+            all.extend(mma_strategies(dev, F::KIND, m, k, blocksize));
+            for strategy in all {
                 let out =
                     matmul_4bit_with(&xt, &weight, use_bias.then_some(&bt), strategy).unwrap();
                 assert_eq!(out.shape.dims, vec![m, n]);
@@ -1035,6 +1069,9 @@ pub fn int8_strategies<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (17, 64, 528),
         (32, 100, 1024),
         (45, 131, 80),
+        (8, 129, 320),
+        (12, 40, 192),
+        (24, 77, 512),
     ];
     for &(m, n, k) in shapes {
         let codes = |rng: &mut StdRng, len: usize| -> Vec<i8> {
@@ -1113,6 +1150,23 @@ pub fn int8_strategies<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
                 splits: 2,
             });
         }
+        if (2..=32).contains(&m)
+            && k % 64 == 0
+            && burn_bnb_kernels::int8::supports_int8_mma(&dev.client)
+        {
+            let nt = m.div_ceil(8).next_power_of_two() as u32;
+            for (mt, warps, splits, depth) in
+                [(1, 1, 1, 1), (2, 4, 3, 2), (2, 2, 2, 4), (1, 3, 5, 3)]
+            {
+                strategies.push(Int8Strategy::Mma {
+                    nt,
+                    mt,
+                    warps,
+                    splits,
+                    depth,
+                });
+            }
+        }
         for strategy in strategies {
             let out = int8_matmul_dequant_with(&da, &db, Some(&bt), F::KIND, strategy).unwrap();
             let actual = dev.read_f32(&out);
@@ -1179,4 +1233,38 @@ pub fn errors<R: CubeRuntime>(dev: &Dev<R>) {
         int8_quantize_rows(&dev.floats::<f32>(&[1.0; 6], vec![1, 6]), 0.0),
         Err(KernelError::Unsupported { .. })
     ));
+}
+
+/// Greedy sampling ([`argmax`](burn_bnb_kernels::argmax)) against the first maximum found on the
+/// host: widths that are not multiples of any line, repeated maxima, a NaN.
+pub fn argmax_rows<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(17);
+    for (rows, width) in [(4, 1000), (8, 128_256), (3, 37), (2, 1), (5, 4099)] {
+        let mut x: Vec<f32> = randn(&mut rng, rows * width, 3.0)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        if width > 30 {
+            x[5] = 100.0;
+            x[20] = 100.0;
+            x[width + 3] = f32::NAN;
+        }
+        let expected: Vec<i32> = x
+            .chunks(width)
+            .map(|row| {
+                let mut best = 0;
+                for (i, &v) in row.iter().enumerate() {
+                    if v > row[best] || row[best].is_nan() {
+                        best = i;
+                    }
+                }
+                best as i32
+            })
+            .collect();
+        let t = dev.floats::<F>(&x, vec![rows, width]);
+        let out = burn_bnb_kernels::argmax(&t, DType::I32).unwrap();
+        assert_eq!(out.shape.dims, vec![rows, 1]);
+        let actual: Vec<i32> = bytemuck::cast_slice(&dev.bytes_of(&out)).to_vec();
+        assert_eq!(actual, expected, "argmax {rows}x{width} {}", F::NAME);
+    }
 }
