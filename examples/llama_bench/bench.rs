@@ -146,10 +146,9 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
 }
 
 /// Greedy choice per row of `[batch, vocab]` logits, read back to the host.
-fn argmax<B: Backend>(logits: Tensor<B, 2>) -> Vec<u32> {
+fn argmax<B: burn_bnb::DecoderOps>(logits: Tensor<B, 2>) -> Vec<u32> {
     let [batch, _] = logits.dims();
-    logits
-        .argmax(1)
+    burn_bnb::backend::decoder_ops::greedy(logits)
         .reshape([batch])
         .into_data()
         .convert::<i64>()

@@ -7,11 +7,14 @@
 //! here is one kernel on `CubeBackend` (CUDA, ROCm, wgpu) and the composition of Burn operations
 //! ([`crate::portable::decoder`]) everywhere else, with the same roundings.
 
-use burn_backend::{Backend, tensor::FloatTensor};
-use burn_tensor::Tensor;
+use burn_backend::{
+    Backend,
+    tensor::{FloatTensor, IntTensor},
+};
+use burn_tensor::{Int, Tensor};
 
 use crate::portable::decoder as portable;
-use crate::util::{float, float_primitive};
+use crate::util::{float, float_primitive, int};
 
 /// Fused decoder-layer operations on primitives. Every method defaults to the composition of
 /// Burn operations in [`portable::decoder`](crate::portable::decoder), which defines it.
@@ -75,6 +78,17 @@ pub trait DecoderOps: Backend {
         sin: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         portable::rotary::<Self>(x, cos, sin)
+    }
+
+    /// Greedy sampling: the first index of each row's largest value over the last dimension
+    /// (what `argmax` returns; NaN never wins). One cube per row on CubeCL backends, where
+    /// Burn's `argmax` runs one cube for all rows.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., vocab]`
+    /// - output: `[..., 1]`
+    fn greedy(x: FloatTensor<Self>) -> IntTensor<Self> {
+        portable::greedy::<Self>(x)
     }
 
     /// The SwiGLU gate: `silu(gate) * up`, elementwise.
@@ -167,6 +181,11 @@ pub trait DecoderKernels: Backend {
         sin: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         portable::rotary::<Self>(x, cos, sin)
+    }
+
+    /// See [`DecoderOps::greedy`].
+    fn greedy(x: FloatTensor<Self>) -> IntTensor<Self> {
+        portable::greedy::<Self>(x)
     }
 
     /// See [`DecoderOps::swiglu`].
@@ -283,6 +302,12 @@ pub fn rotary_kv<B: DecoderOps>(
         start,
     );
     (float(q), float(k_cache), float(v_cache))
+}
+
+/// [`DecoderOps::greedy`] on tensors: the index of each row's largest value over the last
+/// dimension, that dimension kept with size 1 (as `argmax(D - 1)`).
+pub fn greedy<B: DecoderOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D, Int> {
+    int(B::greedy(float_primitive(x)))
 }
 
 /// [`DecoderOps::swiglu`] on tensors.

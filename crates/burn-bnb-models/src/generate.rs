@@ -3,7 +3,7 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::log_softmax;
-use burn_bnb_backend::QuantizedOps;
+use burn_bnb_backend::{DecoderOps, QuantizedOps};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -202,7 +202,7 @@ impl Sampler {
     }
 
     /// One token per row.
-    pub fn sample<B: Backend>(&mut self, logits: Tensor<B, 2>) -> Vec<u32> {
+    pub fn sample<B: DecoderOps>(&mut self, logits: Tensor<B, 2>) -> Vec<u32> {
         match (self.sampling, self.rng.as_mut()) {
             (
                 Sampling::Random {
@@ -224,8 +224,7 @@ impl Sampler {
                     .map(|row| sample_row(row, temperature, top_k, top_p, rng))
                     .collect()
             }
-            _ => logits
-                .argmax(1)
+            _ => burn_bnb_backend::decoder_ops::greedy(logits)
                 .into_data()
                 .iter::<i64>()
                 .map(|t| t as u32)

@@ -1,6 +1,9 @@
 //! `Bnb<B>` runs `B`'s kernels.
 
-use burn_backend::{FloatDType, tensor::FloatTensor};
+use burn_backend::{
+    FloatDType,
+    tensor::{FloatTensor, IntTensor},
+};
 use burn_bnb_formats::Quant4Config;
 
 use crate::decoder_ops::{DecoderKernels, DecoderOps};
@@ -115,6 +118,11 @@ impl<B: QuantizedKernels> DecoderOps for Bnb<B> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let _timer = crate::op_stats::Timer::start("rotary_kv");
         <B as DecoderKernels>::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start)
+    }
+
+    fn greedy(x: FloatTensor<Self>) -> IntTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("greedy");
+        <B as DecoderKernels>::greedy(x)
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -1,7 +1,11 @@
 //! `CubeBackend`: the decoder-layer kernels of `burn_bnb_kernels::decoder`, one launch per
 //! operation; shapes or dtypes they do not take run the composition of Burn operations.
 
-use burn_backend::{DType, Shape, ops::FloatTensorOps, tensor::FloatTensor};
+use burn_backend::{
+    DType, Shape,
+    ops::FloatTensorOps,
+    tensor::{FloatTensor, IntTensor},
+};
 use burn_bnb_kernels as kernels;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -150,6 +154,14 @@ where
             launched(run(&q, &k, &v), "rotary_kv")
         });
         (q_rot, k_cache, v_cache)
+    }
+
+    fn greedy(x: FloatTensor<Self>) -> IntTensor<Self> {
+        if !kernel_float(x.dtype) || x.shape.num_elements() == 0 {
+            return portable::greedy::<Self>(x);
+        }
+        let x = into_contiguous(x);
+        launched(kernels::argmax(&x, I::dtype()), "greedy")
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

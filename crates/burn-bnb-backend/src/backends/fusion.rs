@@ -212,6 +212,7 @@ enum Kind {
     },
     Rotary,
     Swiglu,
+    Greedy,
     GroupedAttention {
         scale: f64,
     },
@@ -314,6 +315,11 @@ impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for Quanti
                 let up = float(handles, next_ir(irs));
                 let out = <B as DecoderKernels>::swiglu(gate, up);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::Greedy => {
+                let x = float(handles, next_ir(irs));
+                let out = <B as DecoderKernels>::greedy(x);
+                handles.register_int_tensor::<B>(&outputs[0].id, out);
             }
             Kind::GroupedAttention { scale } => {
                 let mut next = || float(handles, next_ir(irs));
@@ -428,6 +434,20 @@ impl<B: FusionBackend + QuantizedKernels> DecoderKernels for Fusion<B> {
         let out = (x.shape.clone(), x.dtype);
         let inputs = vec![x, cos, sin];
         single(register::<B>("bnb_rotary", Kind::Rotary, inputs, vec![out]))
+    }
+
+    fn greedy(x: FloatTensor<Self>) -> IntTensor<Self> {
+        let mut dims = x.shape.dims.clone();
+        if let Some(last) = dims.last_mut() {
+            *last = 1;
+        }
+        let out = (Shape::from(dims), <B as Backend>::IntElem::dtype());
+        single(register::<B>(
+            "bnb_greedy",
+            Kind::Greedy,
+            vec![x],
+            vec![out],
+        ))
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

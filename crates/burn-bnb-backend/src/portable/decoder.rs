@@ -2,7 +2,10 @@
 //! fused kernels reproduce, and what every backend without them runs (Autodiff differentiates
 //! through them).
 
-use burn_backend::{Backend, DType, tensor::FloatTensor};
+use burn_backend::{
+    Backend, DType,
+    tensor::{FloatTensor, IntTensor},
+};
 use burn_tensor::activation::{silu, softmax};
 
 use crate::util::{float, float_primitive};
@@ -78,6 +81,13 @@ pub fn write_kv<B: Backend>(
         )
     };
     (write(k_cache, k), write(v_cache, v))
+}
+
+/// The first index of each row's maximum over the last dimension (`argmax`), shape `[..., 1]`.
+pub fn greedy<B: Backend>(x: FloatTensor<B>) -> IntTensor<B> {
+    use burn_backend::TensorMetadata;
+    let last = x.shape().num_dims() - 1;
+    B::float_argmax(x, last)
 }
 
 /// `silu(gate) * up`.

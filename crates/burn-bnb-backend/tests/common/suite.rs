@@ -342,6 +342,40 @@ pub fn decoder<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
         );
     }
 
+    // Greedy sampling against the first maximum computed on the host: rows of a vocabulary
+    // (not a multiple of any line), a row whose maximum appears twice, and a NaN.
+    for (rows, vocab) in [(8, 128_256), (3, 37), (1, 1)] {
+        let what = format!("greedy {rows}x{vocab} {:?}", F::DTYPE);
+        let mut values = data(&mut rng, rows * vocab, 3.0);
+        if vocab > 30 {
+            values[5] = F::from_f32(100.0);
+            values[20] = F::from_f32(100.0);
+            values[vocab + 3] = F::from_f32(f32::NAN);
+        }
+        let expected: Vec<i64> = values
+            .chunks(vocab)
+            .map(|row| {
+                let mut best = 0;
+                for (i, v) in row.iter().enumerate() {
+                    if v.to_f32() > row[best].to_f32() || row[best].to_f32().is_nan() {
+                        best = i;
+                    }
+                }
+                best as i64
+            })
+            .collect();
+        let x = upload::<B, F, 2>(&values, [rows, vocab], device);
+        let out = B::greedy(x);
+        assert_eq!(out.shape().dims::<2>(), [rows, 1], "{what}: shape");
+        let actual = burn_backend::try_read_sync(B::int_into_data(out))
+            .expect("sync read")
+            .expect("int data")
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("int values");
+        assert_eq!(actual, expected, "{what}");
+    }
+
     // (batch, seq, heads, kv_heads, head_dim, len, cache slots)
     for (b, s, h, kvh, d, len, slots) in [
         (1, 1, 32, 8, 128, 65, 128),
