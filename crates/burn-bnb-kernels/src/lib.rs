@@ -54,6 +54,7 @@
 //! | [`int8_add_outliers`] | `out += x[:, cols] · W_deq[:, cols]ᵀ` | the decomposition's `addmm` |
 //! | [`linear_8bit_lt`] | the whole `Linear8bitLt` forward | `Linear8bitLt.forward` |
 //! | [`rms_norm`], [`add_rms_norm`], [`rotary`], [`swiglu`], [`attention`] | a decoder layer's other operations, one launch each ([`decoder`]) | (transformers' modules) |
+//! | [`argmax`] | greedy sampling: the first index of each row's maximum | `logits.argmax(-1)` |
 //!
 //! # Kernels
 //!
@@ -62,12 +63,18 @@
 //!   code table in shared memory, accumulate in f32 and reduce with plane sums (or a
 //!   shared-memory tree where the runtime has no plane operations, e.g. lavapipe). The same
 //!   kernel with several activation rows per cube is the portable fallback for `M > 1`.
-//! - 4-bit matmul, `M > 1` ([`Matmul4Strategy::Cmma`], CUDA f16/bf16): per 64-wide K step the
+//! - 4-bit matmul, `2 <= M <= 32` ([`Matmul4Strategy::Mma`], CUDA sm_80+ f16/bf16, blocksizes
+//!   of 64 and more): PTX `mma.m16n8k16` with fragments the units fill themselves, the weight as the
+//!   16-row operand; K is permuted inside each 64-wide step so that a unit's codes are one
+//!   8-byte load and each code byte one fragment register, and the block scale multiplies the
+//!   step's product, not each weight. Nothing of the weight passes through shared memory.
+//! - 4-bit matmul, larger `M` or blocksize 32 ([`Matmul4Strategy::Cmma`], CUDA f16/bf16): per 64-wide K step the
 //!   cube dequantizes its weight tile into shared memory next to the activation tile and multiplies
 //!   with 16x16x16 tensor-core fragments; the next step's global loads are in flight meanwhile.
 //!   Split-K spreads short-M products over the GPU; partial sums are added in a fixed order.
 //! - int8: row quantization with outlier detection and compaction on the device; the product on
-//!   i8 tensor cores (`M > 1`) or a SIMT kernel (`M = 1`, fallback), dequantized with the bias in
+//!   i8 tensor cores (`mma.m16n8k32` with register fragments for `2 <= M <= 32`, the
+//!   shared-memory `cmma` kernel beyond) or a SIMT kernel (`M = 1`, fallback), dequantized with the bias in
 //!   the same kernel; the outlier columns' 16-bit product added by a kernel that reads the outlier
 //!   count from the device.
 //!

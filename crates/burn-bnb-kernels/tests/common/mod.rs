@@ -1210,6 +1210,55 @@ pub fn errors<R: CubeRuntime>(dev: &Dev<R>) {
         matmul_4bit_with(&x, &w, None, Matmul4Strategy::Auto),
         Err(KernelError::Shape { tensor: "x", .. })
     ));
+    // The register-fragment kernels: f32 has no 16x8x16 mma; parameters out of range.
+    let x = dev.floats::<f32>(&[1.0; 128], vec![2, 64]);
+    let mma = |nt, mt| {
+        Matmul4Strategy::Mma(MmaParams {
+            nt,
+            mt,
+            warps: 4,
+            splits: 1,
+            depth: 2,
+        })
+    };
+    assert!(matches!(
+        matmul_4bit_with(&x, &w, None, mma(1, 2)),
+        Err(KernelError::Unsupported {
+            what: "mma strategy",
+            ..
+        })
+    ));
+    if burn_bnb_kernels::matmul4::supports_mma(&dev.client, DType::F16) {
+        let x = dev.floats::<f16>(&[1.0; 128], vec![2, 64]);
+        assert!(matches!(
+            matmul_4bit_with(&x, &w, None, mma(3, 2)),
+            Err(KernelError::Unsupported {
+                what: "mma parameters",
+                ..
+            })
+        ));
+    }
+    let a = dev.int8(&Int8Rows {
+        codes: vec![1; 2 * 48],
+        absmax: vec![1.0; 2],
+        rows: 2,
+        cols: 48,
+        outlier_cols: vec![],
+    });
+    let strategy = Int8Strategy::Mma {
+        nt: 1,
+        mt: 2,
+        warps: 4,
+        splits: 1,
+        depth: 2,
+    };
+    assert!(matches!(
+        int8_matmul_dequant_with(&a, &a, None, DType::F32, strategy),
+        Err(KernelError::Unsupported {
+            what: "int8 mma strategy",
+            ..
+        })
+    ));
     // A 3-byte packed buffer cannot be read as words.
     let q =
         Quantized4::quantize(&[0.5f32; 6], &[6], Quant4Config::nf4().with_blocksize(32)).unwrap();
