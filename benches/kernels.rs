@@ -386,25 +386,10 @@ fn cases<'a>(
             if let Matmul4Strategy::Mma(auto) =
                 burn_bnb_kernels::matmul4::auto_strategy_4bit(&ctx.client, DType::BF16, m, n, k, 64)
             {
-                for (mt, warps, split_scale, depth) in [
-                    (2, 4, 2.0, 2),
-                    (2, 4, 0.5, 2),
-                    (2, 4, 1.0, 1),
-                    (2, 4, 1.0, 3),
-                    (2, 8, 1.0, 2),
-                    (1, 4, 1.0, 2),
-                    (1, 8, 2.0, 4),
-                ] {
-                    let splits = ((auto.splits as f64 * split_scale) as u32).max(1);
-                    let p = MmaParams {
-                        mt,
-                        warps,
-                        splits,
-                        depth,
-                        ..auto
-                    };
+                for (i, p) in mma_sweep(auto).into_iter().enumerate() {
                     q4("nf4", false, Matmul4Strategy::Mma(p));
-                    if (mt, warps, depth) == (2, 4, 2) && split_scale == 2.0 {
+                    // The double-quantized scales once, with the splits doubled.
+                    if i == 0 {
                         q4("nf4-dq", true, Matmul4Strategy::Mma(p));
                     }
                 }
@@ -454,37 +439,39 @@ fn cases<'a>(
                 }
                 i8("int8", 0.0, Some(Int8Strategy::Cmma { bm, bn, splits }));
             }
-            if let Int8Strategy::Mma {
-                nt,
-                splits: auto_splits,
-                ..
-            } = burn_bnb_kernels::int8::auto_int8_strategy(&ctx.client, m, n, k)
+            if let Int8Strategy::Mma(auto) =
+                burn_bnb_kernels::int8::auto_int8_strategy(&ctx.client, m, n, k)
             {
-                for (mt, warps, split_scale, depth) in [
-                    (2, 4, 2.0, 2),
-                    (2, 4, 0.5, 2),
-                    (2, 4, 1.0, 1),
-                    (2, 4, 1.0, 3),
-                    (2, 8, 1.0, 2),
-                    (1, 4, 1.0, 2),
-                ] {
-                    let splits = ((auto_splits as f64 * split_scale) as u32).max(1);
-                    i8(
-                        "int8",
-                        0.0,
-                        Some(Int8Strategy::Mma {
-                            nt,
-                            mt,
-                            warps,
-                            splits,
-                            depth,
-                        }),
-                    );
+                for p in mma_sweep(auto) {
+                    i8("int8", 0.0, Some(Int8Strategy::Mma(p)));
                 }
             }
         }
     }
     cases
+}
+
+/// Register-fragment kernel variants around the automatic choice `auto`: split-K doubled and
+/// halved, load rings of 1 and 3 steps, 8 warps a cube, one 16-row tile a warp.
+fn mma_sweep(auto: MmaParams) -> Vec<MmaParams> {
+    [
+        (2, 4, 2.0, 2),
+        (2, 4, 0.5, 2),
+        (2, 4, 1.0, 1),
+        (2, 4, 1.0, 3),
+        (2, 8, 1.0, 2),
+        (1, 4, 1.0, 2),
+        (1, 8, 2.0, 4),
+    ]
+    .into_iter()
+    .map(|(mt, warps, split_scale, depth)| MmaParams {
+        mt,
+        warps,
+        splits: ((auto.splits as f64 * split_scale) as u32).max(1),
+        depth,
+        ..auto
+    })
+    .collect()
 }
 
 fn measure(ctx: &Ctx, case: &Case, n: usize, k: usize, m: usize, copy_gbps: f64) -> Row {

@@ -1117,21 +1117,9 @@ pub enum Int8Strategy {
         splits: u32,
     },
     /// Tensor cores with fragments loaded straight into registers (i8 x i8 -> i32 `mma`,
-    /// 16x8x32; 2..=32 activation rows, `K % 64 == 0`): each warp owns `16 * mt` weight rows and
-    /// all `8 * nt` activation rows, `warps` warps a cube, K split over `splits` cubes, `depth`
-    /// K steps of loads in flight.
-    Mma {
-        /// Activation rows in tiles of 8: 1, 2 or 4.
-        nt: u32,
-        /// Weight rows per warp in tiles of 16: 1 or 2.
-        mt: u32,
-        /// Warps per cube: 1 to 16.
-        warps: u32,
-        /// K slices.
-        splits: u32,
-        /// K steps in flight: 1 to 4.
-        depth: u32,
-    },
+    /// 16x8x32; 2..=32 activation rows, `K % 64 == 0`), shaped as the 4-bit kernel's
+    /// [`MmaParams`](crate::MmaParams).
+    Mma(crate::MmaParams),
 }
 
 pub use crate::mma8::supports_int8_mma;
@@ -1195,7 +1183,7 @@ pub fn int8_matmul_dequant_with<R: CubeRuntime>(
     };
     with_float!(dtype, "output", F => match strategy {
         Int8Strategy::Cmma { bm, bn, splits } => launch_int8_cmma::<R, F>(a, b, bias, &out, m, n, k, bm, bn, splits)?,
-        Int8Strategy::Mma { nt, mt, warps, splits, depth } => crate::mma8::launch_int8_mma::<R, F>(a, b, bias, &out, m, n, k, (nt, mt, warps, splits, depth))?,
+        Int8Strategy::Mma(p) => crate::mma8::launch_int8_mma::<R, F>(a, b, bias, &out, m, n, k, p)?,
         s => launch_int8_simt::<R, F>(a, b, bias, &out, None, m, n, k, s)?,
     });
     Ok(out)
@@ -1244,14 +1232,9 @@ pub fn auto_int8_strategy<R: CubeRuntime>(
     k: usize,
 ) -> Int8Strategy {
     if crate::mma8::fits(m, k) && crate::mma8::supports_int8_mma(client) {
-        let (nt, mt, warps, splits, depth) = crate::mma8::auto_params(client, m, n, k);
-        return Int8Strategy::Mma {
-            nt,
-            mt,
-            warps,
-            splits,
-            depth,
-        };
+        // Partial sums (4 bytes per output and split) at most half the int8 weight bytes.
+        let k_steps = k / crate::mma8::MMA8_BK as usize;
+        return Int8Strategy::Mma(crate::MmaParams::auto(client, m, n, k_steps, k / (8 * m)));
     }
     if m > 1 && k.is_multiple_of(16) && supports_int8_cmma(client) {
         let (bm, bn) = match m {
@@ -1406,10 +1389,10 @@ fn launch_int8_simt<R: CubeRuntime, F: Float + CubeElement>(
             mt,
             cube_size,
         } => (rows, mt, cube_size),
-        Int8Strategy::Auto | Int8Strategy::Cmma { .. } | Int8Strategy::Mma { .. } if m == 1 => {
+        Int8Strategy::Auto | Int8Strategy::Cmma { .. } | Int8Strategy::Mma(_) if m == 1 => {
             (2, 1, 128)
         }
-        Int8Strategy::Auto | Int8Strategy::Cmma { .. } | Int8Strategy::Mma { .. } => (2, 4, 128),
+        Int8Strategy::Auto | Int8Strategy::Cmma { .. } | Int8Strategy::Mma(_) => (2, 4, 128),
     };
     if !matches!(rows, 1..=8)
         || !matches!(mt, 1..=8)

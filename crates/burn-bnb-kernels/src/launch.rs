@@ -199,18 +199,8 @@ pub(crate) fn has_cmma16<R: CubeRuntime>(
     ab: cubecl::ir::StorageType,
     cd: cubecl::ir::StorageType,
 ) -> bool {
-    client
-        .properties()
-        .features
-        .cmma
-        .contains(&cubecl::features::MmaConfig {
-            a_type: ab,
-            b_type: ab,
-            cd_type: cd,
-            m: 16,
-            n: 16,
-            k: 16,
-        })
+    let config = mma_config(ab, cd, (16, 16, 16));
+    client.properties().features.cmma.contains(&config)
 }
 
 /// Whether the runtime offers the manual (register-fragment) `mma` of shape `m x n x k` with
@@ -219,20 +209,25 @@ pub(crate) fn has_mma<R: CubeRuntime>(
     client: &ComputeClient<R>,
     ab: cubecl::ir::StorageType,
     cd: cubecl::ir::StorageType,
-    (m, n, k): (u32, u32, u32),
+    shape: (u32, u32, u32),
 ) -> bool {
-    client
-        .properties()
-        .features
-        .mma
-        .contains(&cubecl::features::MmaConfig {
-            a_type: ab,
-            b_type: ab,
-            cd_type: cd,
-            m,
-            n,
-            k,
-        })
+    let config = mma_config(ab, cd, shape);
+    client.properties().features.mma.contains(&config)
+}
+
+fn mma_config(
+    ab: cubecl::ir::StorageType,
+    cd: cubecl::ir::StorageType,
+    (m, n, k): (u32, u32, u32),
+) -> cubecl::features::MmaConfig {
+    cubecl::features::MmaConfig {
+        a_type: ab,
+        b_type: ab,
+        cd_type: cd,
+        m,
+        n,
+        k,
+    }
 }
 
 /// `(steps_per_split, splits)` for `k_steps` K steps spread over at most `requested` cubes:

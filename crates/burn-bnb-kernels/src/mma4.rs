@@ -416,26 +416,52 @@ pub(crate) fn fits(m: usize, k: usize, blocksize: usize) -> bool {
     (2..=32).contains(&m) && k.is_multiple_of(MMA_BK as usize) && blocksize >= MMA_BK as usize
 }
 
-/// Parameters for an `[M, K] x [N, K]ᵀ` product: the fewest 8-row activation tiles, two 16-row
-/// weight tiles a warp (the activation fragments serve both), and split-K up to about 6 cubes a
-/// multiprocessor with the f32 partial sums under half the packed weight bytes.
-pub(crate) fn auto_params<R: CubeRuntime>(
-    client: &ComputeClient<R>,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> MmaParams {
-    let nt = batch_tiles(m);
-    let (mt, warps) = (2, 4);
-    let groups = n.div_ceil((warps * mt * 16) as usize);
-    let k_steps = k / MMA_BK as usize;
-    let splits = crate::launch::split_k(client, groups, k_steps, k / (16 * m.max(1)));
-    MmaParams {
-        nt,
-        mt,
-        warps,
-        splits,
-        depth: 2,
+impl MmaParams {
+    /// Parameters for an `[M, K] x [N, K]ᵀ` product of `k_steps` 64-wide K steps: the fewest
+    /// 8-row activation tiles, two 16-row weight tiles a warp (the activation fragments serve
+    /// both), 4 warps a cube, and split-K up to about 6 cubes a multiprocessor with at most
+    /// `max_splits` slices (callers keep the partial sums under half the weight bytes).
+    pub(crate) fn auto<R: CubeRuntime>(
+        client: &ComputeClient<R>,
+        m: usize,
+        n: usize,
+        k_steps: usize,
+        max_splits: usize,
+    ) -> Self {
+        let (mt, warps) = (2, 4);
+        let groups = n.div_ceil((warps * mt * 16) as usize);
+        MmaParams {
+            nt: batch_tiles(m),
+            mt,
+            warps,
+            splits: crate::launch::split_k(client, groups, k_steps, max_splits),
+            depth: 2,
+        }
+    }
+
+    /// Checks the parameters for `m` activation rows; `what` names the strategy in the error.
+    pub(crate) fn check(&self, m: usize, what: &'static str) -> Result<()> {
+        let valid = matches!(self.nt, 1 | 2 | 4)
+            && matches!(self.mt, 1 | 2)
+            && (1..=16).contains(&self.warps)
+            && (1..=4).contains(&self.depth)
+            && self.splits >= 1
+            && m <= (self.nt * 8) as usize;
+        if valid {
+            return Ok(());
+        }
+        Err(KernelError::Unsupported {
+            what,
+            reason: format!(
+                "{self:?} for M = {m}: nt in 1|2|4 with M <= 8 nt, mt in 1|2, warps in 1..=16, \
+                 depth in 1..=4, splits >= 1"
+            ),
+        })
+    }
+
+    /// Cubes along the `n` weight rows.
+    pub(crate) fn row_groups(&self, n: usize) -> usize {
+        n.div_ceil((self.warps * self.mt * 16) as usize)
     }
 }
 
@@ -451,7 +477,8 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
     p: MmaParams,
 ) -> Result<()> {
     let client = &x.client;
-    if !supports_mma(client, x.dtype) || !fits(m.max(2), k, weight.blocksize) {
+    let bk = MMA_BK as usize;
+    if !supports_mma(client, x.dtype) || !k.is_multiple_of(bk) || weight.blocksize < bk {
         return Err(KernelError::Unsupported {
             what: "mma strategy",
             reason: format!(
@@ -461,23 +488,8 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
             ),
         });
     }
-    let valid = matches!(p.nt, 1 | 2 | 4)
-        && matches!(p.mt, 1 | 2)
-        && (1..=16).contains(&p.warps)
-        && (1..=4).contains(&p.depth)
-        && p.splits >= 1
-        && m <= (p.nt * 8) as usize;
-    if !valid {
-        return Err(KernelError::Unsupported {
-            what: "mma parameters",
-            reason: format!(
-                "{p:?} for M = {m}: nt in 1|2|4 with M <= 8 nt, mt in 1|2, warps in 1..=16, \
-                 depth in 1..=4, splits >= 1"
-            ),
-        });
-    }
-    let rows_per_cube = (p.warps * p.mt * 16) as usize;
-    let groups = n.div_ceil(rows_per_cube);
+    p.check(m, "mma parameters")?;
+    let groups = p.row_groups(n);
     let (steps_per_split, splits) = k_slices(k / MMA_BK as usize, p.splits);
     let partial = (splits > 1).then(|| empty(x, vec![splits * m * n], DType::F32));
     let scales = ScaleArgs::new(weight);

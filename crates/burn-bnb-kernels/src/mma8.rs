@@ -16,11 +16,12 @@ use cubecl::prelude::*;
 
 use crate::error::{KernelError, Result};
 use crate::int8::{dequant_int8, reduce_int8_splits};
-use crate::launch::{batch_tiles, empty, grid, has_mma, k_slices};
+use crate::launch::{empty, grid, has_mma, k_slices};
 use crate::layout::{Int8Matrix, f32_arg, float_arg};
+use crate::mma4::MmaParams;
 
 /// K elements (bytes) per step.
-const MMA8_BK: u32 = 64;
+pub(crate) const MMA8_BK: u32 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Mma8Config {
@@ -256,22 +257,6 @@ pub(crate) fn fits(m: usize, k: usize) -> bool {
     (2..=32).contains(&m) && k.is_multiple_of(MMA8_BK as usize)
 }
 
-/// `(nt, mt, warps, splits, depth)` for an `[M, K] x [N, K]ᵀ` product: the fewest 8-row
-/// activation tiles, two 16-row weight tiles a warp, split-K up to about 6 cubes a multiprocessor
-/// with the int32 partial sums under half the weight bytes.
-pub(crate) fn auto_params<R: CubeRuntime>(
-    client: &ComputeClient<R>,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> (u32, u32, u32, u32, u32) {
-    let nt = batch_tiles(m);
-    let (mt, warps) = (2u32, 4u32);
-    let groups = n.div_ceil((warps * mt * 16) as usize);
-    let splits = crate::launch::split_k(client, groups, k / MMA8_BK as usize, k / (8 * m.max(1)));
-    (nt, mt, warps, splits, 2)
-}
-
 /// An int8 tensor's bytes as 16-byte lines of `u32` words.
 fn word_lines<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     // SAFETY: the buffer holds the tensor's bytes; callers check K % 64 == 0, so the byte count
@@ -288,7 +273,7 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
     m: usize,
     n: usize,
     k: usize,
-    (nt, mt, warps, splits, depth): (u32, u32, u32, u32, u32),
+    p: MmaParams,
 ) -> Result<()> {
     let client = &a.codes.client;
     if !supports_int8_mma(client) || !k.is_multiple_of(MMA8_BK as usize) {
@@ -297,32 +282,18 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
             reason: format!("needs the 16x8x32 i8 mma and K % {MMA8_BK} == 0 (K = {k})"),
         });
     }
-    let valid = matches!(nt, 1 | 2 | 4)
-        && matches!(mt, 1 | 2)
-        && (1..=16).contains(&warps)
-        && (1..=4).contains(&depth)
-        && splits >= 1
-        && m <= (nt * 8) as usize;
-    if !valid {
-        return Err(KernelError::Unsupported {
-            what: "int8 mma parameters",
-            reason: format!(
-                "nt {nt}, mt {mt}, warps {warps}, splits {splits}, depth {depth} for M = {m}: \
-                 nt in 1|2|4 with M <= 8 nt, mt in 1|2, warps in 1..=16, depth in 1..=4"
-            ),
-        });
-    }
+    p.check(m, "int8 mma parameters")?;
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let groups = n.div_ceil((warps * mt * 16) as usize);
-    let (steps_per_split, splits) = k_slices(k / MMA8_BK as usize, splits);
+    let groups = p.row_groups(n);
+    let (steps_per_split, splits) = k_slices(k / MMA8_BK as usize, p.splits);
     let partial = (splits > 1).then(|| empty(&a.codes, vec![splits * m * n], DType::I32));
     let is_f16 = out.dtype == DType::F16;
     let cfg = Mma8Config {
-        nt,
-        mt,
-        depth,
+        nt: p.nt,
+        mt: p.mt,
+        depth: p.depth,
         fuse_bias: bias.is_some() && is_f16,
         add_bias: bias.is_some() && !is_f16,
         partial: partial.is_some(),
@@ -334,7 +305,7 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
         int8_matmul_mma_kernel::launch_unchecked::<F, R>(
             client,
             grid(client, groups * splits),
-            CubeDim::new_1d(32 * warps),
+            CubeDim::new_1d(32 * p.warps),
             word_lines(&a.codes),
             word_lines(&b.codes),
             f32_arg(&a.absmax),

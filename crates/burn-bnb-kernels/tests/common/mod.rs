@@ -563,17 +563,24 @@ fn mma_strategies<R: CubeRuntime>(
     if !fits || !burn_bnb_kernels::matmul4::supports_mma(&dev.client, dtype) {
         return Vec::new();
     }
+    mma_variants(m)
+        .into_iter()
+        .map(Matmul4Strategy::Mma)
+        .collect()
+}
+
+/// Register-fragment kernel shapes for `m` rows: one warp a cube and no split, split-K with
+/// uneven slices, a deep load ring, one 16-row tile a warp.
+fn mma_variants(m: usize) -> Vec<MmaParams> {
     let nt = m.div_ceil(8).next_power_of_two() as u32;
     [(1, 1, 1, 1), (2, 4, 3, 2), (2, 2, 2, 4), (1, 3, 5, 3)]
         .into_iter()
-        .map(|(mt, warps, splits, depth)| {
-            Matmul4Strategy::Mma(MmaParams {
-                nt,
-                mt,
-                warps,
-                splits,
-                depth,
-            })
+        .map(|(mt, warps, splits, depth)| MmaParams {
+            nt,
+            mt,
+            warps,
+            splits,
+            depth,
         })
         .collect()
 }
@@ -1154,18 +1161,7 @@ pub fn int8_strategies<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             && k % 64 == 0
             && burn_bnb_kernels::int8::supports_int8_mma(&dev.client)
         {
-            let nt = m.div_ceil(8).next_power_of_two() as u32;
-            for (mt, warps, splits, depth) in
-                [(1, 1, 1, 1), (2, 4, 3, 2), (2, 2, 2, 4), (1, 3, 5, 3)]
-            {
-                strategies.push(Int8Strategy::Mma {
-                    nt,
-                    mt,
-                    warps,
-                    splits,
-                    depth,
-                });
-            }
+            strategies.extend(mma_variants(m).into_iter().map(Int8Strategy::Mma));
         }
         for strategy in strategies {
             let out = int8_matmul_dequant_with(&da, &db, Some(&bt), F::KIND, strategy).unwrap();
@@ -1245,13 +1241,13 @@ pub fn errors<R: CubeRuntime>(dev: &Dev<R>) {
         cols: 48,
         outlier_cols: vec![],
     });
-    let strategy = Int8Strategy::Mma {
+    let strategy = Int8Strategy::Mma(MmaParams {
         nt: 1,
         mt: 2,
         warps: 4,
         splits: 1,
         depth: 2,
-    };
+    });
     assert!(matches!(
         int8_matmul_dequant_with(&a, &a, None, DType::F32, strategy),
         Err(KernelError::Unsupported {
