@@ -383,15 +383,15 @@ fn cases<'a>(
                     cube_size: 128,
                 }),
             );
-            if let Matmul4Strategy::Mma(auto) =
-                burn_bnb_kernels::matmul4::auto_strategy_4bit(&ctx.client, DType::BF16, m, n, k, 64)
-            {
-                for (i, p) in mma_sweep(auto).into_iter().enumerate() {
-                    q4("nf4", false, Matmul4Strategy::Mma(p));
-                    // The double-quantized scales once, with the splits doubled.
-                    if i == 0 {
-                        q4("nf4-dq", true, Matmul4Strategy::Mma(p));
-                    }
+        }
+        if let Matmul4Strategy::Mma(auto) =
+            burn_bnb_kernels::matmul4::auto_strategy_4bit(&ctx.client, DType::BF16, m, n, k, 64)
+        {
+            for (i, p) in mma_sweep(auto, true).into_iter().enumerate() {
+                q4("nf4", false, Matmul4Strategy::Mma(p));
+                // The double-quantized scales once, with the splits doubled.
+                if i == 0 {
+                    q4("nf4-dq", true, Matmul4Strategy::Mma(p));
                 }
             }
         }
@@ -442,7 +442,7 @@ fn cases<'a>(
             if let Int8Strategy::Mma(auto) =
                 burn_bnb_kernels::int8::auto_int8_strategy(&ctx.client, m, n, k)
             {
-                for p in mma_sweep(auto) {
+                for p in mma_sweep(auto, false) {
                     i8("int8", 0.0, Some(Int8Strategy::Mma(p)));
                 }
             }
@@ -452,9 +452,10 @@ fn cases<'a>(
 }
 
 /// Register-fragment kernel variants around the automatic choice `auto`: split-K doubled and
-/// halved, load rings of 1 and 3 steps, 8 warps a cube, one 16-row tile a warp.
-fn mma_sweep(auto: MmaParams) -> Vec<MmaParams> {
-    [
+/// halved, load rings of 1 and 3 steps, 8 warps a cube, one 16-row tile a warp; for the 4-bit
+/// kernel (`toggle_wide`) also the other step width.
+fn mma_sweep(auto: MmaParams, toggle_wide: bool) -> Vec<MmaParams> {
+    let mut variants: Vec<MmaParams> = [
         (2, 4, 2.0, 2),
         (2, 4, 0.5, 2),
         (2, 4, 1.0, 1),
@@ -471,7 +472,12 @@ fn mma_sweep(auto: MmaParams) -> Vec<MmaParams> {
         depth,
         ..auto
     })
-    .collect()
+    .collect();
+    if toggle_wide {
+        let other = |p: MmaParams| MmaParams { wide: !p.wide, ..p };
+        variants.extend([other(auto), other(variants[1]), other(variants[2])]);
+    }
+    variants
 }
 
 fn measure(ctx: &Ctx, case: &Case, n: usize, k: usize, m: usize, copy_gbps: f64) -> Row {

@@ -1233,8 +1233,8 @@ pub fn auto_int8_strategy<R: CubeRuntime>(
 ) -> Int8Strategy {
     if crate::mma8::fits(m, k) && crate::mma8::supports_int8_mma(client) {
         // Partial sums (4 bytes per output and split) at most half the int8 weight bytes.
-        let k_steps = k / crate::mma8::MMA8_BK as usize;
-        return Int8Strategy::Mma(crate::MmaParams::auto(client, m, n, k_steps, k / (8 * m)));
+        // One 64-byte step width (`MMA8_BK`), the 4-bit kernel's narrow steps.
+        return Int8Strategy::Mma(crate::MmaParams::auto(client, m, n, k, k / (8 * m), false));
     }
     if m > 1 && k.is_multiple_of(16) && supports_int8_cmma(client) {
         let (bm, bn) = match m {

@@ -259,6 +259,14 @@ pub(crate) fn words_arg<R: CubeRuntime>(t: &CubeTensor<R>, line: usize) -> Array
     unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, words, line) }
 }
 
+/// A contiguous 16-bit float tensor (f16, bf16) with an even element count as an array of
+/// lines of `line` u32 words, two elements a word (the first in the low half).
+pub(crate) fn half_words_arg<R: CubeRuntime>(t: &CubeTensor<R>, line: usize) -> ArrayArg<'_, R> {
+    debug_assert_eq!(t.dtype.size(), 2);
+    // SAFETY: the caller checked the dtype and the even length; the buffer holds the elements.
+    unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, t.shape.num_elements() / 2, line) }
+}
+
 /// An f32 tensor as an array.
 pub(crate) fn f32_arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     // SAFETY: checked by `check_f32`.

@@ -876,8 +876,7 @@ pub fn auto_strategy_4bit<R: CubeRuntime>(
 ) -> Matmul4Strategy {
     if crate::mma4::fits(m, k, blocksize) && supports_mma(client, dtype) {
         // Partial sums (4 bytes per output and split) at most half the packed weight bytes.
-        let k_steps = k / crate::mma4::MMA_BK as usize;
-        return Matmul4Strategy::Mma(MmaParams::auto(client, m, n, k_steps, k / (16 * m)));
+        return Matmul4Strategy::Mma(MmaParams::auto(client, m, n, k, k / (16 * m), true));
     }
     auto_strategy(client, dtype, m, n, k)
 }

@@ -8,17 +8,22 @@
 //! 16-entry table; nothing of the weight passes through shared memory, which bound the
 //! shared-memory kernel ([`Matmul4Strategy::Cmma`](crate::Matmul4Strategy)) at batch 8 and 32.
 //!
-//! Two things make the register path cheap:
-//! - **K is permuted inside each 64-wide step.** A product sums over K, so any order works as
-//!   long as both operands use the same one: the four K slots a unit holds in each of the step's
-//!   four `k16` fragments are mapped to 16 consecutive K indices, which are 8 consecutive bytes of
-//!   codes in one row and 32 consecutive bytes of activations. Loads are whole lines and every
-//!   code byte is exactly one register pair of a fragment (high nibble first, as bitsandbytes
-//!   packs them).
-//! - **The block scale is applied after the product.** A step lies inside one quantization
-//!   block (blocksize >= 64), so the step is multiplied with the bare table values into a
-//!   temporary f32 accumulator, which is then scaled by each row's absmax and added: one multiply
-//!   per output instead of one per weight.
+//! Three things make the register path cheap:
+//! - **K is permuted inside each step.** A product sums over K, so any order works as long as
+//!   both operands use the same one: the K slots a unit holds in a step's `k16` fragments are
+//!   mapped to consecutive K indices, which are consecutive bytes of codes in one row and
+//!   consecutive activations. Loads are whole lines and every code byte is exactly one
+//!   fragment register (high nibble first, as bitsandbytes packs them).
+//! - **A table of code pairs.** Entry `byte` of a 256-entry shared table holds both values of
+//!   a code byte as one fragment register: one shared load a byte instead of two loads and a
+//!   pack. Every lane has its own copy in its own bank (32 KiB a cube), so random bytes never
+//!   collide.
+//! - **The block scale is applied once per step or per fragment.** Narrow steps (64 wide,
+//!   blocksize >= 64) lie inside one quantization block: the step is multiplied with the bare
+//!   table values into a temporary f32 accumulator, then scaled by each row's absmax. Wide
+//!   steps (128 wide, 16-byte code loads, for one 8-row activation tile) give each lane 32
+//!   codes of one block and multiply its fragments by the scale (one packed multiply per
+//!   register), so products go straight into the accumulator.
 //!
 //! Warps of a cube own neighbouring weight rows over the same K range, so the activations they
 //! read come from L1 after the first warp; split-K over cubes fills the device, and a second
@@ -33,10 +38,25 @@ use cubecl::prelude::*;
 use crate::decode::byte_of;
 use crate::error::{KernelError, Result};
 use crate::launch::{ScaleArgs, batch_tiles, empty, grid, has_mma, k_slices};
-use crate::layout::{Quant4Weight, f32_arg, float_arg, words_arg};
+use crate::layout::{Quant4Weight, f32_arg, float_arg, half_words_arg, words_arg};
 
-/// K elements per step: one quantization block at the smallest blocksize this kernel takes.
+/// K elements per step of the narrow kernel: 16 codes (one 8-byte load) of each of a row's
+/// four lanes, one quantization block at the smallest blocksize it takes.
 pub(crate) const MMA_BK: u32 = 64;
+
+/// K elements per step of the wide kernel: 32 codes (one 16-byte load) of each of a row's
+/// four lanes.
+pub(crate) const MMA_BK_WIDE: u32 = 128;
+
+/// K step, and smallest blocksize: a narrow step lies in one block, a wide step's 32 codes
+/// of a lane do.
+fn step_and_min_blocksize(wide: bool) -> (usize, usize) {
+    if wide {
+        (MMA_BK_WIDE as usize, 32)
+    } else {
+        (MMA_BK as usize, MMA_BK as usize)
+    }
+}
 
 /// Comptime shape of the register-fragment tensor-core kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,6 +71,11 @@ pub struct MmaParams {
     pub splits: u32,
     /// K steps whose loads are in flight per warp: 1 to 4.
     pub depth: u32,
+    /// 4-bit kernel only: 128-wide K steps (a 16-byte code load per row and lane, the block
+    /// scale applied to the weight fragments, `K % 128 == 0`, blocksize >= 32) instead of
+    /// 64-wide ones (8-byte loads, the scale applied to each step's f32 product, `K % 64 ==
+    /// 0`, blocksize >= 64). Fewer instructions a weight, more registers a unit.
+    pub wide: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +83,7 @@ struct MmaConfig {
     nt: u32,
     mt: u32,
     depth: u32,
+    wide: bool,
     dq: bool,
     bias: bool,
     partial: bool,
@@ -67,7 +93,7 @@ struct MmaConfig {
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn matmul4_mma_kernel<F: Float>(
-    x: &Array<Line<F>>,
+    x: &Array<Line<u32>>,
     packed: &Array<Line<u32>>,
     code: &Array<f32>,
     absmax: &Array<f32>,
@@ -91,10 +117,36 @@ fn matmul4_mma_kernel<F: Float>(
     let nt = comptime!(cfg.nt);
     let mt = comptime!(cfg.mt);
     let depth = comptime!(cfg.depth);
+    let wide = comptime!(cfg.wide);
+    // Step width, 16-byte activation lines a unit takes per step and row, k16 fragments a step.
+    let bk = comptime!(if cfg.wide { MMA_BK_WIDE } else { MMA_BK });
+    let xl = comptime!(bk / 32);
+    let kks = comptime!(bk / 16);
 
-    let mut lut = SharedMemory::<F>::new(16usize);
-    if UNIT_POS < 16 {
-        lut[UNIT_POS as usize] = F::cast_from(code[UNIT_POS as usize]);
+    let lane = UNIT_POS % 32;
+    let warp = UNIT_POS / 32;
+    let warps = CUBE_DIM / 32;
+    // The table of code *pairs*: entry `byte` holds the two values of a code byte as one
+    // fragment register, so that a byte costs one shared load instead of two loads and a
+    // pack. Random bytes from 32 lanes would collide in the 32 banks, so every lane has its
+    // own copy in its own bank (word `byte * 32 + lane`): 32 KiB, conflict-free.
+    let mut pairs = SharedMemory::<u32>::new(8192usize);
+    let mut tab = Array::<F>::new(16usize);
+    #[unroll]
+    for l in 0..16u32 {
+        tab[l as usize] = F::cast_from(code[l as usize]);
+    }
+    let mut hi = warp;
+    while hi < 16 {
+        let first = F::cast_from(code[hi as usize]);
+        #[unroll]
+        for l in 0..16u32 {
+            let mut v = Line::<F>::empty(2usize);
+            v[0] = first;
+            v[1] = tab[l as usize];
+            pairs[((hi * 16 + l) * 32 + lane) as usize] = u32::reinterpret(v);
+        }
+        hi += warps;
     }
     // Double quantization: the 256-entry nested table in shared memory, so that decoding a
     // scale is one dependent load from global memory (the code byte) instead of two.
@@ -111,11 +163,10 @@ fn matmul4_mma_kernel<F: Float>(
     let def = cmma::MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
     let group = CUBE_POS as u32 % row_groups;
     let split = CUBE_POS as u32 / row_groups;
-    let lane = UNIT_POS % 32;
     let g = lane / 4;
     let t = lane % 4;
-    let row0 = (group * (CUBE_DIM / 32) + UNIT_POS / 32) * mt * 16;
-    let k_steps = k_total / MMA_BK;
+    let row0 = (group * warps + warp) * mt * 16;
+    let k_steps = k_total / bk;
     let s_start = split * steps_per_split;
     let s_end = min(k_steps, s_start + steps_per_split);
     if row0 >= n_total || s_start >= s_end {
@@ -126,8 +177,9 @@ fn matmul4_mma_kernel<F: Float>(
     if cfg.dq {
         off = offset[0];
     }
-    // Lines of 8 bytes (16 codes) per weight row, of 8 activations per activation row.
-    let code_lines = k_total / 16;
+    // Lines of a unit's codes of a step per weight row (8 or 16 bytes), of 8 activations per
+    // activation row.
+    let code_lines = k_total / (bk / 4);
     let x_lines = k_total / 8;
 
     // This unit's weight rows (`g` and `g + 8` of each 16-row tile, clamped: the rows past N
@@ -139,20 +191,21 @@ fn matmul4_mma_kernel<F: Float>(
     }
 
     // Ring of `depth` steps of loads: codes and scales of the unit's rows, its activations.
-    let mut w_ring = Array::<Line<u32>>::lined(comptime!((depth * 2 * mt) as usize), 2usize);
+    let mut w_ring =
+        Array::<Line<u32>>::lined(comptime!((depth * 2 * mt) as usize), comptime!(xl as usize));
     let mut s_ring = Array::<f32>::new(comptime!((depth * 2 * mt) as usize));
     let mut q_ring = Array::<u32>::new(comptime!(if cfg.dq {
         (depth * 2 * mt) as usize
     } else {
         1usize
     }));
-    let mut x_ring = Array::<Line<F>>::lined(comptime!((depth * 2 * nt) as usize), 8usize);
+    let mut x_ring = Array::<Line<u32>>::lined(comptime!((depth * xl * nt) as usize), 4usize);
 
     #[unroll]
     for d in 0..depth {
         let s = s_start + d;
         if s < s_end {
-            fetch_step::<F>(
+            fetch_step(
                 x,
                 packed,
                 absmax,
@@ -176,6 +229,7 @@ fn matmul4_mma_kernel<F: Float>(
                 mt,
                 nt,
                 cfg.dq,
+                cfg.wide,
             );
         }
     }
@@ -194,29 +248,30 @@ fn matmul4_mma_kernel<F: Float>(
             if s < s_end {
                 // Take the slot's registers, then refill it `depth` steps ahead before the math,
                 // so the loads fly while this step multiplies.
-                let mut w = Array::<Line<u32>>::lined(comptime!((2 * mt) as usize), 2usize);
+                let mut w =
+                    Array::<Line<u32>>::lined(comptime!((2 * mt) as usize), comptime!(xl as usize));
                 let mut sc = Array::<f32>::new(comptime!((2 * mt) as usize));
                 #[unroll]
                 for i in 0..comptime!(2 * mt) {
                     w[i as usize] = w_ring[(d * 2 * mt + i) as usize];
                     let stored = s_ring[(d * 2 * mt + i) as usize];
+                    let mut scale = stored;
                     if cfg.dq {
                         // bitsandbytes' `f32(f32(code * nested_absmax) + offset)`; the XOR
                         // with a runtime 0 keeps the two roundings (see `block_scale`).
                         let q = q_ring[(d * 2 * mt + i) as usize];
                         let product = nested[q as usize] * stored;
-                        sc[i as usize] = f32::reinterpret(u32::reinterpret(product) ^ zero) + off;
-                    } else {
-                        sc[i as usize] = stored;
+                        scale = f32::reinterpret(u32::reinterpret(product) ^ zero) + off;
                     }
+                    sc[i as usize] = scale;
                 }
-                let mut xs = Array::<Line<F>>::lined(comptime!((2 * nt) as usize), 8usize);
+                let mut xs = Array::<Line<u32>>::lined(comptime!((xl * nt) as usize), 4usize);
                 #[unroll]
-                for i in 0..comptime!(2 * nt) {
-                    xs[i as usize] = x_ring[(d * 2 * nt + i) as usize];
+                for i in 0..comptime!(xl * nt) {
+                    xs[i as usize] = x_ring[(d * xl * nt + i) as usize];
                 }
                 if s + depth < s_end {
-                    fetch_step::<F>(
+                    fetch_step(
                         x,
                         packed,
                         absmax,
@@ -240,43 +295,55 @@ fn matmul4_mma_kernel<F: Float>(
                         mt,
                         nt,
                         cfg.dq,
+                        cfg.wide,
                     );
                 }
                 #[unroll]
                 for i in 0..mt {
-                    let w_lo = w[(2 * i) as usize];
-                    let w_hi = w[(2 * i + 1) as usize];
+                    // Wide: the fragments carry the block scale (a unit's 32 codes of a row lie
+                    // in one block), so every product goes straight into the accumulator.
+                    // Narrow: the step lies in one block; its product with the bare table
+                    // values is scaled once per output.
+                    let s_lo = Line::<F>::empty(2usize).fill(F::cast_from(sc[(2 * i) as usize]));
+                    let s_hi =
+                        Line::<F>::empty(2usize).fill(F::cast_from(sc[(2 * i + 1) as usize]));
                     let mut tmp = Array::<Line<f32>>::lined(comptime!((nt * 2) as usize), 2usize);
                     #[unroll]
                     for j in 0..comptime!(nt * 2) {
-                        tmp[j as usize] = Line::<f32>::empty(2usize).fill(0.0f32);
+                        if wide {
+                            tmp[j as usize] = acc[(i * nt * 2 + j) as usize];
+                        } else {
+                            tmp[j as usize] = Line::<f32>::empty(2usize).fill(0.0f32);
+                        }
                     }
                     #[unroll]
-                    for kk in 0..4u32 {
+                    for kk in 0..kks {
                         // Fragment A (weights): registers 0/1 hold K slots 2t, 2t+1 of rows g
                         // and g+8, registers 2/3 slots 2t+8, 2t+9; here those are the code
-                        // bytes 2kk and 2kk+1 of the unit's 8 bytes of each row.
+                        // bytes 2kk and 2kk+1 of the unit's bytes of each row.
+                        let w_lo = w[(2 * i) as usize][(kk / 2) as usize];
+                        let w_hi = w[(2 * i + 1) as usize][(kk / 2) as usize];
+                        let b_lo = (2 * kk) % 4;
                         let mut a = Array::<Line<F>>::lined(4usize, 2usize);
-                        a[0] = pair::<F>(&lut, byte_of(w_lo[(kk / 2) as usize], (2 * kk) % 4));
-                        a[1] = pair::<F>(&lut, byte_of(w_hi[(kk / 2) as usize], (2 * kk) % 4));
-                        a[2] = pair::<F>(&lut, byte_of(w_lo[(kk / 2) as usize], (2 * kk) % 4 + 1));
-                        a[3] = pair::<F>(&lut, byte_of(w_hi[(kk / 2) as usize], (2 * kk) % 4 + 1));
+                        a[0] = pair::<F>(&pairs, w_lo, b_lo, lane);
+                        a[1] = pair::<F>(&pairs, w_hi, b_lo, lane);
+                        a[2] = pair::<F>(&pairs, w_lo, b_lo + 1, lane);
+                        a[3] = pair::<F>(&pairs, w_hi, b_lo + 1, lane);
+                        if wide {
+                            a[0] = a[0] * s_lo;
+                            a[1] = a[1] * s_hi;
+                            a[2] = a[2] * s_lo;
+                            a[3] = a[3] * s_hi;
+                        }
                         #[unroll]
                         for j in 0..nt {
                             // Fragment B (activations): register 0 holds K slots 2t, 2t+1 of
                             // column g, register 1 slots 2t+8, 2t+9: activations 4kk..4kk+4 of
-                            // the unit's 16.
-                            let xl = xs[(2 * j + kk / 2) as usize];
-                            let e = (4 * kk) % 8;
+                            // the unit's, i.e. its words 2kk and 2kk + 1.
+                            let xw = xs[(xl * j + kk / 2) as usize];
                             let mut b = Array::<Line<F>>::lined(2usize, 2usize);
-                            let mut b0 = Line::<F>::empty(2usize);
-                            b0[0] = xl[e as usize];
-                            b0[1] = xl[(e + 1) as usize];
-                            let mut b1 = Line::<F>::empty(2usize);
-                            b1[0] = xl[(e + 2) as usize];
-                            b1[1] = xl[(e + 3) as usize];
-                            b[0] = b0;
-                            b[1] = b1;
+                            b[0] = Line::<F>::reinterpret(xw[((2 * kk) % 4) as usize]);
+                            b[1] = Line::<F>::reinterpret(xw[((2 * kk) % 4 + 1) as usize]);
                             let mut c = Array::<Line<f32>>::lined(2usize, 2usize);
                             c[0] = tmp[(2 * j) as usize];
                             c[1] = tmp[(2 * j + 1) as usize];
@@ -286,13 +353,18 @@ fn matmul4_mma_kernel<F: Float>(
                         }
                     }
                     // Accumulator registers: 0 = row g, 1 = row g + 8 (columns 2t, 2t+1).
-                    let s_lo = Line::<f32>::empty(2usize).fill(sc[(2 * i) as usize]);
-                    let s_hi = Line::<f32>::empty(2usize).fill(sc[(2 * i + 1) as usize]);
                     #[unroll]
                     for j in 0..nt {
                         let a_i = ((i * nt + j) * 2) as usize;
-                        acc[a_i] = acc[a_i] + tmp[(2 * j) as usize] * s_lo;
-                        acc[a_i + 1] = acc[a_i + 1] + tmp[(2 * j + 1) as usize] * s_hi;
+                        if wide {
+                            acc[a_i] = tmp[(2 * j) as usize];
+                            acc[a_i + 1] = tmp[(2 * j + 1) as usize];
+                        } else {
+                            let f_lo = Line::<f32>::empty(2usize).fill(sc[(2 * i) as usize]);
+                            let f_hi = Line::<f32>::empty(2usize).fill(sc[(2 * i + 1) as usize]);
+                            acc[a_i] = acc[a_i] + tmp[(2 * j) as usize] * f_lo;
+                            acc[a_i + 1] = acc[a_i + 1] + tmp[(2 * j + 1) as usize] * f_hi;
+                        }
                     }
                 }
             }
@@ -328,21 +400,28 @@ fn matmul4_mma_kernel<F: Float>(
     }
 }
 
-/// The two table values of a code byte, high nibble first (bitsandbytes' packing order).
+/// The two table values of byte `b` (comptime, 0..4) of `word` as one fragment register, high
+/// nibble first (bitsandbytes' packing order), from this lane's copy of the pair table.
+///
+/// Measured (ncu, H200, gate/up at batch 8): the executed instructions of the product fell by a
+/// quarter against two 16-bit lookups and a pack per byte.
 #[cube]
-fn pair<F: Float>(lut: &SharedMemory<F>, byte: u32) -> Line<F> {
-    let mut v = Line::<F>::empty(2usize);
-    v[0] = lut[(byte >> 4) as usize];
-    v[1] = lut[(byte & 15u32) as usize];
-    v
+fn pair<F: Float>(pairs: &SharedMemory<u32>, word: u32, #[comptime] b: u32, lane: u32) -> Line<F> {
+    // `byte * 32 + lane` with the shift folded into the byte extraction.
+    let slot = if comptime!(b == 0) {
+        (word << 5) & 8160u32
+    } else {
+        (word >> comptime!(8 * b - 5)) & 8160u32
+    };
+    Line::<F>::reinterpret(pairs[(slot | lane) as usize])
 }
 
 /// Loads of step `s` into ring slot `slot`: 8 code bytes and the block scale of each of the
 /// unit's weight rows, 16 activations of each of its activation rows (zeros past `M`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn fetch_step<F: Float>(
-    x: &Array<Line<F>>,
+fn fetch_step(
+    x: &Array<Line<u32>>,
     packed: &Array<Line<u32>>,
     absmax: &Array<f32>,
     dq_codes: &Array<u32>,
@@ -353,7 +432,7 @@ fn fetch_step<F: Float>(
     w_ring: &mut Array<Line<u32>>,
     s_ring: &mut Array<f32>,
     q_ring: &mut Array<u32>,
-    x_ring: &mut Array<Line<F>>,
+    x_ring: &mut Array<Line<u32>>,
     s: u32,
     slot: u32,
     g: u32,
@@ -365,13 +444,18 @@ fn fetch_step<F: Float>(
     #[comptime] mt: u32,
     #[comptime] nt: u32,
     #[comptime] dq: bool,
+    #[comptime] wide: bool,
 ) {
     #[unroll]
     for i in 0..comptime!(2 * mt) {
         let r = rows[i as usize];
         let slot_i = (slot * 2 * mt + i) as usize;
         w_ring[slot_i] = packed[(r * code_lines + s * 4 + t) as usize];
-        let block = (r * k_total + s * MMA_BK) >> log2_bs;
+        let mut k0 = s * MMA_BK;
+        if wide {
+            k0 = s * MMA_BK_WIDE + 32 * t;
+        }
+        let block = (r * k_total + k0) >> log2_bs;
         if dq {
             q_ring[slot_i] = byte_of(dq_codes[(block / 4) as usize], block % 4);
             s_ring[slot_i] = nested_absmax[(block >> nested_shift) as usize];
@@ -382,14 +466,15 @@ fn fetch_step<F: Float>(
     #[unroll]
     for j in 0..nt {
         let m = j * 8 + g;
-        let base = m * x_lines + s * 8 + 2 * t;
+        let xl = comptime!(if wide { 4u32 } else { 2u32 });
+        let base = m * x_lines + s * (4 * xl) + xl * t;
         #[unroll]
-        for h in 0..2u32 {
-            let mut v = Line::<F>::empty(8usize).fill(F::new(0.0));
+        for h in 0..xl {
+            let mut v = Line::<u32>::empty(4usize).fill(0u32);
             if m < m_total {
                 v = x[(base + h) as usize];
             }
-            x_ring[(slot * 2 * nt + 2 * j + h) as usize] = v;
+            x_ring[(slot * xl * nt + xl * j + h) as usize] = v;
         }
     }
 }
@@ -410,32 +495,41 @@ pub fn supports_mma<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> 
     )
 }
 
-/// Whether the kernel can compute `[m, k] x weight` for a weight of `blocksize`: `2..=32`
-/// activation rows, whole 64-wide K steps, and steps inside one quantization block.
+/// Whether the kernel can compute `[m, k] x weight` for a weight of `blocksize` as
+/// [`MmaParams::auto`] would: `2..=32` activation rows (one row is the SIMT GEMV's, faster
+/// there), whole 64-wide K steps, and steps inside one quantization block.
 pub(crate) fn fits(m: usize, k: usize, blocksize: usize) -> bool {
     (2..=32).contains(&m) && k.is_multiple_of(MMA_BK as usize) && blocksize >= MMA_BK as usize
 }
 
 impl MmaParams {
-    /// Parameters for an `[M, K] x [N, K]ᵀ` product of `k_steps` 64-wide K steps: the fewest
-    /// 8-row activation tiles, two 16-row weight tiles a warp (the activation fragments serve
+    /// Parameters for an `[M, K] x [N, K]ᵀ` product: the fewest 8-row activation tiles, wide
+    /// steps for one tile, two 16-row weight tiles a warp (the activation fragments serve
     /// both), 4 warps a cube, and split-K up to about 6 cubes a multiprocessor with at most
-    /// `max_splits` slices (callers keep the partial sums under half the weight bytes).
+    /// `max_splits` slices (callers keep the partial sums under half the weight bytes). The
+    /// int8 kernel has one step width (`allow_wide` false).
     pub(crate) fn auto<R: CubeRuntime>(
         client: &ComputeClient<R>,
         m: usize,
         n: usize,
-        k_steps: usize,
+        k: usize,
         max_splits: usize,
+        allow_wide: bool,
     ) -> Self {
-        let (mt, warps) = (2, 4);
+        let nt = batch_tiles(m);
+        // Wide steps hold 16 words of activations per 8-row tile and unit: for one tile only,
+        // or the registers cost the occupancy they save in instructions.
+        let wide = allow_wide && nt == 1 && k.is_multiple_of(MMA_BK_WIDE as usize);
+        let (mt, warps, depth) = (2, 4, 2);
         let groups = n.div_ceil((warps * mt * 16) as usize);
+        let k_steps = k / step_and_min_blocksize(wide).0;
         MmaParams {
-            nt: batch_tiles(m),
+            nt,
             mt,
             warps,
             splits: crate::launch::split_k(client, groups, k_steps, max_splits),
-            depth: 2,
+            depth,
+            wide,
         }
     }
 
@@ -477,23 +571,24 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
     p: MmaParams,
 ) -> Result<()> {
     let client = &x.client;
-    let bk = MMA_BK as usize;
-    if !supports_mma(client, x.dtype) || !k.is_multiple_of(bk) || weight.blocksize < bk {
+    p.check(m, "mma parameters")?;
+    let (bk, min_blocksize) = step_and_min_blocksize(p.wide);
+    if !supports_mma(client, x.dtype) || !k.is_multiple_of(bk) || weight.blocksize < min_blocksize {
         return Err(KernelError::Unsupported {
             what: "mma strategy",
             reason: format!(
-                "needs the 16x8x16 mma for {:?}, K % {MMA_BK} == 0 and blocksize >= {MMA_BK} \
-                 (K = {k}, blocksize {})",
-                x.dtype, weight.blocksize
+                "needs the 16x8x16 mma for {:?}, K % {bk} == 0 and blocksize >= {min_blocksize} \
+                 (K = {k}, blocksize {}, wide {})",
+                x.dtype, weight.blocksize, p.wide
             ),
         });
     }
-    p.check(m, "mma parameters")?;
     let groups = p.row_groups(n);
-    let (steps_per_split, splits) = k_slices(k / MMA_BK as usize, p.splits);
+    let (steps_per_split, splits) = k_slices(k / bk, p.splits);
     let partial = (splits > 1).then(|| empty(x, vec![splits * m * n], DType::F32));
     let scales = ScaleArgs::new(weight);
     let cfg = MmaConfig {
+        wide: p.wide,
         nt: p.nt,
         mt: p.mt,
         depth: p.depth,
@@ -509,8 +604,8 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
             client,
             grid(client, groups * splits),
             CubeDim::new_1d(32 * p.warps),
-            float_arg(x, 8),
-            words_arg(&weight.packed, 2),
+            half_words_arg(x, 4),
+            words_arg(&weight.packed, if p.wide { 4 } else { 2 }),
             f32_arg(&weight.code),
             scales.absmax,
             scales.dq_codes,

@@ -283,6 +283,13 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
         });
     }
     p.check(m, "int8 mma parameters")?;
+    if p.wide {
+        return Err(KernelError::Unsupported {
+            what: "int8 mma parameters",
+            reason: "wide steps are a 4-bit kernel option; the int8 kernel has one step width"
+                .into(),
+        });
+    }
     if m == 0 || n == 0 {
         return Ok(());
     }

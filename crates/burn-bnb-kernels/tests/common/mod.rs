@@ -551,7 +551,7 @@ fn strategies<R: CubeRuntime>(
 }
 
 /// The register-fragment tensor-core kernel in several shapes, where the device and the
-/// product allow it (2..=32 rows, K % 64 == 0, blocksize >= 64, CUDA f16/bf16).
+/// product allow it (1..=32 rows, K % 128 == 0, blocksize >= 32, CUDA f16/bf16).
 fn mma_strategies<R: CubeRuntime>(
     dev: &Dev<R>,
     dtype: DType,
@@ -559,18 +559,27 @@ fn mma_strategies<R: CubeRuntime>(
     k: usize,
     blocksize: usize,
 ) -> Vec<Matmul4Strategy> {
-    let fits = (2..=32).contains(&m) && k.is_multiple_of(64) && blocksize >= 64;
-    if !fits || !burn_bnb_kernels::matmul4::supports_mma(&dev.client, dtype) {
+    if !(1..=32).contains(&m) || !burn_bnb_kernels::matmul4::supports_mma(&dev.client, dtype) {
         return Vec::new();
     }
+    let fits = |wide: bool| {
+        if wide {
+            k.is_multiple_of(128) && blocksize >= 32
+        } else {
+            k.is_multiple_of(64) && blocksize >= 64
+        }
+    };
     mma_variants(m)
         .into_iter()
+        .flat_map(|p| [p, MmaParams { wide: true, ..p }])
+        .filter(|p| fits(p.wide))
         .map(Matmul4Strategy::Mma)
         .collect()
 }
 
 /// Register-fragment kernel shapes for `m` rows: one warp a cube and no split, split-K with
-/// uneven slices, a deep load ring, one 16-row tile a warp.
+/// uneven slices, a deep load ring, one 16-row tile a warp (narrow steps; the 4-bit tests add
+/// each with wide steps).
 fn mma_variants(m: usize) -> Vec<MmaParams> {
     let nt = m.div_ceil(8).next_power_of_two() as u32;
     [(1, 1, 1, 1), (2, 4, 3, 2), (2, 2, 2, 4), (1, 3, 5, 3)]
@@ -581,6 +590,7 @@ fn mma_variants(m: usize) -> Vec<MmaParams> {
             warps,
             splits,
             depth,
+            wide: false,
         })
         .collect()
 }
@@ -593,11 +603,11 @@ pub fn matmul4_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (3, 63, 200),
         (8, 100, 256),
         (17, 33, 1000),
-        (32, 70, 320),
+        (32, 70, 384),
         (1, 130, 1024),
         (5, 1, 96),
         (40, 129, 192),
-        (2, 40, 192),
+        (2, 40, 256),
         (9, 130, 512),
         (16, 50, 128),
         (24, 33, 384),
@@ -1215,6 +1225,7 @@ pub fn errors<R: CubeRuntime>(dev: &Dev<R>) {
             warps: 4,
             splits: 1,
             depth: 2,
+            wide: false,
         })
     };
     assert!(matches!(
@@ -1247,6 +1258,7 @@ pub fn errors<R: CubeRuntime>(dev: &Dev<R>) {
         warps: 4,
         splits: 1,
         depth: 2,
+        wide: false,
     });
     assert!(matches!(
         int8_matmul_dequant_with(&a, &a, None, DType::F32, strategy),
