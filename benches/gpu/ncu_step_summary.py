@@ -22,7 +22,7 @@ def kernels(path):
 
 def main(path):
     rows = kernels(path)
-    ends = [i for i, (n, _, _) in enumerate(rows) if n in ("argmax_kernel", "reduce_kernel")]
+    ends = [i for i, (n, _, _) in enumerate(rows) if n.startswith("argmax_kernel") or n == "reduce_kernel"]
     if len(ends) < 2:
         sys.exit(f"{path}: fewer than two decode steps found")
     step = rows[ends[-2] + 1 : ends[-1] + 1]
