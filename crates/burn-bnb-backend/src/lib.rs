@@ -60,6 +60,22 @@ pub type BnbCuda<F = f32> =
     Bnb<burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, F, i32, u8>>;
 pub use error::{BnbError, Result};
 pub use layout::{ByteLayout, byte_dtype, signed_byte_dtype};
+
+/// Whether a wgpu adapter can run a kernel on `device`: `false` where wgpu finds no adapter
+/// (a machine without Vulkan/Metal/DX12, e.g. a CI runner without Mesa's lavapipe), whose
+/// first operation panics inside Burn. For choosing a backend, and for tests that skip
+/// themselves there.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_available(device: &burn_wgpu::WgpuDevice) -> bool {
+    use burn_tensor::Tensor;
+    let device = device.clone();
+    std::panic::catch_unwind(move || {
+        Tensor::<burn_wgpu::Wgpu, 1>::from_data([1.0f32, 2.0], &device)
+            .sum()
+            .into_scalar()
+    })
+    .is_ok()
+}
 pub use ops::{QuantizedKernels, QuantizedOps};
 pub use primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
 

@@ -29,7 +29,6 @@ fn cuda_backends_implement_quantized_ops() {
 mod wgpu {
     use super::*;
     use crate::common::suite;
-    use burn_tensor::Tensor;
     use burn_wgpu::{CubeBackend, Wgpu, WgpuDevice, WgpuRuntime};
 
     #[test]
@@ -39,24 +38,13 @@ mod wgpu {
         implements_quantized_ops::<Autodiff<Bnb<Wgpu>>>();
     }
 
-    /// Whether a wgpu adapter can run a kernel here.
-    fn adapter_available(device: &WgpuDevice) -> bool {
-        let device = device.clone();
-        std::panic::catch_unwind(move || {
-            Tensor::<Wgpu, 1>::from_data([1.0f32, 2.0], &device)
-                .sum()
-                .into_scalar()
-        })
-        .is_ok()
-    }
-
     /// Every operation through the CubeCL kernels (and their portable fallbacks) on the fused
     /// (`Fusion<CubeBackend>`, custom operations) and the plain backend, against the CPU
     /// reference: (de)quantization bit-exact, products within bitsandbytes' tolerances.
     #[test]
     fn the_kernels_run_on_wgpu() {
         let device = WgpuDevice::default();
-        if !adapter_available(&device) {
+        if !burn_bnb_backend::wgpu_available(&device) {
             assert!(
                 std::env::var_os("BURN_BNB_REQUIRE_WGPU").is_none(),
                 "BURN_BNB_REQUIRE_WGPU is set but no wgpu adapter works here"

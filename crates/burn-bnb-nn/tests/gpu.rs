@@ -187,20 +187,10 @@ mod wgpu {
     use burn::backend::Wgpu;
     use burn::backend::wgpu::WgpuDevice;
 
-    fn adapter_available(device: &WgpuDevice) -> bool {
-        let device = device.clone();
-        std::panic::catch_unwind(move || {
-            Tensor::<Wgpu, 1>::from_data([1.0f32, 2.0], &device)
-                .sum()
-                .into_scalar()
-        })
-        .is_ok()
-    }
-
     #[test]
     fn wgpu_layers_match_the_portable_path_and_records_load_anywhere() {
         let device = WgpuDevice::default();
-        if !adapter_available(&device) {
+        if !burn_bnb_backend::wgpu_available(&device) {
             assert!(
                 std::env::var_os("BURN_BNB_REQUIRE_WGPU").is_none(),
                 "BURN_BNB_REQUIRE_WGPU is set but no wgpu adapter works here"

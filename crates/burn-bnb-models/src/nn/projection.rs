@@ -105,10 +105,9 @@ impl<B: Backend> Projection<B> {
         match self {
             Projection::Dense(linear) => linear.weight.dims(),
             Projection::Linear4bit(layer) => [layer.d_input, layer.d_output],
-            Projection::Linear8bitLt(layer) => {
-                let [n, k] = layer.weight.dims();
-                [k, n]
-            }
+            // Not the weight's width: where the device has no 8-bit integers the codes are
+            // packed four to a word (`ByteLayout`).
+            Projection::Linear8bitLt(layer) => [layer.d_input, layer.weight.dims()[0]],
         }
     }
 
