@@ -63,8 +63,10 @@ pub enum Matmul4Strategy {
     Simt(SimtParams),
     /// The tensor-core kernel (CUDA-class runtimes with f16/bf16 `cmma`).
     Cmma(CmmaParams),
-    /// The tensor-core kernel with weight fragments built in registers, for 2..=32 activation
-    /// rows of a 4-bit weight (CUDA sm_80+, f16/bf16, `K % 64 == 0`, blocksize >= 64).
+    /// The tensor-core kernel with weight fragments built in registers, for up to 32 activation
+    /// rows of a 4-bit weight (CUDA sm_80+, f16/bf16; narrow steps: `K % 64 == 0`, blocksize
+    /// >= 64; wide steps: `K % 128 == 0`, blocksize >= 32). [`Matmul4Strategy::Auto`] picks it
+    /// for 2 to 32 rows.
     Mma(MmaParams),
 }
 

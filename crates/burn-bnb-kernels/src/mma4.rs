@@ -1,12 +1,12 @@
-//! The 4-bit product for a few activation rows (2..=32, decoding a batch) on tensor cores, with
-//! the weight fragments built in registers: [`Matmul4Strategy::Mma`](crate::Matmul4Strategy).
+//! The 4-bit product for a few activation rows (up to 32, decoding a batch) on tensor cores,
+//! with the weight fragments built in registers: [`Matmul4Strategy::Mma`](crate::Matmul4Strategy).
 //!
 //! The weight is the `A` operand of PTX `mma.m16n8k16` (16 weight rows) and the activations
 //! the `B` operand (8 activation rows), so a batch of 8 fills the instruction instead of padding
 //! a 16-row tile with zeros. Each unit loads the packed codes it needs straight into registers
-//! (8 bytes of two weight rows per 64-wide K step) and turns them into fragments through the
-//! 16-entry table; nothing of the weight passes through shared memory, which bound the
-//! shared-memory kernel ([`Matmul4Strategy::Cmma`](crate::Matmul4Strategy)) at batch 8 and 32.
+//! (8 or 16 bytes of each of its weight rows per K step) and turns them into fragments through a
+//! table of code pairs; no weight tile is staged in shared memory, which bound the shared-memory
+//! kernel ([`Matmul4Strategy::Cmma`](crate::Matmul4Strategy)) at batch 8 and 32.
 //!
 //! Three things make the register path cheap:
 //! - **K is permuted inside each step.** A product sums over K, so any order works as long as
