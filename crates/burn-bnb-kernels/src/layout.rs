@@ -252,19 +252,13 @@ pub(crate) fn check_float<R: CubeRuntime>(t: &CubeTensor<R>, tensor: &'static st
     }
 }
 
-/// A byte tensor viewed as `u32` words in lines of `line` words.
+/// A tensor's buffer viewed as `u32` words in lines of `line` words: packed bytes, or the
+/// activations of a 16-bit float tensor two to a word (the first element in the low half).
 pub(crate) fn words_arg<R: CubeRuntime>(t: &CubeTensor<R>, line: usize) -> ArrayArg<'_, R> {
     let words = t.handle.size() as usize / 4;
-    // SAFETY: the buffer holds `words` u32 words (checked by `check_bytes`).
+    // SAFETY: the buffer holds `words` whole u32 words (byte tensors: `check_bytes`; 16-bit
+    // activations: an even K, checked by the caller).
     unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, words, line) }
-}
-
-/// A contiguous 16-bit float tensor (f16, bf16) with an even element count as an array of
-/// lines of `line` u32 words, two elements a word (the first in the low half).
-pub(crate) fn half_words_arg<R: CubeRuntime>(t: &CubeTensor<R>, line: usize) -> ArrayArg<'_, R> {
-    debug_assert_eq!(t.dtype.size(), 2);
-    // SAFETY: the caller checked the dtype and the even length; the buffer holds the elements.
-    unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, t.shape.num_elements() / 2, line) }
 }
 
 /// An f32 tensor as an array.

@@ -64,9 +64,9 @@ pub enum Matmul4Strategy {
     /// The tensor-core kernel (CUDA-class runtimes with f16/bf16 `cmma`).
     Cmma(CmmaParams),
     /// The tensor-core kernel with weight fragments built in registers, for up to 32 activation
-    /// rows of a 4-bit weight (CUDA sm_80+, f16/bf16; narrow steps: `K % 64 == 0`, blocksize
-    /// >= 64; wide steps: `K % 128 == 0`, blocksize >= 32). [`Matmul4Strategy::Auto`] picks it
-    /// for 2 to 32 rows.
+    /// rows of a 4-bit weight (CUDA sm_80+, f16/bf16; narrow steps need `K % 64 == 0` and a
+    /// blocksize of at least 64, wide steps `K % 128 == 0` and at least 32).
+    /// [`Matmul4Strategy::Auto`] picks it for 2 to 32 rows.
     Mma(MmaParams),
 }
 

@@ -38,7 +38,7 @@ use cubecl::prelude::*;
 use crate::decode::byte_of;
 use crate::error::{KernelError, Result};
 use crate::launch::{ScaleArgs, batch_tiles, empty, grid, has_mma, k_slices};
-use crate::layout::{Quant4Weight, f32_arg, float_arg, half_words_arg, words_arg};
+use crate::layout::{Quant4Weight, f32_arg, float_arg, words_arg};
 
 /// K elements per step of the narrow kernel: 16 codes (one 8-byte load) of each of a row's
 /// four lanes, one quantization block at the smallest blocksize it takes.
@@ -416,8 +416,9 @@ fn pair<F: Float>(pairs: &SharedMemory<u32>, word: u32, #[comptime] b: u32, lane
     Line::<F>::reinterpret(pairs[(slot | lane) as usize])
 }
 
-/// Loads of step `s` into ring slot `slot`: 8 code bytes and the block scale of each of the
-/// unit's weight rows, 16 activations of each of its activation rows (zeros past `M`).
+/// Loads of step `s` into ring slot `slot`: the unit's code bytes of the step (8 narrow, 16
+/// wide) and their block scale for each of its weight rows, its activations of the step (16
+/// narrow, 32 wide) of each of its activation rows (zeros past `M`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fetch_step(
@@ -598,14 +599,15 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
     };
     let bias_t = bias.unwrap_or(x);
     // SAFETY: weight rows are clamped to `N - 1`, activation rows past `M` read as zeros, K
-    // steps stop at `K / 64` (K % 64 == 0 checked), and every store is bounds-checked.
+    // steps stop at `K / bk` (K % bk == 0 checked), and every store is bounds-checked.
     unsafe {
         matmul4_mma_kernel::launch_unchecked::<F, R>(
             client,
             grid(client, groups * splits),
             CubeDim::new_1d(32 * p.warps),
-            half_words_arg(x, 4),
-            words_arg(&weight.packed, if p.wide { 4 } else { 2 }),
+            words_arg(x, 4),
+            // A unit's codes of a step per row: 8 or 16 bytes.
+            words_arg(&weight.packed, bk / 32),
             f32_arg(&weight.code),
             scales.absmax,
             scales.dq_codes,
