@@ -26,14 +26,19 @@ pub const ATTENTION_MAX_KEYS: usize = 4096;
 
 /// One cube per query row `(batch, position, head)`: the units stride over the keys for the
 /// scores (each unit a whole dot product, the key row read in lines), reduce max and sum over
-/// the cube, then each unit accumulates output dimensions over all keys (value rows read
-/// coalesced across units).
+/// the cube, then the units split into groups of keys, each unit accumulating one line of
+/// output dimensions over its group's keys (value rows read in lines, coalesced across units),
+/// and the groups' partial sums are added in a fixed order.
+///
+/// A single unit per output dimension walking every key (the previous form) left one load in
+/// flight per unit and 4 of 128 units' worth of value lines per key: 12 us a layer at batch 1
+/// on Llama-3.1-8B (ncu, H200) for ~70 keys.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn attention_kernel<F: Float>(
     q: &Array<F>,
     k: &Array<Line<F>>,
-    v: &Array<F>,
+    v: &Array<Line<F>>,
     bias: &Array<f32>,
     out: &mut Array<F>,
     k_batch: u32,
@@ -50,6 +55,7 @@ fn attention_kernel<F: Float>(
     scale: f32,
     #[comptime] dim: u32,
     #[comptime] kline: u32,
+    #[comptime] vline: u32,
     #[comptime] max_keys: u32,
     #[comptime] cube_size: u32,
     #[comptime] plane: u32,
@@ -111,16 +117,44 @@ fn attention_kernel<F: Float>(
     }
     sync_cube();
 
+    // Value lines per row, key groups (units beyond `groups * lines` idle; with more lines
+    // than units, one group and each unit takes every `cube_size`-th line).
+    let lines = comptime!(dim / vline);
+    let groups = comptime!(if cube_size >= lines {
+        cube_size / lines
+    } else {
+        1
+    });
+    let mut partial = SharedMemory::<f32>::new(comptime!((groups * dim) as usize));
     let v_base = batch * v_batch + kv_head * v_head;
+    let group = UNIT_POS / lines;
+    if group < groups {
+        let mut d = UNIT_POS % lines;
+        while d < lines {
+            let mut acc = Line::<f32>::empty(comptime!(vline as usize)).fill(0.0f32);
+            let mut j = group;
+            while j < len {
+                let p = Line::<f32>::empty(comptime!(vline as usize)).fill(scores[j as usize]);
+                let vv = v[((v_base + j * v_pos) / vline + d) as usize];
+                acc += p * Line::<f32>::cast_from(vv);
+                j += groups;
+            }
+            #[unroll]
+            for e in 0..vline {
+                partial[(group * dim + d * vline + e) as usize] = acc[e as usize];
+            }
+            d += cube_size;
+        }
+    }
+    sync_cube();
     let mut t = UNIT_POS;
     while t < dim {
-        let mut acc = 0.0f32;
-        let mut j = 0u32;
-        while j < len {
-            acc += scores[j as usize] * f32::cast_from(v[(v_base + j * v_pos + t) as usize]);
-            j += 1;
+        let mut total = 0.0f32;
+        #[unroll]
+        for g in 0..groups {
+            total += partial[(g * dim + t) as usize];
         }
-        out[(r * dim + t) as usize] = F::cast_from(acc);
+        out[(r * dim + t) as usize] = F::cast_from(total);
         t += cube_size;
     }
 }
@@ -230,14 +264,18 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
 ) -> Result<CubeTensor<R>> {
     let out = empty(q, q.shape.dims.clone(), q.dtype);
     let elem = q.dtype.size();
-    // A key line must not straddle rows and must start aligned in the (possibly offset) buffer.
-    let offset = k.handle.offset_start.unwrap_or(0) as usize / elem;
-    let kline = line_size::<R>(
-        elem,
-        [dim, k.strides[0], k.strides[1], k.strides[2], offset]
-            .into_iter()
-            .fold(0, gcd),
-    );
+    // A key or value line must not straddle rows and must start aligned in the (possibly
+    // offset) buffer.
+    let line_of = |t: &CubeTensor<R>| {
+        let offset = t.handle.offset_start.unwrap_or(0) as usize / elem;
+        line_size::<R>(
+            elem,
+            [dim, t.strides[0], t.strides[1], t.strides[2], offset]
+                .into_iter()
+                .fold(0, gcd),
+        )
+    };
+    let (kline, vline) = (line_of(k), line_of(v));
     let rows = batch * seq * heads;
     let max_keys = [256, 1024, ATTENTION_MAX_KEYS]
         .into_iter()
@@ -262,7 +300,7 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
             CubeDim::new_1d(cube_size),
             float_arg(q, 1),
             ArrayArg::from_raw_parts_and_size(&k.handle, extent(k) / kline, kline, elem),
-            ArrayArg::from_raw_parts_and_size(&v.handle, extent(v), 1, elem),
+            ArrayArg::from_raw_parts_and_size(&v.handle, extent(v) / vline, vline, elem),
             float_arg(bias, 1),
             float_arg(&out, 1),
             ScalarArg::new(k.strides[0] as u32),
@@ -279,6 +317,7 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
             ScalarArg::new(scale),
             dim as u32,
             kline as u32,
+            vline as u32,
             max_keys as u32,
             cube_size,
             plane,
