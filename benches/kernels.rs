@@ -16,6 +16,7 @@
 //! BNB_SWEEP=1 ...                                  # also times kernel variants
 //! BNB_NCU=1 ...                                    # no timing: each case launched twice between
 //!                                                  # marker kernels, for `ncu` device times
+//! BNB_BATCHES=1,8 ...                              # only these batch sizes (default 1,8,32)
 //! ```
 //! Without a CUDA device the bench prints why and exits successfully.
 
@@ -128,10 +129,21 @@ fn main() {
             }
         }
     };
+    let batches: Vec<usize> = match std::env::var("BNB_BATCHES") {
+        Ok(list) => list
+            .split(',')
+            .map(|m| {
+                m.trim()
+                    .parse()
+                    .expect("BNB_BATCHES: a comma-separated list of batch sizes")
+            })
+            .collect(),
+        Err(_) => BATCHES.to_vec(),
+    };
     for (n, k) in SHAPES {
         mark(format!("setup {n}x{k}"));
         let weights = Weights::new(&ctx, n, k);
-        for m in BATCHES {
+        for &m in &batches {
             mark(format!("setup {n}x{k} m {m}"));
             let x_bf16 =
                 random_normal::<R>(Shape::from(vec![m, k]), &ctx.device, 0.0, 1.0, DType::BF16);
