@@ -110,6 +110,7 @@ pub use int8::{
 };
 pub use layout::{Absmax4, DoubleQuant4, Int8Matrix, Quant4Weight};
 pub use matmul4::{
-    CmmaParams, Matmul4Strategy, MmaParams, SimtParams, matmul_4bit, matmul_4bit_with,
+    CmmaParams, Matmul4Strategy, MmaParams, SimtParams, matmul_4bit, matmul_4bit_swiglu,
+    matmul_4bit_with,
 };
 pub use quant4::{Quant4Options, double_quantize, quantize_4bit};

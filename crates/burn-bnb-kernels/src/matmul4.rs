@@ -83,6 +83,9 @@ struct SimtConfig {
     plane: u32,
     dq: bool,
     bias: bool,
+    /// The weight stacks gate and up (`[W_g; W_u]`): half of each item's rows are gate rows,
+    /// half the up rows of the same outputs, and the output is `silu(gate) * up`.
+    swiglu: bool,
 }
 
 /// One cube per work item (`rows` weight rows x `mt` activation rows): its units stride over
@@ -186,7 +189,10 @@ fn simt_body<F: Float, D: CubePrimitive>(
 ) {
     let id = CUBE_POS as u32;
     let g = id % groups;
-    let n0 = g * cfg.rows;
+    // With SwiGLU an item is `rows / 2` outputs: their gate rows, then their up rows.
+    let half = comptime!(cfg.rows / 2);
+    let n_half = n_total / 2;
+    let n0 = g * comptime!(if cfg.swiglu { cfg.rows / 2 } else { cfg.rows });
     let m0 = (id / groups) * cfg.mt;
     if m0 >= m_total {
         terminate!();
@@ -219,7 +225,11 @@ fn simt_body<F: Float, D: CubePrimitive>(
         let mut sc = Array::<f32>::new(comptime!(cfg.rows as usize));
         #[unroll]
         for r in 0..cfg.rows {
-            let n = min(n0 + r, n_total - 1);
+            let n = if comptime!(cfg.swiglu) {
+                (r / half) * n_half + min(n0 + r % half, n_half - 1)
+            } else {
+                min(n0 + r, n_total - 1)
+            };
             let line = packed[(n * chunks_per_row + c) as usize];
             #[unroll]
             for j in 0..cfg.lw {
@@ -290,7 +300,30 @@ fn simt_body<F: Float, D: CubePrimitive>(
     }
 
     let total = cube_sum::<f32>(&acc, rm, cfg.cube_size, cfg.plane);
-    if UNIT_POS < rm {
+    if comptime!(cfg.swiglu) {
+        // Gate and up of one output meet in shared memory; each is rounded to `F` (with its
+        // bias) as the product's output would be, then combined as `swiglu` does.
+        let mut fin = SharedMemory::<f32>::new(comptime!(rm as usize));
+        if UNIT_POS < rm {
+            fin[UNIT_POS as usize] = total;
+        }
+        sync_cube();
+        let hm = comptime!(half * cfg.mt);
+        if UNIT_POS < hm {
+            let n = n0 + UNIT_POS / cfg.mt;
+            let m = m0 + UNIT_POS % cfg.mt;
+            if n < n_half && m < m_total {
+                let mut gate = fin[UNIT_POS as usize];
+                let mut up = fin[(UNIT_POS + hm) as usize];
+                if cfg.bias {
+                    gate += f32::cast_from(bias[n as usize]);
+                    up += f32::cast_from(bias[(n_half + n) as usize]);
+                }
+                out[(m * n_half + n) as usize] =
+                    crate::decoder::silu_mul::<F>(F::cast_from(gate), F::cast_from(up));
+            }
+        }
+    } else if UNIT_POS < rm {
         write_simt_output::<F>(
             total, UNIT_POS, n0, m0, m_total, n_total, bias, out, cfg.mt, cfg.bias,
         );
@@ -816,6 +849,68 @@ pub fn matmul_4bit_with<R: CubeRuntime>(
     product(x, WeightOperand::Quant4(weight), bias, n, k, strategy)
 }
 
+/// The SwiGLU of a stacked gate/up projection in one launch:
+/// `silu(x W_gᵀ + b_g) * (x W_uᵀ + b_u)` for `weight = [W_g; W_u]` (gate rows first), each
+/// product rounded to the dtype of `x` and combined with the roundings of
+/// [`swiglu`](crate::decoder::swiglu), so the result equals [`matmul_4bit`] followed by
+/// `swiglu` on the two halves of its output. The SIMT kernel computes gate and up rows of the
+/// same outputs in one cube and writes only the gated output: one launch and one output instead
+/// of two launches, a `[..., N]` intermediate and its read. Meant for decoding (few rows):
+/// `params` as [`auto_strategy`] picks them for one row.
+///
+/// # Shapes
+/// - `x`: `[..., K]`, f32, f16 or bf16
+/// - `weight`: a [`Quant4Weight`] of shape `[N, K]`, `N` even, `K` a multiple of 8
+/// - `bias`: `[N]` in the dtype of `x`, optional
+/// - output: `[..., N / 2]` in the dtype of `x`
+///
+/// # Errors
+/// As [`matmul_4bit`]; also an odd `N`, or `params` with an odd `rows`.
+pub fn matmul_4bit_swiglu<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+    params: SimtParams,
+) -> Result<CubeTensor<R>> {
+    weight.validate()?;
+    let (n, k) = weight.linear_dims()?;
+    let (m, x) = operands(x, bias, n, k)?;
+    if !n.is_multiple_of(2) || !params.rows.is_multiple_of(2) {
+        return Err(KernelError::Unsupported {
+            what: "gate/up product",
+            reason: format!(
+                "N = {n} and the rows per cube ({}) must be even: gate and up rows in pairs",
+                params.rows
+            ),
+        });
+    }
+    let out = empty(&x, output_shape(&x, n / 2), x.dtype);
+    if m == 0 || n == 0 {
+        return Ok(out);
+    }
+    with_float!(x.dtype, "x", F => launch_simt::<R, F>(&x, weight, bias, &out, m, n, k, params, true)?);
+    Ok(out)
+}
+
+/// Checks the activations and the bias of an `[N, K]` product (`K` a multiple of 8); returns
+/// the number of activation rows and the activations made contiguous.
+fn operands<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    bias: Option<&CubeTensor<R>>,
+    n: usize,
+    k: usize,
+) -> Result<(usize, CubeTensor<R>)> {
+    let (m, _) = check_activations(x, k)?;
+    check_bias(bias, n, x.dtype)?;
+    if !k.is_multiple_of(8) {
+        return Err(KernelError::Unsupported {
+            what: "in_features",
+            reason: format!("K = {k} is not a multiple of 8"),
+        });
+    }
+    Ok((m, burn_cubecl::kernel::into_contiguous(x.clone())))
+}
+
 /// `x Wᵀ + bias` for either kind of weight `[N, K]`: checks the activations and the bias, then
 /// launches the strategy's kernel.
 pub(crate) fn product<R: CubeRuntime>(
@@ -826,15 +921,7 @@ pub(crate) fn product<R: CubeRuntime>(
     k: usize,
     strategy: Matmul4Strategy,
 ) -> Result<CubeTensor<R>> {
-    let (m, _) = check_activations(x, k)?;
-    check_bias(bias, n, x.dtype)?;
-    if !k.is_multiple_of(8) {
-        return Err(KernelError::Unsupported {
-            what: "in_features",
-            reason: format!("K = {k} is not a multiple of 8"),
-        });
-    }
-    let x = burn_cubecl::kernel::into_contiguous(x.clone());
+    let (m, x) = operands(x, bias, n, k)?;
     let out = empty(&x, output_shape(&x, n), x.dtype);
     if m == 0 || n == 0 {
         return Ok(out);
@@ -850,7 +937,7 @@ pub(crate) fn product<R: CubeRuntime>(
     };
     with_float!(x.dtype, "x", F => match (strategy, weight) {
         (Matmul4Strategy::Simt(p), WeightOperand::Quant4(w)) => {
-            launch_simt::<R, F>(&x, w, bias, &out, m, n, k, p)?
+            launch_simt::<R, F>(&x, w, bias, &out, m, n, k, p, false)?
         }
         (Matmul4Strategy::Simt(p), WeightOperand::Dense(w)) => {
             crate::dense::launch_simt::<R, F>(&x, w, bias, &out, m, n, k, p)?
@@ -945,6 +1032,7 @@ fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
     n: usize,
     k: usize,
     p: SimtParams,
+    swiglu: bool,
 ) -> Result<()> {
     let client = &x.client;
     let plane = simt_plane(client, p)?;
@@ -960,8 +1048,13 @@ fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
         plane,
         dq: matches!(weight.absmax, crate::layout::Absmax4::Double(_)),
         bias: bias.is_some(),
+        swiglu,
     };
-    let groups = n.div_ceil(p.rows as usize);
+    let groups = if swiglu {
+        (n / 2).div_ceil(p.rows as usize / 2)
+    } else {
+        n.div_ceil(p.rows as usize)
+    };
     let cubes = groups * m.div_ceil(p.mt as usize);
     let scales = ScaleArgs::new(weight);
     let bias_t = bias.unwrap_or(x);

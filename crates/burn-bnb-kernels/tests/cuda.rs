@@ -43,6 +43,7 @@ cuda_tests!(
     golden_quantize,
     random_quant_roundtrip,
     matmul4_random,
+    matmul4_swiglu,
     matmul_dense_random,
     golden_matmul4,
     golden_int8,

@@ -46,6 +46,7 @@ wgpu_test!(golden_dequantize);
 wgpu_test!(golden_quantize);
 wgpu_test!(random_quant_roundtrip);
 wgpu_test!(matmul4_random);
+wgpu_test!(matmul4_swiglu);
 wgpu_test!(matmul_dense_random);
 wgpu_test!(golden_matmul4);
 wgpu_test!(golden_int8);

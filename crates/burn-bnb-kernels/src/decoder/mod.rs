@@ -32,6 +32,7 @@ pub use attention::{ATTENTION_MAX_KEYS, attention};
 pub use rms_norm::{add_rms_norm, rms_norm};
 pub use rotary::rotary;
 pub use rotary_kv::rotary_kv;
+pub(crate) use swiglu::silu_mul;
 pub use swiglu::swiglu;
 
 use burn_cubecl::CubeRuntime;

@@ -37,11 +37,17 @@ fn swiglu_kernel<F: Float>(
     let mut o = Line::<F>::empty(comptime!(line as usize));
     #[unroll]
     for e in 0..line {
-        let x = g[e as usize];
-        let sigmoid = F::cast_from(1.0f32 / (1.0f32 + f32::exp(-f32::cast_from(x))));
-        o[e as usize] = x * sigmoid * u[e as usize];
+        o[e as usize] = silu_mul::<F>(g[e as usize], u[e as usize]);
     }
     out[i as usize] = o;
+}
+
+/// `F(F(gate * F(sigmoid(gate))) * up)`, the sigmoid in f32 (also the epilogue of the fused
+/// gate/up product, [`crate::matmul4::matmul_4bit_swiglu`]).
+#[cube]
+pub(crate) fn silu_mul<F: Float>(gate: F, up: F) -> F {
+    let sigmoid = F::cast_from(1.0f32 / (1.0f32 + f32::exp(-f32::cast_from(gate))));
+    gate * sigmoid * up
 }
 
 /// `silu(gate) * up`, elementwise, in the inputs' dtype (the sigmoid in f32, every product

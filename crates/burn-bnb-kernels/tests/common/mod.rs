@@ -18,7 +18,7 @@ use burn_bnb_kernels::{
     Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, Int8Strategy, KernelError, Matmul4Strategy,
     MmaParams, Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_dequantize,
     int8_matmul_dequant, int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows,
-    linear_8bit_lt, matmul_4bit_with, matmul_dense_with, quantize_4bit,
+    linear_8bit_lt, matmul_4bit_swiglu, matmul_4bit_with, matmul_dense_with, quantize_4bit,
 };
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -664,6 +664,95 @@ pub fn matmul4_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             }
         }
     }
+}
+
+/// The fused gate/up product with SwiGLU against its composition on the device: the SIMT
+/// product with the same parameters (same summation order per output), then the `swiglu`
+/// kernel on its two halves. Bit-exact, with and without bias and double quantization.
+pub fn matmul4_swiglu<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(23);
+    let cases = [
+        (1, 17, 72, false, 2, 1, 32),
+        (1, 130, 1024, true, 4, 1, 128),
+        (3, 64, 256, false, 8, 2, 64),
+        (2, 33, 200, true, 4, 4, 128),
+    ];
+    for (m, half, k, dq, rows, mt, cube_size) in cases {
+        let n = 2 * half;
+        let w = randn(&mut rng, n * k, 1.0 / (k as f32).sqrt());
+        let config = Quant4Config {
+            quant_type: QuantType::Nf4,
+            blocksize: 64,
+            double_quant: dq,
+        };
+        let wq = Quantized4::quantize(
+            &w.iter().map(|&v| F::from_f32(v)).collect::<Vec<F>>(),
+            &[n, k],
+            config,
+        )
+        .unwrap();
+        let x: Vec<f32> = randn(&mut rng, m * k, 1.0)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let bias: Vec<f32> = randn(&mut rng, n, 0.1)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let weight = dev.quant4(&wq);
+        let xt = dev.floats::<F>(&x, vec![m, k]);
+        let bt = dev.floats::<F>(&bias, vec![n]);
+        let params = SimtParams {
+            rows,
+            mt,
+            cube_size,
+        };
+        for use_bias in [false, true] {
+            let b = use_bias.then_some(&bt);
+            let what = format!(
+                "m {m} n {n} k {k} dq {dq} bias {use_bias} {params:?} {}",
+                F::NAME
+            );
+            let y = dev.read_f32(
+                &matmul_4bit_with(&xt, &weight, b, Matmul4Strategy::Simt(params)).unwrap(),
+            );
+            let (gate, up): (Vec<f32>, Vec<f32>) = (
+                y.chunks(n).flat_map(|row| row[..half].to_vec()).collect(),
+                y.chunks(n).flat_map(|row| row[half..].to_vec()).collect(),
+            );
+            let expected = dev.read_f32(
+                &burn_bnb_kernels::swiglu(
+                    &dev.floats::<F>(&gate, vec![m, half]),
+                    &dev.floats::<F>(&up, vec![m, half]),
+                )
+                .unwrap(),
+            );
+            let fused = matmul_4bit_swiglu(&xt, &weight, b, params).unwrap();
+            assert_eq!(fused.shape.dims, vec![m, half], "{what}");
+            let actual = dev.read_f32(&fused);
+            for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+                assert_eq!(a.to_bits(), e.to_bits(), "{what}: output {i}: {a} vs {e}");
+            }
+        }
+    }
+    // Odd widths cannot pair gate and up rows.
+    let wq = Quantized4::quantize(
+        &[F::from_f32(0.5); 3 * 64],
+        &[3, 64],
+        Quant4Config {
+            quant_type: QuantType::Nf4,
+            blocksize: 64,
+            double_quant: false,
+        },
+    )
+    .unwrap();
+    let xt = dev.floats::<F>(&[0.0; 64], vec![1, 64]);
+    let params = SimtParams {
+        rows: 2,
+        mt: 1,
+        cube_size: 32,
+    };
+    assert!(matmul_4bit_swiglu(&xt, &dev.quant4(&wq), None, params).is_err());
 }
 
 /// Dense `x Wᵀ (+ b)` (the unquantized projections at decode shapes) on shapes that are not
