@@ -42,6 +42,30 @@ impl<B: QuantizedOps> Quant4Primitive<B> {
         check_linear_operands(&x, bias.as_ref(), n, k)?;
         Ok(B::matmul_4bit(x, self, bias))
     }
+
+    /// `swiglu` of the two halves of `x · dequantize(self)ᵀ (+ bias)` for a stacked gate/up
+    /// weight `[W_gate; W_up]` of shape `[N, K]` ([`QuantizedOps::matmul_4bit_swiglu`]): `x` is
+    /// `[..., K]`, `bias` `[N]`, the output `[..., N / 2]`.
+    ///
+    /// # Errors
+    /// As [`Self::matmul`], and an odd `N`.
+    pub fn matmul_swiglu(
+        self,
+        x: FloatTensor<B>,
+        bias: Option<FloatTensor<B>>,
+    ) -> Result<FloatTensor<B>> {
+        self.validate()?;
+        let [n, k] = weight_dims("4-bit weight", &self.shape.dims)?;
+        if !n.is_multiple_of(2) {
+            return Err(BnbError::Shape {
+                what: "stacked gate/up weight (an even number of rows)",
+                expected: vec![n + 1, k],
+                actual: vec![n, k],
+            });
+        }
+        check_linear_operands(&x, bias.as_ref(), n, k)?;
+        Ok(B::matmul_4bit_swiglu(x, self, bias))
+    }
 }
 
 impl<B: QuantizedOps> Int8Primitive<B> {

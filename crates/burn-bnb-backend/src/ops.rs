@@ -74,6 +74,29 @@ pub trait QuantizedOps: DecoderOps {
         portable::matmul_4bit::<Self>(x, weight, bias)
     }
 
+    /// The gated activation of a stacked gate/up projection:
+    /// `swiglu(y[..., ..N/2], y[..., N/2..])` with `y = matmul_4bit(x, weight, bias)` and
+    /// `weight = [W_gate; W_up]`, with the roundings of that composition. On CubeCL backends
+    /// one kernel for a single row (decoding): the GEMV computes gate and up rows of the same
+    /// outputs together and writes only `silu(gate) * up`, saving a launch and the
+    /// intermediate; the composition otherwise.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., K]`
+    /// - `weight`: `[N, K]`, `N` even
+    /// - `bias`: `[N]`
+    /// - output: `[..., N / 2]`, `x`'s dtype
+    ///
+    /// # Preconditions
+    /// As [`QuantizedOps::matmul_4bit`], and `N` even.
+    fn matmul_4bit_swiglu(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        portable::swiglu_halves::<Self>(Self::matmul_4bit(x, weight, bias), Self::swiglu)
+    }
+
     /// Row-wise int8 quantization (bitsandbytes' `int8_vectorwise_quant`) of a `[rows, cols]`
     /// matrix, from its values rounded to f16 as bitsandbytes casts them:
     /// `absmax[r] = max_c |x[r, c]|`, `codes[r, c] = round_half_even(x * f32(127 / absmax[r]))`.
@@ -160,6 +183,18 @@ pub trait QuantizedKernels: DecoderKernels {
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         portable::matmul_4bit::<Self>(x, weight, bias)
+    }
+
+    /// See [`QuantizedOps::matmul_4bit_swiglu`].
+    fn matmul_4bit_swiglu(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        portable::swiglu_halves::<Self>(
+            <Self as QuantizedKernels>::matmul_4bit(x, weight, bias),
+            <Self as DecoderKernels>::swiglu,
+        )
     }
 
     /// See [`QuantizedOps::int8_vectorwise_quant`].

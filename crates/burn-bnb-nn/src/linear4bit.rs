@@ -370,6 +370,45 @@ impl<B: QuantizedOps> Linear4bit<B> {
             input_dtype,
         )
     }
+
+    /// The gated activation of a layer that stacks a gate and an up projection
+    /// (`[W_gate; W_up]`, gate rows first, as a fused Llama/Qwen MLP input):
+    /// `silu(gate) * up` of the two halves of [`Self::forward`]'s output, with the same
+    /// roundings. Where the compute dtype is the input's, one fused operation
+    /// ([`QuantizedOps::matmul_4bit_swiglu`]: a single kernel when decoding one token).
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[..., d_input]`
+    /// - output: `[..., d_output / 2]`
+    ///
+    /// # Panics
+    ///
+    /// As [`Self::forward`], and if `d_output` is odd.
+    pub fn forward_swiglu<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        let input_dtype = input.dtype();
+        let (x, bias) = to_compute_dtype(
+            input.clone(),
+            self.bias.as_ref().map(|b| b.val()),
+            self.compute_dtype.0,
+        );
+        if x.dtype() != input_dtype {
+            // The composition rounds both halves to the input's dtype before the gate.
+            let y = self.forward(input);
+            let half = y.dims()[D - 1] / 2;
+            let gate = y.clone().narrow(D - 1, 0, half);
+            let up = y.narrow(D - 1, half, half);
+            return burn_bnb_backend::decoder_ops::swiglu(gate, up);
+        }
+        let y = self
+            .quantized_weight()
+            .matmul_swiglu(
+                x.into_primitive().tensor(),
+                bias.map(|b| b.into_primitive().tensor()),
+            )
+            .unwrap_or_else(|err| panic!("Linear4bit forward_swiglu: {err}"));
+        Tensor::from_primitive(TensorPrimitive::Float(y))
+    }
 }
 
 impl<B: Backend> ModuleDisplay for Linear4bit<B> {

@@ -44,6 +44,15 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
         <B as QuantizedKernels>::matmul_4bit(x, to_inner_4bit(weight), bias)
     }
 
+    fn matmul_4bit_swiglu(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("matmul_4bit_swiglu");
+        <B as QuantizedKernels>::matmul_4bit_swiglu(x, to_inner_4bit(weight), bias)
+    }
+
     fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
         let _timer = crate::op_stats::Timer::start("int8_vectorwise_quant");
         <B as QuantizedKernels>::int8_vectorwise_quant(tensor, threshold).map_backend(

@@ -25,6 +25,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_tensor::{ElementConversion, Int, Tensor};
 
+use crate::decoder_ops::DecoderKernels;
 use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::portable;
@@ -292,6 +293,34 @@ where
             kernels::matmul_4bit(&x, &kernel_weight(&weight), bias.as_ref()),
             "matmul_4bit",
         )
+    }
+
+    fn matmul_4bit_swiglu(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let [n, k] = weight.shape.dims::<2>();
+        let rows = x.shape.num_elements() / k;
+        let max_rows = fused_max_rows_override().unwrap_or(FUSED_SIMT_MAX_ROWS);
+        let fits = rows > 0 && rows <= max_rows && kernel_float(x.dtype) && k.is_multiple_of(8);
+        let strategy = fits.then(|| {
+            kernels::matmul4::auto_strategy_4bit(&x.client, x.dtype, rows, n, k, weight.blocksize)
+        });
+        match strategy {
+            // Where `matmul_4bit` would run the SIMT GEMV (decoding one row), its fused form.
+            Some(kernels::Matmul4Strategy::Simt(params)) if params.rows % 2 == 0 => {
+                let bias = kernel_bias::<R, Self>(bias, x.dtype);
+                launched(
+                    kernels::matmul_4bit_swiglu(&x, &kernel_weight(&weight), bias.as_ref(), params),
+                    "matmul_4bit_swiglu",
+                )
+            }
+            _ => portable::swiglu_halves::<Self>(
+                <Self as QuantizedKernels>::matmul_4bit(x, weight, bias),
+                <Self as DecoderKernels>::swiglu,
+            ),
+        }
     }
 
     fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {

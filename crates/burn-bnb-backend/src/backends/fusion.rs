@@ -187,6 +187,10 @@ enum Kind {
         layout: Layout4,
         bias: bool,
     },
+    Matmul4Swiglu {
+        layout: Layout4,
+        bias: bool,
+    },
     Int8Quant {
         threshold: f32,
     },
@@ -251,6 +255,13 @@ impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for Quanti
                 let weight = layout.take::<B>(irs, handles);
                 let bias = bias.then(|| float(handles, next_ir(irs)));
                 let out = B::matmul_4bit(x, weight, bias);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::Matmul4Swiglu { layout, bias } => {
+                let x = float(handles, next_ir(irs));
+                let weight = layout.take::<B>(irs, handles);
+                let bias = bias.then(|| float(handles, next_ir(irs)));
+                let out = B::matmul_4bit_swiglu(x, weight, bias);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
             Kind::Int8Quant { threshold } => {
@@ -531,6 +542,32 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
         inputs.extend(tensors);
         inputs.extend(bias);
         single(register::<B>("bnb_matmul_4bit", kind, inputs, vec![out]))
+    }
+
+    fn matmul_4bit_swiglu(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let out = (
+            linear_output_shape(&x.shape, weight.shape.dims[0] / 2),
+            x.dtype,
+        );
+        let layout = Layout4::of(&weight);
+        let tensors = fusion_parts::<B>(weight);
+        let kind = Kind::Matmul4Swiglu {
+            layout,
+            bias: bias.is_some(),
+        };
+        let mut inputs = vec![x];
+        inputs.extend(tensors);
+        inputs.extend(bias);
+        single(register::<B>(
+            "bnb_matmul_4bit_swiglu",
+            kind,
+            inputs,
+            vec![out],
+        ))
     }
 
     fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {

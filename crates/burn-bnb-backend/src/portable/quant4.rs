@@ -184,6 +184,24 @@ pub fn matmul_4bit<B: Backend>(
     linear::<B>(x, dequantize_4bit::<B>(weight, dtype), bias)
 }
 
+/// The SwiGLU of a stacked gate/up product's output `y: [..., 2I]` (gate columns first):
+/// `swiglu(y[..., ..I], y[..., I..])` through the given `swiglu`, shaped `[..., I]`. The
+/// composition behind [`QuantizedOps::matmul_4bit_swiglu`](crate::QuantizedOps::matmul_4bit_swiglu).
+pub fn swiglu_halves<B: Backend>(
+    y: FloatTensor<B>,
+    swiglu: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<B> {
+    let mut dims = y.shape().dims;
+    let n = *dims.last().expect("a product has a last dimension");
+    let rows = dims[..dims.len() - 1].iter().product::<usize>();
+    let y: Tensor<B, 2> = float(B::float_reshape(y, Shape::new([rows, n])));
+    let half = n / 2;
+    let gate = float_primitive(y.clone().narrow(1, 0, half));
+    let up = float_primitive(y.narrow(1, half, half));
+    *dims.last_mut().expect("checked above") = half;
+    B::float_reshape(swiglu(gate, up), Shape::from(dims))
+}
+
 /// The dtype bitsandbytes dequantizes a weight to before a matmul: the weight's original dtype
 /// where the device has it, F32 otherwise.
 pub fn dequantization_dtype<B: Backend>(

@@ -18,7 +18,9 @@ use burn_backend::{
 use burn_bnb_backend::formats::{
     self, FloatElement, Int8Rows, Quant4Config, Quantized4, bf16, f16,
 };
-use burn_bnb_backend::{FUSED_SIMT_MAX_ROWS, Int8Primitive, Quant4Primitive, QuantizedOps};
+use burn_bnb_backend::{
+    FUSED_SIMT_MAX_ROWS, Int8Primitive, Quant4Primitive, QuantizedOps, portable,
+};
 use burn_tensor::{Tensor, TensorData};
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
@@ -528,6 +530,26 @@ pub fn quant4<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
                 } else {
                     upload::<B, F, 2>(&x, [m, k], device)
                 };
+                if n % 2 == 0 {
+                    // A stacked gate/up weight: the gated product (one kernel for one row on
+                    // CubeCL backends) equals the product's halves through `swiglu`.
+                    let y = uploaded.clone().matmul(xt.clone(), b.clone()).unwrap();
+                    let composed = download::<B>(portable::swiglu_halves::<B>(y, B::swiglu));
+                    let fused = uploaded
+                        .clone()
+                        .matmul_swiglu(xt.clone(), b.clone())
+                        .unwrap();
+                    assert_eq!(fused.shape().dims.last(), Some(&(n / 2)), "{what}");
+                    let fused = download::<B>(fused);
+                    assert_eq!(
+                        bits(&fused),
+                        bits(&composed),
+                        "{what}: matmul_swiglu m {m} bias {use_bias}"
+                    );
+                } else {
+                    let err = uploaded.clone().matmul_swiglu(xt.clone(), b.clone());
+                    assert!(err.is_err(), "{what}: matmul_swiglu of an odd width");
+                }
                 let y = download::<B>(uploaded.clone().matmul(xt, b).unwrap());
                 let bias32 = widened(&bias);
                 let exact = reference_linear(

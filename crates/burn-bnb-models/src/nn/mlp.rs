@@ -21,6 +21,13 @@ pub struct Mlp<B: Backend> {
 impl<B: QuantizedOps> Mlp<B> {
     /// Applies the block.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if let ProjectionGroup::Stacked(stacked) = &self.gate_up
+            && let Projection::Linear4bit(linear) = &stacked.projection
+            && stacked.widths.0[..] == [stacked.widths.0[0]; 2]
+        {
+            // Gate, up and SwiGLU in one operation (one kernel when decoding a token).
+            return self.down_proj.forward(linear.forward_swiglu(x));
+        }
         let mut parts = self.gate_up.forward(x).into_iter();
         let (gate, up) = (parts.next().expect("gate"), parts.next().expect("up"));
         self.down_proj.forward(decoder_ops::swiglu(gate, up))
