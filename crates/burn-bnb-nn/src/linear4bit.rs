@@ -387,19 +387,22 @@ impl<B: QuantizedOps> Linear4bit<B> {
     /// As [`Self::forward`], and if `d_output` is odd.
     pub fn forward_swiglu<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
         let input_dtype = input.dtype();
+        if self
+            .compute_dtype
+            .0
+            .is_some_and(|d| burn_dtype(d) != input_dtype)
+        {
+            // The composition rounds both halves to the input's dtype before the gate.
+            let y = self.forward(input).into_primitive().tensor();
+            return Tensor::from_primitive(TensorPrimitive::Float(
+                burn_bnb_backend::portable::swiglu_halves::<B>(y, B::swiglu),
+            ));
+        }
         let (x, bias) = to_compute_dtype(
-            input.clone(),
+            input,
             self.bias.as_ref().map(|b| b.val()),
             self.compute_dtype.0,
         );
-        if x.dtype() != input_dtype {
-            // The composition rounds both halves to the input's dtype before the gate.
-            let y = self.forward(input);
-            let half = y.dims()[D - 1] / 2;
-            let gate = y.clone().narrow(D - 1, 0, half);
-            let up = y.narrow(D - 1, half, half);
-            return burn_bnb_backend::decoder_ops::swiglu(gate, up);
-        }
         let y = self
             .quantized_weight()
             .matmul_swiglu(

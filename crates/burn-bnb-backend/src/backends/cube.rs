@@ -60,6 +60,47 @@ pub const FUSED_SIMT_MAX_ROWS: usize = 16;
 /// always runs the fused kernels.
 pub const FUSED_MAX_ROWS_ENV: &str = "BURN_BNB_FUSED_MAX_ROWS";
 
+/// How `matmul_4bit` computes a product on `CubeBackend`.
+enum ProductPath {
+    /// Ordinary tensor operations (a dtype the kernels do not take, or no rows).
+    Portable,
+    /// One dequantization kernel, then Burn's matmul (many rows, or `K % 8 != 0`).
+    Dequantize,
+    /// This crate's fused kernel with this strategy.
+    Kernel(kernels::Matmul4Strategy),
+}
+
+/// The path of `x · dequantize(weight)ᵀ`: the fused kernels up to [`FUSED_CMMA_MAX_ROWS`] or
+/// [`FUSED_SIMT_MAX_ROWS`] rows (or [`FUSED_MAX_ROWS_ENV`]), with the strategy they pick.
+fn product_path<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Primitive<B>,
+) -> ProductPath {
+    let [n, k] = weight.shape.dims::<2>();
+    let rows = x.shape.num_elements() / k;
+    if rows == 0 || !kernel_float(x.dtype) {
+        return ProductPath::Portable;
+    }
+    let max_rows =
+        fused_max_rows_override().unwrap_or_else(|| {
+            match kernels::matmul4::auto_strategy(&x.client, x.dtype, rows, n, k) {
+                kernels::Matmul4Strategy::Cmma(_) => FUSED_CMMA_MAX_ROWS,
+                _ => FUSED_SIMT_MAX_ROWS,
+            }
+        });
+    if !k.is_multiple_of(8) || rows > max_rows {
+        return ProductPath::Dequantize;
+    }
+    ProductPath::Kernel(kernels::matmul4::auto_strategy_4bit(
+        &x.client,
+        x.dtype,
+        rows,
+        n,
+        k,
+        weight.blocksize,
+    ))
+}
+
 fn fused_max_rows_override() -> Option<usize> {
     static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *OVERRIDE.get_or_init(|| {
@@ -271,28 +312,22 @@ where
         weight: Quant4Primitive<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        let [n, k] = weight.shape.dims::<2>();
-        let rows = x.shape.num_elements() / k;
-        if rows == 0 || !kernel_float(x.dtype) {
-            return portable::matmul_4bit::<Self>(x, weight, bias);
-        }
-        let max_rows = fused_max_rows_override().unwrap_or_else(|| {
-            match kernels::matmul4::auto_strategy(&x.client, x.dtype, rows, n, k) {
-                kernels::Matmul4Strategy::Cmma(_) => FUSED_CMMA_MAX_ROWS,
-                _ => FUSED_SIMT_MAX_ROWS,
+        match product_path::<R, Self>(&x, &weight) {
+            ProductPath::Portable => portable::matmul_4bit::<Self>(x, weight, bias),
+            ProductPath::Dequantize => {
+                // One dequantization kernel, then Burn's matmul.
+                let dtype = portable::dequantization_dtype::<Self>(&x.device, weight.dtype);
+                let w = Self::dequantize_4bit(weight, dtype);
+                portable::linear::<Self>(x, w, bias)
             }
-        });
-        if !k.is_multiple_of(8) || rows > max_rows {
-            // One dequantization kernel, then Burn's matmul.
-            let dtype = portable::dequantization_dtype::<Self>(&x.device, weight.dtype);
-            let w = Self::dequantize_4bit(weight, dtype);
-            return portable::linear::<Self>(x, w, bias);
+            ProductPath::Kernel(strategy) => {
+                let bias = kernel_bias::<R, Self>(bias, x.dtype);
+                launched(
+                    kernels::matmul_4bit_with(&x, &kernel_weight(&weight), bias.as_ref(), strategy),
+                    "matmul_4bit",
+                )
+            }
         }
-        let bias = kernel_bias::<R, Self>(bias, x.dtype);
-        launched(
-            kernels::matmul_4bit(&x, &kernel_weight(&weight), bias.as_ref()),
-            "matmul_4bit",
-        )
     }
 
     fn matmul_4bit_swiglu(
@@ -300,16 +335,9 @@ where
         weight: Quant4Primitive<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        let [n, k] = weight.shape.dims::<2>();
-        let rows = x.shape.num_elements() / k;
-        let max_rows = fused_max_rows_override().unwrap_or(FUSED_SIMT_MAX_ROWS);
-        let fits = rows > 0 && rows <= max_rows && kernel_float(x.dtype) && k.is_multiple_of(8);
-        let strategy = fits.then(|| {
-            kernels::matmul4::auto_strategy_4bit(&x.client, x.dtype, rows, n, k, weight.blocksize)
-        });
-        match strategy {
-            // Where `matmul_4bit` would run the SIMT GEMV (decoding one row), its fused form.
-            Some(kernels::Matmul4Strategy::Simt(params)) if params.rows % 2 == 0 => {
+        match product_path::<R, Self>(&x, &weight) {
+            // Where `matmul_4bit` runs the SIMT GEMV (decoding one row), its fused form.
+            ProductPath::Kernel(kernels::Matmul4Strategy::Simt(params)) if params.rows % 2 == 0 => {
                 let bias = kernel_bias::<R, Self>(bias, x.dtype);
                 launched(
                     kernels::matmul_4bit_swiglu(&x, &kernel_weight(&weight), bias.as_ref(), params),
