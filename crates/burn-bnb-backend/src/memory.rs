@@ -18,6 +18,14 @@ use burn_backend::Backend;
 /// of the same size once freed: build weights in it, not work buffers of sizes that never
 /// recur. Backends without such a mode (NdArray) just run `build`.
 ///
+/// Keep small per-channel weights (norm weights, `[hidden]`) out of it: CubeCL sends every
+/// later allocation whose size the persistent pool holds to that pool, even outside this mode,
+/// and walks all of that size's slices each time. A norm weight has the byte size of one
+/// token's activations, so at batch 1 most of a decode step's outputs walked the model's 65
+/// norm weights (Llama-3.1-8B): ~9% of the host time of a step on an H200 (host profile,
+/// `benches/speed-notes.md`, eighth session). The model builders create norms before entering
+/// this mode.
+///
 /// ```
 /// use burn_ndarray::NdArray;
 /// use burn_tensor::{Distribution, Tensor};

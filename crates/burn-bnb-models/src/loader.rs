@@ -1,6 +1,8 @@
 //! Building a [`CausalLm`] from checkpoint tensors, with the projection loader as the seam for
 //! quantized layers.
 
+use std::collections::HashMap;
+
 use burn::module::{Ignored, Param};
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
@@ -197,9 +199,20 @@ pub fn load_model<B: Backend>(
     } else {
         ProgressBar::hidden()
     };
-    // Weights in the persistent pool: kept out of the pools every launch walks.
+    // Norms outside the persistent pool (see `burn_bnb_backend::memory::persistent`: their size
+    // is a token's activations'), everything else in it.
+    let mut norms = (0..config.num_hidden_layers)
+        .flat_map(DecoderLayer::<B>::norm_names)
+        .chain(["model.norm.weight".to_string()])
+        .map(|name| {
+            let raw = stored_tensor(checkpoint, &name)?;
+            raw.expect_shape(&[config.hidden_size])?;
+            let weight = dense_tensor(raw, false, device)?;
+            Ok((name, RmsNorm::from_weight(weight, config.rms_norm_eps)))
+        })
+        .collect::<Result<HashMap<_, _>, LoadError>>()?;
     let model = burn_bnb_backend::memory::persistent::<B, _>(device, || {
-        build(config, checkpoint, projections, &bar, device)
+        build(config, checkpoint, projections, &mut norms, &bar, device)
     })?;
     bar.finish_and_clear();
     Ok(model)
@@ -219,11 +232,11 @@ fn build<B: Backend>(
     config: &ModelConfig,
     checkpoint: &Checkpoint,
     projections: &dyn ProjectionLoader<B>,
+    norms: &mut HashMap<String, RmsNorm<B>>,
     bar: &ProgressBar,
     device: &B::Device,
 ) -> Result<CausalLm<B>, LoadError> {
     let h = config.hidden_size;
-    let eps = config.rms_norm_eps;
 
     let matrix =
         |name: &str, shape: [usize; 2], transpose: bool| -> Result<Tensor<B, 2>, LoadError> {
@@ -232,10 +245,8 @@ fn build<B: Backend>(
             bar.inc(raw.data.len() as u64);
             dense_tensor(raw, transpose, device)
         };
-    let norm = |name: &str| -> Result<RmsNorm<B>, LoadError> {
-        let raw = stored_tensor(checkpoint, name)?;
-        raw.expect_shape(&[h])?;
-        Ok(RmsNorm::from_weight(dense_tensor(raw, false, device)?, eps))
+    let mut norm = |name: &str| -> Result<RmsNorm<B>, LoadError> {
+        Ok(norms.remove(name).expect("every norm name was loaded"))
     };
     let projection = |spec: ProjectionSpec<'_>| -> Result<Projection<B>, LoadError> {
         let projection = projections.load(&spec, checkpoint, device)?;
@@ -253,7 +264,7 @@ fn build<B: Backend>(
     let embed = matrix("model.embed_tokens.weight", [config.vocab_size, h], false)?;
     let layers = (0..config.num_hidden_layers)
         .map(|layer| {
-            let built = DecoderLayer::build(config, layer, norm, projection)?;
+            let built = DecoderLayer::build(config, layer, &mut norm, projection)?;
             // Whole layers at a time: a projection loader reads tensors the model does not name.
             bar.inc(bytes_under(checkpoint, &format!("model.layers.{layer}.")));
             Ok(built)

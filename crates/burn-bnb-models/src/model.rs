@@ -144,25 +144,35 @@ impl<B: Backend> CausalLm<B> {
         device: &B::Device,
         projection: impl FnMut(&ProjectionSpec<'_>) -> Projection<B>,
     ) -> Self {
+        let h = config.hidden_size;
+        let eps = config.rms_norm_eps;
+        // Norms outside the persistent pool (see `burn_bnb_backend::memory::persistent`: their
+        // size is a token's activations').
+        let mut norms: Vec<RmsNorm<B>> = (0..2 * config.num_hidden_layers + 1)
+            .map(|_| RmsNorm::new(h, eps, device))
+            .collect();
+        let norm = norms.pop().expect("the final norm");
+        let mut norms = norms.into_iter();
         // Weights in the persistent pool: kept out of the pools every launch walks.
         burn_bnb_backend::memory::persistent::<B, _>(device, || {
-            Self::build_random(config, device, projection)
+            Self::build_random(config, device, &mut norms, norm, projection)
         })
     }
 
     fn build_random(
         config: &ModelConfig,
         device: &B::Device,
+        norms: &mut impl Iterator<Item = RmsNorm<B>>,
+        norm: RmsNorm<B>,
         mut projection: impl FnMut(&ProjectionSpec<'_>) -> Projection<B>,
     ) -> Self {
         let h = config.hidden_size;
-        let eps = config.rms_norm_eps;
         let layers = (0..config.num_hidden_layers)
             .map(|layer| {
                 DecoderLayer::build(
                     config,
                     layer,
-                    |_| Ok::<_, Infallible>(RmsNorm::new(h, eps, device)),
+                    |_| Ok::<_, Infallible>(norms.next().expect("two norms a layer")),
                     |spec| {
                         let p = projection(&spec);
                         assert_eq!(
@@ -182,7 +192,7 @@ impl<B: Backend> CausalLm<B> {
         Self {
             embed_tokens: EmbeddingConfig::new(config.vocab_size, h).init(device),
             layers,
-            norm: RmsNorm::new(h, eps, device),
+            norm,
             lm_head,
             config: Ignored(config.clone()),
         }
@@ -317,7 +327,8 @@ mod tests {
             assert_eq!(layer.self_attn.qkv.widths(), [64, 32, 32]);
             assert_eq!(layer.mlp.gate_up.widths(), [96, 96]);
             assert_eq!(layer.self_attn.qkv.format(), format);
-            // Only double-quantized weights (one nested offset per tensor) stay apart.
+            // Only double-quantized weights stay apart here: they stack by whole nested groups
+            // (256 blocks of 64 a part), and these parts have 32 to 96 blocks.
             let double_quant = matches!(format, WeightFormat::FourBit(c) if c.double_quant);
             assert_eq!(layer.self_attn.qkv.is_stacked(), !double_quant, "{format}");
             assert_eq!(layer.mlp.gate_up.is_stacked(), !double_quant, "{format}");

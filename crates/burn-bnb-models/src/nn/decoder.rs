@@ -31,6 +31,16 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
+    /// The checkpoint names of layer `layer`'s two norm weights, in the order [`Self::build`]
+    /// asks for them.
+    pub fn norm_names(layer: usize) -> [String; 2] {
+        let prefix = format!("model.layers.{layer}");
+        [
+            format!("{prefix}.input_layernorm.weight"),
+            format!("{prefix}.post_attention_layernorm.weight"),
+        ]
+    }
+
     /// Assembles layer `layer` of `config`: `norm` builds a norm from its checkpoint name
     /// (`model.layers.{layer}.input_layernorm.weight`, ...), `projection` each linear layer.
     pub fn build<E>(
@@ -39,10 +49,10 @@ impl<B: Backend> DecoderLayer<B> {
         mut norm: impl FnMut(&str) -> Result<RmsNorm<B>, E>,
         mut projection: impl FnMut(ProjectionSpec<'_>) -> Result<Projection<B>, E>,
     ) -> Result<Self, E> {
-        let prefix = format!("model.layers.{layer}");
+        let [input_norm, post_norm] = Self::norm_names(layer);
         let mut proj = |kind| projection(ProjectionSpec::new(config, layer, kind));
         Ok(DecoderLayer {
-            input_layernorm: norm(&format!("{prefix}.input_layernorm.weight"))?,
+            input_layernorm: norm(&input_norm)?,
             self_attn: Attention {
                 qkv: ProjectionGroup::new(vec![
                     proj(ProjectionKind::Query)?,
@@ -54,7 +64,7 @@ impl<B: Backend> DecoderLayer<B> {
                 kv_heads: config.num_key_value_heads,
                 head_dim: config.head_dim(),
             },
-            post_attention_layernorm: norm(&format!("{prefix}.post_attention_layernorm.weight"))?,
+            post_attention_layernorm: norm(&post_norm)?,
             mlp: Mlp {
                 gate_up: ProjectionGroup::new(vec![
                     proj(ProjectionKind::Gate)?,
