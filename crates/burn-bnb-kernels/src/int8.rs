@@ -38,7 +38,7 @@ use crate::layout::{Int8Matrix, check_float, f32_arg, float_arg, words_arg};
 const MM_DEQUANT_CONST: f32 = 6.200_012e-5;
 /// bitsandbytes' float32 `1 / 127`.
 #[allow(clippy::excessive_precision)]
-const INV_127: f32 = 7.874_015_718_698_502e-3;
+pub(crate) const INV_127: f32 = 7.874_015_718_698_502e-3;
 
 /// The outlier columns of one activation matrix, on the device.
 ///
@@ -895,24 +895,14 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
     threshold: f32,
 ) -> Result<Int8Activations<R>> {
     check_float(x, "x")?;
-    if threshold.is_nan() || threshold < 0.0 {
-        return Err(KernelError::Unsupported {
-            what: "threshold",
-            reason: format!("{threshold} is not a non-negative number"),
-        });
-    }
+    check_threshold(threshold)?;
     let k = *x.shape.dims.last().ok_or_else(|| KernelError::Shape {
         tensor: "x",
         expected: "at least one dimension".into(),
         actual: vec![],
     })?;
     let m = x.shape.num_elements() / k.max(1);
-    if k % 4 != 0 || k == 0 {
-        return Err(KernelError::Unsupported {
-            what: "int8 columns",
-            reason: format!("K = {k} is not a positive multiple of 4"),
-        });
-    }
+    check_int8_columns(k)?;
     let x = burn_cubecl::kernel::into_contiguous(x.clone());
     let client = &x.client;
     let codes_flat = empty_bytes(&x, m * k, DType::I8);
@@ -967,6 +957,28 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
         quantized: Int8Matrix { codes, absmax },
         outliers,
     })
+}
+
+/// An outlier threshold is a non-negative number (0: no decomposition).
+fn check_threshold(threshold: f32) -> Result<()> {
+    if threshold.is_nan() || threshold < 0.0 {
+        return Err(KernelError::Unsupported {
+            what: "threshold",
+            reason: format!("{threshold} is not a non-negative number"),
+        });
+    }
+    Ok(())
+}
+
+/// Rows are quantized in words of 4 codes.
+fn check_int8_columns(k: usize) -> Result<()> {
+    if !k.is_multiple_of(4) || k == 0 {
+        return Err(KernelError::Unsupported {
+            what: "int8 columns",
+            reason: format!("K = {k} is not a positive multiple of 4"),
+        });
+    }
+    Ok(())
 }
 
 /// An `I8` tensor (`K % 16 == 0`) as lines of 16 codes.
@@ -1507,6 +1519,11 @@ pub fn int8_add_outliers<R: CubeRuntime>(
 /// `threshold = 0` is bitsandbytes' "INT8"; `threshold > 0` (6.0 by default in transformers)
 /// is "INT8+Decomp", with the outlier columns multiplied in the dtype of `x`.
 ///
+/// One row of activations (`M = 1`, decoding) is one launch: every cube quantizes the row
+/// itself (same codes as [`int8_quantize_rows`]) and adds the outliers' product (in another
+/// summation order than [`int8_add_outliers`]). More rows take the row quantization, the
+/// product and, with outliers, their product as separate launches.
+///
 /// # Shapes
 /// - `x`: `[..., K]` of f32, f16 or bf16
 /// - `weight`: `CB I8 [N, K]`, `SCB F32 [N]`
@@ -1524,7 +1541,12 @@ pub fn linear_8bit_lt<R: CubeRuntime>(
     let (n, k) = weight.dims()?;
     let (m, _) = check_activations(x, k)?;
     check_bias(bias, n, x.dtype)?;
+    check_threshold(threshold)?;
+    check_int8_columns(k)?;
     let x = burn_cubecl::kernel::into_contiguous(x.clone());
+    if m == 1 {
+        return crate::int8_gemv::linear_8bit_row(&x, weight, bias, threshold, output_shape(&x, n));
+    }
     let x2 = CubeTensor {
         shape: vec![m, k].into(),
         strides: vec![k, 1],

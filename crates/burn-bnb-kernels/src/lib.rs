@@ -76,7 +76,8 @@
 //!   i8 tensor cores (`mma.m16n8k32` with register fragments for `2 <= M <= 32`, the
 //!   shared-memory `cmma` kernel beyond) or a SIMT kernel (`M = 1`, fallback), dequantized with the bias in
 //!   the same kernel; the outlier columns' 16-bit product added by a kernel that reads the outlier
-//!   count from the device.
+//!   count from the device. One activation row (decoding) takes one launch instead: every cube
+//!   of the SIMT product quantizes the row itself, finds its outliers and adds their product.
 //!
 //! Numerics follow the CPU reference crate `burn-bnb-formats`: quantization and dequantization
 //! are bit-exact with it (and with bitsandbytes except where bitsandbytes' approximate reciprocal
@@ -90,6 +91,7 @@ pub mod dense;
 pub mod dequant4;
 pub mod error;
 pub mod int8;
+mod int8_gemv;
 mod launch;
 pub mod layout;
 pub mod matmul4;

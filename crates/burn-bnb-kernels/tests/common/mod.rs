@@ -1056,6 +1056,8 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     let mut rng = StdRng::seed_from_u64(3);
     let shapes: &[(usize, usize, usize)] = &[
         (1, 17, 100),
+        // One row: the one-launch kernel, 16-byte weight loads, a partial last cube of rows.
+        (1, 70, 1040),
         (3, 65, 132),
         (8, 33, 260),
         (17, 40, 64),
