@@ -72,7 +72,9 @@ pub struct DoubleQuantPrimitive<B: Backend> {
     /// The 256-entry map the codes index: `DType::F32`, shape `[256]`.
     pub nested_code: FloatTensor<B>,
     /// The mean subtracted before quantizing: `DType::F32`, shape `[1]` (a tensor, so that
-    /// kernels read it on the device and no forward pass waits for the host).
+    /// kernels read it on the device and no forward pass waits for the host), or
+    /// `[ceil(num_blocks / nested_blocksize)]`, one per nested group: a weight stacked from
+    /// parts keeps each part's offset (it has no bitsandbytes form: `to_reference` fails).
     pub offset: FloatTensor<B>,
     /// Codes per nested group (256 in every bitsandbytes release).
     pub nested_blocksize: usize,
@@ -254,7 +256,12 @@ impl<B: Backend> DoubleQuantPrimitive<B> {
         let groups = num_blocks.div_ceil(self.nested_blocksize);
         check_tensor(&self.nested_absmax, "nested_absmax", &[groups], DType::F32)?;
         check_tensor(&self.nested_code, "nested_quant_map", &[256], DType::F32)?;
-        check_tensor(&self.offset, "nested_offset", &[1], DType::F32)
+        // One offset (bitsandbytes), or one per nested group (stacked parts keep their own).
+        let offsets = match self.offset.shape().num_elements() {
+            1 => 1,
+            _ => groups,
+        };
+        check_tensor(&self.offset, "nested_offset", &[offsets], DType::F32)
     }
 
     fn from_reference(dq: &DoubleQuant, device: &B::Device) -> Self {
@@ -268,6 +275,15 @@ impl<B: Backend> DoubleQuantPrimitive<B> {
     }
 
     fn to_reference(&self, num_blocks: usize) -> Result<DoubleQuant> {
+        // The reference format (bitsandbytes') has one offset a tensor.
+        let offsets = self.offset.shape().dims.clone();
+        if offsets != [1] {
+            return Err(BnbError::Shape {
+                what: "nested_offset (one per tensor in bitsandbytes' format)",
+                expected: vec![1],
+                actual: offsets,
+            });
+        }
         let nested_code: [f32; 256] =
             read_f32(float::<B, 1>(self.nested_code.clone()), "nested_quant_map")?
                 .try_into()

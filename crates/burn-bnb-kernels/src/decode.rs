@@ -24,7 +24,9 @@ pub(crate) fn i8_of(word: u32, b: u32) -> i32 {
 }
 
 /// The scale of 4-bit block `block`: `absmax[block]`, or with double quantization
-/// `f32(f32(nested_code[codes[block]] * nested_absmax[block >> nested_shift]) + offset)`.
+/// `f32(f32(nested_code[codes[block]] * nested_absmax[block >> nested_shift]) +
+/// offset[block >> offset_shift])`: `offset_shift` is `nested_shift` where every nested group
+/// has its own offset (stacked weights), 31 for bitsandbytes' one offset a tensor.
 ///
 /// `zero` is a runtime 0: XOR-ing the product's bits with it hides the product from the
 /// compiler, so that it cannot contract multiply and add into one FMA (NVRTC does so by
@@ -37,8 +39,9 @@ pub(crate) fn block_scale<D: CubePrimitive>(
     dq_codes: &Array<D>,
     nested_absmax: &Array<f32>,
     nested_code: &Array<f32>,
-    offset: f32,
+    offset: &Array<f32>,
     nested_shift: u32,
+    offset_shift: u32,
     zero: u32,
     #[comptime] dq: bool,
 ) -> f32 {
@@ -47,7 +50,7 @@ pub(crate) fn block_scale<D: CubePrimitive>(
         let q = byte_of(word, block % 4);
         let product = nested_code[q as usize] * nested_absmax[(block >> nested_shift) as usize];
         let product = f32::reinterpret(u32::reinterpret(product) ^ zero);
-        product + offset
+        product + offset[(block >> offset_shift) as usize]
     } else {
         absmax[block as usize]
     }

@@ -33,6 +33,7 @@ fn dequantize4_kernel<F: Float>(
     out_lines: u32,
     log2_bs: u32,
     nested_shift: u32,
+    offset_shift: u32,
     zero: u32,
     #[comptime] dq: bool,
     #[comptime] fp4: bool,
@@ -43,18 +44,15 @@ fn dequantize4_kernel<F: Float>(
         terminate!();
     }
     let word = packed[w as usize];
-    let mut off = 0.0f32;
-    if dq {
-        off = offset[0];
-    }
     let scale = block_scale(
         (w * 8) >> log2_bs,
         absmax,
         dq_codes,
         nested_absmax,
         nested_code,
-        off,
+        offset,
         nested_shift,
+        offset_shift,
         zero,
         dq,
     );
@@ -132,6 +130,7 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
             ScalarArg::new((numel / line) as u32),
             ScalarArg::new(weight.blocksize.trailing_zeros()),
             ScalarArg::new(scales.nested_shift),
+            ScalarArg::new(scales.offset_shift),
             ScalarArg::new(0u32),
             scales.dq,
             weight.quant_type == QuantType::Fp4,

@@ -110,6 +110,9 @@ pub(crate) struct ScaleArgs<'a, R: CubeRuntime> {
     pub nested_code: ArrayArg<'a, R>,
     pub offset: ArrayArg<'a, R>,
     pub nested_shift: u32,
+    /// `offset[block >> offset_shift]`: `nested_shift` for one offset per nested group, 31 for
+    /// one offset (any block index is below 2^31).
+    pub offset_shift: u32,
     pub dq: bool,
 }
 
@@ -126,6 +129,7 @@ impl<'a, R: CubeRuntime> ScaleArgs<'a, R> {
                 nested_code: f32_arg(&weight.code),
                 offset: f32_arg(&weight.code),
                 nested_shift: 0,
+                offset_shift: 31,
                 dq: false,
             },
             Absmax4::Double(dq) => ScaleArgs {
@@ -135,6 +139,11 @@ impl<'a, R: CubeRuntime> ScaleArgs<'a, R> {
                 nested_code: f32_arg(&dq.nested_code),
                 offset: f32_arg(&dq.offset),
                 nested_shift: dq.nested_blocksize.trailing_zeros(),
+                offset_shift: if dq.offset.shape.num_elements() == 1 {
+                    31
+                } else {
+                    dq.nested_blocksize.trailing_zeros()
+                },
                 dq: true,
             },
         }

@@ -57,7 +57,7 @@ pub enum Absmax4<R: CubeRuntime> {
 /// | `codes` | `U8` | `nb` |
 /// | `nested_absmax` | `F32` | `ceil(nb / nested_blocksize)` |
 /// | `nested_code` | `F32` | 256 (the signed dynamic map) |
-/// | `offset` | `F32` | 1 (`nested_offset`; a device scalar so that no launch needs a host sync) |
+/// | `offset` | `F32` | 1 (`nested_offset`; a device scalar so that no launch needs a host sync), or `ceil(nb / nested_blocksize)`: one per nested group (weights stacked from parts that keep their own offset) |
 #[derive(Debug, Clone)]
 pub struct DoubleQuant4<R: CubeRuntime> {
     /// One 8-bit code per 4-bit block.
@@ -66,7 +66,8 @@ pub struct DoubleQuant4<R: CubeRuntime> {
     pub nested_absmax: CubeTensor<R>,
     /// The 256-entry map the codes index.
     pub nested_code: CubeTensor<R>,
-    /// The mean subtracted before the nested quantization.
+    /// The mean subtracted before the nested quantization: one (bitsandbytes), or one per
+    /// nested group (a weight stacked from parts that keep their own).
     pub offset: CubeTensor<R>,
     /// Codes per nested group (256 in every bitsandbytes release); a power of two.
     pub nested_blocksize: usize,
@@ -142,7 +143,12 @@ impl<R: CubeRuntime> Quant4Weight<R> {
                     nb.div_ceil(dq.nested_blocksize),
                 )?;
                 check_f32(&dq.nested_code, "nested_code", 256)?;
-                check_f32(&dq.offset, "offset", 1)?;
+                // One offset, or one per nested group.
+                let offsets = match dq.offset.shape.num_elements() {
+                    1 => 1,
+                    _ => nb.div_ceil(dq.nested_blocksize),
+                };
+                check_f32(&dq.offset, "offset", offsets)?;
             }
         }
         Ok(())

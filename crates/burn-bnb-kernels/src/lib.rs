@@ -19,7 +19,7 @@
 //! | [`DoubleQuant4::codes`] | `U8` | `ceil(N*K / blocksize)` | 8-bit codes of `absmax - offset` |
 //! | [`DoubleQuant4::nested_absmax`] | `F32` | `ceil(nb / 256)` | per-group scale of the codes |
 //! | [`DoubleQuant4::nested_code`] | `F32` | 256 | the signed dynamic map |
-//! | [`DoubleQuant4::offset`] | `F32` | 1 | `nested_offset` (on the device: no host sync) |
+//! | [`DoubleQuant4::offset`] | `F32` | 1, or one per nested group | `nested_offset` (on the device: no host sync); per group in stacked weights |
 //! | [`Quant4Weight::code`] | `F32` | 16 | the 4-bit code table (`quant_map`) |
 //! | [`Int8Matrix::codes`] | `I8` | `[rows, K]` | LLM.int8() codes, `K % 4 == 0` |
 //! | [`Int8Matrix::absmax`] | `F32` | `[rows]` | row absmax (`SCB` / `SCA`) |

@@ -115,6 +115,7 @@ fn matmul4_simt_kernel<F: Float>(
     groups: u32,
     log2_bs: u32,
     nested_shift: u32,
+    offset_shift: u32,
     zero: u32,
     #[comptime] cfg: SimtConfig,
 ) {
@@ -135,6 +136,7 @@ fn matmul4_simt_kernel<F: Float>(
         groups,
         log2_bs,
         nested_shift,
+        offset_shift,
         zero,
         cfg,
     );
@@ -161,7 +163,7 @@ fn matmul4_simt_plain_kernel<F: Float>(
     // The double-quantization operands are never read (`cfg.dq` is false).
     simt_body::<F, f32>(
         x, packed, code, absmax, absmax, absmax, code, code, bias, out, m_total, n_total, k_total,
-        groups, log2_bs, 0u32, 0u32, cfg,
+        groups, log2_bs, 0u32, 31u32, 0u32, cfg,
     );
 }
 
@@ -184,6 +186,7 @@ fn simt_body<F: Float, D: CubePrimitive>(
     groups: u32,
     log2_bs: u32,
     nested_shift: u32,
+    offset_shift: u32,
     zero: u32,
     #[comptime] cfg: SimtConfig,
 ) {
@@ -203,11 +206,6 @@ fn simt_body<F: Float, D: CubePrimitive>(
         lut[UNIT_POS as usize] = code[UNIT_POS as usize];
     }
     sync_cube();
-
-    let mut off = 0.0f32;
-    if cfg.dq {
-        off = offset[0];
-    }
     let chunk_elems = comptime!(cfg.lw * 8);
     let chunks_per_row = k_total / chunk_elems;
     let rm = comptime!(cfg.rows * cfg.mt);
@@ -241,8 +239,9 @@ fn simt_body<F: Float, D: CubePrimitive>(
                 dq_codes,
                 nested_absmax,
                 nested_code,
-                off,
+                offset,
                 nested_shift,
+                offset_shift,
                 zero,
                 cfg.dq,
             );
@@ -400,6 +399,7 @@ fn matmul4_cmma_kernel<F: Float>(
     tiles_per_split: u32,
     log2_bs: u32,
     nested_shift: u32,
+    offset_shift: u32,
     zero: u32,
     #[comptime] cfg: CmmaConfig,
 ) {
@@ -432,11 +432,6 @@ fn matmul4_cmma_kernel<F: Float>(
         SharedMemory::<F>::new_aligned(comptime!((cfg.bm * LDS_LINES) as usize), 8usize, 128usize);
     let mut b_s =
         SharedMemory::<F>::new_aligned(comptime!((cfg.bn * LDS_LINES) as usize), 8usize, 128usize);
-
-    let mut off = 0.0f32;
-    if cfg.dq {
-        off = offset[0];
-    }
     let chunks_per_row = k_total / 32;
     let x_row_lines = k_total / 8;
 
@@ -465,8 +460,9 @@ fn matmul4_cmma_kernel<F: Float>(
                 dq_codes,
                 nested_absmax,
                 nested_code,
-                off,
+                offset,
                 nested_shift,
+                offset_shift,
                 zero,
                 kt_start + d,
                 d,
@@ -557,8 +553,9 @@ fn matmul4_cmma_kernel<F: Float>(
                         dq_codes,
                         nested_absmax,
                         nested_code,
-                        off,
+                        offset,
                         nested_shift,
+                        offset_shift,
                         zero,
                         kt + depth,
                         d,
@@ -674,8 +671,9 @@ fn fetch_tiles<F: Float>(
     dq_codes: &Array<u32>,
     nested_absmax: &Array<f32>,
     nested_code: &Array<f32>,
-    off: f32,
+    offset: &Array<f32>,
     nested_shift: u32,
+    offset_shift: u32,
     zero: u32,
     kt: u32,
     slot: u32,
@@ -723,8 +721,9 @@ fn fetch_tiles<F: Float>(
                 dq_codes,
                 nested_absmax,
                 nested_code,
-                off,
+                offset,
                 nested_shift,
+                offset_shift,
                 zero,
                 dq,
             );
@@ -1081,6 +1080,7 @@ fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
                 ScalarArg::new(groups as u32),
                 ScalarArg::new(weight.blocksize.trailing_zeros()),
                 ScalarArg::new(scales.nested_shift),
+                ScalarArg::new(scales.offset_shift),
                 ScalarArg::new(0u32),
                 cfg,
             )
@@ -1183,7 +1183,7 @@ pub(crate) fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
     let bias_t = bias.unwrap_or(x);
     let partial_t = partial.as_ref().unwrap_or(out);
     let cubes = n_tiles * m_tiles * splits;
-    let (absmax, dq_codes, nested_absmax, nested_code, offset, nested_shift, log2_bs) =
+    let (absmax, dq_codes, nested_absmax, nested_code, offset, nested_shift, offset_shift, log2_bs) =
         match (scales, weight) {
             (Some(s), WeightOperand::Quant4(q)) => (
                 s.absmax,
@@ -1192,6 +1192,7 @@ pub(crate) fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
                 s.nested_code,
                 s.offset,
                 s.nested_shift,
+                s.offset_shift,
                 q.blocksize.trailing_zeros(),
             ),
             _ => (
@@ -1201,6 +1202,7 @@ pub(crate) fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
                 float_arg(x, 1),
                 float_arg(x, 1),
                 0,
+                31,
                 0,
             ),
         };
@@ -1240,6 +1242,7 @@ pub(crate) fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
             ScalarArg::new(tiles_per_split as u32),
             ScalarArg::new(log2_bs),
             ScalarArg::new(nested_shift),
+            ScalarArg::new(offset_shift),
             ScalarArg::new(0u32),
             cfg,
         )

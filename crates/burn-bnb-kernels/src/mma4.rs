@@ -111,6 +111,7 @@ fn matmul4_mma_kernel<F: Float>(
     steps_per_split: u32,
     log2_bs: u32,
     nested_shift: u32,
+    offset_shift: u32,
     zero: u32,
     #[comptime] cfg: MmaConfig,
 ) {
@@ -173,10 +174,6 @@ fn matmul4_mma_kernel<F: Float>(
         terminate!();
     }
 
-    let mut off = 0.0f32;
-    if cfg.dq {
-        off = offset[0];
-    }
     // Lines of a unit's codes of a step per weight row (8 or 16 bytes), of 8 activations per
     // activation row.
     let code_lines = k_total / (bk / 4);
@@ -199,6 +196,13 @@ fn matmul4_mma_kernel<F: Float>(
     } else {
         1usize
     }));
+    // The double-quantization offsets of the ring's blocks (one per nested group in a stacked
+    // weight), loaded with the codes.
+    let mut o_ring = Array::<f32>::new(comptime!(if cfg.dq {
+        (depth * 2 * mt) as usize
+    } else {
+        1usize
+    }));
     let mut x_ring = Array::<Line<u32>>::lined(comptime!((depth * xl * nt) as usize), 4usize);
 
     #[unroll]
@@ -211,12 +215,15 @@ fn matmul4_mma_kernel<F: Float>(
                 absmax,
                 dq_codes,
                 nested_absmax,
+                offset,
                 nested_shift,
+                offset_shift,
                 log2_bs,
                 &rows,
                 &mut w_ring,
                 &mut s_ring,
                 &mut q_ring,
+                &mut o_ring,
                 &mut x_ring,
                 s,
                 d,
@@ -261,7 +268,8 @@ fn matmul4_mma_kernel<F: Float>(
                         // with a runtime 0 keeps the two roundings (see `block_scale`).
                         let q = q_ring[(d * 2 * mt + i) as usize];
                         let product = nested[q as usize] * stored;
-                        scale = f32::reinterpret(u32::reinterpret(product) ^ zero) + off;
+                        scale = f32::reinterpret(u32::reinterpret(product) ^ zero)
+                            + o_ring[(d * 2 * mt + i) as usize];
                     }
                     sc[i as usize] = scale;
                 }
@@ -277,12 +285,15 @@ fn matmul4_mma_kernel<F: Float>(
                         absmax,
                         dq_codes,
                         nested_absmax,
+                        offset,
                         nested_shift,
+                        offset_shift,
                         log2_bs,
                         &rows,
                         &mut w_ring,
                         &mut s_ring,
                         &mut q_ring,
+                        &mut o_ring,
                         &mut x_ring,
                         s + depth,
                         d,
@@ -427,12 +438,15 @@ fn fetch_step(
     absmax: &Array<f32>,
     dq_codes: &Array<u32>,
     nested_absmax: &Array<f32>,
+    offset: &Array<f32>,
     nested_shift: u32,
+    offset_shift: u32,
     log2_bs: u32,
     rows: &Array<u32>,
     w_ring: &mut Array<Line<u32>>,
     s_ring: &mut Array<f32>,
     q_ring: &mut Array<u32>,
+    o_ring: &mut Array<f32>,
     x_ring: &mut Array<Line<u32>>,
     s: u32,
     slot: u32,
@@ -460,6 +474,7 @@ fn fetch_step(
         if dq {
             q_ring[slot_i] = byte_of(dq_codes[(block / 4) as usize], block % 4);
             s_ring[slot_i] = nested_absmax[(block >> nested_shift) as usize];
+            o_ring[slot_i] = offset[(block >> offset_shift) as usize];
         } else {
             s_ring[slot_i] = absmax[block as usize];
         }
@@ -627,6 +642,7 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
             ScalarArg::new(steps_per_split as u32),
             ScalarArg::new(weight.blocksize.trailing_zeros()),
             ScalarArg::new(scales.nested_shift),
+            ScalarArg::new(scales.offset_shift),
             ScalarArg::new(0u32),
             cfg,
         )

@@ -44,6 +44,7 @@ cuda_tests!(
     random_quant_roundtrip,
     matmul4_random,
     matmul4_swiglu,
+    matmul4_group_offsets,
     matmul_dense_random,
     golden_matmul4,
     golden_int8,

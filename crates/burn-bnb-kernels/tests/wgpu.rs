@@ -47,6 +47,7 @@ wgpu_test!(golden_quantize);
 wgpu_test!(random_quant_roundtrip);
 wgpu_test!(matmul4_random);
 wgpu_test!(matmul4_swiglu);
+wgpu_test!(matmul4_group_offsets);
 wgpu_test!(matmul_dense_random);
 wgpu_test!(golden_matmul4);
 wgpu_test!(golden_int8);

@@ -8,6 +8,8 @@
 
 mod common;
 
+use burn::tensor::{Int, Tensor, TensorPrimitive};
+use burn_bnb_backend::{Absmax4Primitive, Quant4Primitive, portable};
 use burn_bnb_models::nn::DecoderLayer;
 use burn_bnb_models::{
     BnbLoader, Checkpoint, CheckpointError, LoadError, LoadOptions, Pretrained, Projection,
@@ -170,23 +172,26 @@ fn differing_codes(a: &Projection<B>, b: &Projection<B>, format: WeightFormat) -
     assert_eq!(b.format(), format);
     match (a, b) {
         (Projection::Linear4bit(a), Projection::Linear4bit(b)) => {
-            let (a, b) = (a.to_quantized().unwrap(), b.to_quantized().unwrap());
-            assert_eq!(a.dtype, b.dtype, "dequantization dtype");
+            assert_eq!(a.weight_dtype.0, b.weight_dtype.0, "dequantization dtype");
+            let blocksize = a.blocksize;
+            // Read from the layers' tensors, not through `to_quantized`: stacked double-quantized
+            // parts keep an offset per nested group, which bitsandbytes' format has not.
+            let (a, b) = (a.quantized_weight(), b.quantized_weight());
             let nibbles =
                 |p: &[u8]| -> Vec<u8> { p.iter().flat_map(|x| [x >> 4, x & 15]).collect() };
-            let absmax_a = a.absmax.to_f32();
-            let absmax_b = b.absmax.to_f32();
+            let absmax_a = block_absmax(&a);
+            let absmax_b = block_absmax(&b);
             let blocks = absmax_a
                 .iter()
                 .zip(&absmax_b)
                 .filter(|(x, y)| x != y)
                 .count();
-            let codes = nibbles(&a.packed)
+            let codes = nibbles(&packed_bytes(a))
                 .iter()
-                .zip(nibbles(&b.packed))
+                .zip(nibbles(&packed_bytes(b)))
                 .filter(|(x, y)| **x != *y)
                 .count();
-            codes + blocks * a.blocksize
+            codes + blocks * blocksize
         }
         (Projection::Linear8bitLt(a), Projection::Linear8bitLt(b)) => {
             let (a, b) = (a.to_quantized().unwrap(), b.to_quantized().unwrap());
@@ -203,6 +208,25 @@ fn differing_codes(a: &Projection<B>, b: &Projection<B>, format: WeightFormat) -
         }
         _ => panic!("{format}: not a quantized pair"),
     }
+}
+
+/// The float32 absmax of every block of a 4-bit weight (double quantization decoded).
+fn block_absmax(w: &Quant4Primitive<B>) -> Vec<f32> {
+    let blocks = w.num_blocks();
+    let absmax: Tensor<B, 1> = match w.absmax.clone() {
+        Absmax4Primitive::Plain(a) => Tensor::from_primitive(TensorPrimitive::Float(a)),
+        Absmax4Primitive::Double(dq) => portable::dequantize_absmax(dq, blocks),
+    };
+    absmax.into_data().to_vec::<f32>().unwrap()
+}
+
+/// The packed 4-bit codes of a weight, two a byte.
+fn packed_bytes(w: Quant4Primitive<B>) -> Vec<u8> {
+    let bytes = w.numel().div_ceil(2);
+    let packed: Tensor<B, 1, Int> = Tensor::from_primitive(w.packed);
+    let mut data = packed.into_data().convert::<u8>().to_vec::<u8>().unwrap();
+    data.truncate(bytes);
+    data
 }
 
 /// `save_quantized` of the bf16 llama to NF4+DQ writes the golden nf4-dq checkpoint: the same

@@ -101,7 +101,8 @@ pub struct DoubleQuantParams<B: Backend> {
     pub nested_absmax: F32State<B>,
     /// The 256-entry map the codes index (`weight.nested_quant_map`).
     pub nested_quant_map: F32State<B>,
-    /// The mean subtracted before quantizing, `[1]` (`nested_offset`).
+    /// The mean subtracted before quantizing, `[1]` (`nested_offset`), or one per nested group
+    /// in a weight stacked from parts that keep their own (no bitsandbytes form).
     pub nested_offset: F32State<B>,
     /// Blocks per nested group (256).
     pub nested_blocksize: usize,

@@ -11,7 +11,7 @@ use crate::primitive::DoubleQuantPrimitive;
 use crate::util::{f32_const, f32_tensor, float, float_primitive, int, pad_to};
 
 /// `absmax[b] = f32(f32(nested_code[codes[b]] * nested_absmax[b / nested_blocksize]) + offset)`,
-/// shape `[num_blocks]`, `F32`.
+/// shape `[num_blocks]`, `F32`; `offset` is one value or one per nested group.
 pub fn dequantize_absmax<B: Backend>(
     dq: DoubleQuantPrimitive<B>,
     num_blocks: usize,
@@ -20,13 +20,23 @@ pub fn dequantize_absmax<B: Backend>(
     let nb = num_blocks;
     let codes = stored_layout(&dq.codes).unpack(int::<B, 1>(dq.codes), nb, false);
     let values = float::<B, 1>(dq.nested_code).select(0, codes);
-    let scales = float::<B, 1>(dq.nested_absmax)
-        .reshape([groups, 1])
-        .expand([groups, dq.nested_blocksize])
-        .reshape([groups * dq.nested_blocksize])
-        .slice(0..nb);
+    let per_block = |per_group: Tensor<B, 1>| {
+        per_group
+            .reshape([groups, 1])
+            .expand([groups, dq.nested_blocksize])
+            .reshape([groups * dq.nested_blocksize])
+            .slice(0..nb)
+    };
+    let scales = per_block(float::<B, 1>(dq.nested_absmax));
+    let offset = float::<B, 1>(dq.offset);
+    // One per nested group (a stacked weight), or one for the tensor (broadcast).
+    let offset = if offset.dims()[0] == groups && groups > 1 {
+        per_block(offset)
+    } else {
+        offset
+    };
     // Two roundings, the product then the sum, as the GPU does it (no fused multiply-add).
-    values * scales + float::<B, 1>(dq.offset)
+    values * scales + offset
 }
 
 /// Double-quantizes float32 block absmax values (`[num_blocks]`, `F32`) as bitsandbytes'

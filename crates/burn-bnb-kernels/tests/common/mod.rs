@@ -666,6 +666,89 @@ pub fn matmul4_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     }
 }
 
+/// Double quantization with one offset per nested group (a weight stacked from parts that keep
+/// their own): its dequantization and every product strategy are bit-exact against the same
+/// weight with the decoded absmax stored plainly, `f32(f32(code[q] * nested_absmax[g]) +
+/// offset[g])`.
+pub fn matmul4_group_offsets<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(11);
+    // 40 x 512 in blocks of 64: 320 blocks, two nested groups (the second partial); the
+    // groups change inside a row (8 blocks a row, 256 a group: at block 256, row 32).
+    let (n, k) = (40, 512);
+    let w = randn(&mut rng, n * k, 1.0 / (k as f32).sqrt());
+    let config = Quant4Config {
+        quant_type: QuantType::Nf4,
+        blocksize: 64,
+        double_quant: true,
+    };
+    let wq = Quantized4::quantize(
+        &w.iter().map(|&v| F::from_f32(v)).collect::<Vec<F>>(),
+        &[n, k],
+        config,
+    )
+    .unwrap();
+    let Absmax::Double(dq) = &wq.absmax else {
+        panic!("double-quantized");
+    };
+    let groups = dq.nested_absmax.len();
+    assert_eq!(groups, 2);
+    let offsets: Vec<f32> = (0..groups)
+        .map(|g| dq.offset + 0.013 * (g as f32 + 1.0))
+        .collect();
+    let absmax: Vec<f32> = dq
+        .codes
+        .iter()
+        .enumerate()
+        .map(|(b, &q)| {
+            let g = b / dq.nested_blocksize;
+            dq.nested_code[q as usize] * dq.nested_absmax[g] + offsets[g]
+        })
+        .collect();
+    let plain = Quantized4 {
+        absmax: Absmax::Plain(absmax),
+        ..wq.clone()
+    };
+    let mut grouped = dev.quant4(&wq);
+    if let Absmax4::Double(d) = &mut grouped.absmax {
+        d.offset = dev.f32s(&offsets);
+    }
+    let plain = dev.quant4(&plain);
+    // Elements whose bits differ.
+    let differ = |a: &CubeTensor<R>, b: &CubeTensor<R>| {
+        let (a, b) = (dev.read_f32(a), dev.read_f32(b));
+        a.iter()
+            .zip(&b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count()
+    };
+    let deq = |w| dequantize_4bit(w, F::KIND).unwrap();
+    assert_eq!(
+        differ(&deq(&grouped), &deq(&plain)),
+        0,
+        "dequantize_4bit with an offset per nested group ({})",
+        F::NAME
+    );
+    for m in [1, 8, 32] {
+        let x: Vec<f32> = randn(&mut rng, m * k, 1.0)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let xt = dev.floats::<F>(&x, vec![m, k]);
+        let mut all = strategies(dev, F::KIND, m, k);
+        all.extend(mma_strategies(dev, F::KIND, m, k, 64));
+        for strategy in all {
+            let a = matmul_4bit_with(&xt, &grouped, None, strategy).unwrap();
+            let b = matmul_4bit_with(&xt, &plain, None, strategy).unwrap();
+            assert_eq!(
+                differ(&a, &b),
+                0,
+                "m {m} {strategy:?} with an offset per nested group ({})",
+                F::NAME
+            );
+        }
+    }
+}
+
 /// The fused gate/up product with SwiGLU against its composition on the device: the SIMT
 /// product with the same parameters (same summation order per output), then the `swiglu`
 /// kernel on its two halves. Bit-exact, with and without bias and double quantization.

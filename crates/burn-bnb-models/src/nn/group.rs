@@ -2,7 +2,7 @@ use burn::module::{Ignored, Module, Param, ParamId};
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn_bnb_backend::QuantizedOps;
-use burn_bnb_nn::{F32State, Linear4bit, Linear8bitLt};
+use burn_bnb_nn::{DoubleQuantParams, F32State, Linear4bit, Linear8bitLt};
 
 use crate::format::WeightFormat;
 use crate::nn::projection::Projection;
@@ -16,9 +16,9 @@ use crate::nn::projection::Projection;
 /// product); it needs parts of the same format reading the same input width, and
 ///
 /// - dense: the same bias presence;
-/// - 4-bit: plain float32 absmax (double-quantized scales carry one offset per tensor, which a
-///   stacked weight cannot hold), the same code, blocksize and dtypes, and whole blocks and
-///   32-bit words per part;
+/// - 4-bit: the same code, blocksize, dtypes and scale format, whole blocks and 32-bit words per
+///   part; with double quantization also whole nested groups (256 blocks) per part, whose
+///   offsets the stacked weight keeps one per nested group (bitsandbytes has one a tensor);
 /// - LLM.int8(): the same threshold and bias presence.
 ///
 /// Other parts stay [`ProjectionGroup::Separate`], one product each.
@@ -155,6 +155,7 @@ fn stack<B: Backend>(parts: &[Projection<B>]) -> Option<Projection<B>> {
         Projection::Linear4bit(first) => {
             let mut packed = Vec::new();
             let mut absmax = Vec::new();
+            let mut dq_parts = Vec::new();
             let mut bias = Vec::new();
             let mut d_output = 0;
             for p in parts {
@@ -164,21 +165,30 @@ fn stack<B: Backend>(parts: &[Projection<B>]) -> Option<Projection<B>> {
                 let numel = layer.d_input * layer.d_output;
                 let whole = numel.is_multiple_of(layer.blocksize) && numel.is_multiple_of(8);
                 if !whole
-                    || layer.double_quant.is_some()
+                    || layer.double_quant.is_some() != first.double_quant.is_some()
+                    || layer.blocksize != first.blocksize
                     || layer.weight_dtype.0 != first.weight_dtype.0
                     || layer.compute_dtype.0 != first.compute_dtype.0
                 {
                     return None;
                 }
                 packed.push(layer.weight.val());
-                absmax.push(layer.absmax.as_ref()?.val());
+                match &layer.double_quant {
+                    Some(dq) => dq_parts.push((dq, numel / layer.blocksize)),
+                    None => absmax.push(layer.absmax.as_ref()?.val()),
+                }
                 bias.push(layer.bias.as_ref().map(|b| b.val()));
                 d_output += layer.d_output;
             }
+            let (absmax, double_quant) = if dq_parts.is_empty() {
+                (Some(F32State::new(Tensor::cat(absmax, 0))), None)
+            } else {
+                (None, Some(stack_double_quant(&dq_parts)?))
+            };
             Some(Projection::Linear4bit(Linear4bit {
                 weight: Param::initialized(ParamId::new(), Tensor::cat(packed, 0)),
-                absmax: Some(F32State::new(Tensor::cat(absmax, 0))),
-                double_quant: None,
+                absmax,
+                double_quant,
                 quant_map: F32State::new(first.quant_map.val()),
                 bias: biases(bias).map(Param::from_tensor),
                 d_input: first.d_input,
@@ -212,6 +222,43 @@ fn stack<B: Backend>(parts: &[Projection<B>]) -> Option<Projection<B>> {
     }
 }
 
+/// Double-quantized scales of parts (with their block counts) as one set: codes and nested
+/// absmax side by side, each part's offset repeated over its nested groups. `None` unless
+/// every part has whole nested groups (a group never spans two parts) and all share the nested
+/// blocksize and code map.
+fn stack_double_quant<B: Backend>(
+    parts: &[(&DoubleQuantParams<B>, usize)],
+) -> Option<DoubleQuantParams<B>> {
+    let (first, _) = parts[0];
+    let map = first.nested_quant_map.val().into_data();
+    let mut codes = Vec::new();
+    let mut nested_absmax = Vec::new();
+    let mut offsets = Vec::new();
+    for &(dq, blocks) in parts {
+        if dq.nested_blocksize != first.nested_blocksize
+            || !blocks.is_multiple_of(dq.nested_blocksize)
+            || dq.nested_quant_map.val().into_data() != map
+        {
+            return None;
+        }
+        let groups = blocks / dq.nested_blocksize;
+        let offset = dq.nested_offset.val();
+        offsets.push(match offset.dims()[0] {
+            1 => offset.expand([groups]),
+            _ => offset,
+        });
+        codes.push(dq.absmax_q.val());
+        nested_absmax.push(dq.nested_absmax.val());
+    }
+    Some(DoubleQuantParams {
+        absmax_q: Param::initialized(ParamId::new(), Tensor::cat(codes, 0)),
+        nested_absmax: F32State::new(Tensor::cat(nested_absmax, 0)),
+        nested_quant_map: F32State::new(first.nested_quant_map.val()),
+        nested_offset: F32State::new(Tensor::cat(offsets, 0)),
+        nested_blocksize: first.nested_blocksize,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use burn::backend::NdArray;
@@ -228,18 +275,19 @@ mod tests {
         let widths = [128, 64, 64];
         for format in WeightFormat::ALL {
             for bias in [false, true] {
+                // 256 inputs: every part whole nested groups of 256 blocks of 64.
                 let parts: Vec<Projection<B>> = widths
                     .iter()
-                    .map(|&w| Projection::random_in(96, w, bias, format, &device).unwrap())
+                    .map(|&w| Projection::random_in(256, w, bias, format, &device).unwrap())
                     .collect();
                 let group = ProjectionGroup::new(parts.clone());
-                let double_quant = matches!(format, WeightFormat::FourBit(c) if c.double_quant);
-                assert_eq!(group.is_stacked(), !double_quant, "{format}");
+                assert!(group.is_stacked(), "{format}");
                 assert_eq!(group.widths(), widths);
                 assert_eq!(group.format(), format);
                 // Activations with an outlier column, so LLM.int8()'s decomposition is exercised.
-                let x = Tensor::<B, 3>::random([2, 3, 96], Distribution::Normal(0.0, 1.0), &device)
-                    .slice_assign([0..2, 0..3, 5..6], Tensor::full([2, 3, 1], 8.0, &device));
+                let x =
+                    Tensor::<B, 3>::random([2, 3, 256], Distribution::Normal(0.0, 1.0), &device)
+                        .slice_assign([0..2, 0..3, 5..6], Tensor::full([2, 3, 1], 8.0, &device));
                 for (part, projection) in group.forward(x.clone()).into_iter().zip(&parts) {
                     let alone = projection.forward(x.clone());
                     assert_eq!(part.dims(), alone.dims());
@@ -252,6 +300,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Double-quantized parts stack only by whole nested groups: 96 x 64 weights have 96
+    /// blocks of 64, under one group of 256.
+    #[test]
+    fn double_quantized_parts_of_partial_groups_stay_separate() {
+        let device = Default::default();
+        let format = WeightFormat::ALL
+            .into_iter()
+            .find(|f| matches!(f, WeightFormat::FourBit(c) if c.double_quant))
+            .expect("a double-quantized format");
+        let parts: Vec<Projection<B>> = (0..2)
+            .map(|_| Projection::random_in(96, 64, false, format, &device).unwrap())
+            .collect();
+        assert!(!ProjectionGroup::new(parts).is_stacked());
     }
 
     #[test]
