@@ -38,7 +38,7 @@ use crate::layout::{Int8Matrix, check_float, f32_arg, float_arg, words_arg};
 const MM_DEQUANT_CONST: f32 = 6.200_012e-5;
 /// bitsandbytes' float32 `1 / 127`.
 #[allow(clippy::excessive_precision)]
-pub(crate) const INV_127: f32 = 7.874_015_718_698_502e-3;
+const INV_127: f32 = 7.874_015_718_698_502e-3;
 
 /// The outlier columns of one activation matrix, on the device.
 ///
@@ -284,12 +284,9 @@ fn quantize_row<F: Float>(
         #[unroll]
         for e in 0..4u32 {
             let xh = round_to_f16(f32::cast_from(v[e as usize]));
-            let mut q = 0i32;
             let outlier =
                 decompose && (((flagged >> e) & 1u32) == 1u32 || f32::abs(xh) >= threshold);
-            if amax > 0.0f32 && !outlier {
-                q = i32::cast_from(clamp(f32::round(xh * scale), -128.0f32, 127.0f32));
-            }
+            let q = int8_code(xh, scale, amax, outlier);
             word |= (u32::reinterpret(q) & 255u32) << (8 * e);
         }
         codes[(base + w) as usize] = word;
@@ -298,6 +295,24 @@ fn quantize_row<F: Float>(
     if UNIT_POS == 0 {
         absmax[row as usize] = amax;
     }
+}
+
+/// The int8 code of the f16-rounded activation `xh` of a row with maximum `amax` (`scale =
+/// 127 / amax`): 0 for an outlier or an all-zero row.
+#[cube]
+pub(crate) fn int8_code(xh: f32, scale: f32, amax: f32, outlier: bool) -> i32 {
+    let mut q = 0i32;
+    if amax > 0.0f32 && !outlier {
+        q = i32::cast_from(clamp(f32::round(xh * scale), -128.0f32, 127.0f32));
+    }
+    q
+}
+
+/// An int8 weight code dequantized in the activations' dtype, as the outlier product reads it:
+/// `F(CB * SCB / 127)`, as f32.
+#[cube]
+pub(crate) fn outlier_weight<F: Float>(code: i32, scb: f32) -> f32 {
+    f32::cast_from(F::cast_from(f32::cast_from(code) * scb * INV_127))
 }
 
 /// LLM.int8()'s activation side for a few rows in one cube, one launch instead of three: the
@@ -802,8 +817,7 @@ fn add_outliers_kernel<F: Float>(
     for j in 0..cnt {
         let col = cols[j as usize];
         let e = n * k_total + col;
-        let q = i8_of(cb[(e / 4) as usize], e % 4);
-        let w = f32::cast_from(F::cast_from(f32::cast_from(q) * s * INV_127));
+        let w = outlier_weight::<F>(i8_of(cb[(e / 4) as usize], e % 4), s);
         dot += f32::cast_from(x[(m * k_total + col) as usize]) * w;
     }
     out[i as usize] = F::cast_from(f32::cast_from(out[i as usize]) + dot);

@@ -27,7 +27,7 @@ use cubecl::prelude::*;
 
 use crate::decode::{cube_sum, i8_of, round_to_f16, segment_max};
 use crate::error::{KernelError, Result};
-use crate::int8::{INV_127, dequant_int8};
+use crate::int8::{dequant_int8, int8_code, outlier_weight};
 use crate::launch::{empty, grid, plane_size, with_float};
 use crate::layout::{Int8Matrix, f32_arg, float_arg, words_arg};
 
@@ -134,10 +134,7 @@ fn int8_gemv_kernel<F: Float>(
                 let xh = as_f16::<F>(xv, cfg.round);
                 let outlier =
                     cfg.decompose && (f32::abs(xh) >= threshold_h || f32::abs(xh) >= threshold);
-                let mut q = 0i32;
-                if amax > 0.0f32 && !outlier {
-                    q = i32::cast_from(clamp(f32::round(xh * scale), -128.0f32, 127.0f32));
-                }
+                let q = int8_code(xh, scale, amax, outlier);
                 #[unroll]
                 for r in 0..rows {
                     acc[r as usize] += q * i8_of(wreg[(r * cfg.lw + j) as usize], e);
@@ -147,10 +144,7 @@ fn int8_gemv_kernel<F: Float>(
                     #[unroll]
                     for r in 0..rows {
                         let wq = i8_of(wreg[(r * cfg.lw + j) as usize], e);
-                        let wv = f32::cast_from(F::cast_from(
-                            f32::cast_from(wq) * sr[r as usize] * INV_127,
-                        ));
-                        facc[r as usize] += xf * wv;
+                        facc[r as usize] += xf * outlier_weight::<F>(wq, sr[r as usize]);
                     }
                 }
             }
