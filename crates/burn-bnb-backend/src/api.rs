@@ -56,13 +56,7 @@ impl<B: QuantizedOps> Quant4Primitive<B> {
     ) -> Result<FloatTensor<B>> {
         self.validate()?;
         let [n, k] = weight_dims("4-bit weight", &self.shape.dims)?;
-        if !n.is_multiple_of(2) {
-            return Err(BnbError::Shape {
-                what: "stacked gate/up weight (an even number of rows)",
-                expected: vec![n + 1, k],
-                actual: vec![n, k],
-            });
-        }
+        check_even_rows(n, k)?;
         check_linear_operands(&x, bias.as_ref(), n, k)?;
         Ok(B::matmul_4bit_swiglu(x, self, bias))
     }
@@ -117,6 +111,39 @@ impl<B: QuantizedOps> Int8Primitive<B> {
         let [n, k] = self.dims();
         check_linear_operands(&x, bias.as_ref(), n, k)?;
         Ok(B::int8_linear(x, self, bias, threshold))
+    }
+
+    /// `swiglu` of the two halves of [`Self::linear`] for a stacked gate/up weight
+    /// `[W_gate; W_up]` of shape `[N, K]` ([`QuantizedOps::int8_linear_swiglu`]): `x` is
+    /// `[..., K]`, `bias` `[N]`, the output `[..., N / 2]`.
+    ///
+    /// # Errors
+    /// As [`Self::linear`], and an odd `N`.
+    pub fn linear_swiglu(
+        self,
+        x: FloatTensor<B>,
+        bias: Option<FloatTensor<B>>,
+        threshold: f32,
+    ) -> Result<FloatTensor<B>> {
+        self.validate()?;
+        check_threshold(threshold)?;
+        let [n, k] = self.dims();
+        check_even_rows(n, k)?;
+        check_linear_operands(&x, bias.as_ref(), n, k)?;
+        Ok(B::int8_linear_swiglu(x, self, bias, threshold))
+    }
+}
+
+/// A stacked gate/up weight has gate and up rows in pairs.
+fn check_even_rows(n: usize, k: usize) -> Result<()> {
+    if n.is_multiple_of(2) {
+        Ok(())
+    } else {
+        Err(BnbError::Shape {
+            what: "stacked gate/up weight (an even number of rows)",
+            expected: vec![n + 1, k],
+            actual: vec![n, k],
+        })
     }
 }
 

@@ -148,6 +148,30 @@ pub trait QuantizedOps: DecoderOps {
     ) -> FloatTensor<Self> {
         portable::int8_linear::<Self>(x, weight, bias, threshold)
     }
+
+    /// The gated activation of a stacked gate/up `Linear8bitLt`:
+    /// `swiglu(y[..., ..N/2], y[..., N/2..])` with `y = int8_linear(x, weight, bias, threshold)`
+    /// and `weight = [W_gate; W_up]`, with the roundings of that composition. On CubeCL
+    /// backends without writing `y` or launching the SwiGLU: for one row the GEMV computes gate
+    /// and up rows of the same outputs, for a decode batch the tensor-core kernel's split-K
+    /// reduction pairs them.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., K]`
+    /// - `weight`: `[N, K]`, `N` even
+    /// - `bias`: `[N]`
+    /// - output: `[..., N / 2]`, `x`'s dtype
+    ///
+    /// # Preconditions
+    /// As [`QuantizedOps::int8_linear`], and `N` even.
+    fn int8_linear_swiglu(
+        x: FloatTensor<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+    ) -> FloatTensor<Self> {
+        portable::swiglu_halves::<Self>(Self::int8_linear(x, weight, bias, threshold), Self::swiglu)
+    }
 }
 
 /// Where an inner backend plugs in its own kernels for [`QuantizedOps`].
@@ -218,5 +242,18 @@ pub trait QuantizedKernels: DecoderKernels {
         threshold: f32,
     ) -> FloatTensor<Self> {
         portable::int8_linear::<Self>(x, weight, bias, threshold)
+    }
+
+    /// See [`QuantizedOps::int8_linear_swiglu`].
+    fn int8_linear_swiglu(
+        x: FloatTensor<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+    ) -> FloatTensor<Self> {
+        portable::swiglu_halves::<Self>(
+            <Self as QuantizedKernels>::int8_linear(x, weight, bias, threshold),
+            <Self as DecoderKernels>::swiglu,
+        )
     }
 }

@@ -14,9 +14,9 @@
 //! y         = F(f32(F(y16)) + Σ_{k in cols} x[m,k] * F(CB[n,k] * SCB[n] / 127))
 //! ```
 //!
-//! The outlier columns are found by one kernel and compacted (in ascending order) by another
-//! into a device list and count; the outlier kernel reads the count, so nothing waits on the
-//! host. Where bitsandbytes differs: it computes `127 / absmax` with fast approximate division;
+//! The outlier columns are found and compacted (in ascending order) into a device list and
+//! count, in the row-quantization launch for a few rows and with a mask launch before it for
+//! more; the outlier product reads the count, so nothing waits on the host. Where bitsandbytes differs: it computes `127 / absmax` with fast approximate division;
 //! these kernels divide exactly, so a code can differ by one where the product lands on a
 //! rounding tie (bitsandbytes' own tests accept ±1).
 
@@ -56,6 +56,23 @@ pub struct OutlierColumns<R: CubeRuntime> {
     /// Number of valid entries of `cols`.
     pub count: CubeTensor<R>,
 }
+
+/// The outlier columns' product of `y = x Wᵀ`, for a kernel that adds it in its epilogue.
+pub(crate) struct OutlierTerm<'a, R: CubeRuntime> {
+    /// The unquantized activations, `[M, K]` contiguous.
+    pub x: &'a CubeTensor<R>,
+    /// Their outlier columns.
+    pub columns: &'a OutlierColumns<R>,
+}
+
+// Two references: copied whatever `R` is (a derive would ask `R: Copy`).
+impl<R: CubeRuntime> Clone for OutlierTerm<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R: CubeRuntime> Copy for OutlierTerm<'_, R> {}
 
 /// Row-wise int8 quantization of activations (or of a weight), with the outlier columns when a
 /// threshold was given.
@@ -140,6 +157,41 @@ fn outlier_bits<F: Float>(
     bits
 }
 
+/// [`outlier_bits`] from lines of 4 values (8 loads a row instead of 32): bit `j` set iff
+/// column `wi * 32 + j` reaches `threshold_h` in one of the rows `row0, row0 + step, ...`.
+/// `k_lines = K / 4`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn outlier_bits_lines<F: Float>(
+    x: &Array<Line<F>>,
+    wi: u32,
+    row0: u32,
+    step: u32,
+    m_total: u32,
+    k_lines: u32,
+    threshold_h: f32,
+) -> u32 {
+    let mut bits = 0u32;
+    let mut row = row0;
+    while row < m_total {
+        #[unroll]
+        for j in 0..8u32 {
+            let l = wi * 8 + j;
+            if l < k_lines {
+                let v = x[(row * k_lines + l) as usize];
+                #[unroll]
+                for e in 0..4u32 {
+                    if f32::abs(round_to_f16(f32::cast_from(v[e as usize]))) >= threshold_h {
+                        bits |= 1u32 << (j * 4 + e);
+                    }
+                }
+            }
+        }
+        row += step;
+    }
+    bits
+}
+
 /// One cube: per-unit bit counts, an inclusive scan in shared memory, then every unit writes its
 /// columns at its offset, so the list is in ascending order.
 #[cube(launch_unchecked)]
@@ -207,16 +259,21 @@ fn compact_columns(
     }
 }
 
-/// One cube per row: the absmax over the non-outliers, then the codes, 4 per word.
+/// One cube per row: the absmax over the non-outliers, then the codes, 4 per word. With
+/// `decompose`, cube 0 also compacts the outlier mask into `cols` and `count`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn quantize_rows_kernel<F: Float>(
     x: &Array<Line<F>>,
     mask: &Array<u32>,
+    cols: &mut Array<u32>,
+    count: &mut Array<u32>,
     codes: &mut Array<u32>,
     absmax: &mut Array<f32>,
     m_total: u32,
     k_total: u32,
+    num_words: u32,
+    words_per_unit: u32,
     threshold_h: f32,
     threshold: f32,
     #[comptime] cube_size: u32,
@@ -225,6 +282,10 @@ fn quantize_rows_kernel<F: Float>(
     let row = CUBE_POS as u32;
     if row >= m_total {
         terminate!();
+    }
+    if decompose && row == 0 {
+        // The mask a launch before wrote, compacted here rather than in a launch of its own.
+        compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
     }
     quantize_row::<F>(
         x,
@@ -315,13 +376,21 @@ pub(crate) fn outlier_weight<F: Float>(code: i32, scb: f32) -> f32 {
     f32::cast_from(F::cast_from(f32::cast_from(code) * scb * INV_127))
 }
 
-/// LLM.int8()'s activation side for a few rows in one cube, one launch instead of three: the
-/// outlier mask (each unit whole words over every row), the compaction, then the rows one after
-/// the other. Global writes before a barrier are visible to the whole cube after it.
+/// Units that build one 32-column mask word in [`quantize_rows_decomposed_kernel`], each over
+/// every `MASK_PARTS`-th row: a unit's loads for a row are 32 independent ones, so the rows, not
+/// the columns, are what is split to keep its chain of dependent loads short.
+const MASK_PARTS: u32 = 8;
+
+/// LLM.int8()'s activation side for a decode batch in one launch instead of three (mask,
+/// compaction, rows): one cube a row. Every cube builds the whole outlier mask itself
+/// ([`MASK_PARTS`] units a word, OR-ed in shared memory) and writes it to `mask`: every cube
+/// writes the same words, and a cube's own writes before a barrier are visible to it after.
+/// Cube 0 then compacts the mask into `cols` and `count`, and each cube quantizes its row with
+/// the mask, as [`quantize_rows_kernel`] does. Each cube reads all `M` rows, so the launch
+/// serves a few rows only ([`FUSED_MASK_MAX_ROWS`]).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn quantize_rows_outliers_kernel<F: Float>(
-    x_scalars: &Array<F>,
+fn quantize_rows_decomposed_kernel<F: Float>(
     x: &Array<Line<F>>,
     mask: &mut Array<u32>,
     cols: &mut Array<u32>,
@@ -336,29 +405,48 @@ fn quantize_rows_outliers_kernel<F: Float>(
     threshold: f32,
     #[comptime] cube_size: u32,
 ) {
-    let mut wi = UNIT_POS;
-    while wi < num_words {
-        mask[wi as usize] = outlier_bits::<F>(x_scalars, wi, 0, 1, m_total, k_total, threshold_h);
-        wi += cube_size;
+    let row = CUBE_POS as u32;
+    if row >= m_total {
+        terminate!();
     }
-    sync_cube();
-    compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
-    for row in 0..m_total {
-        quantize_row::<F>(
-            x,
-            mask,
-            codes,
-            absmax,
-            row,
-            k_total,
-            threshold_h,
-            threshold,
-            cube_size,
-            true,
-        );
-        // The row's maximum is read from shared memory the next row overwrites.
+    let words_per_pass = comptime!(cube_size / MASK_PARTS);
+    let part = UNIT_POS % MASK_PARTS;
+    let mut partial = SharedMemory::<u32>::new(comptime!(cube_size as usize));
+    let mut w0 = 0u32;
+    while w0 < num_words {
+        let wi = w0 + UNIT_POS / MASK_PARTS;
+        let mut bits = 0u32;
+        if wi < num_words {
+            bits =
+                outlier_bits_lines::<F>(x, wi, part, MASK_PARTS, m_total, k_total / 4, threshold_h);
+        }
+        partial[UNIT_POS as usize] = bits;
         sync_cube();
+        if part == 0 && wi < num_words {
+            #[unroll]
+            for p in 1..MASK_PARTS {
+                bits |= partial[(UNIT_POS + p) as usize];
+            }
+            mask[wi as usize] = bits;
+        }
+        sync_cube();
+        w0 += words_per_pass;
     }
+    if row == 0 {
+        compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
+    }
+    quantize_row::<F>(
+        x,
+        mask,
+        codes,
+        absmax,
+        row,
+        k_total,
+        threshold_h,
+        threshold,
+        cube_size,
+        true,
+    );
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -755,7 +843,11 @@ fn fetch_int8_tiles(
     }
 }
 
-/// Adds the int32 split-K partial sums (exact in any order) and dequantizes.
+/// Adds the int32 split-K partial sums (exact in any order) and dequantizes; with `outliers`,
+/// adds the outlier columns' 16-bit product to the rounded result as [`add_outliers_kernel`]
+/// does (same operations, same order), saving that launch. With `swiglu` (`N` = gate rows then
+/// up rows) a unit computes one output of each half that way and writes `silu(gate) * up` as
+/// [`swiglu`](crate::decoder::swiglu) would (`out` is `[M, N / 2]`).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn int8_reduce_splits_kernel<F: Float>(
@@ -763,32 +855,149 @@ fn int8_reduce_splits_kernel<F: Float>(
     sca: &Array<f32>,
     scb: &Array<f32>,
     bias: &Array<F>,
+    x: &Array<F>,
+    cb: &Array<u32>,
+    cols: &Array<u32>,
+    count: &Array<u32>,
     out: &mut Array<F>,
-    mn: u32,
+    outputs: u32,
     n_total: u32,
-    #[comptime] splits: u32,
-    #[comptime] fuse_bias: bool,
-    #[comptime] add_bias: bool,
+    k_total: u32,
+    #[comptime] cfg: ReduceConfig,
 ) {
     let i = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
-    if i >= mn {
+    if i >= outputs {
         terminate!();
     }
+    let mut mn = outputs;
+    if cfg.swiglu {
+        mn = outputs * 2;
+    }
+    if cfg.swiglu {
+        let nh = n_total / 2;
+        let m = i / nh;
+        let j = i % nh;
+        let gate = reduced_output::<F>(
+            partial, sca, scb, bias, x, cb, cols, count, m, j, mn, n_total, k_total, cfg,
+        );
+        let up = reduced_output::<F>(
+            partial,
+            sca,
+            scb,
+            bias,
+            x,
+            cb,
+            cols,
+            count,
+            m,
+            nh + j,
+            mn,
+            n_total,
+            k_total,
+            cfg,
+        );
+        out[i as usize] = crate::decoder::silu_mul::<F>(gate, up);
+    } else {
+        out[i as usize] = reduced_output::<F>(
+            partial,
+            sca,
+            scb,
+            bias,
+            x,
+            cb,
+            cols,
+            count,
+            i / n_total,
+            i % n_total,
+            mn,
+            n_total,
+            k_total,
+            cfg,
+        );
+    }
+}
+
+/// Comptime shape of [`int8_reduce_splits_kernel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ReduceConfig {
+    splits: u32,
+    fuse_bias: bool,
+    add_bias: bool,
+    outliers: bool,
+    swiglu: bool,
+}
+
+/// Output `(m, n)` of the split-K reduction: the partial sums added, dequantized, plus the
+/// outliers' product when the configuration has them.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn reduced_output<F: Float>(
+    partial: &Array<i32>,
+    sca: &Array<f32>,
+    scb: &Array<f32>,
+    bias: &Array<F>,
+    x: &Array<F>,
+    cb: &Array<u32>,
+    cols: &Array<u32>,
+    count: &Array<u32>,
+    m: u32,
+    n: u32,
+    mn: u32,
+    n_total: u32,
+    k_total: u32,
+    #[comptime] cfg: ReduceConfig,
+) -> F {
+    let i = m * n_total + n;
     let mut acc = 0i32;
     #[unroll]
-    for s in 0..splits {
+    for s in 0..cfg.splits {
         acc += partial[(s * mn + i) as usize];
     }
-    let n = i % n_total;
-    out[i as usize] = dequant_int8::<F>(
+    let y = dequant_int8::<F>(
         acc,
-        sca[(i / n_total) as usize],
+        sca[m as usize],
         scb[n as usize],
         bias,
         n,
-        fuse_bias,
-        add_bias,
+        cfg.fuse_bias,
+        cfg.add_bias,
     );
+    let mut r = y;
+    if cfg.outliers {
+        r = with_outliers::<F>(y, x, cb, scb, cols, count, m, n, k_total);
+    }
+    r
+}
+
+/// `y` plus the product of row `m`'s outlier columns with weight row `n`:
+/// `F(f32(y) + Σ_j x[m, cols[j]] * F(CB[n, cols[j]] * SCB[n] / 127))` (`y` when `count` is 0).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn with_outliers<F: Float>(
+    y: F,
+    x: &Array<F>,
+    cb: &Array<u32>,
+    scb: &Array<f32>,
+    cols: &Array<u32>,
+    count: &Array<u32>,
+    m: u32,
+    n: u32,
+    k_total: u32,
+) -> F {
+    let cnt = count[0];
+    let mut r = y;
+    if cnt > 0 {
+        let s = scb[n as usize];
+        let mut dot = 0.0f32;
+        for j in 0..cnt {
+            let col = cols[j as usize];
+            let e = n * k_total + col;
+            let w = outlier_weight::<F>(i8_of(cb[(e / 4) as usize], e % 4), s);
+            dot += f32::cast_from(x[(m * k_total + col) as usize]) * w;
+        }
+        r = F::cast_from(f32::cast_from(y) + dot);
+    }
+    r
 }
 
 /// One unit per output: adds the outlier columns' 16-bit product (a no-op when `count` is 0).
@@ -805,22 +1014,22 @@ fn add_outliers_kernel<F: Float>(
     n_total: u32,
     k_total: u32,
 ) {
-    let cnt = count[0];
     let i = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
-    if cnt == 0 || i >= m_total * n_total {
+    if count[0] == 0 || i >= m_total * n_total {
         terminate!();
     }
-    let m = i / n_total;
-    let n = i % n_total;
-    let s = scb[n as usize];
-    let mut dot = 0.0f32;
-    for j in 0..cnt {
-        let col = cols[j as usize];
-        let e = n * k_total + col;
-        let w = outlier_weight::<F>(i8_of(cb[(e / 4) as usize], e % 4), s);
-        dot += f32::cast_from(x[(m * k_total + col) as usize]) * w;
-    }
-    out[i as usize] = F::cast_from(f32::cast_from(out[i as usize]) + dot);
+    let y = out[i as usize];
+    out[i as usize] = with_outliers::<F>(
+        y,
+        x,
+        cb,
+        scb,
+        cols,
+        count,
+        i / n_total,
+        i % n_total,
+        k_total,
+    );
 }
 
 /// One unit per word of 4 codes (rows hold whole words: `cols % 4 == 0`).
@@ -896,6 +1105,8 @@ pub fn int8_dequantize<R: CubeRuntime>(
 /// With `threshold > 0` (LLM.int8() decomposition), the columns holding an `|x| >= threshold`
 /// are detected and compacted on the device, left out of the row absmax and zeroed in the
 /// codes. Quantizing a weight (`W: [N, K]` to `CB`, `SCB`) is the same call with threshold 0.
+/// Launches: one (one cube a row; up to [`FUSED_MASK_MAX_ROWS`] rows with a threshold), two
+/// for more rows with a threshold (the mask, then the rows and the compaction).
 ///
 /// # Shapes
 /// - `x`: `[..., K]` of f32, f16 or bf16 (quantized from its float16 rounding, as bitsandbytes
@@ -930,23 +1141,30 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
     let absmax = empty(&x, vec![m], DType::F32);
     let decompose = threshold > 0.0;
     let threshold_h = half::f16::from_f32(threshold).to_f32();
-    if decompose && (1..=FUSED_OUTLIER_MAX_ROWS).contains(&m) {
-        let outliers = fused_outliers_and_rows(&x, m, k, threshold_h, threshold, &codes, &absmax)?;
+    if decompose && (1..=fused_mask_max_rows()).contains(&m) {
+        let outliers = mask_and_rows(&x, m, k, threshold_h, threshold, &codes, &absmax)?;
         return Ok(Int8Activations {
             quantized: Int8Matrix { codes, absmax },
             outliers: Some(outliers),
         });
     }
+    // Without rows to quantize, nothing would compact the mask.
     let outliers = if decompose {
-        Some(outlier_columns(&x, m, k, threshold_h)?)
+        Some(outlier_columns(&x, m, k, threshold_h, m == 0)?)
     } else {
         None
     };
     if m > 0 {
-        let mask_t = outliers.as_ref().map_or(&absmax, |o| &o.mask);
+        let (mask_t, cols_t, count_t) =
+            outliers.as_ref().map_or((&absmax, &absmax, &absmax), |o| {
+                (&o.mask, &o.cols, &o.count)
+            });
         let row_cube = wide_row_cube(client);
+        let num_words = k.div_ceil(32);
+        let words_per_unit = num_words.div_ceil(row_cube as usize);
         with_float!(x.dtype, "x", F => {
-            // SAFETY: one cube per row; word indices are below `K / 4` within the row.
+            // SAFETY: one cube per row; word indices are below `K / 4` within the row; cube 0
+            // writes at most `K` columns (with a threshold only).
             unsafe {
                 quantize_rows_kernel::launch_unchecked::<F, R>(
                     client,
@@ -954,10 +1172,14 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
                     CubeDim::new_1d(row_cube),
                     float_arg(&x, 4),
                     words_arg_any(mask_t),
+                    words_arg_any(cols_t),
+                    words_arg_any(count_t),
                     words_arg(&codes, 1),
                     f32_arg(&absmax),
                     ScalarArg::new(m as u32),
                     ScalarArg::new(k as u32),
+                    ScalarArg::new(num_words as u32),
+                    ScalarArg::new(words_per_unit as u32),
                     ScalarArg::new(threshold_h),
                     ScalarArg::new(threshold),
                     row_cube,
@@ -1019,14 +1241,34 @@ fn words_arg_any<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, t.handle.size() as usize / 4, 1) }
 }
 
-/// Most rows [`int8_quantize_rows`] decomposes in one launch (one token); more rows take three
-/// launches, which spread the mask and the rows over the whole device. One cube for every row
-/// measured slower from 8 rows on (Llama-3.1-8B INT8+Decomp on an H200, s/step: batch 1
-/// 0.0091 -> 0.0063, batch 8 0.0125 -> 0.0210, batch 32 0.0150 -> 0.0568).
-pub const FUSED_OUTLIER_MAX_ROWS: usize = 1;
+/// Most rows [`int8_quantize_rows`] decomposes in one launch of one cube a row, each building
+/// the whole mask (`M` rows read by `M` cubes, so this pays only for a few rows: building it in
+/// every cube measured slower at 32 rows, Llama-3.1-8B INT8+Decomp batch 32 0.0094 -> 0.0118
+/// s/step on an H200, as did one cube for all rows from 8 rows on); more rows take
+/// two launches, a mask launch spread over the whole device and the rows (whose cube 0 compacts
+/// the mask). [`FUSED_MASK_MAX_ROWS_ENV`] overrides it.
+pub const FUSED_MASK_MAX_ROWS: usize = 8;
 
-/// [`int8_quantize_rows`] with outliers for at most [`FUSED_OUTLIER_MAX_ROWS`] rows: one cube.
-fn fused_outliers_and_rows<R: CubeRuntime>(
+/// Environment variable that overrides [`FUSED_MASK_MAX_ROWS`] (read once), for measuring.
+pub const FUSED_MASK_MAX_ROWS_ENV: &str = "BURN_BNB_FUSED_MASK_MAX_ROWS";
+
+fn fused_mask_max_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        let Ok(value) = std::env::var(FUSED_MASK_MAX_ROWS_ENV) else {
+            return FUSED_MASK_MAX_ROWS;
+        };
+        value.trim().parse().unwrap_or_else(|_| {
+            eprintln!("burn-bnb: ignoring {FUSED_MASK_MAX_ROWS_ENV}={value:?} (not a row count)");
+            FUSED_MASK_MAX_ROWS
+        })
+    })
+}
+
+/// [`int8_quantize_rows`] with outliers for at most [`FUSED_MASK_MAX_ROWS`] rows: one cube a
+/// row, each building the mask.
+#[allow(clippy::too_many_arguments)]
+fn mask_and_rows<R: CubeRuntime>(
     x: &CubeTensor<R>,
     m: usize,
     k: usize,
@@ -1040,16 +1282,16 @@ fn fused_outliers_and_rows<R: CubeRuntime>(
     let mask = empty(x, vec![num_words], DType::U32);
     let cols = empty(x, vec![k], DType::U32);
     let count = empty(x, vec![1], DType::U32);
-    let words_per_unit = num_words.div_ceil(ROW_CUBE as usize);
+    let row_cube = wide_row_cube(client);
+    let words_per_unit = num_words.div_ceil(row_cube as usize);
     with_float!(x.dtype, "x", F => {
-        // SAFETY: one cube; mask words below `ceil(K / 32)`, at most `K` columns, rows below
-        // `M`, word indices below `K / 4` within a row.
+        // SAFETY: one cube per row (`grid` may add cubes past `M`, which stop); mask words
+        // below `ceil(K / 32)`, at most `K` columns, word indices below `K / 4` within a row.
         unsafe {
-            quantize_rows_outliers_kernel::launch_unchecked::<F, R>(
+            quantize_rows_decomposed_kernel::launch_unchecked::<F, R>(
                 client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(ROW_CUBE),
-                float_arg(x, 1),
+                grid(client, m),
+                CubeDim::new_1d(row_cube),
                 float_arg(x, 4),
                 words_arg_any(&mask),
                 words_arg_any(&cols),
@@ -1062,19 +1304,22 @@ fn fused_outliers_and_rows<R: CubeRuntime>(
                 ScalarArg::new(words_per_unit as u32),
                 ScalarArg::new(threshold_h),
                 ScalarArg::new(threshold),
-                ROW_CUBE,
+                row_cube,
             )
-            .map_err(|e| KernelError::launch("int8_quantize_rows (outliers, one cube)", e))?;
+            .map_err(|e| KernelError::launch("int8_quantize_rows (outliers, one launch)", e))?;
         }
     });
     Ok(OutlierColumns { mask, cols, count })
 }
 
+/// The outlier mask in a launch of one cube per word; with `compact`, the compaction in a second
+/// launch (else the caller's row quantization compacts it).
 fn outlier_columns<R: CubeRuntime>(
     x: &CubeTensor<R>,
     m: usize,
     k: usize,
     threshold_h: f32,
+    compact: bool,
 ) -> Result<OutlierColumns<R>> {
     let client = &x.client;
     let num_words = k.div_ceil(32);
@@ -1098,6 +1343,9 @@ fn outlier_columns<R: CubeRuntime>(
             .map_err(|e| KernelError::launch("int8 outlier mask", e))?;
         }
     });
+    if !compact {
+        return Ok(OutlierColumns { mask, cols, count });
+    }
     let words_per_unit = num_words.div_ceil(ROW_CUBE as usize);
     // SAFETY: one cube; at most `K` columns are written.
     unsafe {
@@ -1202,17 +1450,73 @@ pub fn int8_matmul_dequant_with<R: CubeRuntime>(
         });
     }
     check_bias(bias, n, dtype)?;
-    let out = empty(&a.codes, vec![m, n], dtype);
+    Ok(int8_product(a, b, bias, dtype, strategy, None, false, m, n, k)?.0)
+}
+
+/// What [`int8_product`] folded into the product's epilogue.
+struct Epilogue {
+    /// The outliers' product was added.
+    outliers: bool,
+    /// The output is the SwiGLU of the two halves (`[M, N / 2]`).
+    swiglu: bool,
+}
+
+/// The dequantized int8 product of checked operands; with `outliers` also their product, and
+/// with `swiglu` the gated activation of its halves, where the strategy's epilogue can (the
+/// register-fragment tensor-core kernel, whose split-K reduction does both: the usual decode
+/// case). Returns the output and what was folded in.
+#[allow(clippy::too_many_arguments)]
+fn int8_product<R: CubeRuntime>(
+    a: &Int8Matrix<R>,
+    b: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    dtype: DType,
+    strategy: Int8Strategy,
+    outliers: Option<OutlierTerm<'_, R>>,
+    swiglu: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<(CubeTensor<R>, Epilogue)> {
     let strategy = match strategy {
         Int8Strategy::Auto => auto_int8_strategy(&a.codes.client, m, n, k),
         s => s,
     };
-    with_float!(dtype, "output", F => match strategy {
-        Int8Strategy::Cmma { bm, bn, splits } => launch_int8_cmma::<R, F>(a, b, bias, &out, m, n, k, bm, bn, splits)?,
-        Int8Strategy::Mma(p) => crate::mma8::launch_int8_mma::<R, F>(a, b, bias, &out, m, n, k, p)?,
-        s => launch_int8_simt::<R, F>(a, b, bias, &out, None, m, n, k, s)?,
+    let fused_swiglu = swiglu && matches!(strategy, Int8Strategy::Mma(_));
+    let out = empty(
+        &a.codes,
+        vec![m, if fused_swiglu { n / 2 } else { n }],
+        dtype,
+    );
+    let added = with_float!(dtype, "output", F => match strategy {
+        Int8Strategy::Cmma { bm, bn, splits } => {
+            launch_int8_cmma::<R, F>(a, b, bias, &out, m, n, k, bm, bn, splits)?;
+            false
+        }
+        Int8Strategy::Mma(p) => crate::mma8::launch_int8_mma::<R, F>(
+            a,
+            b,
+            bias,
+            outliers,
+            &out,
+            m,
+            n,
+            k,
+            p,
+            fused_swiglu,
+        )?,
+        s => {
+            launch_int8_simt::<R, F>(a, b, bias, &out, None, m, n, k, s)?;
+            false
+        }
     });
-    Ok(out)
+    Ok((
+        out,
+        Epilogue {
+            outliers: added,
+            swiglu: fused_swiglu,
+        },
+    ))
 }
 
 /// The raw int32 product `CA CBᵀ` (`int8_linear_matmul`), exact.
@@ -1348,7 +1652,19 @@ fn launch_int8_cmma<R: CubeRuntime, F: Float + CubeElement>(
         )
         .map_err(|e| KernelError::launch("int8_matmul (cmma)", e))?;
         if let Some(partial) = &partial {
-            reduce_int8_splits::<R, F>(partial, a, b, bias, out, m, n, splits, cfg.fuse_bias)?;
+            reduce_int8_splits::<R, F>(
+                partial,
+                a,
+                b,
+                bias,
+                None,
+                out,
+                m,
+                n,
+                splits,
+                cfg.fuse_bias,
+                false,
+            )?;
         }
     }
     Ok(())
@@ -1364,30 +1680,49 @@ pub(crate) unsafe fn reduce_int8_splits<R: CubeRuntime, F: Float + CubeElement>(
     a: &Int8Matrix<R>,
     b: &Int8Matrix<R>,
     bias: Option<&CubeTensor<R>>,
+    outliers: Option<OutlierTerm<'_, R>>,
     out: &CubeTensor<R>,
     m: usize,
     n: usize,
     splits: usize,
     fuse_bias: bool,
+    swiglu: bool,
 ) -> Result<()> {
     let client = &a.codes.client;
-    let mn = m * n;
-    // SAFETY: one unit per output, checked against `m * n`; sizes are the caller's contract.
+    let outputs = if swiglu { m * n / 2 } else { m * n };
+    let k = b.codes.shape.dims[1];
+    // Without outliers their operands are bound to buffers the kernel never reads.
+    let (x, cols, count) = match &outliers {
+        Some(o) => (o.x, &o.columns.cols, &o.columns.count),
+        None => (out, &a.absmax, &a.absmax),
+    };
+    let cfg = ReduceConfig {
+        splits: splits as u32,
+        fuse_bias,
+        add_bias: bias.is_some() && !fuse_bias,
+        outliers: outliers.is_some(),
+        swiglu,
+    };
+    // SAFETY: one unit per output, checked against the output count; sizes are the caller's
+    // contract; outlier columns come from the compacted list (< K), `x` is `[m, K]`.
     unsafe {
         int8_reduce_splits_kernel::launch_unchecked::<F, R>(
             client,
-            grid(client, mn.div_ceil(256)),
+            grid(client, outputs.div_ceil(256)),
             CubeDim::new_1d(256),
             words_arg_any(partial),
             f32_arg(&a.absmax),
             f32_arg(&b.absmax),
             float_arg(bias.unwrap_or(&a.absmax), 1),
+            float_arg(x, 1),
+            words_arg(&b.codes, 1),
+            words_arg_any(cols),
+            words_arg_any(count),
             float_arg(out, 1),
-            ScalarArg::new(mn as u32),
+            ScalarArg::new(outputs as u32),
             ScalarArg::new(n as u32),
-            splits as u32,
-            fuse_bias,
-            bias.is_some() && !fuse_bias,
+            ScalarArg::new(k as u32),
+            cfg,
         )
     }
     .map_err(|e| KernelError::launch("int8_matmul (split-K reduction)", e))
@@ -1535,8 +1870,11 @@ pub fn int8_add_outliers<R: CubeRuntime>(
 ///
 /// One row of activations (`M = 1`, decoding) is one launch: every cube quantizes the row
 /// itself (same codes as [`int8_quantize_rows`]) and adds the outliers' product (in another
-/// summation order than [`int8_add_outliers`]). More rows take the row quantization, the
-/// product and, with outliers, their product as separate launches.
+/// summation order than [`int8_add_outliers`]). More rows take the row quantization (one launch
+/// finding the outlier columns too up to [`FUSED_MASK_MAX_ROWS`] rows, a mask launch before it
+/// for more) and the product, whose split-K reduction adds the outliers' product where the
+/// tensor-core kernel runs (a launch of its own otherwise); the result is that of the separate
+/// steps to the bit.
 ///
 /// # Shapes
 /// - `x`: `[..., K]` of f32, f16 or bf16
@@ -1552,14 +1890,61 @@ pub fn linear_8bit_lt<R: CubeRuntime>(
     bias: Option<&CubeTensor<R>>,
     threshold: f32,
 ) -> Result<CubeTensor<R>> {
+    linear_8bit(x, weight, bias, threshold, false)
+}
+
+/// The SwiGLU of a stacked gate/up `Linear8bitLt` (`weight = [W_g; W_u]`, gate rows first):
+/// `swiglu(y[..., ..N/2], y[..., N/2..])` with `y` = [`linear_8bit_lt`], to the bit, without
+/// writing `y`: for one row the GEMV's cubes compute gate and up rows of the same outputs, for a
+/// decode batch the tensor-core kernel's split-K reduction pairs them; other strategies run the
+/// product, then [`swiglu`](crate::decoder::swiglu) on its halves.
+///
+/// # Shapes
+/// - `x`: `[..., K]` of f32, f16 or bf16
+/// - `weight`: `CB I8 [N, K]`, `SCB F32 [N]`, `N` even
+/// - `bias`: `[N]` of the dtype of `x`, optional
+/// - output: `[..., N / 2]` of the dtype of `x`
+///
+/// # Errors
+/// As [`linear_8bit_lt`]; also an odd `N`.
+pub fn linear_8bit_lt_swiglu<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    threshold: f32,
+) -> Result<CubeTensor<R>> {
+    linear_8bit(x, weight, bias, threshold, true)
+}
+
+fn linear_8bit<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    threshold: f32,
+    swiglu: bool,
+) -> Result<CubeTensor<R>> {
     let (n, k) = weight.dims()?;
     let (m, _) = check_activations(x, k)?;
     check_bias(bias, n, x.dtype)?;
     check_threshold(threshold)?;
     check_int8_columns(k)?;
+    if swiglu && !n.is_multiple_of(2) {
+        return Err(KernelError::Unsupported {
+            what: "gate/up product",
+            reason: format!("N = {n} must be even: gate and up rows in pairs"),
+        });
+    }
     let x = burn_cubecl::kernel::into_contiguous(x.clone());
+    let width = if swiglu { n / 2 } else { n };
     if m == 1 {
-        return crate::int8_gemv::linear_8bit_row(&x, weight, bias, threshold, output_shape(&x, n));
+        return crate::int8_gemv::linear_8bit_row(
+            &x,
+            weight,
+            bias,
+            threshold,
+            output_shape(&x, width),
+            swiglu,
+        );
     }
     let x2 = CubeTensor {
         shape: vec![m, k].into(),
@@ -1567,11 +1952,31 @@ pub fn linear_8bit_lt<R: CubeRuntime>(
         ..x.clone()
     };
     let q = int8_quantize_rows(&x2, threshold)?;
-    let out = int8_matmul_dequant(&q.quantized, weight, bias, x.dtype)?;
-    if let Some(outliers) = &q.outliers {
+    let term = q
+        .outliers
+        .as_ref()
+        .map(|columns| OutlierTerm { x: &x2, columns });
+    let (mut out, done) = int8_product(
+        &q.quantized,
+        weight,
+        bias,
+        x.dtype,
+        Int8Strategy::Auto,
+        term,
+        swiglu,
+        m,
+        n,
+        k,
+    )?;
+    if let Some(outliers) = q.outliers.as_ref().filter(|_| !done.outliers) {
         int8_add_outliers(&out, &x2, weight, outliers)?;
     }
-    let shape = output_shape(&x, n);
+    if swiglu && !done.swiglu {
+        let half =
+            |cols: std::ops::Range<usize>| burn_cubecl::kernel::slice(out.clone(), &[0..m, cols]);
+        out = crate::decoder::swiglu(&half(0..n / 2), &half(n / 2..n))?;
+    }
+    let shape = output_shape(&x, width);
     Ok(CubeTensor {
         strides: contiguous_strides(&shape),
         shape: shape.into(),

@@ -51,6 +51,9 @@ struct GemvConfig {
     add_bias: bool,
     /// LLM.int8() decomposition (threshold > 0).
     decompose: bool,
+    /// The weight stacks gate and up (`[W_g; W_u]`): half of a cube's rows are gate rows, half
+    /// the up rows of the same outputs, and the output is `silu(gate) * up`.
+    swiglu: bool,
 }
 
 /// The activation `v` as f16 (rounded unless it is f16 already), as f32.
@@ -77,8 +80,11 @@ fn int8_gemv_kernel<F: Float>(
     threshold: f32,
     #[comptime] cfg: GemvConfig,
 ) {
-    let n0 = CUBE_POS as u32 * cfg.rows;
-    if n0 >= n_total {
+    // With SwiGLU a cube's rows are `rows / 2` outputs: their gate rows, then their up rows.
+    let half = comptime!(cfg.rows / 2);
+    let n_half = n_total / 2;
+    let n0 = CUBE_POS as u32 * comptime!(if cfg.swiglu { cfg.rows / 2 } else { cfg.rows });
+    if (cfg.swiglu && n0 >= n_half) || (!cfg.swiglu && n0 >= n_total) {
         terminate!();
     }
     let words = k_total / 4;
@@ -108,7 +114,7 @@ fn int8_gemv_kernel<F: Float>(
         acc[r as usize] = 0i32;
         facc[r as usize] = 0.0f32;
         if cfg.decompose {
-            sr[r as usize] = scb[min(n0 + r, n_total - 1) as usize];
+            sr[r as usize] = scb[weight_row(r, n0, n_total, half, cfg.swiglu) as usize];
         }
     }
     let chunks = words / cfg.lw;
@@ -117,7 +123,7 @@ fn int8_gemv_kernel<F: Float>(
         let mut wreg = Array::<u32>::new(comptime!((cfg.rows * cfg.lw) as usize));
         #[unroll]
         for r in 0..rows {
-            let n = min(n0 + r, n_total - 1);
+            let n = weight_row(r, n0, n_total, half, cfg.swiglu);
             let line = b[(n * chunks + c) as usize];
             #[unroll]
             for j in 0..cfg.lw {
@@ -157,35 +163,90 @@ fn int8_gemv_kernel<F: Float>(
     if cfg.decompose {
         extra = cube_sum::<f32>(&facc, rows, cfg.cube_size, cfg.plane);
     }
-    let n = n0 + UNIT_POS;
-    if UNIT_POS < rows && n < n_total {
-        let y = dequant_int8::<F>(
-            total,
-            amax,
-            scb[n as usize],
-            bias,
-            n,
-            cfg.fuse_bias,
-            cfg.add_bias,
-        );
-        if cfg.decompose {
-            out[n as usize] = F::cast_from(f32::cast_from(y) + extra);
-        } else {
-            out[n as usize] = y;
+    if cfg.swiglu {
+        // Gate and up of one output meet in shared memory, each rounded as the product's
+        // output, then combined as `swiglu` does.
+        let mut fin = SharedMemory::<F>::new(comptime!(rows as usize));
+        if UNIT_POS < rows {
+            let n = weight_row(UNIT_POS, n0, n_total, half, true);
+            fin[UNIT_POS as usize] = row_output::<F>(total, extra, amax, scb, bias, n, cfg);
+        }
+        sync_cube();
+        let n = n0 + UNIT_POS;
+        if UNIT_POS < half && n < n_half {
+            out[n as usize] = crate::decoder::silu_mul::<F>(
+                fin[UNIT_POS as usize],
+                fin[(UNIT_POS + half) as usize],
+            );
+        }
+    } else {
+        let n = n0 + UNIT_POS;
+        if UNIT_POS < rows && n < n_total {
+            out[n as usize] = row_output::<F>(total, extra, amax, scb, bias, n, cfg);
         }
     }
+}
+
+/// The weight row of a cube's row `r`: `n0 + r`, or with SwiGLU gate row `n0 + r` for the
+/// first `half` rows and up row `N / 2 + n0 + r - half` for the others; clamped into the matrix
+/// (the clamped rows' sums are never written).
+#[cube]
+fn weight_row(
+    r: u32,
+    n0: u32,
+    n_total: u32,
+    #[comptime] half: u32,
+    #[comptime] swiglu: bool,
+) -> u32 {
+    let mut n = min(n0 + r, n_total - 1);
+    if swiglu {
+        let n_half = n_total / 2;
+        n = (r / half) * n_half + min(n0 + r % half, n_half - 1);
+    }
+    n
+}
+
+/// Output `n` from its int32 sum and outlier sum: `int8_mm_dequant`, plus the outliers.
+#[cube]
+fn row_output<F: Float>(
+    total: i32,
+    extra: f32,
+    amax: f32,
+    scb: &Array<f32>,
+    bias: &Array<F>,
+    n: u32,
+    #[comptime] cfg: GemvConfig,
+) -> F {
+    let y = dequant_int8::<F>(
+        total,
+        amax,
+        scb[n as usize],
+        bias,
+        n,
+        cfg.fuse_bias,
+        cfg.add_bias,
+    );
+    let mut r = y;
+    if cfg.decompose {
+        r = F::cast_from(f32::cast_from(y) + extra);
+    }
+    r
 }
 
 /// `Linear8bitLt` for one row: `x [K]` (any leading dimensions of product 1) against `CB [N, K]`,
 /// `SCB [N]`, with the outlier columns of `threshold > 0` multiplied in 16-bit. The caller checked
 /// the shapes, dtypes and threshold (see [`linear_8bit_lt`](crate::linear_8bit_lt)); `x` is
 /// contiguous with `K % 4 == 0`.
+///
+/// With `swiglu` (`N` even, the caller checked), the weight is a stacked gate/up projection and
+/// the output `silu(gate) * up` (`out_shape` ends in `N / 2`).
 pub(crate) fn linear_8bit_row<R: CubeRuntime>(
     x: &CubeTensor<R>,
     weight: &Int8Matrix<R>,
     bias: Option<&CubeTensor<R>>,
     threshold: f32,
     out_shape: Vec<usize>,
+    swiglu: bool,
 ) -> Result<CubeTensor<R>> {
     let (n, k) = weight.dims()?;
     let out = empty(x, out_shape, x.dtype);
@@ -207,12 +268,17 @@ pub(crate) fn linear_8bit_row<R: CubeRuntime>(
         fuse_bias: bias.is_some() && is_f16,
         add_bias: bias.is_some() && !is_f16,
         decompose: threshold > 0.0,
+        swiglu,
     };
     let threshold_h = half::f16::from_f32(threshold).to_f32();
-    let cubes = n.div_ceil(GEMV_ROWS as usize);
+    let cubes = if swiglu {
+        (n / 2).div_ceil(GEMV_ROWS as usize / 2)
+    } else {
+        n.div_ceil(GEMV_ROWS as usize)
+    };
     let bias_t = bias.unwrap_or(x);
     with_float!(x.dtype, "x", F => {
-        // SAFETY: weight rows are clamped to `N - 1`, chunks are below `K / (4 * lw)` and
+        // SAFETY: weight rows are clamped into the matrix, chunks are below `K / (4 * lw)` and
         // activation words below `K / 4`; stores are bounds-checked.
         unsafe {
             int8_gemv_kernel::launch_unchecked::<F, R>(

@@ -46,6 +46,7 @@
 //! | [`double_quantize`] | `absmax -> DoubleQuant4` | `compress_statistics=True` |
 //! | [`dequantize_4bit`] | `Quant4Weight -> [N, K]` of f32/f16/bf16, bit-exact | `dequantize_4bit` |
 //! | [`matmul_4bit`] | `x [.., K] · Wᵀ + bias -> [.., N]`, fused | `matmul_4bit` / `gemv_4bit` |
+//! | [`matmul_4bit_swiglu`] | `silu(gate) * up` of a stacked gate/up 4-bit weight, never writing `[.., N]` | (the MLP's `act_fn(gate_proj(x)) * up_proj(x)`) |
 //! | [`matmul_dense`] | the same for a dense `[N, K]` weight (decode shapes at the copy bandwidth) | (`torch.nn.functional.linear`) |
 //! | [`int8_quantize_rows`] | `x -> (CA, SCA, outlier columns)`; weights `W -> (CB, SCB)` | `int8_vectorwise_quant` |
 //! | [`int8_dequantize`] | `(CB, SCB) -> [N, K]` of f32/f16/bf16, bit-exact | `int8_vectorwise_dequant` |
@@ -53,6 +54,7 @@
 //! | [`int8_matmul_i32`] | the raw int32 product | `int8_linear_matmul` |
 //! | [`int8_add_outliers`] | `out += x[:, cols] · W_deq[:, cols]ᵀ` | the decomposition's `addmm` |
 //! | [`linear_8bit_lt`] | the whole `Linear8bitLt` forward | `Linear8bitLt.forward` |
+//! | [`linear_8bit_lt_swiglu`] | `silu(gate) * up` of a stacked gate/up int8 weight | (the MLP's `act_fn(gate_proj(x)) * up_proj(x)`) |
 //! | [`rms_norm`], [`add_rms_norm`], [`rotary`], [`swiglu`], [`attention`] | a decoder layer's other operations, one launch each ([`decoder`]) | (transformers' modules) |
 //! | [`argmax`] | greedy sampling: the first index of each row's maximum | `logits.argmax(-1)` |
 //!
@@ -106,9 +108,9 @@ pub use dense::{matmul_dense, matmul_dense_with};
 pub use dequant4::dequantize_4bit;
 pub use error::{KernelError, Result};
 pub use int8::{
-    Int8Activations, Int8Strategy, OutlierColumns, int8_add_outliers, int8_dequantize,
-    int8_matmul_dequant, int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows,
-    linear_8bit_lt,
+    FUSED_MASK_MAX_ROWS, FUSED_MASK_MAX_ROWS_ENV, Int8Activations, Int8Strategy, OutlierColumns,
+    int8_add_outliers, int8_dequantize, int8_matmul_dequant, int8_matmul_dequant_with,
+    int8_matmul_i32, int8_quantize_rows, linear_8bit_lt, linear_8bit_lt_swiglu,
 };
 pub use layout::{Absmax4, DoubleQuant4, Int8Matrix, Quant4Weight};
 pub use matmul4::{

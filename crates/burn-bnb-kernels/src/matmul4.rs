@@ -773,30 +773,69 @@ fn load_rows<F: Float>(
     }
 }
 
-/// Sums the split-K partial products in split order, adds the bias and rounds to `F`.
+/// Sums the split-K partial products in split order, adds the bias and rounds to `F`. With
+/// `swiglu` (`N` = gate rows then up rows), a unit computes one output of each half, rounds
+/// both as the product's output and writes `silu(gate) * up` as
+/// [`swiglu`](crate::decoder::swiglu) would, so `out` is `[M, N / 2]`.
 #[cube(launch_unchecked)]
 fn reduce_splits_kernel<F: Float>(
     partial: &Array<f32>,
     bias: &Array<F>,
     out: &mut Array<F>,
-    mn: u32,
+    outputs: u32,
     n_total: u32,
     #[comptime] splits: u32,
     #[comptime] has_bias: bool,
+    #[comptime] swiglu: bool,
 ) {
     let i = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
-    if i >= mn {
+    if i >= outputs {
         terminate!();
     }
+    let mut mn = outputs;
+    if swiglu {
+        mn = outputs * 2;
+    }
+    if swiglu {
+        let nh = n_total / 2;
+        let row = i / nh;
+        let j = i % nh;
+        let gate = split_sum::<F>(partial, bias, row * n_total + j, j, mn, splits, has_bias);
+        let up = split_sum::<F>(
+            partial,
+            bias,
+            row * n_total + nh + j,
+            nh + j,
+            mn,
+            splits,
+            has_bias,
+        );
+        out[i as usize] = crate::decoder::silu_mul::<F>(gate, up);
+    } else {
+        out[i as usize] = split_sum::<F>(partial, bias, i, i % n_total, mn, splits, has_bias);
+    }
+}
+
+/// Output `i` (weight row `n`) summed over the splits in split order, plus its bias, in `F`.
+#[cube]
+fn split_sum<F: Float>(
+    partial: &Array<f32>,
+    bias: &Array<F>,
+    i: u32,
+    n: u32,
+    mn: u32,
+    #[comptime] splits: u32,
+    #[comptime] has_bias: bool,
+) -> F {
     let mut v = 0.0f32;
     #[unroll]
     for s in 0..splits {
         v += partial[(s * mn + i) as usize];
     }
     if has_bias {
-        v += f32::cast_from(bias[(i % n_total) as usize]);
+        v += f32::cast_from(bias[n as usize]);
     }
-    out[i as usize] = F::cast_from(v);
+    F::cast_from(v)
 }
 
 /// `y = x Wᵀ + bias` for a 4-bit weight, picking the kernel from the shapes and the device.
@@ -848,14 +887,19 @@ pub fn matmul_4bit_with<R: CubeRuntime>(
     product(x, WeightOperand::Quant4(weight), bias, n, k, strategy)
 }
 
-/// The SwiGLU of a stacked gate/up projection in one launch:
+/// The SwiGLU of a stacked gate/up projection:
 /// `silu(x W_gᵀ + b_g) * (x W_uᵀ + b_u)` for `weight = [W_g; W_u]` (gate rows first), each
 /// product rounded to the dtype of `x` and combined with the roundings of
 /// [`swiglu`](crate::decoder::swiglu), so the result equals [`matmul_4bit`] followed by
-/// `swiglu` on the two halves of its output. The SIMT kernel computes gate and up rows of the
-/// same outputs in one cube and writes only the gated output: one launch and one output instead
-/// of two launches, a `[..., N]` intermediate and its read. Meant for decoding (few rows):
-/// `params` as [`auto_strategy`] picks them for one row.
+/// `swiglu` on the two halves of its output, to the bit, whatever the strategy.
+///
+/// - [`Matmul4Strategy::Simt`] (decoding one row): one launch; each cube computes gate and up
+///   rows of the same outputs and writes only the gated output.
+/// - [`Matmul4Strategy::Mma`] (a decode batch): the product's split-K reduction combines gate
+///   and up, so the `[..., N]` intermediate is never written and no SwiGLU launch follows.
+/// - [`Matmul4Strategy::Cmma`]: the product, then [`swiglu`](crate::decoder::swiglu) on its
+///   halves in place.
+/// - [`Matmul4Strategy::Auto`]: as [`matmul_4bit`] picks.
 ///
 /// # Shapes
 /// - `x`: `[..., K]`, f32, f16 or bf16
@@ -864,30 +908,56 @@ pub fn matmul_4bit_with<R: CubeRuntime>(
 /// - output: `[..., N / 2]` in the dtype of `x`
 ///
 /// # Errors
-/// As [`matmul_4bit`]; also an odd `N`, or `params` with an odd `rows`.
+/// As [`matmul_4bit_with`]; also an odd `N`, or SIMT parameters with an odd `rows`.
 pub fn matmul_4bit_swiglu<R: CubeRuntime>(
     x: &CubeTensor<R>,
     weight: &Quant4Weight<R>,
     bias: Option<&CubeTensor<R>>,
-    params: SimtParams,
+    strategy: Matmul4Strategy,
 ) -> Result<CubeTensor<R>> {
     weight.validate()?;
     let (n, k) = weight.linear_dims()?;
     let (m, x) = operands(x, bias, n, k)?;
-    if !n.is_multiple_of(2) || !params.rows.is_multiple_of(2) {
+    let rows_even = match strategy {
+        Matmul4Strategy::Simt(p) => p.rows.is_multiple_of(2),
+        _ => true,
+    };
+    if !n.is_multiple_of(2) || !rows_even {
         return Err(KernelError::Unsupported {
             what: "gate/up product",
             reason: format!(
-                "N = {n} and the rows per cube ({}) must be even: gate and up rows in pairs",
-                params.rows
+                "N = {n} and the SIMT rows per cube ({strategy:?}) must be even: gate and up \
+                 rows in pairs"
             ),
         });
     }
+    let strategy = match strategy {
+        Matmul4Strategy::Auto => auto_strategy_4bit(&x.client, x.dtype, m, n, k, weight.blocksize),
+        s => s,
+    };
     let out = empty(&x, output_shape(&x, n / 2), x.dtype);
     if m == 0 || n == 0 {
         return Ok(out);
     }
-    with_float!(x.dtype, "x", F => launch_simt::<R, F>(&x, weight, bias, &out, m, n, k, params, true)?);
+    match strategy {
+        Matmul4Strategy::Simt(p) if p.rows.is_multiple_of(2) => {
+            with_float!(x.dtype, "x", F => launch_simt::<R, F>(&x, weight, bias, &out, m, n, k, p, true)?);
+        }
+        Matmul4Strategy::Mma(p) => {
+            with_float!(x.dtype, "x", F => crate::mma4::launch_mma::<R, F>(&x, weight, bias, &out, m, n, k, p, true)?);
+        }
+        s => {
+            // Auto's SIMT choice for several rows has even rows; the tensor-core tile kernel
+            // has no fused form.
+            let y = product(&x, WeightOperand::Quant4(weight), bias, n, k, s)?;
+            let half = |cols: std::ops::Range<usize>| {
+                let mut ranges: Vec<_> = y.shape.dims.iter().map(|&d| 0..d).collect();
+                *ranges.last_mut().expect("at least one dimension") = cols;
+                burn_cubecl::kernel::slice(y.clone(), &ranges)
+            };
+            return crate::decoder::swiglu(&half(0..n / 2), &half(n / 2..n));
+        }
+    }
     Ok(out)
 }
 
@@ -945,7 +1015,7 @@ pub(crate) fn product<R: CubeRuntime>(
             launch_cmma::<R, F>(&x, weight, bias, &out, m, n, k, p)?
         }
         (Matmul4Strategy::Mma(p), WeightOperand::Quant4(w)) => {
-            crate::mma4::launch_mma::<R, F>(&x, w, bias, &out, m, n, k, p)?
+            crate::mma4::launch_mma::<R, F>(&x, w, bias, &out, m, n, k, p, false)?
         }
         (Matmul4Strategy::Mma(_), WeightOperand::Dense(_)) => {
             return Err(KernelError::Unsupported {
@@ -1248,16 +1318,20 @@ pub(crate) fn launch_cmma<R: CubeRuntime, F: Float + CubeElement>(
         )
         .map_err(|e| KernelError::launch("matmul (cmma)", e))?;
         if let Some(partial) = &partial {
-            reduce_splits::<R, F>(partial, bias, out, m, n, splits)?;
+            reduce_splits::<R, F>(partial, bias, out, m, n, splits, false)?;
         }
     }
     Ok(())
 }
 
-/// `out = sum over splits of partial[split] (+ bias)`, summed in split order (deterministic).
+/// `out = sum over splits of partial[split] (+ bias)`, summed in split order (deterministic);
+/// with `swiglu`, `silu` of the first half of each row times the second half (`out` is
+/// `[m, n / 2]`).
 ///
 /// # Safety
-/// `partial` holds `splits * m * n` f32 values, `out` `m * n` values of `F`, `bias` `n`.
+/// `partial` holds `splits * m * n` f32 values, `out` `m * n` (`m * n / 2`) values of `F`,
+/// `bias` `n`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn reduce_splits<R: CubeRuntime, F: Float + CubeElement>(
     partial: &CubeTensor<R>,
     bias: Option<&CubeTensor<R>>,
@@ -1265,22 +1339,25 @@ pub(crate) unsafe fn reduce_splits<R: CubeRuntime, F: Float + CubeElement>(
     m: usize,
     n: usize,
     splits: usize,
+    swiglu: bool,
 ) -> Result<()> {
     let client = &out.client;
-    let mn = m * n;
-    // SAFETY: every unit checks its index against `m * n`; the sizes are the caller's contract.
+    let outputs = if swiglu { m * n / 2 } else { m * n };
+    // SAFETY: every unit checks its index against the output count; the sizes are the caller's
+    // contract.
     unsafe {
         reduce_splits_kernel::launch_unchecked::<F, R>(
             client,
-            grid(client, mn.div_ceil(256)),
+            grid(client, outputs.div_ceil(256)),
             CubeDim::new_1d(256),
             f32_arg(partial),
             float_arg(bias.unwrap_or(out), 1),
             float_arg(out, 1),
-            ScalarArg::new(mn as u32),
+            ScalarArg::new(outputs as u32),
             ScalarArg::new(n as u32),
             splits as u32,
             bias.is_some(),
+            swiglu,
         )
     }
     .map_err(|e| KernelError::launch("matmul (split-K reduction)", e))

@@ -575,6 +575,9 @@ impl MmaParams {
     }
 }
 
+/// Launches the product into `out` (`[m, n]`), or with `swiglu` its gated activation into `out`
+/// (`[m, n / 2]`): the partial sums then always go through the split-K reduction, which
+/// combines gate and up (one split included).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
     x: &CubeTensor<R>,
@@ -585,6 +588,7 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
     n: usize,
     k: usize,
     p: MmaParams,
+    swiglu: bool,
 ) -> Result<()> {
     let client = &x.client;
     p.check(m, "mma parameters")?;
@@ -601,7 +605,7 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
     }
     let groups = p.row_groups(n);
     let (steps_per_split, splits) = k_slices(k / bk, p.splits);
-    let partial = (splits > 1).then(|| empty(x, vec![splits * m * n], DType::F32));
+    let partial = (splits > 1 || swiglu).then(|| empty(x, vec![splits * m * n], DType::F32));
     let scales = ScaleArgs::new(weight);
     let cfg = MmaConfig {
         wide: p.wide,
@@ -648,7 +652,7 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
         )
         .map_err(|e| KernelError::launch("matmul_4bit (mma)", e))?;
         if let Some(partial) = &partial {
-            crate::matmul4::reduce_splits::<R, F>(partial, bias, out, m, n, splits)?;
+            crate::matmul4::reduce_splits::<R, F>(partial, bias, out, m, n, splits, swiglu)?;
         }
     }
     Ok(())

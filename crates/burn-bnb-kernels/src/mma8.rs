@@ -15,7 +15,7 @@ use cubecl::ir::{ElemType, IntKind};
 use cubecl::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::int8::{dequant_int8, reduce_int8_splits};
+use crate::int8::{OutlierTerm, dequant_int8, reduce_int8_splits};
 use crate::launch::{empty, grid, has_mma, k_slices};
 use crate::layout::{Int8Matrix, f32_arg, float_arg};
 use crate::mma4::MmaParams;
@@ -264,17 +264,22 @@ fn word_lines<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, t.shape.num_elements() / 4, 4) }
 }
 
+/// Launches the dequantized product into `out` (`[m, n]`), or with `swiglu` its gated
+/// activation (`[m, n / 2]`, the split-K reduction pairing gate and up); adds `outliers` in the
+/// reduction when there is one. Returns whether it did.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
     a: &Int8Matrix<R>,
     b: &Int8Matrix<R>,
     bias: Option<&CubeTensor<R>>,
+    outliers: Option<OutlierTerm<'_, R>>,
     out: &CubeTensor<R>,
     m: usize,
     n: usize,
     k: usize,
     p: MmaParams,
-) -> Result<()> {
+    swiglu: bool,
+) -> Result<bool> {
     let client = &a.codes.client;
     if !supports_int8_mma(client) || !k.is_multiple_of(MMA8_BK as usize) {
         return Err(KernelError::Unsupported {
@@ -291,11 +296,12 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
         });
     }
     if m == 0 || n == 0 {
-        return Ok(());
+        return Ok(false);
     }
     let groups = p.row_groups(n);
     let (steps_per_split, splits) = k_slices(k / MMA8_BK as usize, p.splits);
-    let partial = (splits > 1).then(|| empty(&a.codes, vec![splits * m * n], DType::I32));
+    // SwiGLU pairs outputs of both halves: only the reduction can, so it runs for one split too.
+    let partial = (splits > 1 || swiglu).then(|| empty(&a.codes, vec![splits * m * n], DType::I32));
     let is_f16 = out.dtype == DType::F16;
     let cfg = Mma8Config {
         nt: p.nt,
@@ -332,8 +338,21 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
         )
         .map_err(|e| KernelError::launch("int8_matmul (mma)", e))?;
         if let Some(partial) = &partial {
-            reduce_int8_splits::<R, F>(partial, a, b, bias, out, m, n, splits, cfg.fuse_bias)?;
+            reduce_int8_splits::<R, F>(
+                partial,
+                a,
+                b,
+                bias,
+                outliers,
+                out,
+                m,
+                n,
+                splits,
+                cfg.fuse_bias,
+                swiglu,
+            )?;
         }
     }
-    Ok(())
+    // The split-K reduction is the epilogue that adds the outliers; one slice has none.
+    Ok(partial.is_some() && outliers.is_some())
 }

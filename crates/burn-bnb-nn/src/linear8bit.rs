@@ -215,6 +215,33 @@ impl<B: QuantizedOps> Linear8bitLt<B> {
             input_dtype,
         )
     }
+
+    /// The gated activation of a layer that stacks a gate and an up projection
+    /// (`[W_gate; W_up]`, gate rows first, as a fused Llama/Qwen MLP input):
+    /// `silu(gate) * up` of the two halves of [`Self::forward`]'s output, with the same
+    /// roundings, in one operation ([`QuantizedOps::int8_linear_swiglu`]: the SwiGLU inside the
+    /// product's kernels when decoding).
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[..., d_input]`
+    /// - output: `[..., d_output / 2]`
+    ///
+    /// # Panics
+    ///
+    /// As [`Self::forward`], and if `d_output` is odd.
+    pub fn forward_swiglu<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        let (x, bias) = to_compute_dtype(input, self.bias.as_ref().map(|b| b.val()), None);
+        let y = self
+            .quantized_weight()
+            .linear_swiglu(
+                x.into_primitive().tensor(),
+                bias.map(|b| b.into_primitive().tensor()),
+                self.threshold,
+            )
+            .unwrap_or_else(|err| panic!("Linear8bitLt forward_swiglu: {err}"));
+        Tensor::from_primitive(TensorPrimitive::Float(y))
+    }
 }
 
 impl<B: Backend> ModuleDisplay for Linear8bitLt<B> {

@@ -79,6 +79,16 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
         let _timer = crate::op_stats::Timer::start("int8_linear");
         <B as QuantizedKernels>::int8_linear(x, to_inner_int8(weight), bias, threshold)
     }
+
+    fn int8_linear_swiglu(
+        x: FloatTensor<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+    ) -> FloatTensor<Self> {
+        let _timer = crate::op_stats::Timer::start("int8_linear_swiglu");
+        <B as QuantizedKernels>::int8_linear_swiglu(x, to_inner_int8(weight), bias, threshold)
+    }
 }
 
 impl<B: QuantizedKernels> DecoderOps for Bnb<B> {

@@ -336,11 +336,23 @@ where
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         match product_path::<R, Self>(&x, &weight) {
-            // Where `matmul_4bit` runs the SIMT GEMV (decoding one row), its fused form.
-            ProductPath::Kernel(kernels::Matmul4Strategy::Simt(params)) if params.rows % 2 == 0 => {
+            // Where `matmul_4bit` runs the SIMT GEMV (decoding one row) or the register-fragment
+            // tensor-core kernel (a decode batch), their fused forms.
+            ProductPath::Kernel(
+                strategy @ (kernels::Matmul4Strategy::Simt(kernels::SimtParams {
+                    rows: 2 | 4 | 6 | 8,
+                    ..
+                })
+                | kernels::Matmul4Strategy::Mma(_)),
+            ) => {
                 let bias = kernel_bias::<R, Self>(bias, x.dtype);
                 launched(
-                    kernels::matmul_4bit_swiglu(&x, &kernel_weight(&weight), bias.as_ref(), params),
+                    kernels::matmul_4bit_swiglu(
+                        &x,
+                        &kernel_weight(&weight),
+                        bias.as_ref(),
+                        strategy,
+                    ),
                     "matmul_4bit_swiglu",
                 )
             }
@@ -396,6 +408,25 @@ where
         launched(
             kernels::linear_8bit_lt(&x, &kernel_int8(&weight), bias.as_ref(), threshold),
             "int8_linear",
+        )
+    }
+
+    fn int8_linear_swiglu(
+        x: FloatTensor<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+    ) -> FloatTensor<Self> {
+        if !weight.cols.is_multiple_of(4) || !kernel_float(x.dtype) {
+            return portable::swiglu_halves::<Self>(
+                portable::int8_linear::<Self>(x, weight, bias, threshold),
+                <Self as DecoderKernels>::swiglu,
+            );
+        }
+        let bias = kernel_bias::<R, Self>(bias, x.dtype);
+        launched(
+            kernels::linear_8bit_lt_swiglu(&x, &kernel_int8(&weight), bias.as_ref(), threshold),
+            "int8_linear_swiglu",
         )
     }
 }

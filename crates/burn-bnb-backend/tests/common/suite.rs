@@ -592,7 +592,13 @@ pub fn quant4<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
 pub fn int8<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
     let mut rng = StdRng::seed_from_u64(12);
     // (m, n, k): the kernels (`K % 4 == 0`) and the portable fallback (`K % 4 != 0`).
-    for (m, n, k) in [(1, 17, 100), (4, 48, 256), (33, 20, 64), (3, 9, 30)] {
+    for (m, n, k) in [
+        (1, 17, 100),
+        (1, 48, 256),
+        (4, 48, 256),
+        (33, 20, 64),
+        (3, 10, 30),
+    ] {
         let what = format!("int8 {m}x{n}x{k} {:?}", F::DTYPE);
         // f16 values: bitsandbytes quantizes from the f16 rounding, which the portable path
         // (`K % 4 != 0`) cannot do on a device without f16 (lavapipe).
@@ -656,6 +662,33 @@ pub fn int8<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
                 // or one step of `F` where the f16 result is rounded again (bf16).
                 let expected: Vec<f64> = expected.iter().map(|&v| v as f64).collect();
                 check_close(&y, &expected, F::RTOL.max(4e-3), &what);
+            }
+            // As a stacked gate/up weight: the gated output is the product's halves through
+            // `swiglu`, to the bit (one kernel for one row on CubeCL backends).
+            let gated = weight.clone().linear_swiglu(
+                upload::<B, F, 2>(&x, [m, k], device),
+                Some(upload::<B, F, 1>(&bias, [n], device)),
+                threshold,
+            );
+            if n % 2 == 0 {
+                let y = weight
+                    .clone()
+                    .linear(
+                        upload::<B, F, 2>(&x, [m, k], device),
+                        Some(upload::<B, F, 1>(&bias, [n], device)),
+                        threshold,
+                    )
+                    .unwrap();
+                let composed = download::<B>(portable::swiglu_halves::<B>(y, B::swiglu));
+                let gated = gated.unwrap();
+                assert_eq!(gated.shape().dims, [m, n / 2], "{what}: linear_swiglu");
+                assert_eq!(
+                    bits(&download::<B>(gated)),
+                    bits(&composed),
+                    "{what}: linear_swiglu"
+                );
+            } else {
+                assert!(gated.is_err(), "{what}: linear_swiglu of an odd width");
             }
         }
     }

@@ -16,9 +16,10 @@ use burn_bnb_formats::{
 };
 use burn_bnb_kernels::{
     Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, Int8Strategy, KernelError, Matmul4Strategy,
-    MmaParams, Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_dequantize,
-    int8_matmul_dequant, int8_matmul_dequant_with, int8_matmul_i32, int8_quantize_rows,
-    linear_8bit_lt, matmul_4bit_swiglu, matmul_4bit_with, matmul_dense_with, quantize_4bit,
+    MmaParams, Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_add_outliers,
+    int8_dequantize, int8_matmul_dequant, int8_matmul_dequant_with, int8_matmul_i32,
+    int8_quantize_rows, linear_8bit_lt, linear_8bit_lt_swiglu, matmul_4bit_swiglu,
+    matmul_4bit_with, matmul_dense_with, quantize_4bit,
 };
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -754,13 +755,23 @@ pub fn matmul4_group_offsets<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
 /// kernel on its two halves. Bit-exact, with and without bias and double quantization.
 pub fn matmul4_swiglu<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     let mut rng = StdRng::seed_from_u64(23);
+    let simt = |rows, mt, cube_size| {
+        Matmul4Strategy::Simt(SimtParams {
+            rows,
+            mt,
+            cube_size,
+        })
+    };
     let cases = [
-        (1, 17, 72, false, 2, 1, 32),
-        (1, 130, 1024, true, 4, 1, 128),
-        (3, 64, 256, false, 8, 2, 64),
-        (2, 33, 200, true, 4, 4, 128),
+        (1, 17, 72, false, simt(2, 1, 32)),
+        (1, 130, 1024, true, simt(4, 1, 128)),
+        (3, 64, 256, false, simt(8, 2, 64)),
+        (2, 33, 200, true, simt(4, 4, 128)),
+        // Decode batches: on CUDA the tensor-core kernel, SwiGLU in its split-K reduction.
+        (8, 96, 512, true, Matmul4Strategy::Auto),
+        (24, 40, 1024, false, Matmul4Strategy::Auto),
     ];
-    for (m, half, k, dq, rows, mt, cube_size) in cases {
+    for (m, half, k, dq, strategy) in cases {
         let n = 2 * half;
         let w = randn(&mut rng, n * k, 1.0 / (k as f32).sqrt());
         let config = Quant4Config {
@@ -785,20 +796,13 @@ pub fn matmul4_swiglu<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         let weight = dev.quant4(&wq);
         let xt = dev.floats::<F>(&x, vec![m, k]);
         let bt = dev.floats::<F>(&bias, vec![n]);
-        let params = SimtParams {
-            rows,
-            mt,
-            cube_size,
-        };
         for use_bias in [false, true] {
             let b = use_bias.then_some(&bt);
             let what = format!(
-                "m {m} n {n} k {k} dq {dq} bias {use_bias} {params:?} {}",
+                "m {m} n {n} k {k} dq {dq} bias {use_bias} {strategy:?} {}",
                 F::NAME
             );
-            let y = dev.read_f32(
-                &matmul_4bit_with(&xt, &weight, b, Matmul4Strategy::Simt(params)).unwrap(),
-            );
+            let y = dev.read_f32(&matmul_4bit_with(&xt, &weight, b, strategy).unwrap());
             let (gate, up): (Vec<f32>, Vec<f32>) = (
                 y.chunks(n).flat_map(|row| row[..half].to_vec()).collect(),
                 y.chunks(n).flat_map(|row| row[half..].to_vec()).collect(),
@@ -810,7 +814,7 @@ pub fn matmul4_swiglu<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
                 )
                 .unwrap(),
             );
-            let fused = matmul_4bit_swiglu(&xt, &weight, b, params).unwrap();
+            let fused = matmul_4bit_swiglu(&xt, &weight, b, strategy).unwrap();
             assert_eq!(fused.shape.dims, vec![m, half], "{what}");
             let actual = dev.read_f32(&fused);
             for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
@@ -830,12 +834,21 @@ pub fn matmul4_swiglu<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     )
     .unwrap();
     let xt = dev.floats::<F>(&[0.0; 64], vec![1, 64]);
-    let params = SimtParams {
-        rows: 2,
-        mt: 1,
-        cube_size: 32,
-    };
-    assert!(matmul_4bit_swiglu(&xt, &dev.quant4(&wq), None, params).is_err());
+    for strategy in [simt(2, 1, 32), Matmul4Strategy::Auto] {
+        assert!(matmul_4bit_swiglu(&xt, &dev.quant4(&wq), None, strategy).is_err());
+    }
+    // Nor can an odd number of rows per cube.
+    let even = Quantized4::quantize(
+        &[F::from_f32(0.5); 4 * 64],
+        &[4, 64],
+        Quant4Config {
+            quant_type: QuantType::Nf4,
+            blocksize: 64,
+            double_quant: false,
+        },
+    )
+    .unwrap();
+    assert!(matmul_4bit_swiglu(&xt, &dev.quant4(&even), None, simt(3, 1, 32)).is_err());
 }
 
 /// Dense `x Wᵀ (+ b)` (the unquantized projections at decode shapes) on shapes that are not
@@ -1145,7 +1158,14 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (8, 33, 260),
         (17, 40, 64),
         (32, 31, 516),
-        // Past FUSED_OUTLIER_MAX_ROWS: the outliers in three launches.
+        // More mask words than a pass of the mask builder covers (128 on CUDA).
+        (6, 24, 4200),
+        // The tensor-core kernel split over K (K % 64 == 0), which adds the outliers in its
+        // reduction (CUDA).
+        (8, 40, 1024),
+        (24, 33, 2048),
+        // Up to FUSED_MASK_MAX_ROWS (8): one launch, every cube building the mask; more rows:
+        // the mask launch, then the rows.
         (45, 20, 96),
     ];
     for &(m, n, k) in shapes {
@@ -1217,13 +1237,71 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
                 );
             } else {
                 check_close(&actual, &expected, 4e-3, &what);
+                if m > 1 {
+                    // Wherever the outliers are added (an epilogue or their own launch), the
+                    // result is that of the separate steps, to the bit.
+                    let q = int8_quantize_rows(&xt, threshold).unwrap();
+                    let steps =
+                        int8_matmul_dequant(&q.quantized, &weight, Some(&bt), F::KIND).unwrap();
+                    int8_add_outliers(&steps, &xt, &weight, q.outliers.as_ref().unwrap()).unwrap();
+                    let bits = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(actual),
+                        bits(dev.read_f32(&steps)),
+                        "{what}: vs the steps"
+                    );
+                }
+            }
+            if n % 2 == 0 {
+                // As a stacked gate/up weight: the gated output equals the product's halves
+                // through `swiglu`, to the bit (the GEMV's and the split-K reduction's fused
+                // forms included).
+                let y = dev.read_f32(&out);
+                let half = n / 2;
+                let (gate, up): (Vec<f32>, Vec<f32>) = (
+                    y.chunks(n).flat_map(|row| row[..half].to_vec()).collect(),
+                    y.chunks(n).flat_map(|row| row[half..].to_vec()).collect(),
+                );
+                let expected = dev.read_f32(
+                    &burn_bnb_kernels::swiglu(
+                        &dev.floats::<F>(&gate, vec![m, half]),
+                        &dev.floats::<F>(&up, vec![m, half]),
+                    )
+                    .unwrap(),
+                );
+                let fused = linear_8bit_lt_swiglu(&xt, &weight, Some(&bt), threshold).unwrap();
+                assert_eq!(fused.shape.dims, vec![m, half], "{what}: swiglu shape");
+                let actual = dev.read_f32(&fused);
+                for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        e.to_bits(),
+                        "{what}: swiglu output {i}: {a} vs {e}"
+                    );
+                }
+            } else {
+                assert!(linear_8bit_lt_swiglu(&xt, &weight, None, threshold).is_err());
             }
         }
         // The outlier columns themselves: every column with an f16 magnitude of at least 6.
-        let outliers = int8_quantize_rows(&xt, 6.0)
-            .unwrap()
-            .outliers
-            .expect("a threshold decomposes");
+        let decomposed = int8_quantize_rows(&xt, 6.0).unwrap();
+        // The codes and row maxima without those columns, bit for bit.
+        let reference = Int8Rows::quantize(&xh, m, k, 6.0).unwrap();
+        let codes: Vec<i8> =
+            bytemuck::cast_slice(&dev.bytes_of(&decomposed.quantized.codes)).to_vec();
+        assert_eq!(
+            codes,
+            reference.codes,
+            "decomposed codes m {m} k {k} {}",
+            F::NAME
+        );
+        assert_eq!(
+            dev.read_f32(&decomposed.quantized.absmax),
+            reference.absmax,
+            "decomposed absmax m {m} k {k} {}",
+            F::NAME
+        );
+        let outliers = decomposed.outliers.expect("a threshold decomposes");
         let expected_cols: Vec<u32> = (0..k)
             .filter(|&c| (0..m).any(|r| f16::from_f32(x[r * k + c]).to_f32().abs() >= 6.0))
             .map(|c| c as u32)

@@ -22,11 +22,19 @@ impl<B: QuantizedOps> Mlp<B> {
     /// Applies the block.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         if let ProjectionGroup::Stacked(stacked) = &self.gate_up
-            && let Projection::Linear4bit(linear) = &stacked.projection
             && stacked.widths.0[..] == [stacked.widths.0[0]; 2]
         {
-            // Gate, up and SwiGLU in one operation (one kernel when decoding a token).
-            return self.down_proj.forward(linear.forward_swiglu(x));
+            // Gate, up and SwiGLU in one operation (the SwiGLU inside the product's kernels
+            // when decoding).
+            match &stacked.projection {
+                Projection::Linear4bit(linear) => {
+                    return self.down_proj.forward(linear.forward_swiglu(x));
+                }
+                Projection::Linear8bitLt(linear) => {
+                    return self.down_proj.forward(linear.forward_swiglu(x));
+                }
+                _ => {}
+            }
         }
         let mut parts = self.gate_up.forward(x).into_iter();
         let (gate, up) = (parts.next().expect("gate"), parts.next().expect("up"));
