@@ -195,6 +195,35 @@ pub(crate) fn segment_max(
     red[(UNIT_POS - lane) as usize]
 }
 
+/// The bitwise OR of `value` over each segment of `segment` consecutive units (a power of two
+/// dividing the cube size), through `red` (one slot per unit). Every unit gets its segment's OR.
+#[cube]
+pub(crate) fn segment_or(red: &mut SharedMemory<u32>, value: u32, #[comptime] segment: u32) -> u32 {
+    red[UNIT_POS as usize] = value;
+    sync_cube();
+    let lane = UNIT_POS % segment;
+    let mut stride = comptime!(segment / 2).runtime();
+    while stride > 0 {
+        if lane < stride {
+            let other = red[(UNIT_POS + stride) as usize];
+            red[UNIT_POS as usize] |= other;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    red[(UNIT_POS - lane) as usize]
+}
+
+/// The activation `v` as f16 (rounded unless it is f16 already, `round == false`), as f32.
+#[cube]
+pub(crate) fn as_f16<F: Float>(v: F, #[comptime] round: bool) -> f32 {
+    if round {
+        round_to_f16(f32::cast_from(v))
+    } else {
+        f32::cast_from(v)
+    }
+}
+
 /// Sums each of the `count` per-unit partials `acc[i]` over the cube: plane sums then shared
 /// memory when `plane > 0` (the plane size), a shared-memory tree otherwise. Unit `i < count`
 /// returns the total of slot `i`; the other units return 0.

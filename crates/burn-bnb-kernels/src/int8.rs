@@ -26,7 +26,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::ir::{ElemType, IntKind};
 use cubecl::prelude::*;
 
-use crate::decode::{cube_sum, i8_of, round_to_f16, segment_max};
+use crate::decode::{as_f16, cube_sum, i8_of, round_to_f16, segment_max, segment_or};
 use crate::error::{KernelError, Result};
 use crate::launch::{
     check_activations, check_bias, empty, empty_bytes, grid, has_cmma16, output_shape, plane_size,
@@ -86,83 +86,90 @@ pub struct Int8Activations<R: CubeRuntime> {
 
 const ROW_CUBE: u32 = 256;
 
-/// One cube per 32-column word of the mask: units stride over the rows, then OR-reduce.
+/// How [`quantize_rows_kernel`] and [`outlier_mask_kernel`] treat the activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RowQuantConfig {
+    cube_size: u32,
+    /// Leave the outlier columns out of the codes (threshold > 0).
+    decompose: bool,
+    /// Every cube builds the whole outlier mask itself (a few rows); otherwise a launch before
+    /// built it. Either way cube 0 compacts it.
+    build_mask: bool,
+    /// Round the activations to f16 first: they are not f16 already. The rounding is software
+    /// (integer operations, for runtimes without f16) and dominated the row quantization's time
+    /// when applied to f16 inputs, for which it is the identity.
+    round: bool,
+}
+
+/// One cube per `cube_size / parts` mask words, `parts` units a word, each over every
+/// `parts`-th row.
 #[cube(launch_unchecked)]
 fn outlier_mask_kernel<F: Float>(
-    x: &Array<F>,
+    x: &Array<Line<F>>,
     mask: &mut Array<u32>,
     m_total: u32,
     k_total: u32,
     threshold_h: f32,
     #[comptime] cube_size: u32,
+    #[comptime] parts: u32,
+    #[comptime] round: bool,
 ) {
-    let wi = CUBE_POS as u32;
-    if wi * 32 >= k_total {
+    let num_words = k_total.div_ceil(32);
+    let w0 = CUBE_POS as u32 * comptime!(cube_size / parts);
+    if w0 >= num_words {
         terminate!();
     }
-    let bits = outlier_bits::<F>(
-        x,
-        wi,
-        UNIT_POS,
-        comptime!(cube_size).runtime(),
-        m_total,
-        k_total,
-        threshold_h,
-    );
     let mut red = SharedMemory::<u32>::new(comptime!(cube_size as usize));
-    red[UNIT_POS as usize] = bits;
-    sync_cube();
-    let mut stride = comptime!(cube_size / 2).runtime();
-    while stride > 0 {
-        if UNIT_POS < stride {
-            let other = red[(UNIT_POS + stride) as usize];
-            red[UNIT_POS as usize] |= other;
-        }
-        sync_cube();
-        stride /= 2;
+    mask_pass::<F>(
+        x,
+        mask,
+        &mut red,
+        w0,
+        num_words,
+        m_total,
+        k_total / 4,
+        threshold_h,
+        parts,
+        round,
+    );
+}
+
+/// Writes the mask words `w0 .. w0 + cube_size / parts` below `num_words`: `parts` units a word,
+/// each over every `parts`-th row, then OR-ed over the segment. A unit's loads for one row are 8
+/// independent lines, so the rows are what is split among units, which keeps every unit's chain
+/// of dependent loads short. Every unit must call it (it synchronizes the cube).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mask_pass<F: Float>(
+    x: &Array<Line<F>>,
+    mask: &mut Array<u32>,
+    red: &mut SharedMemory<u32>,
+    w0: u32,
+    num_words: u32,
+    m_total: u32,
+    k_lines: u32,
+    threshold_h: f32,
+    #[comptime] parts: u32,
+    #[comptime] round: bool,
+) {
+    let wi = w0 + UNIT_POS / parts;
+    let part = UNIT_POS % parts;
+    let mut bits = 0u32;
+    if wi < num_words {
+        bits = outlier_bits::<F>(x, wi, part, parts, m_total, k_lines, threshold_h, round);
     }
-    if UNIT_POS == 0 {
-        mask[wi as usize] = red[0];
+    let word = segment_or(red, bits, parts);
+    if part == 0 && wi < num_words {
+        mask[wi as usize] = word;
     }
 }
 
 /// Bit `j` set iff column `wi * 32 + j` holds a value whose f16 rounding reaches `threshold_h`
-/// in one of the rows `row0, row0 + step, ...` below `m_total`.
+/// in one of the rows `row0, row0 + step, ...` below `m_total`, read as lines of 4 values
+/// (`k_lines = K / 4`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn outlier_bits<F: Float>(
-    x: &Array<F>,
-    wi: u32,
-    row0: u32,
-    step: u32,
-    m_total: u32,
-    k_total: u32,
-    threshold_h: f32,
-) -> u32 {
-    let mut bits = 0u32;
-    let mut row = row0;
-    while row < m_total {
-        #[unroll]
-        for j in 0..32u32 {
-            let col = wi * 32 + j;
-            if col < k_total {
-                let v = round_to_f16(f32::cast_from(x[(row * k_total + col) as usize]));
-                if f32::abs(v) >= threshold_h {
-                    bits |= 1u32 << j;
-                }
-            }
-        }
-        row += step;
-    }
-    bits
-}
-
-/// [`outlier_bits`] from lines of 4 values (8 loads a row instead of 32): bit `j` set iff
-/// column `wi * 32 + j` reaches `threshold_h` in one of the rows `row0, row0 + step, ...`.
-/// `k_lines = K / 4`.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn outlier_bits_lines<F: Float>(
     x: &Array<Line<F>>,
     wi: u32,
     row0: u32,
@@ -170,6 +177,7 @@ fn outlier_bits_lines<F: Float>(
     m_total: u32,
     k_lines: u32,
     threshold_h: f32,
+    #[comptime] round: bool,
 ) -> u32 {
     let mut bits = 0u32;
     let mut row = row0;
@@ -181,7 +189,7 @@ fn outlier_bits_lines<F: Float>(
                 let v = x[(row * k_lines + l) as usize];
                 #[unroll]
                 for e in 0..4u32 {
-                    if f32::abs(round_to_f16(f32::cast_from(v[e as usize]))) >= threshold_h {
+                    if f32::abs(as_f16::<F>(v[e as usize], round)) >= threshold_h {
                         bits |= 1u32 << (j * 4 + e);
                     }
                 }
@@ -259,13 +267,23 @@ fn compact_columns(
     }
 }
 
-/// One cube per row: the absmax over the non-outliers, then the codes, 4 per word. With
-/// `decompose`, cube 0 also compacts the outlier mask into `cols` and `count`.
+/// Units that build one 32-column mask word when every row's cube builds the mask
+/// ([`RowQuantConfig::build_mask`]), each over every `MASK_PARTS`-th row.
+const MASK_PARTS: u32 = 8;
+
+/// One cube per row: the absmax over the non-outliers, then the codes, 4 per word.
+///
+/// With `decompose`, the outlier columns are left out and cube 0 compacts the mask into `cols`
+/// and `count`. With `build_mask` (a decode batch: LLM.int8()'s activation side in one launch
+/// instead of three) every cube first builds the whole mask itself and writes it to `mask`:
+/// every cube writes the same words, and a cube's own writes before a barrier are visible to it
+/// after. Each cube then reads all `M` rows, so that serves a few rows only
+/// ([`FUSED_MASK_MAX_ROWS`]); otherwise [`outlier_mask_kernel`] ran before.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn quantize_rows_kernel<F: Float>(
     x: &Array<Line<F>>,
-    mask: &Array<u32>,
+    mask: &mut Array<u32>,
     cols: &mut Array<u32>,
     count: &mut Array<u32>,
     codes: &mut Array<u32>,
@@ -276,16 +294,35 @@ fn quantize_rows_kernel<F: Float>(
     words_per_unit: u32,
     threshold_h: f32,
     threshold: f32,
-    #[comptime] cube_size: u32,
-    #[comptime] decompose: bool,
+    #[comptime] cfg: RowQuantConfig,
 ) {
     let row = CUBE_POS as u32;
     if row >= m_total {
         terminate!();
     }
-    if decompose && row == 0 {
-        // The mask a launch before wrote, compacted here rather than in a launch of its own.
-        compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
+    if cfg.build_mask {
+        let mut red = SharedMemory::<u32>::new(comptime!(cfg.cube_size as usize));
+        let words_per_pass = comptime!(cfg.cube_size / MASK_PARTS);
+        let mut w0 = 0u32;
+        while w0 < num_words {
+            mask_pass::<F>(
+                x,
+                mask,
+                &mut red,
+                w0,
+                num_words,
+                m_total,
+                k_total / 4,
+                threshold_h,
+                MASK_PARTS,
+                cfg.round,
+            );
+            sync_cube();
+            w0 += words_per_pass;
+        }
+    }
+    if cfg.decompose && row == 0 {
+        compact_columns(mask, cols, count, num_words, words_per_unit, cfg.cube_size);
     }
     quantize_row::<F>(
         x,
@@ -296,8 +333,7 @@ fn quantize_rows_kernel<F: Float>(
         k_total,
         threshold_h,
         threshold,
-        cube_size,
-        decompose,
+        cfg,
     );
 }
 
@@ -313,9 +349,9 @@ fn quantize_row<F: Float>(
     k_total: u32,
     threshold_h: f32,
     threshold: f32,
-    #[comptime] cube_size: u32,
-    #[comptime] decompose: bool,
+    #[comptime] cfg: RowQuantConfig,
 ) {
+    let cube_size = comptime!(cfg.cube_size);
     let words = k_total / 4;
     let base = row * words;
     let mut local_max = 0.0f32;
@@ -324,8 +360,8 @@ fn quantize_row<F: Float>(
         let v = x[(base + w) as usize];
         #[unroll]
         for e in 0..4u32 {
-            let a = f32::abs(round_to_f16(f32::cast_from(v[e as usize])));
-            if !decompose || a < threshold_h {
+            let a = f32::abs(as_f16::<F>(v[e as usize], cfg.round));
+            if !cfg.decompose || a < threshold_h {
                 local_max = max(local_max, a);
             }
         }
@@ -338,15 +374,15 @@ fn quantize_row<F: Float>(
     while w < words {
         let v = x[(base + w) as usize];
         let mut flagged = 0u32;
-        if decompose {
+        if cfg.decompose {
             flagged = (mask[(w / 8) as usize] >> ((w % 8) * 4)) & 15u32;
         }
         let mut word = 0u32;
         #[unroll]
         for e in 0..4u32 {
-            let xh = round_to_f16(f32::cast_from(v[e as usize]));
+            let xh = as_f16::<F>(v[e as usize], cfg.round);
             let outlier =
-                decompose && (((flagged >> e) & 1u32) == 1u32 || f32::abs(xh) >= threshold);
+                cfg.decompose && (((flagged >> e) & 1u32) == 1u32 || f32::abs(xh) >= threshold);
             let q = int8_code(xh, scale, amax, outlier);
             word |= (u32::reinterpret(q) & 255u32) << (8 * e);
         }
@@ -374,79 +410,6 @@ pub(crate) fn int8_code(xh: f32, scale: f32, amax: f32, outlier: bool) -> i32 {
 #[cube]
 pub(crate) fn outlier_weight<F: Float>(code: i32, scb: f32) -> f32 {
     f32::cast_from(F::cast_from(f32::cast_from(code) * scb * INV_127))
-}
-
-/// Units that build one 32-column mask word in [`quantize_rows_decomposed_kernel`], each over
-/// every `MASK_PARTS`-th row: a unit's loads for a row are 32 independent ones, so the rows, not
-/// the columns, are what is split to keep its chain of dependent loads short.
-const MASK_PARTS: u32 = 8;
-
-/// LLM.int8()'s activation side for a decode batch in one launch instead of three (mask,
-/// compaction, rows): one cube a row. Every cube builds the whole outlier mask itself
-/// ([`MASK_PARTS`] units a word, OR-ed in shared memory) and writes it to `mask`: every cube
-/// writes the same words, and a cube's own writes before a barrier are visible to it after.
-/// Cube 0 then compacts the mask into `cols` and `count`, and each cube quantizes its row with
-/// the mask, as [`quantize_rows_kernel`] does. Each cube reads all `M` rows, so the launch
-/// serves a few rows only ([`FUSED_MASK_MAX_ROWS`]).
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-fn quantize_rows_decomposed_kernel<F: Float>(
-    x: &Array<Line<F>>,
-    mask: &mut Array<u32>,
-    cols: &mut Array<u32>,
-    count: &mut Array<u32>,
-    codes: &mut Array<u32>,
-    absmax: &mut Array<f32>,
-    m_total: u32,
-    k_total: u32,
-    num_words: u32,
-    words_per_unit: u32,
-    threshold_h: f32,
-    threshold: f32,
-    #[comptime] cube_size: u32,
-) {
-    let row = CUBE_POS as u32;
-    if row >= m_total {
-        terminate!();
-    }
-    let words_per_pass = comptime!(cube_size / MASK_PARTS);
-    let part = UNIT_POS % MASK_PARTS;
-    let mut partial = SharedMemory::<u32>::new(comptime!(cube_size as usize));
-    let mut w0 = 0u32;
-    while w0 < num_words {
-        let wi = w0 + UNIT_POS / MASK_PARTS;
-        let mut bits = 0u32;
-        if wi < num_words {
-            bits =
-                outlier_bits_lines::<F>(x, wi, part, MASK_PARTS, m_total, k_total / 4, threshold_h);
-        }
-        partial[UNIT_POS as usize] = bits;
-        sync_cube();
-        if part == 0 && wi < num_words {
-            #[unroll]
-            for p in 1..MASK_PARTS {
-                bits |= partial[(UNIT_POS + p) as usize];
-            }
-            mask[wi as usize] = bits;
-        }
-        sync_cube();
-        w0 += words_per_pass;
-    }
-    if row == 0 {
-        compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
-    }
-    quantize_row::<F>(
-        x,
-        mask,
-        codes,
-        absmax,
-        row,
-        k_total,
-        threshold_h,
-        threshold,
-        cube_size,
-        true,
-    );
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -843,11 +806,125 @@ fn fetch_int8_tiles(
     }
 }
 
+/// Output columns of a tile of the split-K reduction and of the outlier product: one per unit
+/// of a row lane, so that a warp's loads of the partial sums are 128 contiguous bytes.
+const TILE_N: u32 = 32;
+/// Row lanes of a tile: a cube is `TILE_N x TILE_LANES` = 256 units, each over `mt` rows
+/// `TILE_LANES` apart.
+const TILE_LANES: u32 = 8;
+/// Units of a tile's cube.
+const TILE_CUBE: u32 = TILE_N * TILE_LANES;
+/// Outlier columns whose weights a cube stages in shared memory at a time.
+const OUTLIER_CHUNK: u32 = 16;
+
+/// Where a unit of a tile's cube works: output column `n0 + UNIT_POS % TILE_N` of rows
+/// `m0 + TILE_LANES * t`, `t < mt`. Tiles run along the output columns first.
+#[derive(CubeType, Clone, Copy)]
+struct TilePos {
+    /// First output column of the cube.
+    n0: u32,
+    /// The unit's output column.
+    n: u32,
+    /// First row of the cube (at least `M` for a cube past the last tile).
+    tile_m0: u32,
+    /// The unit's first row.
+    m0: u32,
+}
+
+/// The unit's [`TilePos`] in tiles of `TILE_N` of the `n_out` columns by `TILE_LANES * mt` rows.
+#[cube]
+fn tile_pos(n_out: u32, #[comptime] mt: u32) -> TilePos {
+    let tiles_n = n_out.div_ceil(TILE_N);
+    let n0 = (CUBE_POS as u32 % tiles_n) * TILE_N;
+    let tile_m0 = (CUBE_POS as u32 / tiles_n) * comptime!(TILE_LANES * mt);
+    TilePos {
+        n0,
+        n: n0 + UNIT_POS % TILE_N,
+        tile_m0,
+        m0: tile_m0 + UNIT_POS / TILE_N,
+    }
+}
+
+/// The outlier columns' product for the unit's weight row `n_first + UNIT_POS % TILE_N` and
+/// rows `m0 + TILE_LANES * t` (`t < mt`; rows and weight rows past the ends are clamped, their
+/// results unused): `dots[t] = Σ_j x[m, cols[j]] * F(CB[n, cols[j]] * SCB[n] / 127)`, `j`
+/// ascending from 0. The weights of the cube's `TILE_N` rows are staged in shared memory
+/// [`OUTLIER_CHUNK`] columns at a time: each weight byte sits in a sector of its own (the columns
+/// are scattered), so it is read once per cube instead of once per output. Every unit of the
+/// cube must call this (it synchronizes).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn outlier_dots<F: Float>(
+    x: &Array<F>,
+    cb: &Array<u32>,
+    scb: &Array<f32>,
+    cols: &Array<u32>,
+    cnt: u32,
+    n_first: u32,
+    n_total: u32,
+    m0: u32,
+    m_total: u32,
+    k_total: u32,
+    dots: &mut Array<f32>,
+    #[comptime] mt: u32,
+) {
+    let tn = UNIT_POS % TILE_N;
+    let mut weights = SharedMemory::<f32>::new(comptime!((OUTLIER_CHUNK * TILE_N) as usize));
+    let mut chunk_cols = SharedMemory::<u32>::new(comptime!(OUTLIER_CHUNK as usize));
+    #[unroll]
+    for t in 0..mt {
+        dots[t as usize] = 0.0f32;
+    }
+    let mut j0 = 0u32;
+    while j0 < cnt {
+        #[unroll]
+        for p in 0..comptime!(OUTLIER_CHUNK * TILE_N / TILE_CUBE) {
+            let e = p * TILE_CUBE + UNIT_POS;
+            let c = e / TILE_N;
+            let mut w = 0.0f32;
+            if j0 + c < cnt {
+                let n = min(n_first + e % TILE_N, n_total - 1);
+                let idx = n * k_total + cols[(j0 + c) as usize];
+                w = outlier_weight::<F>(i8_of(cb[(idx / 4) as usize], idx % 4), scb[n as usize]);
+            }
+            weights[e as usize] = w;
+        }
+        if UNIT_POS < OUTLIER_CHUNK && j0 + UNIT_POS < cnt {
+            chunk_cols[UNIT_POS as usize] = cols[(j0 + UNIT_POS) as usize];
+        }
+        sync_cube();
+        let len = min(OUTLIER_CHUNK, cnt - j0);
+        for c in 0..len {
+            let col = chunk_cols[c as usize];
+            let w = weights[(c * TILE_N + tn) as usize];
+            #[unroll]
+            for t in 0..mt {
+                let m = min(m0 + t * TILE_LANES, m_total - 1);
+                dots[t as usize] += f32::cast_from(x[(m * k_total + col) as usize]) * w;
+            }
+        }
+        sync_cube();
+        j0 += OUTLIER_CHUNK;
+    }
+}
+
+/// `y` plus an outlier product `dot`: `F(f32(y) + dot)`, or `y` when there are no outlier
+/// columns (`cnt == 0`).
+#[cube]
+fn plus_outliers<F: Float>(y: F, dot: f32, cnt: u32) -> F {
+    let mut r = y;
+    if cnt > 0 {
+        r = F::cast_from(f32::cast_from(y) + dot);
+    }
+    r
+}
+
 /// Adds the int32 split-K partial sums (exact in any order) and dequantizes; with `outliers`,
 /// adds the outlier columns' 16-bit product to the rounded result as [`add_outliers_kernel`]
 /// does (same operations, same order), saving that launch. With `swiglu` (`N` = gate rows then
 /// up rows) a unit computes one output of each half that way and writes `silu(gate) * up` as
-/// [`swiglu`](crate::decoder::swiglu) would (`out` is `[M, N / 2]`).
+/// [`swiglu`](crate::decoder::swiglu) would (`out` is `[M, N / 2]`). Tiles of [`TILE_N`] output
+/// columns by `TILE_LANES * mt` rows, one cube each.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn int8_reduce_splits_kernel<F: Float>(
@@ -860,60 +937,75 @@ fn int8_reduce_splits_kernel<F: Float>(
     cols: &Array<u32>,
     count: &Array<u32>,
     out: &mut Array<F>,
-    outputs: u32,
+    m_total: u32,
     n_total: u32,
     k_total: u32,
     #[comptime] cfg: ReduceConfig,
 ) {
-    let i = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
-    if i >= outputs {
+    let mut n_out = n_total;
+    if cfg.swiglu {
+        n_out = n_total / 2;
+    }
+    let pos = tile_pos(n_out, cfg.mt);
+    if pos.tile_m0 >= m_total {
         terminate!();
     }
-    let mut mn = outputs;
-    if cfg.swiglu {
-        mn = outputs * 2;
+    // The partial sums first, so that their loads are in flight while the outlier weights are
+    // staged (a barrier orders what comes after it).
+    let mut gates = Array::<F>::new(comptime!(cfg.mt as usize));
+    let mut ups = Array::<F>::new(comptime!(cfg.mt as usize));
+    #[unroll]
+    for t in 0..cfg.mt {
+        let m = min(pos.m0 + t * TILE_LANES, m_total - 1);
+        let n = min(pos.n, n_out - 1);
+        gates[t as usize] =
+            reduced_output::<F>(partial, sca, scb, bias, m, n, n_total, m_total, cfg);
+        if cfg.swiglu {
+            ups[t as usize] =
+                reduced_output::<F>(partial, sca, scb, bias, m, n_out + n, n_total, m_total, cfg);
+        }
     }
-    if cfg.swiglu {
-        let nh = n_total / 2;
-        let m = i / nh;
-        let j = i % nh;
-        let gate = reduced_output::<F>(
-            partial, sca, scb, bias, x, cb, cols, count, m, j, mn, n_total, k_total, cfg,
+    if cfg.outliers {
+        let cnt = count[0];
+        let mut dots = Array::<f32>::new(comptime!(cfg.mt as usize));
+        outlier_dots::<F>(
+            x, cb, scb, cols, cnt, pos.n0, n_total, pos.m0, m_total, k_total, &mut dots, cfg.mt,
         );
-        let up = reduced_output::<F>(
-            partial,
-            sca,
-            scb,
-            bias,
-            x,
-            cb,
-            cols,
-            count,
-            m,
-            nh + j,
-            mn,
-            n_total,
-            k_total,
-            cfg,
-        );
-        out[i as usize] = crate::decoder::silu_mul::<F>(gate, up);
-    } else {
-        out[i as usize] = reduced_output::<F>(
-            partial,
-            sca,
-            scb,
-            bias,
-            x,
-            cb,
-            cols,
-            count,
-            i / n_total,
-            i % n_total,
-            mn,
-            n_total,
-            k_total,
-            cfg,
-        );
+        #[unroll]
+        for t in 0..cfg.mt {
+            gates[t as usize] = plus_outliers::<F>(gates[t as usize], dots[t as usize], cnt);
+        }
+        if cfg.swiglu {
+            outlier_dots::<F>(
+                x,
+                cb,
+                scb,
+                cols,
+                cnt,
+                n_out + pos.n0,
+                n_total,
+                pos.m0,
+                m_total,
+                k_total,
+                &mut dots,
+                cfg.mt,
+            );
+            #[unroll]
+            for t in 0..cfg.mt {
+                ups[t as usize] = plus_outliers::<F>(ups[t as usize], dots[t as usize], cnt);
+            }
+        }
+    }
+    #[unroll]
+    for t in 0..cfg.mt {
+        let m = pos.m0 + t * TILE_LANES;
+        if m < m_total && pos.n < n_out {
+            let mut y = gates[t as usize];
+            if cfg.swiglu {
+                y = crate::decoder::silu_mul::<F>(y, ups[t as usize]);
+            }
+            out[(m * n_out + pos.n) as usize] = y;
+        }
     }
 }
 
@@ -921,14 +1013,16 @@ fn int8_reduce_splits_kernel<F: Float>(
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct ReduceConfig {
     splits: u32,
+    /// Rows per unit.
+    mt: u32,
     fuse_bias: bool,
     add_bias: bool,
     outliers: bool,
     swiglu: bool,
 }
 
-/// Output `(m, n)` of the split-K reduction: the partial sums added, dequantized, plus the
-/// outliers' product when the configuration has them.
+/// Output `(m, n)` of the split-K reduction without the outliers: the partial sums added and
+/// dequantized.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn reduced_output<F: Float>(
@@ -936,24 +1030,20 @@ fn reduced_output<F: Float>(
     sca: &Array<f32>,
     scb: &Array<f32>,
     bias: &Array<F>,
-    x: &Array<F>,
-    cb: &Array<u32>,
-    cols: &Array<u32>,
-    count: &Array<u32>,
     m: u32,
     n: u32,
-    mn: u32,
     n_total: u32,
-    k_total: u32,
+    m_total: u32,
     #[comptime] cfg: ReduceConfig,
 ) -> F {
+    let mn = m_total * n_total;
     let i = m * n_total + n;
     let mut acc = 0i32;
     #[unroll]
     for s in 0..cfg.splits {
         acc += partial[(s * mn + i) as usize];
     }
-    let y = dequant_int8::<F>(
+    dequant_int8::<F>(
         acc,
         sca[m as usize],
         scb[n as usize],
@@ -961,46 +1051,11 @@ fn reduced_output<F: Float>(
         n,
         cfg.fuse_bias,
         cfg.add_bias,
-    );
-    let mut r = y;
-    if cfg.outliers {
-        r = with_outliers::<F>(y, x, cb, scb, cols, count, m, n, k_total);
-    }
-    r
+    )
 }
 
-/// `y` plus the product of row `m`'s outlier columns with weight row `n`:
-/// `F(f32(y) + Σ_j x[m, cols[j]] * F(CB[n, cols[j]] * SCB[n] / 127))` (`y` when `count` is 0).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn with_outliers<F: Float>(
-    y: F,
-    x: &Array<F>,
-    cb: &Array<u32>,
-    scb: &Array<f32>,
-    cols: &Array<u32>,
-    count: &Array<u32>,
-    m: u32,
-    n: u32,
-    k_total: u32,
-) -> F {
-    let cnt = count[0];
-    let mut r = y;
-    if cnt > 0 {
-        let s = scb[n as usize];
-        let mut dot = 0.0f32;
-        for j in 0..cnt {
-            let col = cols[j as usize];
-            let e = n * k_total + col;
-            let w = outlier_weight::<F>(i8_of(cb[(e / 4) as usize], e % 4), s);
-            dot += f32::cast_from(x[(m * k_total + col) as usize]) * w;
-        }
-        r = F::cast_from(f32::cast_from(y) + dot);
-    }
-    r
-}
-
-/// One unit per output: adds the outlier columns' 16-bit product (a no-op when `count` is 0).
+/// Adds the outlier columns' 16-bit product to `out` in place (a no-op when `count` is 0), in
+/// tiles of [`TILE_N`] columns by `TILE_LANES * mt` rows, one cube each.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn add_outliers_kernel<F: Float>(
@@ -1013,23 +1068,36 @@ fn add_outliers_kernel<F: Float>(
     m_total: u32,
     n_total: u32,
     k_total: u32,
+    #[comptime] mt: u32,
 ) {
-    let i = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
-    if count[0] == 0 || i >= m_total * n_total {
+    let cnt = count[0];
+    let pos = tile_pos(n_total, mt);
+    if cnt == 0 || pos.tile_m0 >= m_total {
         terminate!();
     }
-    let y = out[i as usize];
-    out[i as usize] = with_outliers::<F>(
-        y,
-        x,
-        cb,
-        scb,
-        cols,
-        count,
-        i / n_total,
-        i % n_total,
-        k_total,
+    let mut dots = Array::<f32>::new(comptime!(mt as usize));
+    outlier_dots::<F>(
+        x, cb, scb, cols, cnt, pos.n0, n_total, pos.m0, m_total, k_total, &mut dots, mt,
     );
+    #[unroll]
+    for t in 0..mt {
+        let m = pos.m0 + t * TILE_LANES;
+        if m < m_total && pos.n < n_total {
+            let i = (m * n_total + pos.n) as usize;
+            out[i] = plus_outliers::<F>(out[i], dots[t as usize], cnt);
+        }
+    }
+}
+
+/// Rows per unit of the reduction and outlier tiles for `m` rows: enough that a cube's staged
+/// outlier weights serve many rows, up to `max`.
+fn tile_rows(m: usize, max: u32) -> u32 {
+    (m.div_ceil(TILE_LANES as usize) as u32).clamp(1, max)
+}
+
+/// Cubes of the tiles over `[m, n_out]`.
+fn tile_cubes(m: usize, n_out: usize, mt: u32) -> usize {
+    n_out.div_ceil(TILE_N as usize) * m.div_ceil((TILE_LANES * mt) as usize)
 }
 
 /// One unit per word of 4 codes (rows hold whole words: `cols % 4 == 0`).
@@ -1141,35 +1209,41 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
     let absmax = empty(&x, vec![m], DType::F32);
     let decompose = threshold > 0.0;
     let threshold_h = half::f16::from_f32(threshold).to_f32();
-    if decompose && (1..=fused_mask_max_rows()).contains(&m) {
-        let outliers = mask_and_rows(&x, m, k, threshold_h, threshold, &codes, &absmax)?;
-        return Ok(Int8Activations {
-            quantized: Int8Matrix { codes, absmax },
-            outliers: Some(outliers),
-        });
+    let num_words = k.div_ceil(32);
+    let outliers = decompose.then(|| OutlierColumns {
+        mask: empty(&x, vec![num_words], DType::U32),
+        cols: empty(&x, vec![k], DType::U32),
+        count: empty(&x, vec![1], DType::U32),
+    });
+    let build_mask = decompose && (1..=fused_mask_max_rows()).contains(&m);
+    if let Some(o) = outliers.as_ref().filter(|_| !build_mask) {
+        outlier_mask(&x, m, k, threshold_h, &o.mask)?;
+        if m == 0 {
+            // Without rows to quantize, nothing else would compact the mask.
+            compact_outliers(client, o)?;
+        }
     }
-    // Without rows to quantize, nothing would compact the mask.
-    let outliers = if decompose {
-        Some(outlier_columns(&x, m, k, threshold_h, m == 0)?)
-    } else {
-        None
-    };
     if m > 0 {
         let (mask_t, cols_t, count_t) =
             outliers.as_ref().map_or((&absmax, &absmax, &absmax), |o| {
                 (&o.mask, &o.cols, &o.count)
             });
-        let row_cube = wide_row_cube(client);
-        let num_words = k.div_ceil(32);
-        let words_per_unit = num_words.div_ceil(row_cube as usize);
+        let cfg = RowQuantConfig {
+            cube_size: wide_row_cube(client),
+            decompose,
+            build_mask,
+            round: x.dtype != DType::F16,
+        };
+        let words_per_unit = num_words.div_ceil(cfg.cube_size as usize);
         with_float!(x.dtype, "x", F => {
-            // SAFETY: one cube per row; word indices are below `K / 4` within the row; cube 0
-            // writes at most `K` columns (with a threshold only).
+            // SAFETY: one cube per row (`grid` may add cubes past `M`, which stop); word indices
+            // are below `K / 4` within a row; with a threshold only: mask words below
+            // `ceil(K / 32)`, and cube 0 writes at most `K` columns.
             unsafe {
                 quantize_rows_kernel::launch_unchecked::<F, R>(
                     client,
                     grid(client, m),
-                    CubeDim::new_1d(row_cube),
+                    CubeDim::new_1d(cfg.cube_size),
                     float_arg(&x, 4),
                     words_arg_any(mask_t),
                     words_arg_any(cols_t),
@@ -1182,8 +1256,7 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
                     ScalarArg::new(words_per_unit as u32),
                     ScalarArg::new(threshold_h),
                     ScalarArg::new(threshold),
-                    row_cube,
-                    decompose,
+                    cfg,
                 )
                 .map_err(|e| KernelError::launch("int8_quantize_rows", e))?;
             }
@@ -1265,87 +1338,47 @@ fn fused_mask_max_rows() -> usize {
     })
 }
 
-/// [`int8_quantize_rows`] with outliers for at most [`FUSED_MASK_MAX_ROWS`] rows: one cube a
-/// row, each building the mask.
-#[allow(clippy::too_many_arguments)]
-fn mask_and_rows<R: CubeRuntime>(
+/// The outlier mask of `x: [M, K]` (`K % 4 == 0`) in a launch spread over the device: a
+/// unit per mask word and row, up to [`ROW_CUBE`] rows (more: each unit strides over them), so
+/// that every unit's loads are a few independent lines.
+fn outlier_mask<R: CubeRuntime>(
     x: &CubeTensor<R>,
     m: usize,
     k: usize,
     threshold_h: f32,
-    threshold: f32,
-    codes: &CubeTensor<R>,
-    absmax: &CubeTensor<R>,
-) -> Result<OutlierColumns<R>> {
+    mask: &CubeTensor<R>,
+) -> Result<()> {
     let client = &x.client;
-    let num_words = k.div_ceil(32);
-    let mask = empty(x, vec![num_words], DType::U32);
-    let cols = empty(x, vec![k], DType::U32);
-    let count = empty(x, vec![1], DType::U32);
-    let row_cube = wide_row_cube(client);
-    let words_per_unit = num_words.div_ceil(row_cube as usize);
+    let parts = (m.max(1).next_power_of_two() as u32).min(ROW_CUBE);
+    let words_per_cube = (ROW_CUBE / parts) as usize;
     with_float!(x.dtype, "x", F => {
-        // SAFETY: one cube per row (`grid` may add cubes past `M`, which stop); mask words
-        // below `ceil(K / 32)`, at most `K` columns, word indices below `K / 4` within a row.
-        unsafe {
-            quantize_rows_decomposed_kernel::launch_unchecked::<F, R>(
-                client,
-                grid(client, m),
-                CubeDim::new_1d(row_cube),
-                float_arg(x, 4),
-                words_arg_any(&mask),
-                words_arg_any(&cols),
-                words_arg_any(&count),
-                words_arg(codes, 1),
-                f32_arg(absmax),
-                ScalarArg::new(m as u32),
-                ScalarArg::new(k as u32),
-                ScalarArg::new(num_words as u32),
-                ScalarArg::new(words_per_unit as u32),
-                ScalarArg::new(threshold_h),
-                ScalarArg::new(threshold),
-                row_cube,
-            )
-            .map_err(|e| KernelError::launch("int8_quantize_rows (outliers, one launch)", e))?;
-        }
-    });
-    Ok(OutlierColumns { mask, cols, count })
-}
-
-/// The outlier mask in a launch of one cube per word; with `compact`, the compaction in a second
-/// launch (else the caller's row quantization compacts it).
-fn outlier_columns<R: CubeRuntime>(
-    x: &CubeTensor<R>,
-    m: usize,
-    k: usize,
-    threshold_h: f32,
-    compact: bool,
-) -> Result<OutlierColumns<R>> {
-    let client = &x.client;
-    let num_words = k.div_ceil(32);
-    let mask = empty(x, vec![num_words], DType::U32);
-    let cols = empty(x, vec![k], DType::U32);
-    let count = empty(x, vec![1], DType::U32);
-    with_float!(x.dtype, "x", F => {
-        // SAFETY: one cube per mask word; loads bounded by `M` and `K`.
+        // SAFETY: mask words below `ceil(K / 32)`; loads bounded by `M` and `K / 4` lines.
         unsafe {
             outlier_mask_kernel::launch_unchecked::<F, R>(
                 client,
-                grid(client, num_words),
+                grid(client, k.div_ceil(32).div_ceil(words_per_cube)),
                 CubeDim::new_1d(ROW_CUBE),
-                float_arg(x, 1),
-                words_arg_any(&mask),
+                float_arg(x, 4),
+                words_arg_any(mask),
                 ScalarArg::new(m as u32),
                 ScalarArg::new(k as u32),
                 ScalarArg::new(threshold_h),
                 ROW_CUBE,
+                parts,
+                x.dtype != DType::F16,
             )
             .map_err(|e| KernelError::launch("int8 outlier mask", e))?;
         }
     });
-    if !compact {
-        return Ok(OutlierColumns { mask, cols, count });
-    }
+    Ok(())
+}
+
+/// Compacts `columns.mask` into `columns.cols` and `columns.count` in a launch of its own.
+fn compact_outliers<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    columns: &OutlierColumns<R>,
+) -> Result<()> {
+    let num_words = columns.mask.shape.num_elements();
     let words_per_unit = num_words.div_ceil(ROW_CUBE as usize);
     // SAFETY: one cube; at most `K` columns are written.
     unsafe {
@@ -1353,16 +1386,16 @@ fn outlier_columns<R: CubeRuntime>(
             client,
             CubeCount::Static(1, 1, 1),
             CubeDim::new_1d(ROW_CUBE),
-            words_arg_any(&mask),
-            words_arg_any(&cols),
-            words_arg_any(&count),
+            words_arg_any(&columns.mask),
+            words_arg_any(&columns.cols),
+            words_arg_any(&columns.count),
             ScalarArg::new(num_words as u32),
             ScalarArg::new(words_per_unit as u32),
             ROW_CUBE,
         )
         .map_err(|e| KernelError::launch("int8 outlier compaction", e))?;
     }
-    Ok(OutlierColumns { mask, cols, count })
+    Ok(())
 }
 
 /// How [`int8_matmul_dequant_with`] computes the product.
@@ -1689,7 +1722,7 @@ pub(crate) unsafe fn reduce_int8_splits<R: CubeRuntime, F: Float + CubeElement>(
     swiglu: bool,
 ) -> Result<()> {
     let client = &a.codes.client;
-    let outputs = if swiglu { m * n / 2 } else { m * n };
+    let n_out = if swiglu { n / 2 } else { n };
     let k = b.codes.shape.dims[1];
     // Without outliers their operands are bound to buffers the kernel never reads.
     let (x, cols, count) = match &outliers {
@@ -1698,18 +1731,26 @@ pub(crate) unsafe fn reduce_int8_splits<R: CubeRuntime, F: Float + CubeElement>(
     };
     let cfg = ReduceConfig {
         splits: splits as u32,
+        // Rows per unit only where they share staged outlier weights: without outliers, more
+        // cubes keep more loads in flight.
+        mt: if outliers.is_some() {
+            tile_rows(m, 4)
+        } else {
+            1
+        },
         fuse_bias,
         add_bias: bias.is_some() && !fuse_bias,
         outliers: outliers.is_some(),
         swiglu,
     };
-    // SAFETY: one unit per output, checked against the output count; sizes are the caller's
-    // contract; outlier columns come from the compacted list (< K), `x` is `[m, K]`.
+    // SAFETY: one cube per tile; outputs checked against `M` and the output columns; sizes are
+    // the caller's contract; outlier columns come from the compacted list (< K), `x` is
+    // `[m, K]`, weight rows are clamped below `N`.
     unsafe {
         int8_reduce_splits_kernel::launch_unchecked::<F, R>(
             client,
-            grid(client, outputs.div_ceil(256)),
-            CubeDim::new_1d(256),
+            grid(client, tile_cubes(m, n_out, cfg.mt)),
+            CubeDim::new_1d(TILE_CUBE),
             words_arg_any(partial),
             f32_arg(&a.absmax),
             f32_arg(&b.absmax),
@@ -1719,7 +1760,7 @@ pub(crate) unsafe fn reduce_int8_splits<R: CubeRuntime, F: Float + CubeElement>(
             words_arg_any(cols),
             words_arg_any(count),
             float_arg(out, 1),
-            ScalarArg::new(outputs as u32),
+            ScalarArg::new(m as u32),
             ScalarArg::new(n as u32),
             ScalarArg::new(k as u32),
             cfg,
@@ -1841,12 +1882,14 @@ pub fn int8_add_outliers<R: CubeRuntime>(
         return Ok(());
     }
     with_float!(x.dtype, "x", F => {
-        // SAFETY: one unit per output element; columns come from the compacted list (< K).
+        // SAFETY: one cube per tile, outputs checked against `M` and `N`; columns come from
+        // the compacted list (< K), weight rows are clamped below `N`.
+        let mt = tile_rows(m, 8);
         unsafe {
             add_outliers_kernel::launch_unchecked::<F, R>(
                 client,
-                grid(client, mn.div_ceil(256)),
-                CubeDim::new_1d(256),
+                grid(client, tile_cubes(m, n, mt)),
+                CubeDim::new_1d(TILE_CUBE),
                 float_arg(&x, 1),
                 words_arg(&weight.codes, 1),
                 f32_arg(&weight.absmax),
@@ -1856,6 +1899,7 @@ pub fn int8_add_outliers<R: CubeRuntime>(
                 ScalarArg::new(m as u32),
                 ScalarArg::new(n as u32),
                 ScalarArg::new(k as u32),
+                mt,
             )
             .map_err(|e| KernelError::launch("int8 outliers", e))?;
         }

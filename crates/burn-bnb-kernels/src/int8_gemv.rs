@@ -25,7 +25,7 @@ use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::decode::{cube_sum, i8_of, round_to_f16, segment_max};
+use crate::decode::{as_f16, cube_sum, i8_of, segment_max};
 use crate::error::{KernelError, Result};
 use crate::int8::{dequant_int8, int8_code, outlier_weight};
 use crate::launch::{empty, grid, plane_size, with_float};
@@ -54,16 +54,6 @@ struct GemvConfig {
     /// The weight stacks gate and up (`[W_g; W_u]`): half of a cube's rows are gate rows, half
     /// the up rows of the same outputs, and the output is `silu(gate) * up`.
     swiglu: bool,
-}
-
-/// The activation `v` as f16 (rounded unless it is f16 already), as f32.
-#[cube]
-fn as_f16<F: Float>(v: F, #[comptime] round: bool) -> f32 {
-    if round {
-        round_to_f16(f32::cast_from(v))
-    } else {
-        f32::cast_from(v)
-    }
 }
 
 #[cube(launch_unchecked)]
