@@ -2,12 +2,13 @@ use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{FloatDType, Int, Tensor, TensorPrimitive};
 use burn_bnb_backend::formats::{FormatError, Int8Rows};
 use burn_bnb_backend::{BnbError, ByteLayout, Int8Primitive, QuantizedOps, Result};
 
 use crate::linear4bit::{
-    byte_param, cast_to, check_bias, check_dims, check_linear, stored_bytes, to_compute_dtype,
+    byte_param, check_bias, check_dims, check_linear, stored_bytes, to_compute_dtype,
 };
 use crate::state::F32State;
 
@@ -192,28 +193,16 @@ impl<B: QuantizedOps> Linear8bitLt<B> {
     ///
     /// # Returns
     ///
-    /// `input · Wᵀ + b` by LLM.int8(), in the input's dtype. With a threshold, finding the
-    /// outlier columns reads a small mask back from the device, as bitsandbytes does.
+    /// `input · Wᵀ + b` by LLM.int8(), in the input's dtype. With a threshold, the CubeCL
+    /// kernels find and multiply the outlier columns on the device; the portable path (other
+    /// backends) reads their count back to the host, as bitsandbytes does.
     ///
     /// # Panics
     ///
     /// If the input's last dimension is not `d_input`, or if loaded tensors disagree with the
     /// layer's shape.
     pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        let input_dtype = input.dtype();
-        let (x, bias) = to_compute_dtype(input, self.bias.as_ref().map(|b| b.val()), None);
-        let y = self
-            .quantized_weight()
-            .linear(
-                x.into_primitive().tensor(),
-                bias.map(|b| b.into_primitive().tensor()),
-                self.threshold,
-            )
-            .unwrap_or_else(|err| panic!("Linear8bitLt forward: {err}"));
-        cast_to(
-            Tensor::from_primitive(TensorPrimitive::Float(y)),
-            input_dtype,
-        )
+        self.product(input, Int8Primitive::linear, "forward")
     }
 
     /// The gated activation of a layer that stacks a gate and an up projection
@@ -231,18 +220,32 @@ impl<B: QuantizedOps> Linear8bitLt<B> {
     ///
     /// As [`Self::forward`], and if `d_output` is odd.
     pub fn forward_swiglu<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        self.product(input, Int8Primitive::linear_swiglu, "forward_swiglu")
+    }
+
+    /// `op` (a product of [`Int8Primitive`]) on the input and bias, in the input's dtype.
+    fn product<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        op: Int8Product<B>,
+        what: &str,
+    ) -> Tensor<B, D> {
+        // No compute dtype: the activations keep theirs (LLM.int8() rounds them to f16 inside).
         let (x, bias) = to_compute_dtype(input, self.bias.as_ref().map(|b| b.val()), None);
-        let y = self
-            .quantized_weight()
-            .linear_swiglu(
-                x.into_primitive().tensor(),
-                bias.map(|b| b.into_primitive().tensor()),
-                self.threshold,
-            )
-            .unwrap_or_else(|err| panic!("Linear8bitLt forward_swiglu: {err}"));
+        let y = op(
+            self.quantized_weight(),
+            x.into_primitive().tensor(),
+            bias.map(|b| b.into_primitive().tensor()),
+            self.threshold,
+        )
+        .unwrap_or_else(|err| panic!("Linear8bitLt {what}: {err}"));
         Tensor::from_primitive(TensorPrimitive::Float(y))
     }
 }
+
+/// A product of [`Int8Primitive`]: `(weight, x, bias, threshold) -> y`.
+type Int8Product<B> =
+    fn(Int8Primitive<B>, FloatTensor<B>, Option<FloatTensor<B>>, f32) -> Result<FloatTensor<B>>;
 
 impl<B: Backend> ModuleDisplay for Linear8bitLt<B> {
     fn custom_settings(&self) -> Option<DisplaySettings> {
