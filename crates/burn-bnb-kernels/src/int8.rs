@@ -86,7 +86,7 @@ pub struct Int8Activations<R: CubeRuntime> {
 
 const ROW_CUBE: u32 = 256;
 
-/// How [`quantize_rows_kernel`] and [`outlier_mask_kernel`] treat the activations.
+/// How [`quantize_rows_kernel`] treats a launch's activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct RowQuantConfig {
     cube_size: u32,
