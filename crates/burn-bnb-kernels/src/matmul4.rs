@@ -792,11 +792,8 @@ fn reduce_splits_kernel<F: Float>(
     if i >= outputs {
         terminate!();
     }
-    let mut mn = outputs;
     if swiglu {
-        mn = outputs * 2;
-    }
-    if swiglu {
+        let mn = outputs * 2;
         let nh = n_total / 2;
         let row = i / nh;
         let j = i % nh;
@@ -812,7 +809,7 @@ fn reduce_splits_kernel<F: Float>(
         );
         out[i as usize] = crate::decoder::silu_mul::<F>(gate, up);
     } else {
-        out[i as usize] = split_sum::<F>(partial, bias, i, i % n_total, mn, splits, has_bias);
+        out[i as usize] = split_sum::<F>(partial, bias, i, i % n_total, outputs, splits, has_bias);
     }
 }
 
