@@ -180,6 +180,27 @@ pub(crate) fn segment_max(
     value: f32,
     #[comptime] segment: u32,
 ) -> f32 {
+    segment_fold(red, value, segment, false)
+}
+
+/// The sum of `value` over each segment of `segment` consecutive units, as [`segment_max`]
+/// (a tree: the order of the additions depends only on `segment`).
+#[cube]
+pub(crate) fn segment_sum(
+    red: &mut SharedMemory<f32>,
+    value: f32,
+    #[comptime] segment: u32,
+) -> f32 {
+    segment_fold(red, value, segment, true)
+}
+
+#[cube]
+fn segment_fold(
+    red: &mut SharedMemory<f32>,
+    value: f32,
+    #[comptime] segment: u32,
+    #[comptime] sum: bool,
+) -> f32 {
     red[UNIT_POS as usize] = value;
     sync_cube();
     let lane = UNIT_POS % segment;
@@ -187,7 +208,11 @@ pub(crate) fn segment_max(
     while stride > 0 {
         if lane < stride {
             let other = red[(UNIT_POS + stride) as usize];
-            red[UNIT_POS as usize] = max(red[UNIT_POS as usize], other);
+            if comptime!(sum) {
+                red[UNIT_POS as usize] += other;
+            } else {
+                red[UNIT_POS as usize] = max(red[UNIT_POS as usize], other);
+            }
         }
         sync_cube();
         stride /= 2;

@@ -384,6 +384,10 @@ pub fn decoder<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
         (2, 3, 6, 2, 16, 7, 9),
         (3, 1, 4, 4, 64, 300, 300),
         (1, 2, 2, 1, 8, 1, 4),
+        // Enough rows for several a cube: a prefill's shape, and one whose last cube is partly
+        // empty and whose cubes straddle key/value heads (groups of 3 rows).
+        (2, 64, 64, 8, 16, 64, 64),
+        (1, 1367, 6, 2, 16, 20, 24),
     ] {
         let what = format!(
             "grouped_attention {b}x{s}x{h}/{kvh}x{d} over {len} {:?}",

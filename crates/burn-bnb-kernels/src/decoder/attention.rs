@@ -16,7 +16,8 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::check_contiguous;
-use super::reduce::{all_max, all_sum};
+use super::reduce::all_sum;
+use crate::decode::{segment_max, segment_sum};
 use crate::error::{KernelError, Result};
 use crate::launch::{empty, grid, line_size, plane_size, with_float};
 use crate::layout::float_arg;
@@ -24,13 +25,15 @@ use crate::layout::float_arg;
 /// The longest key sequence [`attention`] takes: its scores live in shared memory (16 KB).
 pub const ATTENTION_MAX_KEYS: usize = 4096;
 
-/// One cube per query row `(batch, position, head)`: the units stride over the keys for the
-/// scores (each unit a whole dot product, the key row read in lines), reduce max and sum over
-/// the cube, then the units split into groups of keys, each unit accumulating one line of
-/// output dimensions over its group's keys (value rows read in lines, coalesced across units),
-/// and the groups' partial sums are added in a fixed order.
+/// `rows` query rows `(batch, position, head)`, `rows_per_cube` a cube, each row in a segment of
+/// `cube_size / rows_per_cube` units: the units stride over the keys for the scores (each unit a
+/// whole dot product, the key row read in lines), reduce max and sum over their segment, then
+/// split into groups of keys, each unit accumulating one line of output dimensions over its
+/// group's keys (value rows read in lines, coalesced across units), and the groups' partial sums
+/// are added in a fixed order. A cube's last rows past `rows` repeat the last row and write
+/// nothing, so every unit reaches every barrier.
 ///
-/// A single unit per output dimension walking every key (the previous form) left one load in
+/// A single unit per output dimension walking every key (an earlier form) left one load in
 /// flight per unit and 4 of 128 units' worth of value lines per key: 12 us a layer at batch 1
 /// on Llama-3.1-8B (ncu, H200) for ~70 keys.
 #[cube(launch_unchecked)]
@@ -58,30 +61,38 @@ fn attention_kernel<F: Float>(
     #[comptime] vline: u32,
     #[comptime] max_keys: u32,
     #[comptime] cube_size: u32,
+    #[comptime] rows_per_cube: u32,
     #[comptime] plane: u32,
 ) {
-    let r = CUBE_POS as u32;
-    if r >= rows {
+    let segment = comptime!(cube_size / rows_per_cube);
+    let slot = UNIT_POS / segment;
+    let lane = UNIT_POS % segment;
+    let first = CUBE_POS as u32 * rows_per_cube;
+    if first >= rows {
         terminate!();
     }
+    let valid = first + slot < rows;
+    let r = select(valid, first + slot, rows - 1);
     let head = r % heads;
     let token = r / heads;
     let batch = token / seq;
     let kv_head = head / group;
 
-    let mut qs = SharedMemory::<f32>::new(comptime!(dim as usize));
-    let mut scores = SharedMemory::<f32>::new(comptime!(max_keys as usize));
-    let mut t = UNIT_POS;
+    let mut qs = SharedMemory::<f32>::new(comptime!((rows_per_cube * dim) as usize));
+    let mut scores = SharedMemory::<f32>::new(comptime!((rows_per_cube * max_keys) as usize));
+    let q_base = slot * dim;
+    let s_base = slot * max_keys;
+    let mut t = lane;
     while t < dim {
-        qs[t as usize] = f32::cast_from(q[(r * dim + t) as usize]);
-        t += cube_size;
+        qs[(q_base + t) as usize] = f32::cast_from(q[(r * dim + t) as usize]);
+        t += segment;
     }
     sync_cube();
 
     let k_base = batch * k_batch + kv_head * k_head;
     let bias_base = token * len;
     let mut local_max = f32::new(-3.402_823_5e38);
-    let mut j = UNIT_POS;
+    let mut j = lane;
     while j < len {
         let row = (k_base + j * k_pos) / kline;
         let mut dot = 0.0f32;
@@ -90,72 +101,82 @@ fn attention_kernel<F: Float>(
             let kv = k[(row + e) as usize];
             #[unroll]
             for l in 0..kline {
-                dot += qs[(e * kline + l) as usize] * f32::cast_from(kv[l as usize]);
+                dot += qs[(q_base + e * kline + l) as usize] * f32::cast_from(kv[l as usize]);
             }
         }
         let scaled = F::cast_from(f32::cast_from(F::cast_from(dot)) * scale);
         let s = f32::cast_from(scaled) + bias[(bias_base + j) as usize];
-        scores[j as usize] = s;
+        scores[(s_base + j) as usize] = s;
         local_max = max(local_max, s);
-        j += cube_size;
+        j += segment;
     }
-    let m = all_max(local_max, cube_size);
+    let mut red = SharedMemory::<f32>::new(comptime!(cube_size as usize));
+    let m = segment_max(&mut red, local_max, segment);
+    sync_cube();
 
     let mut local_sum = 0.0f32;
-    let mut j = UNIT_POS;
+    let mut j = lane;
     while j < len {
-        let e = f32::exp(scores[j as usize] - m);
-        scores[j as usize] = e;
+        let e = f32::exp(scores[(s_base + j) as usize] - m);
+        scores[(s_base + j) as usize] = e;
         local_sum += e;
-        j += cube_size;
+        j += segment;
     }
-    let total = all_sum(local_sum, cube_size, plane);
-    let mut j = UNIT_POS;
+    // One row a cube keeps the plane-sum order of the single-row form.
+    let total = if comptime!(rows_per_cube == 1) {
+        all_sum(local_sum, cube_size, plane)
+    } else {
+        let total = segment_sum(&mut red, local_sum, segment);
+        sync_cube();
+        total
+    };
+    let mut j = lane;
     while j < len {
-        scores[j as usize] = f32::cast_from(F::cast_from(scores[j as usize] / total));
-        j += cube_size;
+        scores[(s_base + j) as usize] =
+            f32::cast_from(F::cast_from(scores[(s_base + j) as usize] / total));
+        j += segment;
     }
     sync_cube();
 
     // Value lines per row, key groups (units beyond `groups * lines` idle; with more lines
-    // than units, one group and each unit takes every `cube_size`-th line).
+    // than units, one group and each unit takes every `segment`-th line).
     let lines = comptime!(dim / vline);
-    let groups = comptime!(if cube_size >= lines {
-        cube_size / lines
-    } else {
-        1
-    });
-    let mut partial = SharedMemory::<f32>::new(comptime!((groups * dim) as usize));
+    let groups = comptime!(if segment >= lines { segment / lines } else { 1 });
+    let mut partial = SharedMemory::<f32>::new(comptime!((rows_per_cube * groups * dim) as usize));
     let v_base = batch * v_batch + kv_head * v_head;
-    let group = UNIT_POS / lines;
-    if group < groups {
-        let mut d = UNIT_POS % lines;
+    let p_base = slot * groups * dim;
+    let key_group = lane / lines;
+    if key_group < groups {
+        let mut d = lane % lines;
         while d < lines {
             let mut acc = Line::<f32>::empty(comptime!(vline as usize)).fill(0.0f32);
-            let mut j = group;
+            let mut j = key_group;
             while j < len {
-                let p = Line::<f32>::empty(comptime!(vline as usize)).fill(scores[j as usize]);
+                let p = Line::<f32>::empty(comptime!(vline as usize))
+                    .fill(scores[(s_base + j) as usize]);
                 let vv = v[((v_base + j * v_pos) / vline + d) as usize];
                 acc += p * Line::<f32>::cast_from(vv);
                 j += groups;
             }
             #[unroll]
             for e in 0..vline {
-                partial[(group * dim + d * vline + e) as usize] = acc[e as usize];
+                partial[(p_base + key_group * dim + d * vline + e) as usize] = acc[e as usize];
             }
-            d += cube_size;
+            d += segment;
         }
     }
     sync_cube();
-    let mut t = UNIT_POS;
-    while t < dim {
-        let mut total = 0.0f32;
-        #[unroll]
-        for g in 0..groups {
-            total += partial[(g * dim + t) as usize];
+    if valid {
+        let mut t = lane;
+        while t < dim {
+            let mut total = 0.0f32;
+            #[unroll]
+            for g in 0..groups {
+                total += partial[(p_base + g * dim + t) as usize];
+            }
+            out[(r * dim + t) as usize] = F::cast_from(total);
+            t += segment;
         }
-        out[(r * dim + t) as usize] = F::cast_from(total);
-        t += cube_size;
     }
 }
 
@@ -284,6 +305,7 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
     let client = &q.client;
     let plane = plane_size(client).unwrap_or(0);
     let cube_size = 128u32.max(plane);
+    let rows_per_cube = rows_per_cube(rows, max_keys);
     // `mul_scalar` on a tensor of `F` multiplies by the scale rounded to `F`.
     let scale = match q.dtype {
         DType::BF16 => half::bf16::from_f64(scale).to_f32(),
@@ -296,7 +318,7 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
     unsafe {
         attention_kernel::launch_unchecked::<F, R>(
             client,
-            grid(client, rows),
+            grid(client, rows.div_ceil(rows_per_cube as usize)),
             CubeDim::new_1d(cube_size),
             float_arg(q, 1),
             ArrayArg::from_raw_parts_and_size(&k.handle, extent(k) / kline, kline, elem),
@@ -320,11 +342,27 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
             vline as u32,
             max_keys as u32,
             cube_size,
+            rows_per_cube,
             plane,
         )
         .map_err(|e| KernelError::launch("attention", e))?;
     }
     Ok(out)
+}
+
+/// Query rows a cube of [`attention_kernel`] takes: four (a segment of 32 units each) when the
+/// rows are many enough that a cube of four still leaves ~15 cubes an SM (a prefill of 8 or more
+/// sequences of 64 tokens), and the scores of four rows fit the 16 KB of the longest single row.
+/// Measured (ncu, H200, Llama-3.1-8B): a prefill of 32 x 64 tokens 455 -> 382 us a layer, but a
+/// decode step at batch 32 (1024 rows, 256 cubes of four) 14.3 -> 21.1 us, hence the threshold.
+/// Both are bound by each row reading its whole key and value rows from L2, not by the barriers.
+fn rows_per_cube(rows: usize, max_keys: usize) -> u32 {
+    const MANY_ROWS: usize = 8192;
+    if rows >= MANY_ROWS && 4 * max_keys <= ATTENTION_MAX_KEYS {
+        4
+    } else {
+        1
+    }
 }
 
 fn gcd(a: usize, b: usize) -> usize {

@@ -1,8 +1,8 @@
-//! Cube-wide reductions whose result every unit receives.
+//! A cube-wide sum whose result every unit receives.
 
 use cubecl::prelude::*;
 
-use crate::decode::{cube_sum, segment_max};
+use crate::decode::cube_sum;
 
 /// The sum of `value` over the cube, returned to every unit (plane sums when `plane > 0`).
 #[cube]
@@ -17,15 +17,6 @@ pub(crate) fn all_sum(value: f32, #[comptime] cube_size: u32, #[comptime] plane:
     sync_cube();
     let out = shared[0];
     // The slot may be reused by the caller's next reduction.
-    sync_cube();
-    out
-}
-
-/// The maximum of `value` over the cube, returned to every unit.
-#[cube]
-pub(crate) fn all_max(value: f32, #[comptime] cube_size: u32) -> f32 {
-    let mut red = SharedMemory::<f32>::new(comptime!(cube_size as usize));
-    let out = segment_max(&mut red, value, cube_size);
     sync_cube();
     out
 }
