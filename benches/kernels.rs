@@ -17,6 +17,7 @@
 //! BNB_NCU=1 ...                                    # no timing: each case launched twice between
 //!                                                  # marker kernels, for `ncu` device times
 //! BNB_BATCHES=1,8 ...                              # only these batch sizes (default 1,8,32)
+//! BNB_SHAPES=57344x8192,8192x28672 ...             # these N x K weight shapes instead
 //! ```
 //! Without a CUDA device the bench prints why and exits successfully.
 
@@ -140,7 +141,20 @@ fn main() {
             .collect(),
         Err(_) => BATCHES.to_vec(),
     };
-    for (n, k) in SHAPES {
+    let shapes: Vec<(usize, usize)> = match std::env::var("BNB_SHAPES") {
+        Ok(list) => list
+            .split(',')
+            .map(|shape| {
+                shape
+                    .trim()
+                    .split_once('x')
+                    .and_then(|(n, k)| Some((n.parse().ok()?, k.parse().ok()?)))
+                    .expect("BNB_SHAPES: a comma-separated list of NxK weight shapes")
+            })
+            .collect(),
+        Err(_) => SHAPES.to_vec(),
+    };
+    for (n, k) in shapes {
         mark(format!("setup {n}x{k}"));
         let weights = Weights::new(&ctx, n, k);
         for &m in &batches {

@@ -355,7 +355,8 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
 /// sequences of 64 tokens), and the scores of four rows fit the 16 KB of the longest single row.
 /// Measured (ncu, H200, Llama-3.1-8B): a prefill of 32 x 64 tokens 455 -> 382 us a layer, but a
 /// decode step at batch 32 (1024 rows, 256 cubes of four) 14.3 -> 21.1 us, hence the threshold.
-/// Both are bound by each row reading its whole key and value rows from L2, not by the barriers.
+/// So the barriers were not the bound (the prediction); each row reading its whole key and
+/// value rows from L2 (~2 GB a layer at that prefill) is the likelier one.
 fn rows_per_cube(rows: usize, max_keys: usize) -> u32 {
     const MANY_ROWS: usize = 8192;
     if rows >= MANY_ROWS && 4 * max_keys <= ATTENTION_MAX_KEYS {
