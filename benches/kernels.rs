@@ -130,30 +130,11 @@ fn main() {
             }
         }
     };
-    let batches: Vec<usize> = match std::env::var("BNB_BATCHES") {
-        Ok(list) => list
-            .split(',')
-            .map(|m| {
-                m.trim()
-                    .parse()
-                    .expect("BNB_BATCHES: a comma-separated list of batch sizes")
-            })
-            .collect(),
-        Err(_) => BATCHES.to_vec(),
-    };
-    let shapes: Vec<(usize, usize)> = match std::env::var("BNB_SHAPES") {
-        Ok(list) => list
-            .split(',')
-            .map(|shape| {
-                shape
-                    .trim()
-                    .split_once('x')
-                    .and_then(|(n, k)| Some((n.parse().ok()?, k.parse().ok()?)))
-                    .expect("BNB_SHAPES: a comma-separated list of NxK weight shapes")
-            })
-            .collect(),
-        Err(_) => SHAPES.to_vec(),
-    };
+    let batches = env_list("BNB_BATCHES", "batch sizes", &BATCHES, |m| m.parse().ok());
+    let shapes = env_list("BNB_SHAPES", "NxK weight shapes", &SHAPES, |shape| {
+        let (n, k) = shape.split_once('x')?;
+        Some((n.parse().ok()?, k.parse().ok()?))
+    });
     for (n, k) in shapes {
         mark(format!("setup {n}x{k}"));
         let weights = Weights::new(&ctx, n, k);
@@ -504,6 +485,30 @@ fn mma_sweep(auto: MmaParams, toggle_wide: bool) -> Vec<MmaParams> {
         variants.extend([other(auto), other(variants[1]), other(variants[2])]);
     }
     variants
+}
+
+/// The comma-separated values of the environment variable `name` (each read by `parse`), or
+/// `default` when it is unset.
+///
+/// # Panics
+/// If a value does not parse: the bench is run by hand, and a typo should stop it.
+fn env_list<T: Clone>(
+    name: &str,
+    what: &str,
+    default: &[T],
+    parse: impl Fn(&str) -> Option<T>,
+) -> Vec<T> {
+    match std::env::var(name) {
+        Ok(list) => list
+            .split(',')
+            .map(|v| {
+                parse(v.trim()).unwrap_or_else(|| {
+                    panic!("{name}: a comma-separated list of {what}, not {v:?}")
+                })
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
 }
 
 fn measure(ctx: &Ctx, case: &Case, n: usize, k: usize, m: usize, copy_gbps: f64) -> Row {
