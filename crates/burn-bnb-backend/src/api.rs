@@ -3,6 +3,7 @@
 use burn_backend::{FloatDType, TensorMetadata, tensor::FloatTensor};
 use burn_bnb_formats::{FormatError, Quant4Config, check_blocksize_4bit};
 
+use crate::decoder_ops::PreNorm;
 use crate::error::{BnbError, Result};
 use crate::ops::QuantizedOps;
 use crate::primitive::{Int8Primitive, Quant4Primitive};
@@ -131,6 +132,47 @@ impl<B: QuantizedOps> Int8Primitive<B> {
         check_even_rows(n, k)?;
         check_linear_operands(&x, bias.as_ref(), n, k)?;
         Ok(B::int8_linear_swiglu(x, self, bias, threshold))
+    }
+
+    /// A decoder layer's RMSNorm and this projection after it
+    /// ([`QuantizedOps::int8_rms_norm_linear`]): returns `(s, y)` with `s = norm.x +
+    /// norm.residual` (or `norm.x`) and `y` = [`Self::linear`] (with `swiglu`,
+    /// [`Self::linear_swiglu`]) of `rms_norm(s)`.
+    ///
+    /// # Errors
+    /// As [`Self::linear`] (and [`Self::linear_swiglu`]) for `norm.x`; also a residual of
+    /// another shape than `norm.x`, or a norm weight that is not `[K]`.
+    pub fn rms_norm_linear(
+        self,
+        norm: PreNorm<B>,
+        bias: Option<FloatTensor<B>>,
+        threshold: f32,
+        swiglu: bool,
+    ) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
+        self.validate()?;
+        check_threshold(threshold)?;
+        let [n, k] = self.dims();
+        if swiglu {
+            check_even_rows(n, k)?;
+        }
+        check_linear_operands(&norm.x, bias.as_ref(), n, k)?;
+        if let Some(residual) = &norm.residual
+            && residual.shape() != norm.x.shape()
+        {
+            return Err(BnbError::Shape {
+                what: "residual (the shape of the norm's input)",
+                expected: norm.x.shape().dims,
+                actual: residual.shape().dims,
+            });
+        }
+        if norm.weight.shape().dims != [k] {
+            return Err(BnbError::Shape {
+                what: "RMSNorm weight",
+                expected: vec![k],
+                actual: norm.weight.shape().dims,
+            });
+        }
+        Ok(B::int8_rms_norm_linear(norm, self, bias, threshold, swiglu))
     }
 }
 

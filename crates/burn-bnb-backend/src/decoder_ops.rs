@@ -16,6 +16,52 @@ use burn_tensor::{Int, Tensor};
 use crate::portable::decoder as portable;
 use crate::util::{float, float_primitive, int};
 
+/// A backend's [`DecoderOps::rms_norm`]: `(x, weight, eps) -> normed`.
+pub type RmsNormFn<B> = fn(FloatTensor<B>, FloatTensor<B>, f64) -> FloatTensor<B>;
+
+/// A backend's [`DecoderOps::add_rms_norm`]: `(x, residual, weight, eps) -> (sum, normed)`.
+pub type AddRmsNormFn<B> =
+    fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64) -> (FloatTensor<B>, FloatTensor<B>);
+
+/// The RMSNorm before a projection in a pre-norm decoder layer, with the residual add that
+/// precedes it: the norm of `x + residual` (or of `x`), for operations that fuse it into the
+/// projection ([`QuantizedOps::int8_rms_norm_linear`](crate::QuantizedOps::int8_rms_norm_linear)).
+#[derive(Debug, Clone)]
+pub struct PreNorm<B: Backend> {
+    /// The residual stream, `[..., hidden]`.
+    pub x: FloatTensor<B>,
+    /// The output added to `x` first (the previous block's), `x`'s shape and dtype.
+    pub residual: Option<FloatTensor<B>>,
+    /// The norm's scale, `[hidden]`, `x`'s dtype.
+    pub weight: FloatTensor<B>,
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl<B: Backend> PreNorm<B> {
+    /// `(s, rms_norm(s))`, `s = x + residual` (or `x`), with a backend's two norm operations.
+    pub fn apply(
+        self,
+        rms_norm: RmsNormFn<B>,
+        add_rms_norm: AddRmsNormFn<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        match self.residual {
+            Some(residual) => add_rms_norm(self.x, residual, self.weight, self.eps),
+            None => (self.x.clone(), rms_norm(self.x, self.weight, self.eps)),
+        }
+    }
+
+    /// The same norm on another backend whose primitives are these (a decorator's inner one).
+    pub fn relabel<C: Backend>(self, f: impl Fn(FloatTensor<B>) -> FloatTensor<C>) -> PreNorm<C> {
+        PreNorm {
+            x: f(self.x),
+            residual: self.residual.map(&f),
+            weight: f(self.weight),
+            eps: self.eps,
+        }
+    }
+}
+
 /// Fused decoder-layer operations on primitives. Every method defaults to the composition of
 /// Burn operations in [`portable::decoder`](crate::portable::decoder), which defines it.
 ///

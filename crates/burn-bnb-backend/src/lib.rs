@@ -45,7 +45,7 @@ mod util;
 
 #[cfg(feature = "cubecl")]
 pub use backends::cube::{FUSED_CMMA_MAX_ROWS, FUSED_MAX_ROWS_ENV, FUSED_SIMT_MAX_ROWS};
-pub use decoder_ops::{DecoderKernels, DecoderOps};
+pub use decoder_ops::{DecoderKernels, DecoderOps, PreNorm};
 pub use decorator::Bnb;
 
 /// `Bnb` over CUDA's CubeCL backend without Burn's fusion, in float type `F`: the fastest way to

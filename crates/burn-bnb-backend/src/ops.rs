@@ -4,7 +4,7 @@
 use burn_backend::{FloatDType, tensor::FloatTensor};
 use burn_bnb_formats::Quant4Config;
 
-use crate::decoder_ops::{DecoderKernels, DecoderOps};
+use crate::decoder_ops::{DecoderKernels, DecoderOps, PreNorm};
 use crate::portable;
 use crate::primitive::{Int8Primitive, Quant4Primitive};
 
@@ -172,6 +172,38 @@ pub trait QuantizedOps: DecoderOps {
     ) -> FloatTensor<Self> {
         portable::swiglu_halves::<Self>(Self::int8_linear(x, weight, bias, threshold), Self::swiglu)
     }
+    /// A pre-norm decoder layer's RMSNorm and the LLM.int8() projection after it:
+    /// `(s, int8_linear(rms_norm(s), weight, bias, threshold))` (with `swiglu`:
+    /// [`int8_linear_swiglu`](Self::int8_linear_swiglu)), `s = x + residual` or `x`
+    /// ([`PreNorm`]). On CubeCL backends, for more than one row and threshold 0, the norm and
+    /// the activations' row quantization are one kernel (the normalized activations are never
+    /// written), saving a launch per projection; the composition otherwise, whose values it
+    /// matches to the bit.
+    ///
+    /// # Shapes
+    /// - `norm.x`, `norm.residual`: `[..., K]`; `norm.weight`: `[K]`
+    /// - `weight`: `[N, K]` (`N` even with `swiglu`)
+    /// - `bias`: `[N]`
+    /// - outputs: `s` of `norm.x`'s shape; `y` `[..., N]` (`[..., N / 2]` with `swiglu`),
+    ///   `x`'s dtype
+    ///
+    /// # Preconditions
+    /// As [`QuantizedOps::int8_linear`] for `s`, and [`DecoderOps::add_rms_norm`].
+    fn int8_rms_norm_linear(
+        norm: PreNorm<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+        swiglu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (s, h) = norm.apply(Self::rms_norm, Self::add_rms_norm);
+        let y = if swiglu {
+            Self::int8_linear_swiglu(h, weight, bias, threshold)
+        } else {
+            Self::int8_linear(h, weight, bias, threshold)
+        };
+        (s, y)
+    }
 }
 
 /// Where an inner backend plugs in its own kernels for [`QuantizedOps`].
@@ -255,5 +287,16 @@ pub trait QuantizedKernels: DecoderKernels {
             <Self as QuantizedKernels>::int8_linear(x, weight, bias, threshold),
             <Self as DecoderKernels>::swiglu,
         )
+    }
+
+    /// See [`QuantizedOps::int8_rms_norm_linear`].
+    fn int8_rms_norm_linear(
+        norm: PreNorm<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+        swiglu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        portable::int8_rms_norm_linear::<Self>(norm, weight, bias, threshold, swiglu)
     }
 }

@@ -58,3 +58,14 @@ fn decoder_kernels_cuda() {
     suite::decoder::<Bnb<CubeCuda<f16>>, f16>(&device);
     suite::decoder::<Bnb<CubeCuda<f32>>, f32>(&device);
 }
+
+/// LLM.int8() without `Fusion` in f16 and f32 (the INT8 models decode with f16 activations on
+/// `CubeBackend`: the norm fused with the row quantization, `int8_rms_norm_linear`):
+/// `cargo test ... --test cuda -- --ignored int8`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int8_kernels_cuda() {
+    let device = CudaDevice::default();
+    suite::int8::<Bnb<CubeCuda<f16>>, f16>(&device);
+    suite::int8::<Bnb<CubeCuda<f32>>, f32>(&device);
+}

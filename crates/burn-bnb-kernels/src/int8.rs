@@ -2000,7 +2000,7 @@ fn linear_8bit<R: CubeRuntime>(
         .outliers
         .as_ref()
         .map(|columns| OutlierTerm { x: &x2, columns });
-    let (mut out, done) = int8_product(
+    let (out, done) = int8_product(
         &q.quantized,
         weight,
         bias,
@@ -2015,17 +2015,86 @@ fn linear_8bit<R: CubeRuntime>(
     if let Some(outliers) = q.outliers.as_ref().filter(|_| !done.outliers) {
         int8_add_outliers(&out, &x2, weight, outliers)?;
     }
-    if swiglu && !done.swiglu {
-        let half =
-            |cols: std::ops::Range<usize>| burn_cubecl::kernel::slice(out.clone(), &[0..m, cols]);
-        out = crate::decoder::swiglu(&half(0..n / 2), &half(n / 2..n))?;
+    let out = finish_swiglu(out, done, swiglu, m, n)?;
+    Ok(reshaped(out, output_shape(&x, width)))
+}
+
+/// [`linear_8bit_lt`] (threshold 0) or [`linear_8bit_lt_swiglu`] from activations already
+/// quantized row-wise (by [`rms_norm_int8`](crate::rms_norm_int8) or
+/// [`int8_quantize_rows`]), the output in `dtype`: the same kernels, so the same values as
+/// those functions on the unquantized activations, whatever the number of rows (for one row
+/// they run the GEMV, which quantizes inside; this runs the batch kernels).
+///
+/// # Shapes
+/// - `x`: `CA I8 [M, K]`, `SCA F32 [M]`
+/// - `weight`: `CB I8 [N, K]`, `SCB F32 [N]`, `N` even with `swiglu`
+/// - `bias`: `[N]` of `dtype`, optional
+/// - output: `[M, N]` (`[M, N / 2]` with `swiglu`) of `dtype`
+///
+/// # Errors
+/// Shapes or dtypes that do not fit, `K % 4 != 0`, an odd `N` with `swiglu`.
+pub fn linear_8bit_lt_quantized<R: CubeRuntime>(
+    x: &Int8Matrix<R>,
+    weight: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    dtype: DType,
+    swiglu: bool,
+) -> Result<CubeTensor<R>> {
+    let (m, ka) = x.dims()?;
+    let (n, k) = weight.dims()?;
+    if ka != k {
+        return Err(KernelError::Shape {
+            tensor: "x",
+            expected: format!("[M, {k}] (K of the weight)"),
+            actual: vec![m, ka],
+        });
     }
-    let shape = output_shape(&x, width);
-    Ok(CubeTensor {
+    check_bias(bias, n, dtype)?;
+    check_int8_columns(k)?;
+    if swiglu && !n.is_multiple_of(2) {
+        return Err(KernelError::Unsupported {
+            what: "gate/up product",
+            reason: format!("N = {n} must be even: gate and up rows in pairs"),
+        });
+    }
+    let (out, done) = int8_product(
+        x,
+        weight,
+        bias,
+        dtype,
+        Int8Strategy::Auto,
+        None,
+        swiglu,
+        m,
+        n,
+        k,
+    )?;
+    finish_swiglu(out, done, swiglu, m, n)
+}
+
+/// The SwiGLU of a stacked gate/up product's halves where its kernels did not apply it.
+fn finish_swiglu<R: CubeRuntime>(
+    out: CubeTensor<R>,
+    done: Epilogue,
+    swiglu: bool,
+    m: usize,
+    n: usize,
+) -> Result<CubeTensor<R>> {
+    if !swiglu || done.swiglu {
+        return Ok(out);
+    }
+    let half =
+        |cols: std::ops::Range<usize>| burn_cubecl::kernel::slice(out.clone(), &[0..m, cols]);
+    crate::decoder::swiglu(&half(0..n / 2), &half(n / 2..n))
+}
+
+/// A contiguous `[M, N]` product viewed as `shape` (the activations' leading dimensions).
+fn reshaped<R: CubeRuntime>(out: CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
+    CubeTensor {
         strides: contiguous_strides(&shape),
         shape: shape.into(),
         ..out
-    })
+    }
 }
 
 fn contiguous_strides(shape: &[usize]) -> Vec<usize> {

@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{FloatDType, Int, Tensor, TensorPrimitive};
 use burn_bnb_backend::formats::{FormatError, Int8Rows};
-use burn_bnb_backend::{BnbError, ByteLayout, Int8Primitive, QuantizedOps, Result};
+use burn_bnb_backend::{BnbError, ByteLayout, Int8Primitive, PreNorm, QuantizedOps, Result};
 
 use crate::linear4bit::{
     byte_param, check_bias, check_dims, check_linear, stored_bytes, to_compute_dtype,
@@ -221,6 +221,54 @@ impl<B: QuantizedOps> Linear8bitLt<B> {
     /// As [`Self::forward`], and if `d_output` is odd.
     pub fn forward_swiglu<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
         self.product(input, Int8Primitive::linear_swiglu, "forward_swiglu")
+    }
+
+    /// A pre-norm decoder layer's RMSNorm followed by this layer: returns `(s, y)` with
+    /// `s = x + residual` (or `x`) and `y = self.forward(rms_norm(s))` (with `swiglu`,
+    /// [`Self::forward_swiglu`]), `rms_norm(s) = norm_weight * F(s32 / sqrt(mean(s32²) + eps))`
+    /// as transformers' `LlamaRMSNorm`. One operation
+    /// ([`QuantizedOps::int8_rms_norm_linear`]): on CubeCL backends the norm and the
+    /// activations' row quantization are one kernel at more than one row with threshold 0, one
+    /// launch fewer than the norm and [`Self::forward`].
+    ///
+    /// # Shapes
+    ///
+    /// - `x`, `residual`: `[..., d_input]`
+    /// - `norm_weight`: `[d_input]`
+    /// - outputs: `s` `[..., d_input]`; `y` `[..., d_output]` (`[..., d_output / 2]` with
+    ///   `swiglu`)
+    ///
+    /// # Panics
+    ///
+    /// As [`Self::forward`] (and [`Self::forward_swiglu`]), and if `residual` or `norm_weight`
+    /// do not fit `x`.
+    pub fn forward_rms_norm<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Option<Tensor<B, D>>,
+        norm_weight: Tensor<B, 1>,
+        eps: f64,
+        swiglu: bool,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        let (x, bias) = to_compute_dtype(x, self.bias.as_ref().map(|b| b.val()), None);
+        let float = |t: Tensor<B, D>| t.into_primitive().tensor();
+        let norm = PreNorm {
+            x: float(x),
+            residual: residual.map(float),
+            weight: norm_weight.into_primitive().tensor(),
+            eps,
+        };
+        let (s, y) = self
+            .quantized_weight()
+            .rms_norm_linear(
+                norm,
+                bias.map(|b| b.into_primitive().tensor()),
+                self.threshold,
+                swiglu,
+            )
+            .unwrap_or_else(|err| panic!("Linear8bitLt forward_rms_norm: {err}"));
+        let tensor = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        (tensor(s), tensor(y))
     }
 
     /// `op` (a product of [`Int8Primitive`]) on the input and bias, in the input's dtype.

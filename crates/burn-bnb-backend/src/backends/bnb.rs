@@ -6,7 +6,7 @@ use burn_backend::{
 };
 use burn_bnb_formats::Quant4Config;
 
-use crate::decoder_ops::{DecoderKernels, DecoderOps};
+use crate::decoder_ops::{DecoderKernels, DecoderOps, PreNorm};
 use crate::decorator::Bnb;
 use crate::ops::{QuantizedKernels, QuantizedOps};
 use crate::primitive::{Int8Primitive, Quant4Primitive};
@@ -88,6 +88,23 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
     ) -> FloatTensor<Self> {
         let _timer = crate::op_stats::Timer::start("int8_linear_swiglu");
         <B as QuantizedKernels>::int8_linear_swiglu(x, to_inner_int8(weight), bias, threshold)
+    }
+
+    fn int8_rms_norm_linear(
+        norm: PreNorm<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+        swiglu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _timer = crate::op_stats::Timer::start("int8_rms_norm_linear");
+        <B as QuantizedKernels>::int8_rms_norm_linear(
+            norm.relabel(|t| t),
+            to_inner_int8(weight),
+            bias,
+            threshold,
+            swiglu,
+        )
     }
 }
 

@@ -25,7 +25,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_tensor::{ElementConversion, Int, Tensor};
 
-use crate::decoder_ops::DecoderKernels;
+use crate::decoder_ops::{DecoderKernels, PreNorm};
 use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::portable;
@@ -428,5 +428,65 @@ where
             kernels::linear_8bit_lt_swiglu(&x, &kernel_int8(&weight), bias.as_ref(), threshold),
             "int8_linear_swiglu",
         )
+    }
+
+    fn int8_rms_norm_linear(
+        norm: PreNorm<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+        swiglu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let x = &norm.x;
+        let k = weight.cols;
+        let rows = x.shape.num_elements() / k.max(1);
+        // One row runs the GEMV, which quantizes inside already; a threshold needs the float
+        // activations for the outlier columns (and every row's, for the mask).
+        let fused = threshold == 0.0
+            && rows > 1
+            && k.is_multiple_of(4)
+            && kernel_float(x.dtype)
+            && x.shape.dims.last() == Some(&k)
+            && norm.weight.dtype == x.dtype
+            && norm
+                .residual
+                .as_ref()
+                .is_none_or(|r| r.dtype == x.dtype && r.shape == x.shape);
+        if !fused {
+            return portable::int8_rms_norm_linear::<Self>(norm, weight, bias, threshold, swiglu);
+        }
+        let dtype = x.dtype;
+        let out_shape = {
+            let mut dims = x.shape.dims.clone();
+            *dims.last_mut().expect("checked above") = if swiglu {
+                weight.dims()[0] / 2
+            } else {
+                weight.dims()[0]
+            };
+            dims
+        };
+        let x = into_contiguous(norm.x);
+        let residual = norm.residual.map(into_contiguous);
+        let (s, q) = launched(
+            kernels::rms_norm_int8(
+                &x,
+                residual.as_ref(),
+                &into_contiguous(norm.weight),
+                norm.eps,
+            ),
+            "int8_rms_norm_linear",
+        );
+        let bias = kernel_bias::<R, Self>(bias, dtype);
+        let y = launched(
+            kernels::linear_8bit_lt_quantized(
+                &q,
+                &kernel_int8(&weight),
+                bias.as_ref(),
+                dtype,
+                swiglu,
+            ),
+            "int8_rms_norm_linear",
+        );
+        (s, relabel(&y, out_shape, dtype))
     }
 }

@@ -17,7 +17,7 @@
 //! and packed from int tensors with integer bit operations), so the portable path computes on
 //! the same tensors as the kernels.
 //!
-//! These functions are public so that a [`QuantizedKernels`](crate::QuantizedKernels)
+//! These functions are public so that a [`QuantizedKernels`]
 //! implementation can fall back to them for the cases its kernels do not cover.
 
 pub mod decoder;
@@ -32,9 +32,33 @@ pub use quant4::{
     quantize_4bit, quantize_4bit_codes, swiglu_halves,
 };
 
-use burn_backend::{Backend, Element, IntDType, TensorMetadata};
+use burn_backend::{Backend, Element, IntDType, TensorMetadata, tensor::FloatTensor};
 
+use crate::decoder_ops::{DecoderKernels, PreNorm};
 use crate::layout::ByteLayout;
+use crate::ops::QuantizedKernels;
+use crate::primitive::Int8Primitive;
+
+/// [`QuantizedOps::int8_rms_norm_linear`](crate::QuantizedOps::int8_rms_norm_linear) as the
+/// composition of `B`'s norm and LLM.int8() operations (which defines it).
+pub fn int8_rms_norm_linear<B: QuantizedKernels>(
+    norm: PreNorm<B>,
+    weight: Int8Primitive<B>,
+    bias: Option<FloatTensor<B>>,
+    threshold: f32,
+    swiglu: bool,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (s, h) = norm.apply(
+        <B as DecoderKernels>::rms_norm,
+        <B as DecoderKernels>::add_rms_norm,
+    );
+    let y = if swiglu {
+        <B as QuantizedKernels>::int8_linear_swiglu(h, weight, bias, threshold)
+    } else {
+        <B as QuantizedKernels>::int8_linear(h, weight, bias, threshold)
+    };
+    (s, y)
+}
 
 /// The backend's default int dtype, which indices and integer arithmetic use.
 fn index_dtype<B: Backend>() -> IntDType {

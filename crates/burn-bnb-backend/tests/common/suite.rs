@@ -19,7 +19,7 @@ use burn_bnb_backend::formats::{
     self, FloatElement, Int8Rows, Quant4Config, Quantized4, bf16, f16,
 };
 use burn_bnb_backend::{
-    FUSED_SIMT_MAX_ROWS, Int8Primitive, Quant4Primitive, QuantizedOps, portable,
+    FUSED_SIMT_MAX_ROWS, Int8Primitive, PreNorm, Quant4Primitive, QuantizedOps, portable,
 };
 use burn_tensor::{Tensor, TensorData};
 use rand::{SeedableRng, rngs::StdRng};
@@ -694,6 +694,71 @@ pub fn int8<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
             } else {
                 assert!(gated.is_err(), "{what}: linear_swiglu of an odd width");
             }
+            int8_norm_linear::<B, F>(&weight, &x, &bias, [m, n, k], threshold, device, &what);
         }
+    }
+}
+
+/// [`Int8Primitive::rms_norm_linear`] against the norm then the product, to the bit: the one
+/// kernel of the norm and the row quantization on CubeCL backends (several rows, threshold 0),
+/// the composition elsewhere. With and without a residual (as `[1, m, k]`, the decoder's
+/// shape), plain and with SwiGLU.
+fn int8_norm_linear<B: QuantizedOps, F: SuiteFloat>(
+    weight: &Int8Primitive<B>,
+    x: &[F],
+    bias: &[F],
+    [m, n, k]: [usize; 3],
+    threshold: f32,
+    device: &B::Device,
+    what: &str,
+) {
+    let mut rng = StdRng::seed_from_u64(31);
+    let residual: Vec<F> = rounded(&randn(&mut rng, m * k, 1.0));
+    let norm_weight: Vec<F> = rounded(&randn(&mut rng, k, 1.0));
+    for (with_residual, swiglu) in [(false, false), (true, false), (true, true), (false, true)] {
+        if swiglu && n % 2 != 0 {
+            continue;
+        }
+        let what = format!("{what}: rms_norm_linear residual {with_residual} swiglu {swiglu}");
+        let x3 = || upload::<B, F, 3>(x, [1, m, k], device);
+        let r3 = || with_residual.then(|| upload::<B, F, 3>(&residual, [1, m, k], device));
+        let nw = || upload::<B, F, 1>(&norm_weight, [k], device);
+        let b = || Some(upload::<B, F, 1>(bias, [n], device));
+        let (s, y) = weight
+            .clone()
+            .rms_norm_linear(
+                PreNorm {
+                    x: x3(),
+                    residual: r3(),
+                    weight: nw(),
+                    eps: 1e-5,
+                },
+                b(),
+                threshold,
+                swiglu,
+            )
+            .unwrap();
+        let (s_ref, h) = match r3() {
+            Some(r) => B::add_rms_norm(x3(), r, nw(), 1e-5),
+            None => (x3(), B::rms_norm(x3(), nw(), 1e-5)),
+        };
+        let y_ref = if swiglu {
+            weight.clone().linear_swiglu(h, b(), threshold)
+        } else {
+            weight.clone().linear(h, b(), threshold)
+        }
+        .unwrap();
+        assert_eq!(s.shape(), s_ref.shape(), "{what}: sum shape");
+        assert_eq!(y.shape(), y_ref.shape(), "{what}: output shape");
+        assert_eq!(
+            bits(&download::<B>(s)),
+            bits(&download::<B>(s_ref)),
+            "{what}: sum"
+        );
+        assert_eq!(
+            bits(&download::<B>(y)),
+            bits(&download::<B>(y_ref)),
+            "{what}: output"
+        );
     }
 }

@@ -5,6 +5,7 @@ use burn_bnb_backend::{QuantizedOps, decoder_ops};
 use crate::nn::cache::LayerCache;
 use crate::nn::group::ProjectionGroup;
 use crate::nn::projection::Projection;
+use crate::nn::rms_norm::RmsNorm;
 
 /// Grouped-query self-attention with rotary embeddings and a KV cache.
 ///
@@ -50,28 +51,73 @@ impl<B: QuantizedOps> Attention<B> {
         start: usize,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
-        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let (cos, sin) = rope;
-
         let (q, k, v) = match &self.qkv {
-            // Split by heads after the reshape: views the decoder kernels read in place.
-            ProjectionGroup::Stacked(stacked) => {
-                let y = stacked
-                    .projection
-                    .forward(x)
-                    .reshape([b, s, h + 2 * kvh, hd]);
-                (
-                    y.clone().narrow(2, 0, h),
-                    y.clone().narrow(2, h, kvh),
-                    y.narrow(2, h + kvh, kvh),
-                )
-            }
+            ProjectionGroup::Stacked(stacked) => self.split_heads(stacked.projection.forward(x)),
             ProjectionGroup::Separate(_) => {
                 let mut parts = self.qkv.forward(x).into_iter();
+                let (hd, kvh) = (self.head_dim, self.kv_heads);
                 let mut next = |heads| parts.next().expect("q, k, v").reshape([b, s, heads, hd]);
-                (next(h), next(kvh), next(kvh))
+                (next(self.heads), next(kvh), next(kvh))
             }
         };
+        self.attend(q, k, v, rope, bias, cache, start)
+    }
+
+    /// The layer's pre-norm, then [`forward`](Self::forward): returns `(s, attn(norm(s)))` with
+    /// `s = x + residual` (or `x`). Stacked q/k/v take the norm into their product's operation
+    /// ([`Projection::forward_normed`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_normed(
+        &self,
+        x: Tensor<B, 3>,
+        residual: Option<Tensor<B, 3>>,
+        norm: &RmsNorm<B>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        bias: &Tensor<B, 3>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        match &self.qkv {
+            ProjectionGroup::Stacked(stacked) => {
+                let (x, y) = stacked.projection.forward_normed(x, residual, norm, false);
+                let (q, k, v) = self.split_heads(y);
+                (x, self.attend(q, k, v, rope, bias, cache, start))
+            }
+            ProjectionGroup::Separate(_) => {
+                let (x, h) = norm.forward_pending(x, residual);
+                (x, self.forward(h, rope, bias, cache, start))
+            }
+        }
+    }
+
+    /// q, k and v as views of a stacked product's output `[batch, seq, (heads + 2 kv_heads)
+    /// head_dim]` (the decoder kernels read such views in place).
+    fn split_heads(&self, y: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, s, _] = y.dims();
+        let (h, kvh) = (self.heads, self.kv_heads);
+        let y = y.reshape([b, s, h + 2 * kvh, self.head_dim]);
+        (
+            y.clone().narrow(2, 0, h),
+            y.clone().narrow(2, h, kvh),
+            y.narrow(2, h + kvh, kvh),
+        )
+    }
+
+    /// Rotary, the cache append, attention and the output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        bias: &Tensor<B, 3>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> Tensor<B, 3> {
+        let [b, s, _, _] = q.dims();
+        let (h, hd) = (self.heads, self.head_dim);
+        let (cos, sin) = rope;
         let (q, k, v) = cache.append_rotated(q, k, v, cos.clone(), sin.clone(), start);
         let out = decoder_ops::grouped_attention(q, k, v, bias.clone(), (hd as f64).powf(-0.5))
             .reshape([b, s, h * hd]);

@@ -104,15 +104,16 @@ impl<B: QuantizedOps> DecoderLayer<B> {
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let (x, h) = match pending {
-            Some(pending) => self.input_layernorm.forward_add(x, pending),
-            None => {
-                let h = self.input_layernorm.forward(x.clone());
-                (x, h)
-            }
-        };
-        let attn = self.self_attn.forward(h, rope, bias, cache, start);
-        let (x, h) = self.post_attention_layernorm.forward_add(x, attn);
-        (x, self.mlp.forward(h))
+        let (x, attn) = self.self_attn.forward_normed(
+            x,
+            pending,
+            &self.input_layernorm,
+            rope,
+            bias,
+            cache,
+            start,
+        );
+        self.mlp
+            .forward_normed(x, Some(attn), &self.post_attention_layernorm)
     }
 }

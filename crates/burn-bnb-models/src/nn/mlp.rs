@@ -4,6 +4,7 @@ use burn_bnb_backend::{QuantizedOps, decoder_ops};
 
 use crate::nn::group::ProjectionGroup;
 use crate::nn::projection::Projection;
+use crate::nn::rms_norm::RmsNorm;
 
 /// SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
 ///
@@ -39,5 +40,24 @@ impl<B: QuantizedOps> Mlp<B> {
         let mut parts = self.gate_up.forward(x).into_iter();
         let (gate, up) = (parts.next().expect("gate"), parts.next().expect("up"));
         self.down_proj.forward(decoder_ops::swiglu(gate, up))
+    }
+
+    /// The layer's pre-norm, then [`forward`](Self::forward): returns `(s, mlp(norm(s)))` with
+    /// `s = x + residual` (or `x`). A stacked gate/up takes the norm into its product's
+    /// operation ([`Projection::forward_normed`]).
+    pub fn forward_normed<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Option<Tensor<B, D>>,
+        norm: &RmsNorm<B>,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        if let ProjectionGroup::Stacked(stacked) = &self.gate_up
+            && stacked.widths.0[..] == [stacked.widths.0[0]; 2]
+        {
+            let (x, act) = stacked.projection.forward_normed(x, residual, norm, true);
+            return (x, self.down_proj.forward(act));
+        }
+        let (x, h) = norm.forward_pending(x, residual);
+        (x, self.forward(h))
     }
 }

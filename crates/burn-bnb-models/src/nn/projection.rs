@@ -7,6 +7,7 @@ use burn_bnb_formats::Quant4Config;
 use burn_bnb_nn::{Linear4bit, Linear8bitLt};
 
 use crate::format::WeightFormat;
+use crate::nn::rms_norm::RmsNorm;
 
 /// Which linear layer of a decoder layer a [`Projection`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,6 +210,42 @@ impl<B: QuantizedOps> Projection<B> {
             Projection::Linear4bit(layer) => layer.forward(x),
             Projection::Linear8bitLt(layer) => layer.forward(x),
         }
+    }
+
+    /// The pre-norm before this projection and the projection: `(s, self.forward(norm(s)))`,
+    /// `s = x + residual` (or `x`). An LLM.int8() projection takes the norm into its own
+    /// operation ([`Linear8bitLt::forward_rms_norm`]: the norm and the activations'
+    /// quantization in one kernel when decoding a batch); the others run the norm first.
+    /// With `swiglu` the projection is a stacked gate/up and `y` its gated activation
+    /// ([`Linear4bit::forward_swiglu`], [`Linear8bitLt::forward_swiglu`]; the dense
+    /// composition otherwise).
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward).
+    pub fn forward_normed<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Option<Tensor<B, D>>,
+        norm: &RmsNorm<B>,
+        swiglu: bool,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        if let Projection::Linear8bitLt(layer) = self {
+            return layer.forward_rms_norm(x, residual, norm.weight.val(), norm.eps, swiglu);
+        }
+        let (s, h) = norm.forward_pending(x, residual);
+        let y = match self {
+            Projection::Linear4bit(layer) if swiglu => layer.forward_swiglu(h),
+            _ if swiglu => {
+                let y = self.forward(h);
+                let half = y.dims()[D - 1] / 2;
+                decoder_ops::swiglu(
+                    y.clone().narrow(D - 1, 0, half),
+                    y.narrow(D - 1, half, half),
+                )
+            }
+            _ => self.forward(h),
+        };
+        (s, y)
     }
 }
 

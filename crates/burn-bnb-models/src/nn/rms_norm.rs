@@ -50,4 +50,16 @@ impl<B: DecoderOps> RmsNorm<B> {
     ) -> (Tensor<B, D>, Tensor<B, D>) {
         decoder_ops::add_rms_norm(x, residual, self.weight.val(), self.eps)
     }
+
+    /// [`forward_add`](Self::forward_add) when there is a residual to add, else `(x, norm(x))`.
+    pub fn forward_pending<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Option<Tensor<B, D>>,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        match residual {
+            Some(residual) => self.forward_add(x, residual),
+            None => (x.clone(), self.forward(x)),
+        }
+    }
 }
