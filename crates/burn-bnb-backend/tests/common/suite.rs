@@ -564,8 +564,10 @@ pub fn quant4<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
                     k,
                 );
                 let what = format!("{what}: matmul m {m} bias {use_bias}");
+                // Past the kernels' rows, and at any row count for `K % 8 != 0` (the portable
+                // dequantize + matmul), the product is Burn's matmul, within its own bound.
                 if let Err(inexact) = close(&y, &exact, F::RTOL, &what) {
-                    assert!(m > FUSED_SIMT_MAX_ROWS, "{inexact}");
+                    assert!(m > FUSED_SIMT_MAX_ROWS || k % 8 != 0, "{inexact}");
                     check_close(
                         &y,
                         &exact,
