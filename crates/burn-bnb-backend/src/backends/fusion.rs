@@ -15,7 +15,7 @@ use burn_fusion::{
 };
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use crate::decoder_ops::DecoderKernels;
+use crate::decoder_ops::{DecoderKernels, PreNorm};
 use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
@@ -204,6 +204,17 @@ enum Kind {
         cols: usize,
         bias: bool,
         threshold: f32,
+        swiglu: bool,
+    },
+    Int8RmsNormLinear {
+        outliers: bool,
+        cols: usize,
+        bias: bool,
+        threshold: f32,
+        swiglu: bool,
+        /// The norm adds a residual first; without one, `s` is the input and not an output.
+        residual: bool,
+        eps: f64,
     },
     RmsNorm {
         eps: f64,
@@ -287,12 +298,46 @@ impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for Quanti
                 cols,
                 bias,
                 threshold,
+                swiglu,
             } => {
                 let x = float(handles, next_ir(irs));
                 let weight = take_int8::<B>(irs, *outliers, *cols, handles);
                 let bias = bias.then(|| float(handles, next_ir(irs)));
-                let out = B::int8_linear(x, weight, bias, *threshold);
+                let out = if *swiglu {
+                    B::int8_linear_swiglu(x, weight, bias, *threshold)
+                } else {
+                    B::int8_linear(x, weight, bias, *threshold)
+                };
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::Int8RmsNormLinear {
+                outliers,
+                cols,
+                bias,
+                threshold,
+                swiglu,
+                residual,
+                eps,
+            } => {
+                let x = float(handles, next_ir(irs));
+                let residual = residual.then(|| float(handles, next_ir(irs)));
+                let has_residual = residual.is_some();
+                let norm = PreNorm {
+                    x,
+                    residual,
+                    weight: float(handles, next_ir(irs)),
+                    eps: *eps,
+                };
+                let weight = take_int8::<B>(irs, *outliers, *cols, handles);
+                let bias = bias.then(|| float(handles, next_ir(irs)));
+                let (s, y) = B::int8_rms_norm_linear(norm, weight, bias, *threshold, *swiglu);
+                let mut outputs = outputs.iter();
+                if has_residual {
+                    let ir = outputs.next().expect("the sum's output");
+                    handles.register_float_tensor::<B>(&ir.id, s);
+                }
+                let ir = outputs.next().expect("the product's output");
+                handles.register_float_tensor::<B>(&ir.id, y);
             }
             Kind::RmsNorm { eps } => {
                 let x = float(handles, next_ir(irs));
@@ -620,22 +665,89 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
         bias: Option<FloatTensor<Self>>,
         threshold: f32,
     ) -> FloatTensor<Self> {
-        let out = (
-            linear_output_shape(&x.shape, weight.codes.shape.dims[0]),
-            x.dtype,
+        int8_product::<B>(x, weight, bias, threshold, false)
+    }
+
+    fn int8_linear_swiglu(
+        x: FloatTensor<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+    ) -> FloatTensor<Self> {
+        int8_product::<B>(x, weight, bias, threshold, true)
+    }
+
+    fn int8_rms_norm_linear(
+        norm: PreNorm<Self>,
+        weight: Int8Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        threshold: f32,
+        swiglu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let n = weight.codes.shape.dims[0];
+        let y = (
+            linear_output_shape(&norm.x.shape, if swiglu { n / 2 } else { n }),
+            norm.x.dtype,
         );
         let (outliers, cols, tensors) = split_int8::<B>(weight);
-        let kind = Kind::Int8Linear {
+        let kind = Kind::Int8RmsNormLinear {
             outliers,
             cols,
             bias: bias.is_some(),
             threshold,
+            swiglu,
+            residual: norm.residual.is_some(),
+            eps: norm.eps,
         };
-        let mut inputs = vec![x];
+        // Without a residual the sum is `x` itself: the operation reads it and returns only `y`.
+        let sum = norm.residual.is_none().then(|| norm.x.clone());
+        let mut outputs = Vec::new();
+        if sum.is_none() {
+            outputs.push((norm.x.shape.clone(), norm.x.dtype));
+        }
+        outputs.push(y);
+        let mut inputs = vec![norm.x];
+        inputs.extend(norm.residual);
+        inputs.push(norm.weight);
         inputs.extend(tensors);
         inputs.extend(bias);
-        single(register::<B>("bnb_int8_linear", kind, inputs, vec![out]))
+        let mut outputs = register::<B>("bnb_int8_rms_norm_linear", kind, inputs, outputs);
+        let y = outputs.pop().expect("the product's output");
+        let s = sum.unwrap_or_else(|| outputs.pop().expect("the sum's output"));
+        (s, y)
     }
+}
+
+/// `int8_linear` (or with `swiglu`, `int8_linear_swiglu`) as one custom operation.
+fn int8_product<B: FusionBackend + QuantizedKernels>(
+    x: FloatTensor<Fusion<B>>,
+    weight: Int8Primitive<Fusion<B>>,
+    bias: Option<FloatTensor<Fusion<B>>>,
+    threshold: f32,
+    swiglu: bool,
+) -> FloatTensor<Fusion<B>> {
+    let n = weight.codes.shape.dims[0];
+    let out = (
+        linear_output_shape(&x.shape, if swiglu { n / 2 } else { n }),
+        x.dtype,
+    );
+    let (outliers, cols, tensors) = split_int8::<B>(weight);
+    let kind = Kind::Int8Linear {
+        outliers,
+        cols,
+        bias: bias.is_some(),
+        threshold,
+        swiglu,
+    };
+    let mut inputs = vec![x];
+    inputs.extend(tensors);
+    inputs.extend(bias);
+    let name = if swiglu {
+        "bnb_int8_linear_swiglu"
+    } else {
+        "bnb_int8_linear"
+    };
+    single(register::<B>(name, kind, inputs, vec![out]))
 }
 
 fn single<T>(outputs: Vec<T>) -> T {
