@@ -459,7 +459,7 @@ fn cases<'a>(
 }
 
 /// Register-fragment kernel variants around the automatic choice `auto`: split-K doubled and
-/// halved, load rings of 1 and 3 steps, 8 warps a cube, one 16-row tile a warp; for the 4-bit
+/// halved, load rings of 1 and 3 steps, 8 warps a cube, one or four 16-row tiles a warp; for the 4-bit
 /// kernel (`toggle_wide`) also the other step width.
 fn mma_sweep(auto: MmaParams, toggle_wide: bool) -> Vec<MmaParams> {
     let mut variants: Vec<MmaParams> = [
@@ -470,6 +470,10 @@ fn mma_sweep(auto: MmaParams, toggle_wide: bool) -> Vec<MmaParams> {
         (2, 8, 1.0, 2),
         (1, 4, 1.0, 2),
         (1, 8, 2.0, 4),
+        (4, 4, 1.0, 1),
+        (4, 4, 1.0, 2),
+        (4, 2, 1.0, 2),
+        (4, 4, 2.0, 1),
     ]
     .into_iter()
     .map(|(mt, warps, split_scale, depth)| MmaParams {

@@ -63,7 +63,7 @@ fn step_and_min_blocksize(wide: bool) -> (usize, usize) {
 pub struct MmaParams {
     /// Activation rows per cube in tiles of 8: 1, 2 or 4 (up to 8, 16 or 32 rows).
     pub nt: u32,
-    /// Weight rows per warp in tiles of 16: 1 or 2.
+    /// Weight rows per warp in tiles of 16: 1, 2 or 4.
     pub mt: u32,
     /// Warps per cube, side by side along the weight rows: 1 to 16.
     pub warps: u32,
@@ -552,7 +552,7 @@ impl MmaParams {
     /// Checks the parameters for `m` activation rows; `what` names the strategy in the error.
     pub(crate) fn check(&self, m: usize, what: &'static str) -> Result<()> {
         let valid = matches!(self.nt, 1 | 2 | 4)
-            && matches!(self.mt, 1 | 2)
+            && matches!(self.mt, 1 | 2 | 4)
             && (1..=16).contains(&self.warps)
             && (1..=4).contains(&self.depth)
             && self.splits >= 1
@@ -563,7 +563,7 @@ impl MmaParams {
         Err(KernelError::Unsupported {
             what,
             reason: format!(
-                "{self:?} for M = {m}: nt in 1|2|4 with M <= 8 nt, mt in 1|2, warps in 1..=16, \
+                "{self:?} for M = {m}: nt in 1|2|4 with M <= 8 nt, mt in 1|2|4, warps in 1..=16, \
                  depth in 1..=4, splits >= 1"
             ),
         })

@@ -579,21 +579,27 @@ fn mma_strategies<R: CubeRuntime>(
 }
 
 /// Register-fragment kernel shapes for `m` rows: one warp a cube and no split, split-K with
-/// uneven slices, a deep load ring, one 16-row tile a warp (narrow steps; the 4-bit tests add
+/// uneven slices, a deep load ring, one and four 16-row tiles a warp (narrow steps; the 4-bit tests add
 /// each with wide steps).
 fn mma_variants(m: usize) -> Vec<MmaParams> {
     let nt = m.div_ceil(8).next_power_of_two() as u32;
-    [(1, 1, 1, 1), (2, 4, 3, 2), (2, 2, 2, 4), (1, 3, 5, 3)]
-        .into_iter()
-        .map(|(mt, warps, splits, depth)| MmaParams {
-            nt,
-            mt,
-            warps,
-            splits,
-            depth,
-            wide: false,
-        })
-        .collect()
+    [
+        (1, 1, 1, 1),
+        (2, 4, 3, 2),
+        (2, 2, 2, 4),
+        (1, 3, 5, 3),
+        (4, 2, 2, 1),
+    ]
+    .into_iter()
+    .map(|(mt, warps, splits, depth)| MmaParams {
+        nt,
+        mt,
+        warps,
+        splits,
+        depth,
+        wide: false,
+    })
+    .collect()
 }
 
 /// Fused 4-bit matmuls on shapes that are not multiples of any tile, against an f64 reference.
