@@ -10,6 +10,13 @@ use burn_tensor::{BasicOps, Bool, Int, Tensor};
 
 use crate::error::{BnbError, Result};
 
+/// The shape of a linear layer's output: `x`'s `[..., K]` as `[..., n]`.
+pub(crate) fn linear_output_shape(x: &Shape, n: usize) -> Shape {
+    let mut dims = x.dims.clone();
+    *dims.last_mut().expect("x has a last dimension") = n;
+    Shape::from(dims)
+}
+
 /// A float primitive as a rank-`D` tensor (the caller knows the rank).
 pub(crate) fn float<B: Backend, const D: usize>(tensor: FloatTensor<B>) -> Tensor<B, D> {
     debug_assert_eq!(tensor.shape().num_dims(), D);

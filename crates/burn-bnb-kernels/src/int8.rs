@@ -1969,15 +1969,8 @@ fn linear_8bit<R: CubeRuntime>(
 ) -> Result<CubeTensor<R>> {
     let (n, k) = weight.dims()?;
     let (m, _) = check_activations(x, k)?;
-    check_bias(bias, n, x.dtype)?;
     check_threshold(threshold)?;
-    check_int8_columns(k)?;
-    if swiglu && !n.is_multiple_of(2) {
-        return Err(KernelError::Unsupported {
-            what: "gate/up product",
-            reason: format!("N = {n} must be even: gate and up rows in pairs"),
-        });
-    }
+    check_product(bias, n, k, x.dtype, swiglu)?;
     let x = burn_cubecl::kernel::into_contiguous(x.clone());
     let width = if swiglu { n / 2 } else { n };
     if m == 1 {
@@ -2049,14 +2042,7 @@ pub fn linear_8bit_lt_quantized<R: CubeRuntime>(
             actual: vec![m, ka],
         });
     }
-    check_bias(bias, n, dtype)?;
-    check_int8_columns(k)?;
-    if swiglu && !n.is_multiple_of(2) {
-        return Err(KernelError::Unsupported {
-            what: "gate/up product",
-            reason: format!("N = {n} must be even: gate and up rows in pairs"),
-        });
-    }
+    check_product(bias, n, k, dtype, swiglu)?;
     let (out, done) = int8_product(
         x,
         weight,
@@ -2070,6 +2056,26 @@ pub fn linear_8bit_lt_quantized<R: CubeRuntime>(
         k,
     )?;
     finish_swiglu(out, done, swiglu, m, n)
+}
+
+/// The operands of an `[M, K] x [N, K]ᵀ` LLM.int8() product past the activations: the bias,
+/// `K % 4 == 0`, and with `swiglu` gate and up rows in pairs.
+fn check_product<R: CubeRuntime>(
+    bias: Option<&CubeTensor<R>>,
+    n: usize,
+    k: usize,
+    dtype: DType,
+    swiglu: bool,
+) -> Result<()> {
+    check_bias(bias, n, dtype)?;
+    check_int8_columns(k)?;
+    if swiglu && !n.is_multiple_of(2) {
+        return Err(KernelError::Unsupported {
+            what: "gate/up product",
+            reason: format!("N = {n} must be even: gate and up rows in pairs"),
+        });
+    }
+    Ok(())
 }
 
 /// The SwiGLU of a stacked gate/up product's halves where its kernels did not apply it.

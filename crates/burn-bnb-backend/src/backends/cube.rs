@@ -30,7 +30,7 @@ use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::portable;
 use crate::primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
-use crate::util::formats_float_dtype;
+use crate::util::{formats_float_dtype, linear_output_shape};
 
 /// The most activation rows for which `matmul_4bit` runs the fused tensor-core GEMM (f16/bf16
 /// on a device with 16x16x16 `cmma`); from the next row on it dequantizes the weight (one kernel
@@ -456,15 +456,8 @@ where
             return portable::int8_rms_norm_linear::<Self>(norm, weight, bias, threshold, swiglu);
         }
         let dtype = x.dtype;
-        let out_shape = {
-            let mut dims = x.shape.dims.clone();
-            *dims.last_mut().expect("checked above") = if swiglu {
-                weight.dims()[0] / 2
-            } else {
-                weight.dims()[0]
-            };
-            dims
-        };
+        let n = weight.dims()[0];
+        let out_shape = linear_output_shape(&x.shape, if swiglu { n / 2 } else { n });
         let x = into_contiguous(norm.x);
         let residual = norm.residual.map(into_contiguous);
         let (s, q) = launched(
@@ -487,6 +480,6 @@ where
             ),
             "int8_rms_norm_linear",
         );
-        (s, relabel(&y, out_shape, dtype))
+        (s, relabel(&y, out_shape.dims, dtype))
     }
 }

@@ -19,6 +19,7 @@ use crate::decoder_ops::{DecoderKernels, PreNorm};
 use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
+use crate::util::linear_output_shape;
 
 type Handles<B> =
     HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
@@ -431,13 +432,6 @@ fn register<B: FusionBackend + QuantizedKernels>(
         _backend: PhantomData,
     };
     client.register(streams, OperationIr::Custom(desc), operation)
-}
-
-/// `[..., K]` to `[..., N]`.
-fn linear_output_shape(x: &Shape, n: usize) -> Shape {
-    let mut dims = x.dims.clone();
-    *dims.last_mut().expect("x has a last dimension") = n;
-    Shape::from(dims)
 }
 
 /// Each operation one custom fusion-stream operation running `B`'s kernel (on `CubeBackend`, one

@@ -17,6 +17,7 @@ use burn_tensor::{Tensor, TensorPrimitive};
 use crate::ops::QuantizedKernels;
 use crate::portable;
 use crate::primitive::{Int8Primitive, Quant4Primitive};
+use crate::util::linear_output_shape;
 
 impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> crate::DecoderKernels
     for NdArray<E, I, Q>
@@ -80,11 +81,7 @@ where
         let xs = to_f32::<E, I, Q>(x.clone());
         let bs = bias.clone().map(to_f32::<E, I, Q>);
         match linear_8bit_lt::<f32>(&xs, m, &rows, bs.as_deref(), threshold) {
-            Ok(y) => {
-                let mut out_shape = x_shape.dims;
-                *out_shape.last_mut().expect("x has a last dimension") = n;
-                from_f32::<E, I, Q>(y, Shape::from(out_shape), x_dtype, &device)
-            }
+            Ok(y) => from_f32::<E, I, Q>(y, linear_output_shape(&x_shape, n), x_dtype, &device),
             Err(_) => portable::int8_linear::<Self>(x, weight, bias, threshold),
         }
     }

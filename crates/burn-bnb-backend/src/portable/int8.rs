@@ -9,7 +9,7 @@ use half::f16;
 use super::{index_dtype, stored_layout};
 use crate::layout::ByteLayout;
 use crate::primitive::Int8Primitive;
-use crate::util::{f32_const, float, float_primitive, int};
+use crate::util::{f32_const, float, float_primitive, int, linear_output_shape};
 
 /// `x` as bitsandbytes sees it: rounded to f16 (its int8 kernels take f16 input), in `F32`.
 /// On a device without f16 the values stay as they are.
@@ -175,7 +175,5 @@ pub fn int8_linear<B: Backend>(
             y = y + sub_x.matmul(sub_w.transpose());
         }
     }
-    let mut out_shape = x_shape.dims;
-    *out_shape.last_mut().expect("x has a last dimension") = n;
-    B::float_reshape(float_primitive(y), Shape::from(out_shape))
+    B::float_reshape(float_primitive(y), linear_output_shape(&x_shape, n))
 }

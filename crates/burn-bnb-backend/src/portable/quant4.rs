@@ -10,7 +10,7 @@ use crate::layout::ByteLayout;
 use crate::primitive::{Absmax4Primitive, Quant4Primitive};
 use crate::util::{
     burn_float_dtype, f32_const, f32_tensor, float, float_primitive, formats_float_dtype, int,
-    pad_to,
+    linear_output_shape, pad_to,
 };
 
 /// The midpoints between adjacent NF4 values, ascending (bitsandbytes' `dQuantizeNF4`
@@ -233,7 +233,5 @@ pub fn linear<B: Backend>(
     if let Some(bias) = bias {
         y = y + float::<B, 1>(bias).cast(x_dtype).reshape([1, n]);
     }
-    let mut out_shape = x_shape.dims;
-    *out_shape.last_mut().expect("x has a last dimension") = n;
-    B::float_reshape(float_primitive(y), Shape::from(out_shape))
+    B::float_reshape(float_primitive(y), linear_output_shape(&x_shape, n))
 }

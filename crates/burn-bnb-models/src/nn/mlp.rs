@@ -27,15 +27,7 @@ impl<B: QuantizedOps> Mlp<B> {
         {
             // Gate, up and SwiGLU in one operation (the SwiGLU inside the product's kernels
             // when decoding).
-            match &stacked.projection {
-                Projection::Linear4bit(linear) => {
-                    return self.down_proj.forward(linear.forward_swiglu(x));
-                }
-                Projection::Linear8bitLt(linear) => {
-                    return self.down_proj.forward(linear.forward_swiglu(x));
-                }
-                _ => {}
-            }
+            return self.down_proj.forward(stacked.projection.forward_swiglu(x));
         }
         let mut parts = self.gate_up.forward(x).into_iter();
         let (gate, up) = (parts.next().expect("gate"), parts.next().expect("up"));

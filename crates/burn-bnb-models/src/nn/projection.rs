@@ -217,8 +217,7 @@ impl<B: QuantizedOps> Projection<B> {
     /// operation ([`Linear8bitLt::forward_rms_norm`]: the norm and the activations'
     /// quantization in one kernel when decoding a batch); the others run the norm first.
     /// With `swiglu` the projection is a stacked gate/up and `y` its gated activation
-    /// ([`Linear4bit::forward_swiglu`], [`Linear8bitLt::forward_swiglu`]; the dense
-    /// composition otherwise).
+    /// ([`forward_swiglu`](Self::forward_swiglu)).
     ///
     /// # Panics
     /// As [`forward`](Self::forward).
@@ -233,19 +232,38 @@ impl<B: QuantizedOps> Projection<B> {
             return layer.forward_rms_norm(x, residual, norm.weight.val(), norm.eps, swiglu);
         }
         let (s, h) = norm.forward_pending(x, residual);
-        let y = match self {
-            Projection::Linear4bit(layer) if swiglu => layer.forward_swiglu(h),
-            _ if swiglu => {
-                let y = self.forward(h);
+        let y = if swiglu {
+            self.forward_swiglu(h)
+        } else {
+            self.forward(h)
+        };
+        (s, y)
+    }
+
+    /// The gated activation of a stacked gate/up projection: `swiglu(y[..., ..N/2],
+    /// y[..., N/2..])`, `y = self.forward(x)`. The quantized layers do it in their product's
+    /// operation ([`Linear4bit::forward_swiglu`], [`Linear8bitLt::forward_swiglu`]: the SwiGLU
+    /// inside the kernels when decoding); a dense one composes the product and the SwiGLU.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in_features]`
+    /// - output: `[..., out_features / 2]`
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward), and if `out_features` is odd.
+    pub fn forward_swiglu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Projection::Linear4bit(layer) => layer.forward_swiglu(x),
+            Projection::Linear8bitLt(layer) => layer.forward_swiglu(x),
+            Projection::Dense(_) => {
+                let y = self.forward(x);
                 let half = y.dims()[D - 1] / 2;
                 decoder_ops::swiglu(
                     y.clone().narrow(D - 1, 0, half),
                     y.narrow(D - 1, half, half),
                 )
             }
-            _ => self.forward(h),
-        };
-        (s, y)
+        }
     }
 }
 
