@@ -69,3 +69,13 @@ fn int8_kernels_cuda() {
     suite::int8::<Bnb<CubeCuda<f16>>, f16>(&device);
     suite::int8::<Bnb<CubeCuda<f32>>, f32>(&device);
 }
+
+/// LLM.int8() through `Fusion` (`Bnb<Cuda>`): `int8_linear_swiglu` and `int8_rms_norm_linear` as
+/// one custom fusion operation each, in f16 and f32.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn int8_kernels_cuda_fusion() {
+    let device = CudaDevice::default();
+    suite::int8::<Bnb<Cuda<f16>>, f16>(&device);
+    suite::int8::<Bnb<Cuda>, f32>(&device);
+}
