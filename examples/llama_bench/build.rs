@@ -1,11 +1,14 @@
 //! Models for the benchmark: random weights of a preset's exact architecture, made directly in
-//! the target format one projection at a time (or real weights with `--model`), on the chosen
-//! backend.
+//! the target format one projection at a time, or a checkpoint's weights quantized on load
+//! (`--model`), on the chosen backend.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn_bnb::formats::QuantType;
-use burn_bnb::models::{CausalLm, ModelConfig, Projection, ProjectionSpec};
+use burn_bnb::models::{
+    BnbLoader, CausalLm, Checkpoint, LoadError, LoadOptions, ModelConfig, Projection,
+    ProjectionSpec, WeightFormat,
+};
 use burn_bnb::{Linear4bitConfig, Linear8bitLtConfig, QuantizedOps};
 use clap::ValueEnum;
 
@@ -48,6 +51,18 @@ impl Format {
         }
     }
 
+    /// The models crate's name of the format (what a checkpoint is loaded in).
+    pub fn weight_format(self) -> WeightFormat {
+        match self {
+            Format::Bf16 => WeightFormat::Dense,
+            Format::Nf4 => WeightFormat::NF4,
+            Format::Nf4Dq => WeightFormat::NF4_DQ,
+            Format::Fp4 => WeightFormat::FP4,
+            Format::Int8 => WeightFormat::INT8,
+            Format::Int8Decomp => WeightFormat::INT8_DECOMP,
+        }
+    }
+
     /// INT8 rows run with float16 activations, the others in bfloat16.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub fn is_int8(self) -> bool {
@@ -55,16 +70,53 @@ impl Format {
     }
 }
 
-/// The model configuration of a preset name, or of a local/Hub model's config.json.
-fn model_config(name: &str) -> Result<ModelConfig, Error> {
+/// What a model's weights come from.
+pub enum Weights {
+    /// Random, drawn in each format (the presets, and `--model` with `--random-weights`).
+    Random,
+    /// A checkpoint's (`--model`), quantized on load.
+    Checkpoint(Checkpoint),
+}
+
+/// The model configuration and weights of a preset name, or of a local/Hub model's folder
+/// (its config.json, and its safetensors unless `random_weights`).
+pub fn model_source(name: &str, random_weights: bool) -> Result<(ModelConfig, Weights), Error> {
     if name == "tiny" {
-        return Ok(tiny_config());
+        return Ok((tiny_config(), Weights::Random));
     }
     if let Some(config) = ModelConfig::preset(name) {
-        return Ok(config);
+        return Ok((config, Weights::Random));
     }
     let dir = burn_bnb::models::resolve_model(name, true)?;
-    Ok(ModelConfig::from_hf_file(&dir.join("config.json"))?)
+    let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+    if random_weights {
+        return Ok((config, Weights::Random));
+    }
+    Ok((
+        config,
+        Weights::Checkpoint(burn_bnb::models::open_checkpoint(&dir)?),
+    ))
+}
+
+/// The model of `config` in `format` from `weights`; `None` when a checkpoint already quantized
+/// by bitsandbytes cannot be loaded in `format` (4-bit codes are not requantized).
+pub fn build_model<B: QuantizedOps>(
+    config: &ModelConfig,
+    weights: &Weights,
+    format: Format,
+    outlier_dims: usize,
+    device: &B::Device,
+) -> Result<Option<CausalLm<B>>, Error> {
+    let Weights::Checkpoint(checkpoint) = weights else {
+        return random_model(config, format, outlier_dims, device).map(Some);
+    };
+    let loader = BnbLoader::with_format(format.weight_format());
+    let options = LoadOptions { progress: false };
+    match burn_bnb::models::load_model(config, checkpoint, &loader, options, device) {
+        Ok(model) => Ok(Some(model)),
+        Err(LoadError::FormatMismatch { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A 4-layer Llama small enough to decode on a CPU in seconds, with the 8B model's shape ratios.
@@ -205,7 +257,10 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
     rows: &mut Vec<Row>,
     save: &mut Save<'_>,
 ) -> Result<(), Error> {
-    let mut config = model_config(args.model.as_deref().unwrap_or(model_name))?;
+    let (mut config, weights) = model_source(
+        args.model.as_deref().unwrap_or(model_name),
+        args.random_weights,
+    )?;
     let label = match args.layers {
         Some(layers) if layers < config.num_hidden_layers => {
             config.num_hidden_layers = layers.max(1);
@@ -226,12 +281,33 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
         progress.set_message(format!("{model_name}: building {} weights", format.key()));
         B::seed(device, args.seed);
         let start = std::time::Instant::now();
-        let model: CausalLm<B> = random_model(&config, format, args.outlier_dims, device)?;
-        B::sync(device).ok();
-        if args.verbose {
+        let Some(model) = build_model::<B>(&config, &weights, format, args.outlier_dims, device)?
+        else {
+            let stored = match &weights {
+                Weights::Checkpoint(checkpoint) => {
+                    burn_bnb::models::stored_format(&config, checkpoint)?.to_string()
+                }
+                Weights::Random => unreachable!("random weights are made in every format"),
+            };
             progress.suspend(|| {
                 eprintln!(
-                    "{model_name} {}: weights built in {:.1} s ({:.2} GB)",
+                    "{model_name}: skipping {}: the checkpoint is already quantized as {stored} \
+                     (4-bit codes are not requantized)",
+                    format.key()
+                )
+            });
+            progress.inc((args.batches.len() * (plan.warmup + plan.runs)) as u64);
+            continue;
+        };
+        B::sync(device).ok();
+        if args.verbose {
+            let source = match weights {
+                Weights::Random => "built",
+                Weights::Checkpoint(_) => "loaded",
+            };
+            progress.suspend(|| {
+                eprintln!(
+                    "{model_name} {}: weights {source} in {:.1} s ({:.2} GB)",
                     format.key(),
                     start.elapsed().as_secs_f64(),
                     weight_bytes(&model) as f64 / 1e9
@@ -351,4 +427,117 @@ fn gpu_name() -> Option<String> {
         .trim()
         .to_string();
     (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn_bnb::Bnb;
+
+    type B = Bnb<NdArray<f32>>;
+
+    fn fixture(name: &str) -> String {
+        format!(
+            "{}/tests/fixtures/golden/models/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    fn projections(model: &CausalLm<B>) -> Vec<&'static str> {
+        let layer = &model.layers[0];
+        let attn = &layer.self_attn;
+        let mlp = &layer.mlp;
+        (attn.qkv.projections().into_iter())
+            .chain([&attn.o_proj])
+            .chain(mlp.gate_up.projections())
+            .chain([&mlp.down_proj])
+            .map(|p| match p {
+                Projection::Dense(_) => "dense",
+                Projection::Linear4bit(_) => "4bit",
+                Projection::Linear8bitLt(_) => "int8",
+            })
+            .collect()
+    }
+
+    /// `--model` loads the checkpoint's own weights and quantizes them on load into each format.
+    #[test]
+    fn model_flag_loads_real_weights_in_each_format() {
+        let device = Default::default();
+        let (config, weights) = model_source(&fixture("llama-bf16"), false).unwrap();
+        assert!(matches!(weights, Weights::Checkpoint(_)));
+        let logits = |model: &CausalLm<B>| {
+            let input = burn_bnb::models::ForwardInput::from_rows(
+                &[vec![1, 5, 9, 2]],
+                &[vec![0, 1, 2, 3]],
+                &[vec![false; 4]],
+                &device,
+            );
+            let mut cache = model.new_cache(1, 4, &device);
+            let hidden = model.forward(input, &mut cache);
+            model
+                .logits(hidden)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let dense = build_model::<B>(&config, &weights, Format::Bf16, 0, &device)
+            .unwrap()
+            .unwrap();
+        assert!(projections(&dense).iter().all(|p| *p == "dense"));
+        let reference = logits(&dense);
+        for (format, kind) in [(Format::Nf4, "4bit"), (Format::Int8Decomp, "int8")] {
+            let model = build_model::<B>(&config, &weights, format, 0, &device)
+                .unwrap()
+                .unwrap();
+            assert!(projections(&model).iter().all(|p| *p == kind), "{format:?}");
+            // The checkpoint's weights, not random ones: the quantized logits follow the dense.
+            let got = logits(&model);
+            let dot: f32 = got.iter().zip(&reference).map(|(a, b)| a * b).sum();
+            let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            let cosine = dot / (norm(&got) * norm(&reference));
+            assert!(
+                cosine > 0.9,
+                "{format:?}: cosine {cosine} against the dense logits"
+            );
+        }
+        // Only the architecture: random weights, so the logits differ.
+        let (config, weights) = model_source(&fixture("llama-bf16"), true).unwrap();
+        assert!(matches!(weights, Weights::Random));
+        let random = build_model::<B>(&config, &weights, Format::Bf16, 0, &device)
+            .unwrap()
+            .unwrap();
+        assert_ne!(logits(&random), reference);
+    }
+
+    /// A checkpoint quantized by bitsandbytes runs in its own format; the others are skipped.
+    #[test]
+    fn prequantized_checkpoint_runs_in_its_own_format_only() {
+        let device = Default::default();
+        let (config, weights) = model_source(&fixture("llama-nf4-dq"), false).unwrap();
+        let own = build_model::<B>(&config, &weights, Format::Nf4Dq, 0, &device).unwrap();
+        assert!(own.is_some_and(|m| projections(&m).iter().all(|p| *p == "4bit")));
+        for format in [Format::Bf16, Format::Nf4, Format::Int8] {
+            let other = build_model::<B>(&config, &weights, format, 0, &device).unwrap();
+            assert!(other.is_none(), "{format:?}");
+        }
+    }
+
+    /// A folder without weights is a clear error naming it, not random weights in disguise.
+    #[test]
+    fn model_folder_without_weights_is_an_error() {
+        let dir =
+            std::env::temp_dir().join(format!("llama_bench-noweights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            format!("{}/config.json", fixture("llama-bf16")),
+            dir.join("config.json"),
+        )
+        .unwrap();
+        let err = model_source(dir.to_str().unwrap(), false).err().unwrap();
+        assert!(err.to_string().contains(dir.to_str().unwrap()), "{err}");
+        assert!(model_source(dir.to_str().unwrap(), true).is_ok());
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

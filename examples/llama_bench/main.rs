@@ -37,11 +37,18 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
 
-    /// The architecture of a local Hugging Face folder or a Hub repo id (its config.json),
-    /// instead of a preset (replaces --models). Weights are still random: speed depends only on
-    /// the shapes.
+    /// A local Hugging Face folder or a Hub repo id (resolved in the hf-hub cache; downloaded
+    /// unless HF_HUB_OFFLINE is set), instead of a preset (replaces --models). Its weights are
+    /// loaded and quantized on load into each format; a checkpoint already quantized by
+    /// bitsandbytes runs in its own format only (the others are skipped with a note).
     #[arg(long)]
     model: Option<String>,
+
+    /// With --model: take only its architecture (config.json) and draw random weights, as for
+    /// the presets. Speed depends only on the shapes, and INT8+Decomp gets planted outlier
+    /// features (--outlier-dims) instead of the checkpoint's own.
+    #[arg(long, requires = "model")]
+    random_weights: bool,
 
     /// Weight formats, comma-separated. NF4 uses blocksize 64 and bf16 compute; INT8 runs
     /// float16 activations with outlier threshold 0, INT8+Decomp with threshold 6.0, as in the
