@@ -17,6 +17,12 @@ pub(crate) fn linear_output_shape(x: &Shape, n: usize) -> Shape {
     Shape::from(dims)
 }
 
+/// The output width of a product with `n` weight rows: `n / 2` when `swiglu` combines stacked
+/// gate and up rows, else `n`.
+pub(crate) fn product_width(n: usize, swiglu: bool) -> usize {
+    if swiglu { n / 2 } else { n }
+}
+
 /// A float primitive as a rank-`D` tensor (the caller knows the rank).
 pub(crate) fn float<B: Backend, const D: usize>(tensor: FloatTensor<B>) -> Tensor<B, D> {
     debug_assert_eq!(tensor.shape().num_dims(), D);

@@ -523,26 +523,27 @@ impl MmaParams {
     /// steps for one tile, two 16-row weight tiles a warp (the activation fragments serve
     /// both; four with a one-step load ring for the 4-bit kernel at four activation tiles), 4
     /// warps a cube, and split-K up to about 6 cubes a multiprocessor with at most
-    /// `max_splits` slices (callers keep the partial sums under half the weight bytes). The
-    /// int8 kernel has one step width (`allow_wide` false).
+    /// `max_splits` slices (callers keep the partial sums under half the weight bytes).
+    /// `four_bit` picks the 4-bit kernel's choices; the int8 kernel has one step width and two
+    /// weight tiles a warp.
     pub(crate) fn auto<R: CubeRuntime>(
         client: &ComputeClient<R>,
         m: usize,
         n: usize,
         k: usize,
         max_splits: usize,
-        allow_wide: bool,
+        four_bit: bool,
     ) -> Self {
         let nt = batch_tiles(m);
         // Wide steps hold 16 words of activations per 8-row tile and unit: for one tile only,
         // or the registers cost the occupancy they save in instructions.
-        let wide = allow_wide && nt == 1 && k.is_multiple_of(MMA_BK_WIDE as usize);
+        let wide = four_bit && nt == 1 && k.is_multiple_of(MMA_BK_WIDE as usize);
         // At four activation tiles the narrow steps' L1 traffic is mostly activations, so four
         // weight tiles a warp halve it; a one-step load ring keeps the registers near the
         // two-tile kernel's. Split-K stays sized for two tiles a warp (half the cubes), which
         // beat doubling it at the Llama-3.1-8B shapes (speed notes, thirteenth session). The
         // int8 kernel measured no gain from four tiles.
-        let four_tiles = allow_wide && nt == 4;
+        let four_tiles = four_bit && nt == 4;
         let (mt, warps, depth) = if four_tiles { (4, 4, 1) } else { (2, 4, 2) };
         let groups = n.div_ceil((warps * 2 * 16) as usize);
         let k_steps = k / step_and_min_blocksize(wide).0;

@@ -30,7 +30,7 @@ use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::portable;
 use crate::primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
-use crate::util::{formats_float_dtype, linear_output_shape};
+use crate::util::{formats_float_dtype, linear_output_shape, product_width};
 
 /// The most activation rows for which `matmul_4bit` runs the fused tensor-core GEMM (f16/bf16
 /// on a device with 16x16x16 `cmma`); from the next row on it dequantizes the weight (one kernel
@@ -457,7 +457,7 @@ where
         }
         let dtype = x.dtype;
         let n = weight.dims()[0];
-        let out_shape = linear_output_shape(&x.shape, if swiglu { n / 2 } else { n });
+        let out_shape = linear_output_shape(&x.shape, product_width(n, swiglu));
         let x = into_contiguous(norm.x);
         let residual = norm.residual.map(into_contiguous);
         let (s, q) = launched(

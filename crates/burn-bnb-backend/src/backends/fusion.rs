@@ -19,7 +19,7 @@ use crate::decoder_ops::{DecoderKernels, PreNorm};
 use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
-use crate::util::linear_output_shape;
+use crate::util::{linear_output_shape, product_width};
 
 type Handles<B> =
     HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
@@ -680,7 +680,7 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let n = weight.codes.shape.dims[0];
         let y = (
-            linear_output_shape(&norm.x.shape, if swiglu { n / 2 } else { n }),
+            linear_output_shape(&norm.x.shape, product_width(n, swiglu)),
             norm.x.dtype,
         );
         let (outliers, cols, tensors) = split_int8::<B>(weight);
@@ -722,7 +722,7 @@ fn int8_product<B: FusionBackend + QuantizedKernels>(
 ) -> FloatTensor<Fusion<B>> {
     let n = weight.codes.shape.dims[0];
     let out = (
-        linear_output_shape(&x.shape, if swiglu { n / 2 } else { n }),
+        linear_output_shape(&x.shape, product_width(n, swiglu)),
         x.dtype,
     );
     let (outliers, cols, tensors) = split_int8::<B>(weight);
