@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
+use burn_bnb::backend::decoder_ops::into_data_during;
 use burn_bnb::backend::op_stats;
 use burn_bnb::models::{CausalLm, Session};
 
@@ -52,9 +53,8 @@ pub struct RunTimes {
     pub prefill: Duration,
     /// Total decode time.
     pub decode: Duration,
-    /// The part of `decode` spent before the step's logits were requested: building the step
-    /// on the host (and whatever device work the backend ran synchronously meanwhile). Close to
-    /// `decode` means host-bound steps.
+    /// The part of `decode` spent queuing the steps on the host (and whatever device work the
+    /// backend ran synchronously meanwhile). Close to `decode` means host-bound steps.
     pub enqueue: Duration,
     /// Decode steps.
     pub steps: usize,
@@ -64,8 +64,10 @@ pub struct RunTimes {
 /// `profile`, the host is sampled during the last run's decode steps. `in_use` reports the
 /// device memory in use; it is read after every measured step, outside the timed part.
 ///
-/// Every step ends by reading the next tokens back to the host, which synchronizes the device,
-/// so the timestamps around a step bound its whole device time.
+/// The host reads every step's tokens, one step behind: step `n` is queued from step `n - 1`'s
+/// tokens on the device while those are copied to the host (a serving loop's asynchronous
+/// output processing), and a run ends when its last tokens are on the host, so the decode time
+/// bounds the whole device time of its steps.
 pub fn measure<B: burn_bnb::QuantizedOps>(
     model: &CausalLm<B>,
     batch: usize,
@@ -93,7 +95,9 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
         B::sync(device).ok();
         let start = Instant::now();
         let (mut session, logits) = Session::prefill(model, &prompts, plan.new_tokens, 0, device)?;
-        let mut next = argmax(logits);
+        let mut next = greedy(logits);
+        // The prefill ends when its tokens are on the host.
+        let mut tokens = vec![read_tokens(next.clone())?];
         let prefill = start.elapsed();
 
         let last = run + 1 == plan.warmup + plan.runs;
@@ -107,16 +111,32 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
         };
         let mut decode = Duration::ZERO;
         let mut enqueue = Duration::ZERO;
-        for _ in 1..plan.new_tokens {
+        for step in 1..plan.new_tokens {
             let start = Instant::now();
-            let logits = session.step(&next);
-            enqueue += start.elapsed();
-            next = argmax(logits);
+            // Step n is queued from step n - 1's tokens on the device, and step n - 1's tokens
+            // are read meanwhile: the host reads every token, one step behind, and the device
+            // does not wait for the host between steps.
+            let fed = next.clone();
+            let (read, (chosen, queued)) = into_data_during(next, || {
+                let logits = session.step_on_device(fed);
+                let chosen = greedy(logits);
+                (chosen, start.elapsed())
+            });
+            if step > 1 {
+                tokens.push(to_tokens(read)?);
+            }
+            next = chosen;
+            enqueue += queued;
             decode += start.elapsed();
             if run >= plan.warmup {
                 peak_in_use = peak_in_use.max(in_use());
             }
         }
+        // The last step's tokens: the run ends when they are on the host.
+        let start = Instant::now();
+        tokens.push(read_tokens(next)?);
+        decode += start.elapsed();
+        debug_assert_eq!(tokens.len(), plan.new_tokens);
         if counting {
             ops = Some((op_stats::take(), plan.new_tokens - 1));
         }
@@ -145,16 +165,24 @@ pub fn measure<B: burn_bnb::QuantizedOps>(
     })
 }
 
-/// Greedy choice per row of `[batch, vocab]` logits, read back to the host.
-fn argmax<B: burn_bnb::DecoderOps>(logits: Tensor<B, 2>) -> Vec<u32> {
-    let [batch, _] = logits.dims();
+/// Greedy choice per row of `[batch, vocab]` logits, `[batch, 1]`, on the device.
+fn greedy<B: burn_bnb::DecoderOps>(logits: Tensor<B, 2>) -> Tensor<B, 2, Int> {
     burn_bnb::backend::decoder_ops::greedy(logits)
-        .reshape([batch])
-        .into_data()
+}
+
+/// Token ids read back to the host.
+fn read_tokens<B: burn_bnb::DecoderOps>(
+    tokens: Tensor<B, 2, Int>,
+) -> Result<Vec<u32>, crate::Error> {
+    to_tokens(tokens.try_into_data())
+}
+
+fn to_tokens(
+    data: Result<TensorData, burn::tensor::backend::ExecutionError>,
+) -> Result<Vec<u32>, crate::Error> {
+    let ids = data?
         .convert::<i64>()
         .to_vec::<i64>()
-        .expect("argmax indices are integers")
-        .into_iter()
-        .map(|i| i as u32)
-        .collect()
+        .map_err(|e| format!("token ids: {e:?}"))?;
+    Ok(ids.into_iter().map(|i| i as u32).collect())
 }

@@ -337,7 +337,7 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
             if args.verbose {
                 progress.suspend(|| {
                     eprintln!(
-                        "  batch {batch} run {}: prefill {:.3} s, decode {:.3} s ({} steps, {:.3} s before the logits were read)",
+                        "  batch {batch} run {}: prefill {:.3} s, decode {:.3} s ({} steps, {:.3} s queuing them)",
                         run.index,
                         run.prefill.as_secs_f64(),
                         run.decode.as_secs_f64(),

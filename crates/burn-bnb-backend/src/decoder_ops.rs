@@ -8,7 +8,7 @@
 //! ([`crate::portable::decoder`]) everywhere else, with the same roundings.
 
 use burn_backend::{
-    Backend,
+    Backend, ExecutionError, TensorData,
     tensor::{FloatTensor, IntTensor},
 };
 use burn_tensor::{Int, Tensor};
@@ -137,6 +137,18 @@ pub trait DecoderOps: Backend {
         portable::greedy::<Self>(x)
     }
 
+    /// Reads `tensor` to the host with `work` run while the copy is in flight: the copy is
+    /// issued behind the operations queued so far, then `work` runs (and may queue more), then
+    /// the copy is awaited. A decoding loop queues step `n + 1` from the tokens on the device
+    /// before it waits for step `n`'s tokens, so the device does not idle while the host builds
+    /// a step. CubeCL backends issue the copy ahead; the others read first, then run `work`.
+    fn int_into_data_during<T>(
+        tensor: IntTensor<Self>,
+        work: impl FnOnce() -> T,
+    ) -> (Result<TensorData, ExecutionError>, T) {
+        read_then_work::<Self, T>(tensor, work)
+    }
+
     /// The SwiGLU gate: `silu(gate) * up`, elementwise.
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         portable::swiglu::<Self>(gate, up)
@@ -232,6 +244,14 @@ pub trait DecoderKernels: Backend {
     /// See [`DecoderOps::greedy`].
     fn greedy(x: FloatTensor<Self>) -> IntTensor<Self> {
         portable::greedy::<Self>(x)
+    }
+
+    /// See [`DecoderOps::int_into_data_during`].
+    fn int_into_data_during<T>(
+        tensor: IntTensor<Self>,
+        work: impl FnOnce() -> T,
+    ) -> (Result<TensorData, ExecutionError>, T) {
+        read_then_work::<Self, T>(tensor, work)
     }
 
     /// See [`DecoderOps::swiglu`].
@@ -354,6 +374,23 @@ pub fn rotary_kv<B: DecoderOps>(
 /// dimension, that dimension kept with size 1 (as `argmax(D - 1)`).
 pub fn greedy<B: DecoderOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D, Int> {
     int(B::greedy(float_primitive(x)))
+}
+
+/// [`DecoderOps::int_into_data_during`] without a copy ahead: read `tensor`, then run `work`.
+fn read_then_work<B: Backend, T>(
+    tensor: IntTensor<B>,
+    work: impl FnOnce() -> T,
+) -> (Result<TensorData, ExecutionError>, T) {
+    let data = burn_backend::read_sync(B::int_into_data(tensor));
+    (data, work())
+}
+
+/// [`DecoderOps::int_into_data_during`] on tensors: `tensor`'s data, read while `work` runs.
+pub fn into_data_during<B: DecoderOps, const D: usize, T>(
+    tensor: Tensor<B, D, Int>,
+    work: impl FnOnce() -> T,
+) -> (Result<TensorData, ExecutionError>, T) {
+    B::int_into_data_during(tensor.into_primitive(), work)
 }
 
 /// [`DecoderOps::swiglu`] on tensors.

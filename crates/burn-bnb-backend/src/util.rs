@@ -19,6 +19,7 @@ pub(crate) fn linear_output_shape(x: &Shape, n: usize) -> Shape {
 
 /// The output width of a product with `n` weight rows: `n / 2` when `swiglu` combines stacked
 /// gate and up rows, else `n`.
+#[cfg(any(feature = "cubecl", feature = "fusion"))]
 pub(crate) fn product_width(n: usize, swiglu: bool) -> usize {
     if swiglu { n / 2 } else { n }
 }

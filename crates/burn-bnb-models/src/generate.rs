@@ -171,12 +171,42 @@ impl<'m, B: QuantizedOps> Session<'m, B> {
             "one token per sequence"
         );
         let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
-        let positions: Vec<Vec<usize>> = self.next_position.iter().map(|&p| vec![p]).collect();
-        let padding = vec![vec![false]; tokens.len()];
+        let (positions, padding) = self.advance();
+        let input = ForwardInput::from_rows(&rows, &positions, &padding, &self.device);
+        self.forward(input)
+    }
+
+    /// [`step`](Self::step) with the tokens on the device, `[batch, 1]`: typically the last
+    /// logits' [`greedy`](burn_bnb_backend::decoder_ops::greedy) choice, which the host has not
+    /// read yet. A decoding loop can then queue this step before it waits for the previous
+    /// step's tokens ([`into_data_during`](burn_bnb_backend::decoder_ops::into_data_during)),
+    /// so the device does not idle while the host builds the step.
+    ///
+    /// # Panics
+    /// If the cache is full ([`remaining`](Self::remaining) is 0) or `tokens` is not
+    /// `[batch, 1]`.
+    pub fn step_on_device(&mut self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        assert_eq!(
+            tokens.dims(),
+            [self.next_position.len(), 1],
+            "one token per sequence"
+        );
+        let (positions, padding) = self.advance();
+        self.forward(ForwardInput::with_device_tokens(
+            tokens, &positions, &padding,
+        ))
+    }
+
+    /// The positions and padding of the next token of every sequence; moves past it.
+    fn advance(&mut self) -> (Vec<Vec<usize>>, Vec<Vec<bool>>) {
+        let positions = self.next_position.iter().map(|&p| vec![p]).collect();
         for p in &mut self.next_position {
             *p += 1;
         }
-        let input = ForwardInput::from_rows(&rows, &positions, &padding, &self.device);
+        (positions, vec![vec![false]; self.next_position.len()])
+    }
+
+    fn forward(&mut self, input: ForwardInput<B>) -> Tensor<B, 2> {
         let logits = self.model.forward_logits(input, &mut self.cache);
         let [b, _, v] = logits.dims();
         logits.reshape([b, v])

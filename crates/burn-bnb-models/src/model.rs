@@ -88,6 +88,42 @@ impl<B: Backend> ForwardInput<B> {
         }
     }
 
+    /// A step whose tokens are already on the device (for example the previous step's greedy
+    /// choices, not yet read by the host), with positions and padding from the host as in
+    /// [`from_rows`](Self::from_rows).
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, seq]`; `positions[b][i]`, `padding[b][i]` for the same shape
+    ///
+    /// # Panics
+    /// If `positions` or `padding` do not have `tokens`' shape.
+    pub fn with_device_tokens(
+        tokens: Tensor<B, 2, Int>,
+        positions: &[Vec<usize>],
+        padding: &[Vec<bool>],
+    ) -> Self {
+        let [batch, seq] = tokens.dims();
+        let device = tokens.device();
+        let rows_of = |rows: usize, lens: &mut dyn Iterator<Item = usize>, what: &str| {
+            assert_eq!(rows, batch, "{what}: one row per token row");
+            lens.for_each(|len| assert_eq!(len, seq, "{what}: the token rows' length"));
+        };
+        rows_of(
+            positions.len(),
+            &mut positions.iter().map(Vec::len),
+            "positions",
+        );
+        rows_of(padding.len(), &mut padding.iter().map(Vec::len), "padding");
+        let flat_pos: Vec<i64> = positions.iter().flatten().map(|&p| p as i64).collect();
+        let flat_pad: Vec<bool> = padding.iter().flatten().copied().collect();
+        Self {
+            tokens,
+            positions: Tensor::from_data(TensorData::new(flat_pos, [batch, seq]), &device),
+            padding: Tensor::from_data(TensorData::new(flat_pad.clone(), [batch, seq]), &device),
+            padding_host: Some(flat_pad),
+        }
+    }
+
     /// One unpadded sequence at positions `start..start + tokens.len()`.
     pub fn single(tokens: &[u32], start: usize, device: &B::Device) -> Self {
         let positions = (start..start + tokens.len()).collect();

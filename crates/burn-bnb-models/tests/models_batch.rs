@@ -86,6 +86,36 @@ fn left_padded_batch_matches_single_sequences() {
     }
 }
 
+/// Steps fed with the previous step's tokens on the device, each step's tokens read while the
+/// next is queued (llama_bench's decode loop), choose what `generate` chooses.
+#[test]
+fn device_fed_steps_match_generate() {
+    use burn_bnb_backend::decoder_ops::{greedy as choose, into_data_during};
+    let ids = prompt_ids();
+    let prompts = vec![ids[..9].to_vec(), ids[4..17].to_vec()];
+    let device = Default::default();
+    let model = load(&families()[0]).model;
+    let n = 6;
+    let (mut session, logits) = Session::prefill(&model, &prompts, n, 0, &device).unwrap();
+    let mut next = choose(logits);
+    let mut steps = Vec::new();
+    for _ in 1..n {
+        let fed = next.clone();
+        let (read, chosen) = into_data_during(next, || choose(session.step_on_device(fed)));
+        steps.push(read.unwrap());
+        next = chosen;
+    }
+    steps.push(next.into_data());
+    let steps: Vec<Vec<i64>> = steps
+        .into_iter()
+        .map(|d| d.convert::<i64>().to_vec().unwrap())
+        .collect();
+    let per_sequence: Vec<Vec<u32>> = (0..prompts.len())
+        .map(|b| steps.iter().map(|step| step[b] as u32).collect())
+        .collect();
+    assert_eq!(per_sequence, greedy(&model, &prompts, n));
+}
+
 /// Decoding token by token through the cache equals one forward pass over the whole sequence.
 #[test]
 fn cached_decoding_matches_full_forward() {

@@ -174,7 +174,18 @@ fn frozen_linear<B: QuantizedOps, C: CheckpointStrategy>(
 }
 
 /// The composed operations, differentiated by Autodiff.
-impl<B: QuantizedOps, C: CheckpointStrategy> crate::DecoderOps for Autodiff<B, C> {}
+impl<B: QuantizedOps, C: CheckpointStrategy> crate::DecoderOps for Autodiff<B, C> {
+    // Int tensors are the inner backend's: its read ahead applies as is.
+    fn int_into_data_during<T>(
+        tensor: burn_backend::tensor::IntTensor<Self>,
+        work: impl FnOnce() -> T,
+    ) -> (
+        Result<burn_backend::TensorData, burn_backend::ExecutionError>,
+        T,
+    ) {
+        B::int_into_data_during(tensor, work)
+    }
+}
 
 impl<B: QuantizedOps, C: CheckpointStrategy> QuantizedOps for Autodiff<B, C> {
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {

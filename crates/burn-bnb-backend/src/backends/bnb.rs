@@ -161,6 +161,16 @@ impl<B: QuantizedKernels> DecoderOps for Bnb<B> {
         <B as DecoderKernels>::greedy(x)
     }
 
+    fn int_into_data_during<T>(
+        tensor: IntTensor<Self>,
+        work: impl FnOnce() -> T,
+    ) -> (
+        Result<burn_backend::TensorData, burn_backend::ExecutionError>,
+        T,
+    ) {
+        <B as DecoderKernels>::int_into_data_during(tensor, work)
+    }
+
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         let _timer = crate::op_stats::Timer::start("swiglu");
         <B as DecoderKernels>::swiglu(gate, up)

@@ -2,11 +2,12 @@
 //! operation; shapes or dtypes they do not take run the composition of Burn operations.
 
 use burn_backend::{
-    DType, Shape,
+    DType, ExecutionError, Shape, TensorData,
     ops::FloatTensorOps,
     tensor::{FloatTensor, IntTensor},
 };
 use burn_bnb_kernels as kernels;
+use burn_cubecl::cubecl::server::CopyDescriptor;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -162,6 +163,29 @@ where
         }
         let x = into_contiguous(x);
         launched(kernels::argmax(&x, I::dtype()), "greedy")
+    }
+
+    fn int_into_data_during<T>(
+        tensor: IntTensor<Self>,
+        work: impl FnOnce() -> T,
+    ) -> (Result<TensorData, ExecutionError>, T) {
+        let tensor = into_contiguous(tensor);
+        let descriptor = CopyDescriptor::new(
+            tensor.handle.clone().binding(),
+            &tensor.shape.dims,
+            &tensor.strides,
+            tensor.elem_size(),
+        );
+        // The copy and its fence go into the stream now, ahead of what `work` queues: Burn's
+        // `into_data` would issue them only when awaited, behind `work`.
+        let pending = tensor.client.read_one_tensor_async(descriptor);
+        let out = work();
+        let data = burn_backend::read_sync(pending)
+            .map(|bytes| TensorData::from_bytes(bytes, tensor.shape.clone(), tensor.dtype))
+            .map_err(|e| ExecutionError::WithContext {
+                reason: format!("reading an int tensor {:?}: {e}", tensor.shape.dims),
+            });
+        (data, out)
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -21,7 +21,7 @@ use burn_bnb_backend::formats::{
 use burn_bnb_backend::{
     FUSED_SIMT_MAX_ROWS, Int8Primitive, PreNorm, Quant4Primitive, QuantizedOps, portable,
 };
-use burn_tensor::{Tensor, TensorData};
+use burn_tensor::{Int, Tensor, TensorData};
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 
@@ -191,6 +191,22 @@ pub fn decoder<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
             .collect();
         check_close(&download::<B>(fused), &reference, F::RTOL, what);
     };
+
+    // A read issued ahead of queued work returns the values it was issued for, and the work
+    // runs (the decode loop's tokens, read one step behind).
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new((0..40i64).collect(), [8, 5]), device);
+    let (read, later) = burn_bnb_backend::decoder_ops::into_data_during(ids.clone(), || ids + 1);
+    let as_i64 = |data: TensorData| data.convert::<i64>().to_vec::<i64>().unwrap();
+    assert_eq!(
+        as_i64(read.unwrap()),
+        (0..40).collect::<Vec<_>>(),
+        "read ahead"
+    );
+    assert_eq!(
+        as_i64(later.into_data()),
+        (1..41).collect::<Vec<_>>(),
+        "work during the read"
+    );
 
     for (rows, hidden) in [(1, 4096), (3, 200), (2, 6)] {
         let what = format!("rms_norm {rows}x{hidden} {:?}", F::DTYPE);
