@@ -283,4 +283,12 @@ pub enum GenerateError {
         /// The tokenizers crate's message.
         message: String,
     },
+    /// Reading the chosen tokens from the device failed.
+    #[error("reading the tokens of step {step} from the device: {reason}")]
+    Read {
+        /// The generation step (0 for the first new token).
+        step: usize,
+        /// The backend's message.
+        reason: String,
+    },
 }

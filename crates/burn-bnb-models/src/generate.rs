@@ -320,37 +320,117 @@ pub fn generate<B: QuantizedOps>(
     }
     let (mut session, mut logits) =
         Session::prefill(model, prompts, config.max_new_tokens, config.pad, device)?;
-    let batch = prompts.len();
-    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); batch];
-    let mut finished = vec![false; batch];
+    if config.sampling == Sampling::Greedy {
+        return greedy_ahead(session, logits, config, on_token);
+    }
+    let mut outputs = Outputs::new(prompts.len());
     for step in 0..config.max_new_tokens {
         let next = sampler.sample(logits);
-        let mut feed = Vec::with_capacity(batch);
-        for (sequence, &token) in next.iter().enumerate() {
-            if finished[sequence] {
+        let feed = outputs.record(step, &next, config, &mut on_token);
+        if outputs.all_finished() || step + 1 == config.max_new_tokens || session.remaining() == 0 {
+            break;
+        }
+        logits = session.step(&feed);
+    }
+    Ok(outputs.tokens)
+}
+
+/// The tokens generated so far for each sequence, and which have ended at an EOS.
+struct Outputs {
+    tokens: Vec<Vec<u32>>,
+    finished: Vec<bool>,
+}
+
+impl Outputs {
+    fn new(batch: usize) -> Self {
+        Self {
+            tokens: vec![Vec::new(); batch],
+            finished: vec![false; batch],
+        }
+    }
+
+    /// Appends one step's chosen tokens to the sequences still running, reporting each to
+    /// `on_token`; returns the tokens to feed next: the chosen one, or the pad token once a
+    /// sequence's EOS has been fed.
+    fn record(
+        &mut self,
+        step: usize,
+        chosen: &[u32],
+        config: &GenerationConfig,
+        on_token: &mut impl FnMut(TokenEvent),
+    ) -> Vec<u32> {
+        let mut feed = Vec::with_capacity(chosen.len());
+        for (sequence, &token) in chosen.iter().enumerate() {
+            if self.finished[sequence] {
                 feed.push(config.pad);
                 continue;
             }
             let eos = config.eos.contains(&token);
-            outputs[sequence].push(token);
+            self.tokens[sequence].push(token);
             on_token(TokenEvent {
                 sequence,
                 step,
                 token,
                 eos,
             });
-            finished[sequence] = eos;
+            self.finished[sequence] = eos;
             feed.push(token);
         }
-        if finished.iter().all(|&f| f)
-            || step + 1 == config.max_new_tokens
-            || session.remaining() == 0
-        {
-            break;
-        }
-        logits = session.step(&feed);
+        feed
     }
-    Ok(outputs)
+
+    fn all_finished(&self) -> bool {
+        self.finished.iter().all(|&f| f)
+    }
+}
+
+/// [`generate`] with greedy choices made on the device: step `n + 1` is queued from step
+/// `n`'s tokens on the device while those are read ([`Session::step_on_device`]), so the device
+/// does not idle between steps; the tokens fed are those of the host loop (pad after EOS), so
+/// the outputs are the same. Once every sequence has finished, the one step queued ahead is
+/// discarded.
+fn greedy_ahead<B: QuantizedOps>(
+    mut session: Session<'_, B>,
+    logits: Tensor<B, 2>,
+    config: &GenerationConfig,
+    mut on_token: impl FnMut(TokenEvent),
+) -> Result<Vec<Vec<u32>>, GenerateError> {
+    use burn_bnb_backend::decoder_ops::{greedy, into_data_during};
+    let [batch, _] = logits.dims();
+    let mut outputs = Outputs::new(batch);
+    let mut next = greedy(logits);
+    for step in 0..config.max_new_tokens {
+        let ahead = step + 1 < config.max_new_tokens && session.remaining() > 0;
+        let (read, queued) = if ahead {
+            // As the host loop feeds them: a sequence's EOS token once, then the pad token.
+            // The flags known here (up to step `step - 1`) are exactly the sequences whose
+            // token at `step` comes after their EOS.
+            let fed = if outputs.finished.iter().any(|&f| f) {
+                let mask = TensorData::new(outputs.finished.clone(), [batch, 1]);
+                next.clone()
+                    .mask_fill(Tensor::from_data(mask, &next.device()), config.pad as i64)
+            } else {
+                next.clone()
+            };
+            let (read, chosen) = into_data_during(next, || greedy(session.step_on_device(fed)));
+            (read, Some(chosen))
+        } else {
+            (next.try_into_data(), None)
+        };
+        let failed = |reason: String| GenerateError::Read { step, reason };
+        let tokens = read
+            .map_err(|e| failed(e.to_string()))?
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .map_err(|e| failed(format!("{e:?}")))?;
+        let chosen: Vec<u32> = tokens.into_iter().map(|t| t as u32).collect();
+        outputs.record(step, &chosen, config, &mut on_token);
+        match queued {
+            Some(chosen) if !outputs.all_finished() => next = chosen,
+            _ => break,
+        }
+    }
+    Ok(outputs.tokens)
 }
 
 /// Mean next-token negative log-likelihood of a text.

@@ -116,6 +116,57 @@ fn device_fed_steps_match_generate() {
     assert_eq!(per_sequence, greedy(&model, &prompts, n));
 }
 
+/// Greedy `generate` (steps queued from the device's tokens) stops a sequence at its EOS and feeds
+/// it the pad token afterwards: the tokens of a loop that feeds every step from the host.
+#[test]
+fn greedy_generate_with_eos_matches_host_loop() {
+    use burn_bnb_backend::decoder_ops::greedy as choose;
+    let ids = prompt_ids();
+    let prompts = vec![ids[..9].to_vec(), ids[4..17].to_vec(), ids[20..26].to_vec()];
+    let device = Default::default();
+    let model = load(&families()[0]).model;
+    let n = 8;
+    let eos = greedy(&model, &prompts, n)[0][2];
+    let config = GenerationConfig {
+        max_new_tokens: n,
+        sampling: Sampling::Greedy,
+        eos: vec![eos],
+        pad: 7,
+    };
+    let got = generate(&model, &prompts, &config, &device, |_| {}).unwrap();
+
+    let (mut session, mut logits) = Session::prefill(&model, &prompts, n, 7, &device).unwrap();
+    let mut want = vec![Vec::new(); prompts.len()];
+    let mut finished = vec![false; prompts.len()];
+    for step in 0..n {
+        let chosen: Vec<i64> = choose(logits)
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
+        let mut feed = Vec::new();
+        for (b, &token) in chosen.iter().enumerate() {
+            if finished[b] {
+                feed.push(7);
+                continue;
+            }
+            want[b].push(token as u32);
+            finished[b] = token as u32 == eos;
+            feed.push(token as u32);
+        }
+        if finished.iter().all(|&f| f) || step + 1 == n {
+            break;
+        }
+        logits = session.step(&feed);
+    }
+    assert_eq!(got, want);
+    assert_eq!(got[0].last(), Some(&eos), "sequence 0 ends at its EOS");
+    assert!(
+        got[0].len() <= 3 && got.iter().any(|g| g.len() > 3),
+        "{got:?}"
+    );
+}
+
 /// Decoding token by token through the cache equals one forward pass over the whole sequence.
 #[test]
 fn cached_decoding_matches_full_forward() {
