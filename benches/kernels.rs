@@ -16,7 +16,8 @@
 //! BNB_SWEEP=1 ...                                  # also times kernel variants
 //! BNB_NCU=1 ...                                    # no timing: each case launched twice between
 //!                                                  # marker kernels, for `ncu` device times
-//! BNB_BATCHES=1,8 ...                              # only these batch sizes (default 1,8,32)
+//! BNB_BATCHES=1,8 ...                              # only these batch sizes (default 1,8,32;
+//!                                                  # above 64 rows: prefill, dense kernels only)
 //! BNB_SHAPES=57344x8192,8192x28672 ...             # these N x K weight shapes instead
 //! ```
 //! Without a CUDA device the bench prints why and exits successfully.
@@ -27,8 +28,8 @@ use burn_backend::{DType, Shape};
 use burn_bnb_kernels::int8::Int8Strategy;
 use burn_bnb_kernels::{
     CmmaParams, Int8Matrix, Matmul4Strategy, MmaParams, Quant4Options, Quant4Weight, SimtParams,
-    int8_matmul_dequant_with, int8_quantize_rows, linear_8bit_lt, matmul_4bit_with, matmul_dense,
-    quantize_4bit,
+    hopper_gemm_supported, int8_matmul_dequant_with, int8_quantize_rows, linear_8bit_lt,
+    matmul_4bit_with, matmul_dense, matmul_hopper, quantize_4bit,
 };
 use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
 use burn_cubecl::kernel::prng::random_normal;
@@ -43,6 +44,8 @@ const SHAPES: [(usize, usize); 4] = [(4096, 4096), (4096, 14336), (14336, 4096),
 const BATCHES: [usize; 3] = [1, 8, 32];
 /// Rotating weight copies: 4 x 29 MB of NF4 at 14336x4096 is more than the L2.
 const COPIES: usize = 4;
+/// Batches above this many rows are prefill products: only the dense kernels are timed.
+const PREFILL_MIN_ROWS: usize = 64;
 
 #[cube(launch)]
 fn copy_kernel(input: &Array<Line<u32>>, output: &mut Array<Line<u32>>) {
@@ -158,13 +161,14 @@ fn main() {
                 }
                 let row = measure(&ctx, &case, n, k, m, copy_gbps);
                 eprintln!(
-                    "{n:>5}x{k:<5} m {m:>2} {:<12} {:<40} {:>8.1} us (host {:>5.1}) {:>6.0} GB/s {:>4.0}%",
+                    "{n:>5}x{k:<5} m {m:>2} {:<12} {:<40} {:>8.1} us (host {:>5.1}) {:>6.0} GB/s {:>4.0}% {:>5.0} TFLOP/s",
                     row.format,
                     row.variant,
                     row.us,
                     row.host_us,
                     row.gbps,
-                    row.copy_fraction * 100.0
+                    row.copy_fraction * 100.0,
+                    2.0 * (m * n * k) as f64 / row.us / 1e6
                 );
                 let id = format!("{n}x{k}/m{m}/{}/{}", case.format, case.variant);
                 criterion.bench_function(&id, |b| {
@@ -329,6 +333,20 @@ fn cases<'a>(
             matmul_dense(x_bf16, &w.dense_nk[i % COPIES], None).unwrap();
         }),
     });
+    if m > PREFILL_MIN_ROWS {
+        // Prefill shapes: the quantized formats run as dequantization + this dense product.
+        if hopper_gemm_supported(&ctx.client) {
+            cases.push(Case {
+                format: "bf16 (hopper)",
+                variant: "wgmma + TMA".into(),
+                weight_bytes: n * k * 2,
+                run: Box::new(move |i| {
+                    matmul_hopper(x_bf16, &w.dense_nk[i % COPIES], None).unwrap();
+                }),
+            });
+        }
+        return cases;
+    }
     let mut q4 = |format: &'static str, dq: bool, strategy: Matmul4Strategy| {
         let weights = if dq { &w.nf4_dq } else { &w.nf4 };
         let resolved = match strategy {

@@ -130,6 +130,15 @@ pub fn matmul_dense_with<R: CubeRuntime>(
     bias: Option<&CubeTensor<R>>,
     strategy: Matmul4Strategy,
 ) -> Result<CubeTensor<R>> {
+    let (n, k) = dense_weight(x, weight)?;
+    product(x, WeightOperand::Dense(weight), bias, n, k, strategy)
+}
+
+/// `(N, K)` of a dense weight: contiguous `[N, K]` in the dtype of `x`.
+pub(crate) fn dense_weight<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &CubeTensor<R>,
+) -> Result<(usize, usize)> {
     let (n, k) = match weight.shape.dims[..] {
         [n, k] if weight.is_contiguous() => (n, k),
         _ => {
@@ -147,7 +156,7 @@ pub fn matmul_dense_with<R: CubeRuntime>(
             actual: weight.dtype,
         });
     }
-    product(x, WeightOperand::Dense(weight), bias, n, k, strategy)
+    Ok((n, k))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -48,6 +48,7 @@
 //! | [`matmul_4bit`] | `x [.., K] · Wᵀ + bias -> [.., N]`, fused | `matmul_4bit` / `gemv_4bit` |
 //! | [`matmul_4bit_swiglu`] | `silu(gate) * up` of a stacked gate/up 4-bit weight, never writing `[.., N]` | (the MLP's `act_fn(gate_proj(x)) * up_proj(x)`) |
 //! | [`matmul_dense`] | the same for a dense `[N, K]` weight (decode shapes at the copy bandwidth) | (`torch.nn.functional.linear`) |
+//! | [`matmul_hopper`] | the same on Hopper's `wgmma` + TMA (prefill shapes, CUDA sm_90, f16/bf16) | (cuBLAS) |
 //! | [`int8_quantize_rows`] | `x -> (CA, SCA, outlier columns)`; weights `W -> (CB, SCB)` | `int8_vectorwise_quant` |
 //! | [`int8_dequantize`] | `(CB, SCB) -> [N, K]` of f32/f16/bf16, bit-exact | `int8_vectorwise_dequant` |
 //! | [`int8_matmul_dequant`] | `f16(acc * SCA * SCB / 127² + bias)` in the output dtype | `int8_linear_matmul` + `int8_mm_dequant` |
@@ -92,6 +93,7 @@ pub mod decoder;
 pub mod dense;
 pub mod dequant4;
 pub mod error;
+pub mod hopper_gemm;
 pub mod int8;
 mod int8_gemv;
 mod launch;
@@ -108,6 +110,7 @@ pub use decoder::{
 pub use dense::{matmul_dense, matmul_dense_with};
 pub use dequant4::dequantize_4bit;
 pub use error::{KernelError, Result};
+pub use hopper_gemm::{hopper_gemm_supported, matmul_hopper};
 pub use int8::{
     FUSED_MASK_MAX_ROWS, FUSED_MASK_MAX_ROWS_ENV, Int8Activations, Int8Strategy, OutlierColumns,
     int8_add_outliers, int8_dequantize, int8_matmul_dequant, int8_matmul_dequant_with,

@@ -46,6 +46,7 @@ cuda_tests!(
     matmul4_swiglu,
     matmul4_group_offsets,
     matmul_dense_random,
+    hopper_gemm_random,
     golden_matmul4,
     golden_int8,
     int8_random,

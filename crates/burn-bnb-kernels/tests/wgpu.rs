@@ -49,6 +49,7 @@ wgpu_test!(matmul4_random);
 wgpu_test!(matmul4_swiglu);
 wgpu_test!(matmul4_group_offsets);
 wgpu_test!(matmul_dense_random);
+wgpu_test!(hopper_gemm_random);
 wgpu_test!(golden_matmul4);
 wgpu_test!(golden_int8);
 wgpu_test!(int8_random);

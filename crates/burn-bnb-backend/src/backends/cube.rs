@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `quantize_4bit` | blockwise quantization, then the torch-order mean and the nested 8-bit codes | other float dtypes |
 //! | `dequantize_4bit` | one pass, double-quantized absmax decoded in the kernel | F64 output |
-//! | `matmul_4bit` | `M = 1`: GEMV; `M > 1`: fused tensor-core GEMM (f16/bf16 where the device has `cmma`, up to [`FUSED_CMMA_MAX_ROWS`] rows) or the SIMT kernel (up to [`FUSED_SIMT_MAX_ROWS`]); more rows: dequantize (kernel) + Burn's matmul | `K % 8 != 0`: dequantize (kernel) + Burn's matmul |
+//! | `matmul_4bit` | `M = 1`: GEMV; `M > 1`: fused tensor-core GEMM (f16/bf16 where the device has `cmma`, up to [`FUSED_CMMA_MAX_ROWS`] rows) or the SIMT kernel (up to [`FUSED_SIMT_MAX_ROWS`]); more rows: dequantize (kernel) + the dense product (`matmul_hopper` on sm_90, Burn's matmul elsewhere) | `K % 8 != 0`: dequantize (kernel) + Burn's matmul |
 //! | `int8_vectorwise_quant` | outlier mask, row quantization | `cols % 4 != 0` |
 //! | `int8_vectorwise_dequant` | one pass | `cols % 4 != 0` |
 //! | `int8_linear` | row quantization, int8 GEMM with the dequantization fused, outlier columns added by a kernel reading their count on the device | `K % 4 != 0` |
@@ -315,10 +315,11 @@ where
         match product_path::<R, Self>(&x, &weight) {
             ProductPath::Portable => portable::matmul_4bit::<Self>(x, weight, bias),
             ProductPath::Dequantize => {
-                // One dequantization kernel, then Burn's matmul.
+                // One dequantization kernel, then the dense product (Hopper's tensor cores
+                // or Burn's matmul).
                 let dtype = portable::dequantization_dtype::<Self>(&x.device, weight.dtype);
                 let w = Self::dequantize_4bit(weight, dtype);
-                portable::linear::<Self>(x, w, bias)
+                <Self as DecoderKernels>::linear(x, w, bias)
             }
             ProductPath::Kernel(strategy) => {
                 let bias = kernel_bias::<R, Self>(bias, x.dtype);

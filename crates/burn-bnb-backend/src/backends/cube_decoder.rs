@@ -17,9 +17,9 @@ use crate::portable::decoder as portable;
 
 /// The most activation rows for which [`DecoderKernels::linear`] runs this crate's dense kernels
 /// on a device with tensor cores (decode batches; a 64-token prefill of one sequence): the
-/// kernels re-read the weight for every 64 rows, Burn's autotuned matmul is built for larger
-/// products. The crossover is not measured yet; 64 keeps every decode step of the benchmark
-/// (batch <= 32) on the kernels and every batched prefill on Burn's matmul.
+/// kernels re-read the weight for every 64 rows. More rows run [`kernels::matmul_hopper`] on
+/// CUDA sm_90 (f16/bf16), Burn's autotuned matmul elsewhere. The crossover is not measured yet;
+/// 64 keeps every decode step of the benchmark (batch <= 32) on the decode kernels.
 pub const DENSE_KERNEL_MAX_ROWS: usize = 64;
 
 impl<R, F, I, BT> DecoderKernels for CubeBackend<R, F, I, BT>
@@ -62,24 +62,31 @@ where
         weight: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        let fits = match weight.shape.dims[..] {
-            [n, k] => {
-                let rows = x.shape.num_elements() / k.max(1);
-                let max_rows = if kernels::matmul4::supports_cmma(&x.client, x.dtype) {
-                    DENSE_KERNEL_MAX_ROWS
-                } else {
-                    super::cube::FUSED_SIMT_MAX_ROWS
-                };
-                n > 0
-                    && k % 8 == 0
-                    && x.shape.dims.last() == Some(&k)
-                    && (1..=max_rows).contains(&rows)
+        // `(rows, N, K)` when the weight is `[N, K]` and `x` is `[..., K]`.
+        let product = match weight.shape.dims[..] {
+            [n, k] if x.shape.dims.last() == Some(&k) && k > 0 && k % 8 == 0 => {
+                Some((x.shape.num_elements() / k, n, k))
             }
-            _ => false,
+            _ => None,
         };
         // A weight that is not contiguous as `[out, in]` (Burn's own `[in, out]` layout) would
         // need a copy per call: Burn's matmul reads it as it is.
-        if !fits || !kernel_float(x.dtype) || weight.dtype != x.dtype || !weight.is_contiguous() {
+        let operands = kernel_float(x.dtype) && weight.dtype == x.dtype && weight.is_contiguous();
+        let Some((rows, _, _)) = product.filter(|&(_, n, _)| operands && n > 0) else {
+            return crate::portable::linear::<Self>(x, weight, bias);
+        };
+        let max_rows = if kernels::matmul4::supports_cmma(&x.client, x.dtype) {
+            DENSE_KERNEL_MAX_ROWS
+        } else {
+            super::cube::FUSED_SIMT_MAX_ROWS
+        };
+        if rows > max_rows {
+            if matches!(x.dtype, DType::BF16 | DType::F16)
+                && kernels::hopper_gemm_supported(&x.client)
+            {
+                let bias = super::cube::kernel_bias::<R, Self>(bias, x.dtype);
+                return launched(kernels::matmul_hopper(&x, &weight, bias.as_ref()), "linear");
+            }
             return crate::portable::linear::<Self>(x, weight, bias);
         }
         let bias = super::cube::kernel_bias::<R, Self>(bias, x.dtype);

@@ -21,6 +21,7 @@ use burn_bnb_kernels::{
     int8_quantize_rows, linear_8bit_lt, linear_8bit_lt_swiglu, matmul_4bit_swiglu,
     matmul_4bit_with, matmul_dense_with, quantize_4bit,
 };
+use burn_bnb_kernels::{hopper_gemm_supported, matmul_hopper};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -857,10 +858,62 @@ pub fn matmul4_swiglu<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     assert!(matmul_4bit_swiglu(&xt, &dev.quant4(&even), None, simt(3, 1, 32)).is_err());
 }
 
+/// One dense product to check: `F`-rounded operands on the device and the f64 reference.
+struct DenseCase<'a, R: CubeRuntime> {
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &'a CubeTensor<R>,
+    w: &'a CubeTensor<R>,
+    bias: Option<&'a CubeTensor<R>>,
+    reference: &'a [f64],
+    /// The shape, the bias and the dtype, for messages.
+    what: String,
+}
+
+/// Calls `check` for every `(m, n, k)` of `shapes`, without and with a bias: random activations,
+/// a weight scaled to keep outputs near 1 and a small bias, all rounded to `F`.
+fn each_dense_case<R: CubeRuntime, F: TestFloat>(
+    dev: &Dev<R>,
+    seed: u64,
+    shapes: &[(usize, usize, usize)],
+    mut check: impl FnMut(DenseCase<'_, R>),
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for &(m, n, k) in shapes {
+        let mut rounded = |len: usize, std: f32| -> Vec<f32> {
+            randn(&mut rng, len, std)
+                .into_iter()
+                .map(round::<F>)
+                .collect()
+        };
+        let w = rounded(n * k, 1.0 / (k as f32).sqrt());
+        let x = rounded(m * k, 1.0);
+        let bias = rounded(n, 0.1);
+        let (xt, wt, bt) = (
+            dev.floats::<F>(&x, vec![m, k]),
+            dev.floats::<F>(&w, vec![n, k]),
+            dev.floats::<F>(&bias, vec![n]),
+        );
+        for use_bias in [false, true] {
+            let reference = reference_matmul(&x, &w, use_bias.then_some(&bias[..]), m, n, k);
+            check(DenseCase {
+                m,
+                n,
+                k,
+                x: &xt,
+                w: &wt,
+                bias: use_bias.then_some(&bt),
+                reference: &reference,
+                what: format!("m {m} n {n} k {k} bias {use_bias} {}", F::NAME),
+            });
+        }
+    }
+}
+
 /// Dense `x Wᵀ (+ b)` (the unquantized projections at decode shapes) on shapes that are not
 /// multiples of any tile, every strategy, against an f64 reference of the `F`-rounded operands.
 pub fn matmul_dense_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
-    let mut rng = StdRng::seed_from_u64(11);
     let shapes: &[(usize, usize, usize)] = &[
         (1, 17, 72),
         (1, 130, 1024),
@@ -871,37 +924,14 @@ pub fn matmul_dense_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (40, 129, 192),
         (2, 5, 8),
     ];
-    for &(m, n, k) in shapes {
-        let w: Vec<f32> = randn(&mut rng, n * k, 1.0 / (k as f32).sqrt())
-            .into_iter()
-            .map(round::<F>)
-            .collect();
-        let x: Vec<f32> = randn(&mut rng, m * k, 1.0)
-            .into_iter()
-            .map(round::<F>)
-            .collect();
-        let bias: Vec<f32> = randn(&mut rng, n, 0.1)
-            .into_iter()
-            .map(round::<F>)
-            .collect();
-        let (xt, wt, bt) = (
-            dev.floats::<F>(&x, vec![m, k]),
-            dev.floats::<F>(&w, vec![n, k]),
-            dev.floats::<F>(&bias, vec![n]),
-        );
-        for use_bias in [false, true] {
-            let reference = reference_matmul(&x, &w, use_bias.then_some(&bias[..]), m, n, k);
-            for strategy in strategies(dev, F::KIND, m, k) {
-                let out = matmul_dense_with(&xt, &wt, use_bias.then_some(&bt), strategy).unwrap();
-                assert_eq!(out.shape.dims, vec![m, n]);
-                let what = format!(
-                    "dense m {m} n {n} k {k} bias {use_bias} {strategy:?} {}",
-                    F::NAME
-                );
-                check_close(&dev.read_f32(&out), &reference, F::RTOL, &what);
-            }
+    each_dense_case::<R, F>(dev, 11, shapes, |c| {
+        for strategy in strategies(dev, F::KIND, c.m, c.k) {
+            let out = matmul_dense_with(c.x, c.w, c.bias, strategy).unwrap();
+            assert_eq!(out.shape.dims, vec![c.m, c.n]);
+            let what = format!("dense {} {strategy:?}", c.what);
+            check_close(&dev.read_f32(&out), c.reference, F::RTOL, &what);
         }
-    }
+    });
     // A weight of another dtype or shape, or K not a multiple of 8, is refused.
     let x = dev.floats::<F>(&[1.0; 12], vec![1, 12]);
     let w = dev.floats::<F>(&[1.0; 24], vec![2, 12]);
@@ -913,6 +943,49 @@ pub fn matmul_dense_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     assert!(matches!(
         matmul_dense_with(&x, &w, None, Matmul4Strategy::Auto),
         Err(KernelError::Shape { tensor: "x", .. })
+    ));
+}
+
+/// The Hopper tensor-core GEMM (prefill products) against the f64 reference, over shapes off
+/// its 128 x 128/256 x 64 tiles (odd N, K not a multiple of 64, one row, grids that pick either
+/// tile width); elsewhere (f32, devices without `wgmma`) it refuses with `Unsupported`.
+pub fn hopper_gemm_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let x = dev.floats::<F>(&[1.0; 64], vec![4, 16]);
+    let w = dev.floats::<F>(&[1.0; 48], vec![3, 16]);
+    if F::KIND == DType::F32 || !hopper_gemm_supported(&dev.client) {
+        assert!(matches!(
+            matmul_hopper(&x, &w, None),
+            Err(KernelError::Unsupported { .. })
+        ));
+        return;
+    }
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 8, 8),
+        (33, 77, 40),
+        (128, 256, 64),
+        (257, 129, 136),
+        (300, 520, 1000),
+        (64, 4096, 512),
+        (256, 512, 4096),
+        (2048, 2304, 128),
+    ];
+    each_dense_case::<R, F>(dev, 12, shapes, |c| {
+        let out = matmul_hopper(c.x, c.w, c.bias).unwrap();
+        assert_eq!(out.shape.dims, vec![c.m, c.n]);
+        let what = format!("hopper {}", c.what);
+        check_close(&dev.read_f32(&out), c.reference, F::RTOL, &what);
+    });
+    // Operands that do not fit are refused with the tensor named.
+    let w = dev.floats::<F>(&[1.0; 40], vec![5, 8]);
+    assert!(matches!(
+        matmul_hopper(&x, &w, None),
+        Err(KernelError::Shape { tensor: "x", .. })
+    ));
+    let x12 = dev.floats::<F>(&[1.0; 12], vec![1, 12]);
+    let w12 = dev.floats::<F>(&[1.0; 24], vec![2, 12]);
+    assert!(matches!(
+        matmul_hopper(&x12, &w12, None),
+        Err(KernelError::Unsupported { .. })
     ));
 }
 

@@ -1,0 +1,530 @@
+//! Dense `y = x Wᵀ (+ bias)` on Hopper's warpgroup tensor cores (`wgmma`, CUDA sm_90), for the
+//! large products of prefill: `x: [M, K]`, `W: [N, K]`, both f16 or bf16, f32 accumulation.
+//!
+//! CubeCL 0.9's matmuls issue `mma.sync`, which reaches ~245 TFLOP/s on an H200 at prefill
+//! shapes; cuBLAS reaches twice that with `wgmma` fed by the tensor memory accelerator (TMA).
+//! CubeCL has no `wgmma`, so this kernel is CUDA C++ with inline PTX, compiled by the CUDA
+//! runtime's NVRTC like every CubeCL kernel and launched through the same client, streams and
+//! memory pools (a custom [`CubeTask`] whose source is this module's text; the shared-memory
+//! size and cube dimensions come from a one-line `#[cube]` frame).
+//!
+//! # Kernel
+//! One cube of three warpgroups computes a `128 x BN` output tile (`BN` = 256, or 128 when
+//! the grid would not fill the device):
+//! - warpgroup 0, one thread: TMA copies of the `[128, 64]` tile of `x` and the `[BN, 64]` tile
+//!   of `W` for each 64-wide K step into a ring of `STAGES` shared-memory stages (128-byte
+//!   swizzle, zero-filled past the edges), each stage guarded by a "full" and an "empty"
+//!   mbarrier;
+//! - warpgroups 1 and 2: 64 rows each, four `wgmma.m64nBNk16` a K step straight from shared
+//!   memory, the accumulators (`BN / 2` f32 a thread) in registers; a stage is released once
+//!   the product that read it has completed (one product in flight behind the next);
+//! - epilogue: bias added in f32, one rounding to the output dtype, bounds-checked stores.
+//!
+//! Cubes walk M fastest, so the cubes running together share the same weight tile from L2.
+
+use burn_backend::DType;
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::ir::{ElemType, FloatKind, UIntKind};
+use cubecl::prelude::*;
+use cubecl::server::{Bindings, ScalarBinding, TensorMapBinding, TensorMapMeta};
+use cubecl::{CompilationError, Compiler, CubeTask};
+
+use crate::dense::dense_weight;
+use crate::error::{KernelError, Result};
+use crate::launch::{check_activations, check_bias, empty, output_shape};
+
+/// Rows of `x` a cube computes.
+const BM: usize = 128;
+/// The K step: 64 half-precision elements, one 128-byte swizzle row.
+const BK: usize = 64;
+/// Threads a cube: one producer and two consumer warpgroups.
+const THREADS: u32 = 384;
+/// Shared memory beyond the stages: the mbarriers and the slack to align the stages to 1 KiB.
+const SMEM_EXTRA: usize = 2048;
+/// Shared memory the stages may take (of the H100/H200's 227 KiB a cube).
+const SMEM_STAGES: usize = 192 * 1024;
+
+/// The environment variable that turns the kernel off (`0`), so that Burn's matmul can be
+/// measured in its place in the same build.
+pub const HOPPER_GEMM_ENV: &str = "BURN_BNB_HOPPER_GEMM";
+
+/// Whether `client`'s device runs [`matmul_hopper`]: CUDA on compute capability 9.x (TMA without
+/// the sm_100 additions: `wgmma` exists on sm_90 only), unless [`HOPPER_GEMM_ENV`] is `0`.
+pub fn hopper_gemm_supported<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+    use cubecl::features::Tma;
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| std::env::var(HOPPER_GEMM_ENV).as_deref() != Ok("0"));
+    let tma = &client.properties().features.tma;
+    enabled
+        && R::name(client) == "cuda"
+        && tma.contains(Tma::Base)
+        && !tma.contains(Tma::Im2colWide)
+}
+
+/// `x Wᵀ + bias` on Hopper tensor cores.
+///
+/// # Shapes
+/// - `x`: `[..., K]`, f16 or bf16
+/// - `weight`: `[N, K]` contiguous, `x`'s dtype
+/// - `bias`: `[N]`, `x`'s dtype
+/// - output: `[..., N]` in `x`'s dtype
+///
+/// # Errors
+/// [`KernelError::Unsupported`] where [`hopper_gemm_supported`] is false, for f32, or `K` not a
+/// multiple of 8 (TMA needs 16-byte row strides); [`KernelError::Shape`] / [`KernelError::DType`]
+/// for operands that do not fit.
+pub fn matmul_hopper<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &CubeTensor<R>,
+    bias: Option<&CubeTensor<R>>,
+) -> Result<CubeTensor<R>> {
+    let half = match x.dtype {
+        DType::BF16 => Half::Bf16,
+        DType::F16 => Half::F16,
+        other => {
+            return Err(KernelError::Unsupported {
+                what: "matmul_hopper",
+                reason: format!("{other:?} activations (f16 or bf16 only)"),
+            });
+        }
+    };
+    if !hopper_gemm_supported(&x.client) {
+        return Err(KernelError::Unsupported {
+            what: "matmul_hopper",
+            reason: "needs CUDA on an sm_90 device".into(),
+        });
+    }
+    let (n, k) = dense_weight(x, weight)?;
+    let (m, _) = check_activations(x, k)?;
+    check_bias(bias, n, x.dtype)?;
+    if !k.is_multiple_of(8) {
+        return Err(KernelError::Unsupported {
+            what: "matmul_hopper",
+            reason: format!("K = {k} is not a multiple of 8"),
+        });
+    }
+    let x = burn_cubecl::kernel::into_contiguous(x.clone());
+    let out = empty(&x, output_shape(&x, n), x.dtype);
+    if m == 0 || n == 0 {
+        return Ok(out);
+    }
+    if k == 0 {
+        return Err(KernelError::Unsupported {
+            what: "matmul_hopper",
+            reason: "K = 0".into(),
+        });
+    }
+    let sms = x
+        .client
+        .properties()
+        .hardware
+        .num_streaming_multiprocessors
+        .unwrap_or(132) as usize;
+    let tile = Tile::pick(m, n, sms);
+    let cubes = m.div_ceil(BM) * n.div_ceil(tile.bn);
+    let map = |t: &CubeTensor<R>, rows: usize, box_rows: usize| TensorMapBinding {
+        binding: t.handle.clone().binding(),
+        map: TensorMapMeta {
+            format: TensorMapFormat::Tiled(TiledArgs {
+                tile_size: vec![box_rows as u32, BK as u32],
+            }),
+            rank: 2,
+            shape: vec![rows, k],
+            strides: vec![k, 1],
+            elem_stride: vec![1, 1],
+            interleave: TensorMapInterleave::None,
+            swizzle: TensorMapSwizzle::B128,
+            prefetch: TensorMapPrefetch::B256,
+            oob_fill: OobFill::Zero,
+            storage_ty: StorageType::Scalar(ElemType::Float(half.float_kind())),
+        },
+    };
+    let u32_ty = StorageType::Scalar(ElemType::UInt(UIntKind::U32));
+    let dims = [m as u32, n as u32, k as u32, bias.is_some() as u32];
+    let packed = vec![
+        dims[0] as u64 | (dims[1] as u64) << 32,
+        dims[2] as u64 | (dims[3] as u64) << 32,
+    ];
+    let mut bindings = Bindings::new();
+    bindings.tensor_maps.push(map(&x, m, BM));
+    bindings.tensor_maps.push(map(weight, n, tile.bn));
+    // Without a bias the kernel never reads this binding; it is the output so that no buffer
+    // is allocated for it.
+    bindings
+        .buffers
+        .push(bias.unwrap_or(&out).handle.clone().binding());
+    bindings.buffers.push(out.handle.clone().binding());
+    bindings
+        .scalars
+        .insert(u32_ty, ScalarBinding::new(u32_ty, dims.len(), packed));
+    let task = HopperGemmTask::<R> {
+        half,
+        tile,
+        client: x.client.clone(),
+    };
+    let count = CubeCount::Static(cubes as u32, 1, 1);
+    // SAFETY: the TMA copies are bounded by the tensor maps (zero fill past the edges) and every
+    // store checks its row and column against M and N.
+    unsafe {
+        x.client
+            .launch_unchecked(Box::new(task), count, bindings)
+            .map_err(|e| KernelError::launch("matmul_hopper", e))?;
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Half {
+    Bf16,
+    F16,
+}
+
+impl Half {
+    fn float_kind(self) -> FloatKind {
+        match self {
+            Half::Bf16 => FloatKind::BF16,
+            Half::F16 => FloatKind::F16,
+        }
+    }
+
+    fn ptx(self) -> &'static str {
+        match self {
+            Half::Bf16 => "bf16",
+            Half::F16 => "f16",
+        }
+    }
+}
+
+/// The output tile's width and the depth of the load ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Tile {
+    bn: usize,
+    stages: usize,
+}
+
+impl Tile {
+    /// 256 columns a cube (fewer instructions a flop) unless that leaves SMs idle.
+    fn pick(m: usize, n: usize, sms: usize) -> Self {
+        let bn = if m.div_ceil(BM) * n.div_ceil(256) >= sms {
+            256
+        } else {
+            128
+        };
+        let stages = (SMEM_STAGES / ((BM + bn) * BK * 2)).min(8);
+        Self { bn, stages }
+    }
+
+    fn smem_bytes(self) -> usize {
+        self.stages * (BM + self.bn) * BK * 2 + SMEM_EXTRA
+    }
+}
+
+/// The frame that gives the CUDA runtime the cube size and dynamic shared memory of the kernel.
+#[cube(launch_unchecked)]
+fn hopper_gemm_frame(#[comptime] smem_words: usize) {
+    let mut smem = SharedMemory::<u32>::new(smem_words);
+    smem[UNIT_POS as usize] = 0u32;
+}
+
+struct HopperGemmTask<R: CubeRuntime> {
+    half: Half,
+    tile: Tile,
+    client: ComputeClient<R>,
+}
+
+impl<R: CubeRuntime> HopperGemmTask<R> {
+    fn entrypoint(&self) -> String {
+        format!(
+            "bnb_hopper_gemm_{}_n{}_s{}",
+            self.half.ptx(),
+            self.tile.bn,
+            self.tile.stages
+        )
+    }
+}
+
+impl<R: CubeRuntime> KernelMetadata for HopperGemmTask<R> {
+    fn name(&self) -> &'static str {
+        "matmul_hopper"
+    }
+
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>()
+            .info((self.half, self.tile))
+            .cube_dim(CubeDim::new_1d(THREADS))
+    }
+
+    fn address_type(&self) -> StorageType {
+        StorageType::Scalar(ElemType::UInt(UIntKind::U32))
+    }
+}
+
+impl<R: CubeRuntime> CubeTask<R::Compiler> for HopperGemmTask<R> {
+    fn compile(
+        &self,
+        compiler: &mut R::Compiler,
+        options: &<R::Compiler as Compiler>::CompilationOptions,
+        mode: ExecutionMode,
+        address_type: StorageType,
+    ) -> core::result::Result<CompiledKernel<R::Compiler>, CompilationError> {
+        let words = self.tile.smem_bytes().div_ceil(4);
+        let settings = KernelSettings::default().cube_dim(CubeDim::new_1d(THREADS));
+        let frame =
+            hopper_gemm_frame::HopperGemmFrame::<R>::new(settings, self.client.clone(), words);
+        let repr = compiler.compile(frame.define(), options, mode, address_type)?;
+        Ok(CompiledKernel {
+            entrypoint_name: self.entrypoint(),
+            debug_name: Some("matmul_hopper"),
+            source: source(&self.entrypoint(), self.half, self.tile),
+            repr: Some(repr),
+            cube_dim: CubeDim::new_1d(THREADS),
+            debug_info: None,
+        })
+    }
+}
+
+/// `wgmma.mma_async` of one 64 x `bn` x 16 step, accumulating into `d[0..bn / 2]`.
+fn wgmma_asm(half: Half, bn: usize) -> String {
+    let regs = bn / 2;
+    let list = (0..regs)
+        .map(|i| format!("%{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let outputs = (0..regs)
+        .map(|i| format!("\"+f\"(d[{i}])"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let t = half.ptx();
+    format!(
+        r#"__device__ __forceinline__ void wgmma_step(float* d, u64 da, u64 db) {{
+    asm volatile(
+        "{{\n.reg .pred p;\nsetp.ne.b32 p, %{scale}, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n{bn}k16.f32.{t}.{t} {{{list}}}, %{a}, %{b}, p, 1, 1, 0, 0;\n}}\n"
+        : {outputs}
+        : "l"(da), "l"(db), "r"(1));
+}}
+"#,
+        scale = regs + 2,
+        a = regs,
+        b = regs + 1,
+    )
+}
+
+/// The CUDA source of the kernel for one dtype and tile.
+fn source(name: &str, half: Half, tile: Tile) -> String {
+    let Tile { bn, stages } = tile;
+    let t = half.ptx();
+    let wgmma = wgmma_asm(half, bn);
+    // Float from the 16-bit pattern of a bias element.
+    let widen = match half {
+        Half::Bf16 => "bf16_to_float(h)",
+        Half::F16 => "half_to_float(h)",
+    };
+    format!(
+        r#"typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+struct __align__(64) TensorMap {{ u64 opaque[16]; }};
+struct Dims {{ u32 m, n, k, has_bias; }};
+
+#define BM {BM}
+#define BN {bn}
+#define BK {BK}
+#define STAGES {stages}
+#define A_BYTES (BM * BK * 2)
+#define STAGE_BYTES ((BM + BN) * BK * 2)
+
+__device__ __forceinline__ u32 shared_address(const void* p) {{
+    u32 r;
+    asm volatile("{{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }}" : "=r"(r) : "l"(p));
+    return r;
+}}
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
+}}
+
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {{
+    asm volatile(
+        "{{\n.reg .pred P1;\nWAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+        "@P1 bra.uni DONE;\nbra.uni WAIT;\nDONE:\n}}\n"
+        :: "r"(bar), "r"(parity) : "memory");
+}}
+
+__device__ __forceinline__ void mbar_arrive(u32 bar) {{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
+}}
+
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
+}}
+
+__device__ __forceinline__ void tma_load(u32 dst, const TensorMap* map, u32 bar, int inner, int outer) {{
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {{%2, %3}}], [%4];"
+        :: "r"(dst), "l"((u64)map), "r"(inner), "r"(outer), "r"(bar) : "memory");
+}}
+
+/// K-major operand, 128-byte swizzle: 8-row groups 1024 bytes apart.
+__device__ __forceinline__ u64 smem_desc(u32 addr) {{
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)64 << 32) | ((u64)1 << 62);
+}}
+
+__device__ __forceinline__ float half_to_float(u16 h) {{
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}}
+
+__device__ __forceinline__ float bf16_to_float(u16 h) {{
+    float f;
+    asm("mov.b32 %0, %1;" : "=f"(f) : "r"(((u32)h) << 16));
+    return f;
+}}
+
+__device__ __forceinline__ u32 pack2(float lo, float hi) {{
+    u32 r;
+    asm("cvt.rn.{t}x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}}
+
+{wgmma}
+extern "C" __global__ void __launch_bounds__(384, 1) {name}(
+    const __grid_constant__ TensorMap map_x,
+    const __grid_constant__ TensorMap map_w,
+    const u16* __restrict__ x_buffer,
+    const u16* __restrict__ w_buffer,
+    const u16* __restrict__ bias,
+    u16* __restrict__ out,
+    const __grid_constant__ Dims dims)
+{{
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const u32 base = (shared_address(smem) + 1023u) & ~1023u;
+    const u32 full = base + STAGES * STAGE_BYTES;
+    const u32 empty_ = full + STAGES * 8;
+    const u32 m_blocks = (dims.m + BM - 1) / BM;
+    const u32 m0 = (blockIdx.x % m_blocks) * BM;
+    const u32 n0 = (blockIdx.x / m_blocks) * BN;
+    const u32 k_blocks = (dims.k + BK - 1) / BK;
+    const u32 wg = threadIdx.x / 128;
+    const u32 tid = threadIdx.x % 128;
+
+    if (threadIdx.x == 0) {{
+        for (u32 s = 0; s < STAGES; ++s) {{
+            mbar_init(full + 8 * s, 1);
+            mbar_init(empty_ + 8 * s, 2);
+        }}
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }}
+    __syncthreads();
+
+    if (wg == 0) {{
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (tid == 0) {{
+            for (u32 kb = 0; kb < k_blocks; ++kb) {{
+                const u32 s = kb % STAGES;
+                // The first round's wait on the phase before the first returns at once.
+                mbar_wait(empty_ + 8 * s, ((kb / STAGES) & 1) ^ 1);
+                mbar_expect(full + 8 * s, STAGE_BYTES);
+                const u32 stage = base + s * STAGE_BYTES;
+                tma_load(stage, &map_x, full + 8 * s, (int)(kb * BK), (int)m0);
+                tma_load(stage + A_BYTES, &map_w, full + 8 * s, (int)(kb * BK), (int)n0);
+            }}
+        }}
+        return;
+    }}
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const u32 c = wg - 1;
+    float d[BN / 2];
+    #pragma unroll
+    for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
+
+    for (u32 kb = 0; kb < k_blocks; ++kb) {{
+        const u32 s = kb % STAGES;
+        mbar_wait(full + 8 * s, (kb / STAGES) & 1);
+        const u32 a = base + s * STAGE_BYTES + c * 64 * 128;
+        const u32 b = base + s * STAGE_BYTES + A_BYTES;
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+        #pragma unroll
+        for (u32 kk = 0; kk < BK / 16; ++kk) {{
+            wgmma_step(d, smem_desc(a + kk * 32), smem_desc(b + kk * 32));
+        }}
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        // The previous step's product has completed: its stage goes back to the producer.
+        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+        if (kb > 0 && tid == 0) mbar_arrive(empty_ + 8 * ((kb - 1) % STAGES));
+    }}
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+
+    const u32 warp = tid / 32, lane = tid % 32;
+    const u32 row = m0 + c * 64 + warp * 16 + lane / 4;
+    const bool even = (dims.n & 1) == 0;
+    #pragma unroll
+    for (u32 j = 0; j < BN / 8; ++j) {{
+        const u32 col = n0 + j * 8 + 2 * (lane % 4);
+        if (col >= dims.n) continue;
+        float b0 = 0.0f, b1 = 0.0f;
+        if (dims.has_bias) {{
+            u16 h = bias[col];
+            b0 = {widen};
+            if (col + 1 < dims.n) {{ h = bias[col + 1]; b1 = {widen}; }}
+        }}
+        #pragma unroll
+        for (u32 half_ = 0; half_ < 2; ++half_) {{
+            const u32 r = row + 8 * half_;
+            if (r >= dims.m) continue;
+            const u32 v = pack2(d[4 * j + 2 * half_] + b0, d[4 * j + 2 * half_ + 1] + b1);
+            u16* dst = out + (u64)r * dims.n + col;
+            if (even) {{
+                *(u32*)dst = v;
+            }} else {{
+                dst[0] = (u16)(v & 0xFFFF);
+                if (col + 1 < dims.n) dst[1] = (u16)(v >> 16);
+            }}
+        }}
+    }}
+}}
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_fit_shared_memory_and_fill_the_device() {
+        // Llama-3.1-8B prefill of 32 x 64 tokens: 16 row blocks.
+        assert_eq!(Tile::pick(2048, 14336, 132).bn, 256);
+        assert_eq!(Tile::pick(2048, 4096, 132).bn, 256);
+        // One sequence of 64 tokens: too few cubes at 256 columns.
+        assert_eq!(Tile::pick(64, 4096, 132).bn, 128);
+        for bn in [128, 256] {
+            let (m, n) = if bn == 256 { (4096, 4096) } else { (128, 256) };
+            let tile = Tile::pick(m, n, 132);
+            assert_eq!(tile.bn, bn);
+            assert!(tile.stages >= 3, "{tile:?}");
+            assert!(tile.smem_bytes() <= 227 * 1024, "{tile:?}");
+        }
+    }
+
+    #[test]
+    fn source_names_every_accumulator_once() {
+        for (half, bn) in [(Half::Bf16, 256), (Half::F16, 128)] {
+            let src = source("k", half, Tile { bn, stages: 4 });
+            let asm = wgmma_asm(half, bn);
+            assert!(src.contains(&asm));
+            assert!(asm.contains(&format!("m64n{bn}k16.f32.{0}.{0}", half.ptx())));
+            assert!(asm.contains(&format!("\"+f\"(d[{}])", bn / 2 - 1)));
+            assert!(!asm.contains(&format!("\"+f\"(d[{}])", bn / 2)));
+            // Operands: the accumulators, the two descriptors, the scale flag.
+            assert!(asm.contains(&format!("%{}, %{}, p", bn / 2, bn / 2 + 1)));
+            assert!(asm.contains(&format!("setp.ne.b32 p, %{}", bn / 2 + 2)));
+        }
+    }
+}
