@@ -345,6 +345,33 @@ fn cases<'a>(
                 }),
             });
         }
+        // LLM.int8() without outliers: the row quantization and the product, on the strategy
+        // the backend picks and on the shared-memory tensor-core kernel it used before.
+        for strategy in [
+            Int8Strategy::Auto,
+            Int8Strategy::Cmma {
+                bm: 64,
+                bn: 128,
+                splits: 1,
+            },
+        ] {
+            let resolved = match strategy {
+                Int8Strategy::Auto => {
+                    burn_bnb_kernels::int8::auto_int8_strategy(&ctx.client, m, n, k)
+                }
+                s => s,
+            };
+            cases.push(Case {
+                format: "int8",
+                variant: format!("{resolved:?}"),
+                weight_bytes: i8_bytes,
+                run: Box::new(move |i| {
+                    let q = int8_quantize_rows(x_f16, 0.0).unwrap().quantized;
+                    int8_matmul_dequant_with(&q, &w.int8[i % COPIES], None, DType::F16, strategy)
+                        .unwrap();
+                }),
+            });
+        }
         return cases;
     }
     let mut q4 = |format: &'static str, dq: bool, strategy: Matmul4Strategy| {

@@ -36,8 +36,8 @@ use crate::launch::{check_activations, check_bias, empty, output_shape};
 
 /// Rows of `x` a cube computes.
 const BM: usize = 128;
-/// The K step: 64 half-precision elements, one 128-byte swizzle row.
-const BK: usize = 64;
+/// Bytes of a tile row a K step: one 128-byte swizzle row (64 halves, 128 int8 codes).
+const ROW_BYTES: usize = 128;
 /// Threads a cube: one producer and two consumer warpgroups.
 const THREADS: u32 = 384;
 /// Shared memory beyond the stages: the mbarriers and the slack to align the stages to 1 KiB.
@@ -115,19 +115,112 @@ pub fn matmul_hopper<R: CubeRuntime>(
             reason: "K = 0".into(),
         });
     }
-    let sms = x
-        .client
+    let bias_flag = u32::from(bias.is_some());
+    launch(
+        Operands {
+            x: &x,
+            x_scale: None,
+            weight,
+            w_scale: None,
+            bias,
+            out: &out,
+        },
+        Variant::Half(half),
+        [m, n, k],
+        bias_flag,
+    )?;
+    Ok(out)
+}
+
+/// LLM.int8()'s product on Hopper's tensor cores: `CA CBᵀ` (`wgmma` s8 x s8 -> s32, exact)
+/// dequantized in the epilogue as [`crate::int8_matmul_dequant`] does:
+/// `F(f16(fma(acc * SCA * SCB, 1/127², bias)))`, the bias fused into the FMA for an f16 output
+/// and added in float16 after it otherwise.
+///
+/// `K % 16 == 0`; the caller checked shapes and dtypes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_int8_hopper<R: CubeRuntime>(
+    a: &crate::layout::Int8Matrix<R>,
+    b: &crate::layout::Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    out: &CubeTensor<R>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    let dtype = match out.dtype {
+        DType::F16 => OutKind::F16,
+        DType::BF16 => OutKind::Bf16,
+        DType::F32 => OutKind::F32,
+        other => {
+            return Err(KernelError::Unsupported {
+                what: "int8 hopper strategy",
+                reason: format!("{other:?} output"),
+            });
+        }
+    };
+    if !hopper_gemm_supported(&a.codes.client) || !k.is_multiple_of(16) || k == 0 {
+        return Err(KernelError::Unsupported {
+            what: "int8 hopper strategy",
+            reason: format!("needs CUDA sm_90 and K % 16 == 0 (K = {k})"),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    // Bit 0: the bias goes into the FMA (f16 output); bit 1: added in float16 after it.
+    let flags = match (bias.is_some(), dtype) {
+        (false, _) => 0,
+        (true, OutKind::F16) => 1,
+        (true, _) => 2,
+    };
+    launch(
+        Operands {
+            x: &a.codes,
+            x_scale: Some(&a.absmax),
+            weight: &b.codes,
+            w_scale: Some(&b.absmax),
+            bias,
+            out,
+        },
+        Variant::Int8(dtype),
+        [m, n, k],
+        flags,
+    )
+}
+
+/// The tensors of one launch; the scales are those of LLM.int8() (`SCA`, `SCB`).
+struct Operands<'a, R: CubeRuntime> {
+    x: &'a CubeTensor<R>,
+    x_scale: Option<&'a CubeTensor<R>>,
+    weight: &'a CubeTensor<R>,
+    w_scale: Option<&'a CubeTensor<R>>,
+    bias: Option<&'a CubeTensor<R>>,
+    out: &'a CubeTensor<R>,
+}
+
+/// Launches the kernel of `variant` on contiguous, checked operands of `[m, n, k]`.
+fn launch<R: CubeRuntime>(
+    ops: Operands<'_, R>,
+    variant: Variant,
+    [m, n, k]: [usize; 3],
+    flags: u32,
+) -> Result<()> {
+    let client = &ops.x.client;
+    let sms = client
         .properties()
         .hardware
         .num_streaming_multiprocessors
         .unwrap_or(132) as usize;
     let tile = Tile::pick(m, n, sms);
     let cubes = m.div_ceil(BM) * n.div_ceil(tile.bn);
+    let bk = variant.bk();
+    let storage_ty = variant.storage();
     let map = |t: &CubeTensor<R>, rows: usize, box_rows: usize| TensorMapBinding {
         binding: t.handle.clone().binding(),
         map: TensorMapMeta {
             format: TensorMapFormat::Tiled(TiledArgs {
-                tile_size: vec![box_rows as u32, BK as u32],
+                tile_size: vec![box_rows as u32, bk as u32],
             }),
             rank: 2,
             shape: vec![rows, k],
@@ -137,41 +230,96 @@ pub fn matmul_hopper<R: CubeRuntime>(
             swizzle: TensorMapSwizzle::B128,
             prefetch: TensorMapPrefetch::B256,
             oob_fill: OobFill::Zero,
-            storage_ty: StorageType::Scalar(ElemType::Float(half.float_kind())),
+            storage_ty,
         },
     };
     let u32_ty = StorageType::Scalar(ElemType::UInt(UIntKind::U32));
-    let dims = [m as u32, n as u32, k as u32, bias.is_some() as u32];
+    let dims = [m as u32, n as u32, k as u32, flags];
     let packed = vec![
         dims[0] as u64 | (dims[1] as u64) << 32,
         dims[2] as u64 | (dims[3] as u64) << 32,
     ];
     let mut bindings = Bindings::new();
-    bindings.tensor_maps.push(map(&x, m, BM));
-    bindings.tensor_maps.push(map(weight, n, tile.bn));
-    // Without a bias the kernel never reads this binding; it is the output so that no buffer
-    // is allocated for it.
-    bindings
-        .buffers
-        .push(bias.unwrap_or(&out).handle.clone().binding());
-    bindings.buffers.push(out.handle.clone().binding());
+    bindings.tensor_maps.push(map(ops.x, m, BM));
+    bindings.tensor_maps.push(map(ops.weight, n, tile.bn));
+    // Bindings a variant does not read (no bias, the dense kernel's scales) are the output, so
+    // that no buffer is allocated for them.
+    let unused = || ops.out.handle.clone().binding();
+    let binding = |t: Option<&CubeTensor<R>>| t.map_or_else(unused, |t| t.handle.clone().binding());
+    if let Variant::Int8(_) = variant {
+        bindings.buffers.push(binding(ops.x_scale));
+        bindings.buffers.push(binding(ops.w_scale));
+    }
+    bindings.buffers.push(binding(ops.bias));
+    bindings.buffers.push(ops.out.handle.clone().binding());
     bindings
         .scalars
         .insert(u32_ty, ScalarBinding::new(u32_ty, dims.len(), packed));
     let task = HopperGemmTask::<R> {
-        half,
+        variant,
         tile,
-        client: x.client.clone(),
+        client: client.clone(),
     };
     let count = CubeCount::Static(cubes as u32, 1, 1);
     // SAFETY: the TMA copies are bounded by the tensor maps (zero fill past the edges) and every
-    // store checks its row and column against M and N.
+    // load of a scale or bias and every store checks its row and column against M and N.
     unsafe {
-        x.client
+        client
             .launch_unchecked(Box::new(task), count, bindings)
             .map_err(|e| KernelError::launch("matmul_hopper", e))?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// What a kernel multiplies and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Variant {
+    /// f16 or bf16 operands, f32 accumulators, the operands' dtype out.
+    Half(Half),
+    /// LLM.int8() codes, s32 accumulators, dequantized to this dtype.
+    Int8(OutKind),
+}
+
+impl Variant {
+    /// Elements of one 128-byte K step.
+    fn bk(self) -> usize {
+        match self {
+            Variant::Half(_) => 64,
+            Variant::Int8(_) => 128,
+        }
+    }
+
+    fn storage(self) -> StorageType {
+        match self {
+            Variant::Half(h) => StorageType::Scalar(ElemType::Float(h.float_kind())),
+            Variant::Int8(_) => StorageType::Scalar(ElemType::UInt(UIntKind::U8)),
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Variant::Half(h) => h.ptx().into(),
+            Variant::Int8(o) => format!("s8_{}", o.ptx()),
+        }
+    }
+}
+
+/// The output dtype of the int8 variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum OutKind {
+    F16,
+    Bf16,
+    F32,
+}
+
+impl OutKind {
+    fn ptx(self) -> &'static str {
+        match self {
+            OutKind::F16 => "f16",
+            OutKind::Bf16 => "bf16",
+            OutKind::F32 => "f32",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -211,12 +359,12 @@ impl Tile {
         } else {
             128
         };
-        let stages = (SMEM_STAGES / ((BM + bn) * BK * 2)).min(8);
+        let stages = (SMEM_STAGES / ((BM + bn) * ROW_BYTES)).min(8);
         Self { bn, stages }
     }
 
     fn smem_bytes(self) -> usize {
-        self.stages * (BM + self.bn) * BK * 2 + SMEM_EXTRA
+        self.stages * (BM + self.bn) * ROW_BYTES + SMEM_EXTRA
     }
 }
 
@@ -228,7 +376,7 @@ fn hopper_gemm_frame(#[comptime] smem_words: usize) {
 }
 
 struct HopperGemmTask<R: CubeRuntime> {
-    half: Half,
+    variant: Variant,
     tile: Tile,
     client: ComputeClient<R>,
 }
@@ -237,7 +385,7 @@ impl<R: CubeRuntime> HopperGemmTask<R> {
     fn entrypoint(&self) -> String {
         format!(
             "bnb_hopper_gemm_{}_n{}_s{}",
-            self.half.ptx(),
+            self.variant.name(),
             self.tile.bn,
             self.tile.stages
         )
@@ -251,7 +399,7 @@ impl<R: CubeRuntime> KernelMetadata for HopperGemmTask<R> {
 
     fn id(&self) -> KernelId {
         KernelId::new::<Self>()
-            .info((self.half, self.tile))
+            .info((self.variant, self.tile))
             .cube_dim(CubeDim::new_1d(THREADS))
     }
 
@@ -276,7 +424,7 @@ impl<R: CubeRuntime> CubeTask<R::Compiler> for HopperGemmTask<R> {
         Ok(CompiledKernel {
             entrypoint_name: self.entrypoint(),
             debug_name: Some("matmul_hopper"),
-            source: source(&self.entrypoint(), self.half, self.tile),
+            source: source(&self.entrypoint(), self.variant, self.tile),
             repr: Some(repr),
             cube_dim: CubeDim::new_1d(THREADS),
             debug_info: None,
@@ -284,23 +432,31 @@ impl<R: CubeRuntime> CubeTask<R::Compiler> for HopperGemmTask<R> {
     }
 }
 
-/// `wgmma.mma_async` of one 64 x `bn` x 16 step, accumulating into `d[0..bn / 2]`.
-fn wgmma_asm(half: Half, bn: usize) -> String {
+/// `wgmma.mma_async` of one 64 x `bn` x 32-byte K step, accumulating into `d[0..bn / 2]`.
+fn wgmma_asm(variant: Variant, bn: usize) -> String {
     let regs = bn / 2;
     let list = (0..regs)
         .map(|i| format!("%{i}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let (acc, constraint, shape) = match variant {
+        Variant::Half(h) => ("float", "+f", format!("k16.f32.{0}.{0}", h.ptx())),
+        Variant::Int8(_) => ("int", "+r", "k32.s32.s8.s8".to_string()),
+    };
+    // Integer products take no operand scales or transposes.
+    let tail = match variant {
+        Variant::Half(_) => ", 1, 1, 0, 0",
+        Variant::Int8(_) => "",
+    };
     let outputs = (0..regs)
-        .map(|i| format!("\"+f\"(d[{i}])"))
+        .map(|i| format!("\"{constraint}\"(d[{i}])"))
         .collect::<Vec<_>>()
         .join(", ");
-    let t = half.ptx();
     format!(
-        r#"__device__ __forceinline__ void wgmma_step(float* d, u64 da, u64 db) {{
+        r#"__device__ __forceinline__ void wgmma_step({acc}* d, u64 da, u64 db) {{
     asm volatile(
         "{{\n.reg .pred p;\nsetp.ne.b32 p, %{scale}, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n{bn}k16.f32.{t}.{t} {{{list}}}, %{a}, %{b}, p, 1, 1, 0, 0;\n}}\n"
+        "wgmma.mma_async.sync.aligned.m64n{bn}{shape} {{{list}}}, %{a}, %{b}, p{tail};\n}}\n"
         : {outputs}
         : "l"(da), "l"(db), "r"(1));
 }}
@@ -311,30 +467,63 @@ fn wgmma_asm(half: Half, bn: usize) -> String {
     )
 }
 
-/// The CUDA source of the kernel for one dtype and tile.
-fn source(name: &str, half: Half, tile: Tile) -> String {
+/// The CUDA source of the kernel for one variant and tile.
+fn source(name: &str, variant: Variant, tile: Tile) -> String {
     let Tile { bn, stages } = tile;
-    let t = half.ptx();
-    let wgmma = wgmma_asm(half, bn);
-    // Float from the 16-bit pattern of a bias element.
-    let widen = match half {
-        Half::Bf16 => "bf16_to_float(h)",
-        Half::F16 => "half_to_float(h)",
+    let bk = variant.bk();
+    let wgmma = wgmma_asm(variant, bn);
+    let out_kind = match variant {
+        Variant::Half(Half::Bf16) | Variant::Int8(OutKind::Bf16) => OutKind::Bf16,
+        Variant::Half(Half::F16) | Variant::Int8(OutKind::F16) => OutKind::F16,
+        Variant::Int8(OutKind::F32) => OutKind::F32,
     };
+    let (out_t, load_bias, store2) = match out_kind {
+        OutKind::Bf16 => (
+            "u16",
+            "bf16_to_float(bias[c])",
+            "const u32 v = pack2_bf16(v0, v1); if (pair) *(u32*)dst = v; else dst[0] = (u16)(v & 0xFFFF);",
+        ),
+        OutKind::F16 => (
+            "u16",
+            "half_to_float(bias[c])",
+            "const u32 v = pack2_f16(v0, v1); if (pair) *(u32*)dst = v; else dst[0] = (u16)(v & 0xFFFF);",
+        ),
+        OutKind::F32 => (
+            "float",
+            "bias[c]",
+            "if (pair) { float2_ v = {v0, v1}; *(float2_*)dst = v; } else dst[0] = v0;",
+        ),
+    };
+    let (acc_t, scale_params, epilogue) = match variant {
+        Variant::Half(_) => (
+            "float",
+            "",
+            "(dims.flags && c < dims.n ? acc + load_bias(bias, c) : acc)".to_string(),
+        ),
+        Variant::Int8(_) => (
+            "int",
+            "const float* __restrict__ sca,\n    const float* __restrict__ scb,\n    ",
+            "(c < dims.n ? dequant(acc, sca[r], scb[c], dims.flags ? load_bias(bias, c) : 0.0f, dims.flags) : 0.0f)"
+                .to_string(),
+        ),
+    };
+    let dequant_const = format!("{:?}f", crate::int8::MM_DEQUANT_CONST);
     format!(
         r#"typedef unsigned int u32;
 typedef unsigned short u16;
 typedef unsigned long long u64;
+typedef {out_t} out_t;
 
 struct __align__(64) TensorMap {{ u64 opaque[16]; }};
-struct Dims {{ u32 m, n, k, has_bias; }};
+struct Dims {{ u32 m, n, k, flags; }};
+struct __align__(8) float2_ {{ float x, y; }};
 
 #define BM {BM}
 #define BN {bn}
-#define BK {BK}
+#define BK {bk}
 #define STAGES {stages}
-#define A_BYTES (BM * BK * 2)
-#define STAGE_BYTES ((BM + BN) * BK * 2)
+#define A_BYTES (BM * {ROW_BYTES})
+#define STAGE_BYTES ((BM + BN) * {ROW_BYTES})
 
 __device__ __forceinline__ u32 shared_address(const void* p) {{
     u32 r;
@@ -386,20 +575,56 @@ __device__ __forceinline__ float bf16_to_float(u16 h) {{
     return f;
 }}
 
-__device__ __forceinline__ u32 pack2(float lo, float hi) {{
+__device__ __forceinline__ float load_bias(const out_t* __restrict__ bias, u32 c) {{
+    return {load_bias};
+}}
+
+__device__ __forceinline__ float round_f16(float v) {{
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return half_to_float(h);
+}}
+
+/// LLM.int8()'s `f16(fma(acc * SCA * SCB, 1/127², bias))` (flag 1), or with the bias added in
+/// float16 after it (flag 2). Explicit PTX so that nothing is contracted or reordered.
+__device__ __forceinline__ float dequant(int acc, float sca, float scb, float bias, u32 flags) {{
+    float p, y;
+    asm("mul.rn.f32 %0, %1, %2;" : "=f"(p) : "f"((float)acc), "f"(sca));
+    asm("mul.rn.f32 %0, %1, %2;" : "=f"(p) : "f"(p), "f"(scb));
+    asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(y) : "f"(p), "f"({dequant_const}), "f"((flags & 1) ? bias : 0.0f));
+    y = round_f16(y);
+    if (flags & 2) {{
+        asm("add.rn.f32 %0, %1, %2;" : "=f"(y) : "f"(y), "f"(round_f16(bias)));
+        y = round_f16(y);
+    }}
+    return y;
+}}
+
+__device__ __forceinline__ u32 pack2_bf16(float lo, float hi) {{
     u32 r;
-    asm("cvt.rn.{t}x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+}}
+
+__device__ __forceinline__ u32 pack2_f16(float lo, float hi) {{
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}}
+
+/// Stores `v0` at `dst[0]` and, when `pair`, `v1` at `dst[1]`.
+__device__ __forceinline__ void store2(out_t* dst, bool pair, float v0, float v1) {{
+    {store2}
 }}
 
 {wgmma}
 extern "C" __global__ void __launch_bounds__(384, 1) {name}(
     const __grid_constant__ TensorMap map_x,
     const __grid_constant__ TensorMap map_w,
-    const u16* __restrict__ x_buffer,
-    const u16* __restrict__ w_buffer,
-    const u16* __restrict__ bias,
-    u16* __restrict__ out,
+    const void* __restrict__ x_buffer,
+    const void* __restrict__ w_buffer,
+    {scale_params}const out_t* __restrict__ bias,
+    out_t* __restrict__ out,
     const __grid_constant__ Dims dims)
 {{
     extern __shared__ __align__(1024) unsigned char smem[];
@@ -439,19 +664,19 @@ extern "C" __global__ void __launch_bounds__(384, 1) {name}(
     }}
 
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-    const u32 c = wg - 1;
-    float d[BN / 2];
+    const u32 c_wg = wg - 1;
+    {acc_t} d[BN / 2];
     #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
+    for (int i = 0; i < BN / 2; ++i) d[i] = 0;
 
     for (u32 kb = 0; kb < k_blocks; ++kb) {{
         const u32 s = kb % STAGES;
         mbar_wait(full + 8 * s, (kb / STAGES) & 1);
-        const u32 a = base + s * STAGE_BYTES + c * 64 * 128;
+        const u32 a = base + s * STAGE_BYTES + c_wg * 64 * {ROW_BYTES};
         const u32 b = base + s * STAGE_BYTES + A_BYTES;
         asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
         #pragma unroll
-        for (u32 kk = 0; kk < BK / 16; ++kk) {{
+        for (u32 kk = 0; kk < 4; ++kk) {{
             wgmma_step(d, smem_desc(a + kk * 32), smem_desc(b + kk * 32));
         }}
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
@@ -462,29 +687,25 @@ extern "C" __global__ void __launch_bounds__(384, 1) {name}(
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
 
     const u32 warp = tid / 32, lane = tid % 32;
-    const u32 row = m0 + c * 64 + warp * 16 + lane / 4;
+    const u32 row = m0 + c_wg * 64 + warp * 16 + lane / 4;
     const bool even = (dims.n & 1) == 0;
     #pragma unroll
     for (u32 j = 0; j < BN / 8; ++j) {{
         const u32 col = n0 + j * 8 + 2 * (lane % 4);
         if (col >= dims.n) continue;
-        float b0 = 0.0f, b1 = 0.0f;
-        if (dims.has_bias) {{
-            u16 h = bias[col];
-            b0 = {widen};
-            if (col + 1 < dims.n) {{ h = bias[col + 1]; b1 = {widen}; }}
-        }}
         #pragma unroll
-        for (u32 half_ = 0; half_ < 2; ++half_) {{
-            const u32 r = row + 8 * half_;
+        for (u32 h = 0; h < 2; ++h) {{
+            const u32 r = row + 8 * h;
             if (r >= dims.m) continue;
-            const u32 v = pack2(d[4 * j + 2 * half_] + b0, d[4 * j + 2 * half_ + 1] + b1);
-            u16* dst = out + (u64)r * dims.n + col;
+            float v0, v1;
+            {{ const {acc_t} acc = d[4 * j + 2 * h]; const u32 c = col; v0 = {epilogue}; }}
+            {{ const {acc_t} acc = d[4 * j + 2 * h + 1]; const u32 c = col + 1; v1 = {epilogue}; }}
+            out_t* dst = out + (u64)r * dims.n + col;
             if (even) {{
-                *(u32*)dst = v;
+                store2(dst, true, v0, v1);
             }} else {{
-                dst[0] = (u16)(v & 0xFFFF);
-                if (col + 1 < dims.n) dst[1] = (u16)(v >> 16);
+                store2(dst, false, v0, v1);
+                if (col + 1 < dims.n) store2(dst + 1, false, v1, v1);
             }}
         }}
     }}
@@ -515,13 +736,18 @@ mod tests {
 
     #[test]
     fn source_names_every_accumulator_once() {
-        for (half, bn) in [(Half::Bf16, 256), (Half::F16, 128)] {
-            let src = source("k", half, Tile { bn, stages: 4 });
-            let asm = wgmma_asm(half, bn);
+        let variants = [
+            (Variant::Half(Half::Bf16), 256, "k16.f32.bf16.bf16", "+f"),
+            (Variant::Half(Half::F16), 128, "k16.f32.f16.f16", "+f"),
+            (Variant::Int8(OutKind::F32), 256, "k32.s32.s8.s8", "+r"),
+        ];
+        for (variant, bn, shape, constraint) in variants {
+            let src = source("k", variant, Tile { bn, stages: 4 });
+            let asm = wgmma_asm(variant, bn);
             assert!(src.contains(&asm));
-            assert!(asm.contains(&format!("m64n{bn}k16.f32.{0}.{0}", half.ptx())));
-            assert!(asm.contains(&format!("\"+f\"(d[{}])", bn / 2 - 1)));
-            assert!(!asm.contains(&format!("\"+f\"(d[{}])", bn / 2)));
+            assert!(asm.contains(&format!("m64n{bn}{shape}")));
+            assert!(asm.contains(&format!("\"{constraint}\"(d[{}])", bn / 2 - 1)));
+            assert!(!asm.contains(&format!("(d[{}])", bn / 2)));
             // Operands: the accumulators, the two descriptors, the scale flag.
             assert!(asm.contains(&format!("%{}, %{}, p", bn / 2, bn / 2 + 1)));
             assert!(asm.contains(&format!("setp.ne.b32 p, %{}", bn / 2 + 2)));

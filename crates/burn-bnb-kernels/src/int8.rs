@@ -35,7 +35,7 @@ use crate::launch::{
 use crate::layout::{Int8Matrix, check_float, f32_arg, float_arg, words_arg};
 
 /// bitsandbytes' `MM_DEQUANT_CONST`, float32 of `1 / (127 * 127)`.
-const MM_DEQUANT_CONST: f32 = 6.200_012e-5;
+pub(crate) const MM_DEQUANT_CONST: f32 = 6.200_012e-5;
 /// bitsandbytes' float32 `1 / 127`.
 #[allow(clippy::excessive_precision)]
 const INV_127: f32 = 7.874_015_718_698_502e-3;
@@ -1427,6 +1427,9 @@ pub enum Int8Strategy {
     /// 16x8x32; 2..=32 activation rows, `K % 64 == 0`), shaped as the 4-bit kernel's
     /// [`MmaParams`](crate::MmaParams).
     Mma(crate::MmaParams),
+    /// Hopper's warpgroup tensor cores (`wgmma` s8 x s8 -> s32 fed by TMA, CUDA sm_90,
+    /// `K % 16 == 0`): the prefill products, as [`crate::matmul_hopper`] for dense weights.
+    Hopper,
 }
 
 pub use crate::mma8::supports_int8_mma;
@@ -1521,6 +1524,16 @@ fn int8_product<R: CubeRuntime>(
         vec![m, if fused_swiglu { n / 2 } else { n }],
         dtype,
     );
+    if strategy == Int8Strategy::Hopper {
+        crate::hopper_gemm::launch_int8_hopper(a, b, bias, &out, m, n, k)?;
+        return Ok((
+            out,
+            Epilogue {
+                outliers: false,
+                swiglu: false,
+            },
+        ));
+    }
     let added = with_float!(dtype, "output", F => match strategy {
         Int8Strategy::Cmma { bm, bn, splits } => {
             launch_int8_cmma::<R, F>(a, b, bias, &out, m, n, k, bm, bn, splits)?;
@@ -1587,6 +1600,10 @@ pub fn int8_matmul_i32<R: CubeRuntime>(
     Ok(out)
 }
 
+/// Above this many rows (prefill) the int8 product runs on Hopper's `wgmma` where the device has
+/// it ([`Int8Strategy::Hopper`]), as the dense products above 64 rows do.
+pub const HOPPER_MIN_ROWS: usize = 64;
+
 /// The strategy [`int8_matmul_dequant`] uses for an `[M, K] x [N, K]ᵀ` product.
 pub fn auto_int8_strategy<R: CubeRuntime>(
     client: &ComputeClient<R>,
@@ -1598,6 +1615,9 @@ pub fn auto_int8_strategy<R: CubeRuntime>(
         // Partial sums (4 bytes per output and split) at most half the int8 weight bytes.
         // One 64-byte step width (`MMA8_BK`), the 4-bit kernel's narrow steps.
         return Int8Strategy::Mma(crate::MmaParams::auto(client, m, n, k, k / (8 * m), false));
+    }
+    if m > HOPPER_MIN_ROWS && k.is_multiple_of(16) && crate::hopper_gemm_supported(client) {
+        return Int8Strategy::Hopper;
     }
     if m > 1 && k.is_multiple_of(16) && supports_int8_cmma(client) {
         let (bm, bn) = match m {
@@ -1791,10 +1811,8 @@ fn launch_int8_simt<R: CubeRuntime, F: Float + CubeElement>(
             mt,
             cube_size,
         } => (rows, mt, cube_size),
-        Int8Strategy::Auto | Int8Strategy::Cmma { .. } | Int8Strategy::Mma(_) if m == 1 => {
-            (2, 1, 128)
-        }
-        Int8Strategy::Auto | Int8Strategy::Cmma { .. } | Int8Strategy::Mma(_) => (2, 4, 128),
+        _ if m == 1 => (2, 1, 128),
+        _ => (2, 4, 128),
     };
     if !matches!(rows, 1..=8)
         || !matches!(mt, 1..=8)

@@ -77,7 +77,7 @@
 //!   Split-K spreads short-M products over the GPU; partial sums are added in a fixed order.
 //! - int8: row quantization with outlier detection and compaction on the device; the product on
 //!   i8 tensor cores (`mma.m16n8k32` with register fragments for `2 <= M <= 32`, the
-//!   shared-memory `cmma` kernel beyond) or a SIMT kernel (`M = 1`, fallback), dequantized with the bias in
+//!   shared-memory `cmma` kernel beyond; Hopper's `wgmma` above 64 rows on sm_90) or a SIMT kernel (`M = 1`, fallback), dequantized with the bias in
 //!   the same kernel; the outlier columns' 16-bit product added by a kernel that reads the outlier
 //!   count from the device. One activation row (decoding) takes one launch instead: every cube
 //!   of the SIMT product quantizes the row itself, finds its outliers and adds their product.

@@ -1426,6 +1426,10 @@ pub fn int8_strategies<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (8, 129, 320),
         (12, 40, 192),
         (24, 77, 512),
+        // Prefill shapes (Hopper's kernel on sm_90): K off its 128-wide step, odd N, M off 128.
+        (65, 131, 80),
+        (300, 520, 1024),
+        (1100, 64, 256),
     ];
     for &(m, n, k) in shapes {
         let codes = |rng: &mut StdRng, len: usize| -> Vec<i8> {
@@ -1509,6 +1513,9 @@ pub fn int8_strategies<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             && burn_bnb_kernels::int8::supports_int8_mma(&dev.client)
         {
             strategies.extend(mma_variants(m).into_iter().map(Int8Strategy::Mma));
+        }
+        if k % 16 == 0 && hopper_gemm_supported(&dev.client) {
+            strategies.push(Int8Strategy::Hopper);
         }
         for strategy in strategies {
             let out = int8_matmul_dequant_with(&da, &db, Some(&bt), F::KIND, strategy).unwrap();
