@@ -62,17 +62,17 @@ where
         weight: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        // `(rows, N, K)` when the weight is `[N, K]` and `x` is `[..., K]`.
+        // `(rows, N)` when the weight is `[N, K]` and `x` is `[..., K]`.
         let product = match weight.shape.dims[..] {
             [n, k] if x.shape.dims.last() == Some(&k) && k > 0 && k % 8 == 0 => {
-                Some((x.shape.num_elements() / k, n, k))
+                Some((x.shape.num_elements() / k, n))
             }
             _ => None,
         };
         // A weight that is not contiguous as `[out, in]` (Burn's own `[in, out]` layout) would
         // need a copy per call: Burn's matmul reads it as it is.
         let operands = kernel_float(x.dtype) && weight.dtype == x.dtype && weight.is_contiguous();
-        let Some((rows, _, _)) = product.filter(|&(_, n, _)| operands && n > 0) else {
+        let Some((rows, _)) = product.filter(|&(_, n)| operands && n > 0) else {
             return crate::portable::linear::<Self>(x, weight, bias);
         };
         let max_rows = if kernels::matmul4::supports_cmma(&x.client, x.dtype) {
