@@ -5,8 +5,8 @@
 //! shapes; cuBLAS reaches twice that with `wgmma` fed by the tensor memory accelerator (TMA).
 //! CubeCL has no `wgmma`, so this kernel is CUDA C++ with inline PTX, compiled by the CUDA
 //! runtime's NVRTC like every CubeCL kernel and launched through the same client, streams and
-//! memory pools (a custom [`CubeTask`] whose source is this module's text; the shared-memory
-//! size and cube dimensions come from a one-line `#[cube]` frame).
+//! memory pools (`crate::cuda_source`: a task whose source is this module's text, the
+//! shared-memory size and cube dimensions from a one-line `#[cube]` frame).
 //!
 //! # Kernel
 //! One cube of three warpgroups computes a `128 x BN` output tile (`BN` = 256, or 128 when
@@ -28,7 +28,8 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::ir::{ElemType, FloatKind, UIntKind};
 use cubecl::prelude::*;
 use cubecl::server::{Bindings, ScalarBinding, TensorMapBinding, TensorMapMeta};
-use cubecl::{CompilationError, Compiler, CubeTask};
+
+use crate::cuda_source::{CudaKernel, CudaTask, PRELUDE, pack_u32, text_hash};
 
 use crate::dense::dense_weight;
 use crate::error::{KernelError, Result};
@@ -235,10 +236,7 @@ fn launch<R: CubeRuntime>(
     };
     let u32_ty = StorageType::Scalar(ElemType::UInt(UIntKind::U32));
     let dims = [m as u32, n as u32, k as u32, flags];
-    let packed = vec![
-        dims[0] as u64 | (dims[1] as u64) << 32,
-        dims[2] as u64 | (dims[3] as u64) << 32,
-    ];
+    let packed = pack_u32(&dims);
     let mut bindings = Bindings::new();
     bindings.tensor_maps.push(map(ops.x, m, BM));
     bindings.tensor_maps.push(map(ops.weight, n, tile.bn));
@@ -255,11 +253,7 @@ fn launch<R: CubeRuntime>(
     bindings
         .scalars
         .insert(u32_ty, ScalarBinding::new(u32_ty, dims.len(), packed));
-    let task = HopperGemmTask::<R> {
-        variant,
-        tile,
-        client: client.clone(),
-    };
+    let task = CudaTask::new(HopperKernel { variant, tile }, client);
     let count = CubeCount::Static(cubes as u32, 1, 1);
     // SAFETY: the TMA copies are bounded by the tensor maps (zero fill past the edges) and every
     // load of a scale or bias and every store checks its row and column against M and N.
@@ -368,20 +362,16 @@ impl Tile {
     }
 }
 
-/// The frame that gives the CUDA runtime the cube size and dynamic shared memory of the kernel.
-#[cube(launch_unchecked)]
-fn hopper_gemm_frame(#[comptime] smem_words: usize) {
-    let mut smem = SharedMemory::<u32>::new(smem_words);
-    smem[UNIT_POS as usize] = 0u32;
-}
-
-struct HopperGemmTask<R: CubeRuntime> {
+/// One compiled variant: what it multiplies and its tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct HopperKernel {
     variant: Variant,
     tile: Tile,
-    client: ComputeClient<R>,
 }
 
-impl<R: CubeRuntime> HopperGemmTask<R> {
+impl CudaKernel for HopperKernel {
+    const NAME: &'static str = "matmul_hopper";
+
     fn entrypoint(&self) -> String {
         format!(
             "bnb_hopper_gemm_{}_n{}_s{}",
@@ -390,45 +380,26 @@ impl<R: CubeRuntime> HopperGemmTask<R> {
             self.tile.stages
         )
     }
-}
 
-impl<R: CubeRuntime> KernelMetadata for HopperGemmTask<R> {
-    fn name(&self) -> &'static str {
-        "matmul_hopper"
+    fn source(&self) -> String {
+        source(&self.entrypoint(), self.variant, self.tile)
     }
 
-    fn id(&self) -> KernelId {
-        KernelId::new::<Self>()
-            .info((self.variant, self.tile))
-            .cube_dim(CubeDim::new_1d(THREADS))
-    }
-
-    fn address_type(&self) -> StorageType {
-        StorageType::Scalar(ElemType::UInt(UIntKind::U32))
-    }
-}
-
-impl<R: CubeRuntime> CubeTask<R::Compiler> for HopperGemmTask<R> {
-    fn compile(
-        &self,
-        compiler: &mut R::Compiler,
-        options: &<R::Compiler as Compiler>::CompilationOptions,
-        mode: ExecutionMode,
-        address_type: StorageType,
-    ) -> core::result::Result<CompiledKernel<R::Compiler>, CompilationError> {
-        let words = self.tile.smem_bytes().div_ceil(4);
-        let settings = KernelSettings::default().cube_dim(CubeDim::new_1d(THREADS));
-        let frame =
-            hopper_gemm_frame::HopperGemmFrame::<R>::new(settings, self.client.clone(), words);
-        let repr = compiler.compile(frame.define(), options, mode, address_type)?;
-        Ok(CompiledKernel {
-            entrypoint_name: self.entrypoint(),
-            debug_name: Some("matmul_hopper"),
-            source: source(&self.entrypoint(), self.variant, self.tile),
-            repr: Some(repr),
-            cube_dim: CubeDim::new_1d(THREADS),
-            debug_info: None,
+    fn source_hash(&self) -> u64 {
+        // The text around the variant's fields, from one variant.
+        static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *HASH.get_or_init(|| {
+            let tile = Tile { bn: 256, stages: 4 };
+            text_hash(&[&source("k", Variant::Half(Half::Bf16), tile)])
         })
+    }
+
+    fn threads(&self) -> u32 {
+        THREADS
+    }
+
+    fn smem_bytes(&self) -> usize {
+        self.tile.smem_bytes()
     }
 }
 
@@ -509,9 +480,7 @@ fn source(name: &str, variant: Variant, tile: Tile) -> String {
     };
     let dequant_const = format!("{:?}f", crate::int8::MM_DEQUANT_CONST);
     format!(
-        r#"typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned long long u64;
+        r#"{PRELUDE}
 typedef {out_t} out_t;
 
 struct __align__(64) TensorMap {{ u64 opaque[16]; }};
@@ -524,12 +493,6 @@ struct __align__(8) float2_ {{ float x, y; }};
 #define STAGES {stages}
 #define A_BYTES (BM * {ROW_BYTES})
 #define STAGE_BYTES ((BM + BN) * {ROW_BYTES})
-
-__device__ __forceinline__ u32 shared_address(const void* p) {{
-    u32 r;
-    asm volatile("{{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }}" : "=r"(r) : "l"(p));
-    return r;
-}}
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {{
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
@@ -563,18 +526,6 @@ __device__ __forceinline__ u64 smem_desc(u32 addr) {{
     return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)64 << 32) | ((u64)1 << 62);
 }}
 
-__device__ __forceinline__ float half_to_float(u16 h) {{
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}}
-
-__device__ __forceinline__ float bf16_to_float(u16 h) {{
-    float f;
-    asm("mov.b32 %0, %1;" : "=f"(f) : "r"(((u32)h) << 16));
-    return f;
-}}
-
 __device__ __forceinline__ float load_bias(const out_t* __restrict__ bias, u32 c) {{
     return {load_bias};
 }}
@@ -598,18 +549,6 @@ __device__ __forceinline__ float dequant(int acc, float sca, float scb, float bi
         y = round_f16(y);
     }}
     return y;
-}}
-
-__device__ __forceinline__ u32 pack2_bf16(float lo, float hi) {{
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}}
-
-__device__ __forceinline__ u32 pack2_f16(float lo, float hi) {{
-    u32 r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
 }}
 
 /// Stores `v0` at `dst[0]` and, when `pair`, `v1` at `dst[1]`.

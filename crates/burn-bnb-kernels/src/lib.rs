@@ -88,6 +88,7 @@
 
 #![warn(missing_docs)]
 
+mod cuda_source;
 mod decode;
 pub mod decoder;
 pub mod dense;
