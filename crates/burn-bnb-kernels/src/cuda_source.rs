@@ -1,5 +1,5 @@
 //! Kernels written as CUDA C++ with inline PTX, for instructions CubeCL 0.9 does not issue
-//! (`wgmma`, TMA, `cp.async`): compiled by the CUDA runtime's NVRTC like every CubeCL kernel and
+//! (`wgmma`, TMA): compiled by the CUDA runtime's NVRTC like every CubeCL kernel and
 //! launched through the same client, streams and memory pools.
 //!
 //! A [`CudaKernel`] gives the source and entry point of one variant; [`CudaTask`] turns it into
@@ -23,12 +23,10 @@ pub(crate) trait CudaKernel: Copy + Hash + Eq + Debug + Send + Sync + 'static {
     fn entrypoint(&self) -> String;
     /// The complete CUDA C++ translation unit (no includes: NVRTC runs without headers).
     fn source(&self) -> String;
-    /// A hash of the source text the variant's fields do not determine, part of the kernel id:
-    /// CubeCL's on-disk cache is keyed by the id, so a changed kernel must not meet the PTX of
-    /// its previous version there.
-    fn source_hash(&self) -> u64 {
-        0
-    }
+    /// A hash of the source text the variant's fields do not determine (computed once, e.g. with
+    /// [`text_hash`] in a `OnceLock`), part of the kernel id: CubeCL's on-disk cache is keyed by
+    /// the id, so a changed kernel must not meet the PTX of its previous version there.
+    fn source_hash(&self) -> u64;
     /// Threads a cube (one-dimensional).
     fn threads(&self) -> u32;
     /// Dynamic shared memory a cube, in bytes.

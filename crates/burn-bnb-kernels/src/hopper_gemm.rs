@@ -30,7 +30,6 @@ use cubecl::prelude::*;
 use cubecl::server::{Bindings, ScalarBinding, TensorMapBinding, TensorMapMeta};
 
 use crate::cuda_source::{CudaKernel, CudaTask, PRELUDE, pack_u32, text_hash};
-
 use crate::dense::dense_weight;
 use crate::error::{KernelError, Result};
 use crate::launch::{check_activations, check_bias, empty, output_shape};
@@ -386,11 +385,22 @@ impl CudaKernel for HopperKernel {
     }
 
     fn source_hash(&self) -> u64 {
-        // The text around the variant's fields, from one variant.
+        // Every variant at both tile widths: each variant's text has parts the others lack
+        // (the int8 epilogue, the output stores). The depth of the ring is only a `#define`.
         static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
         *HASH.get_or_init(|| {
-            let tile = Tile { bn: 256, stages: 4 };
-            text_hash(&[&source("k", Variant::Half(Half::Bf16), tile)])
+            let variants = [
+                Variant::Half(Half::Bf16),
+                Variant::Half(Half::F16),
+                Variant::Int8(OutKind::F16),
+                Variant::Int8(OutKind::Bf16),
+                Variant::Int8(OutKind::F32),
+            ];
+            let sources: Vec<String> = variants
+                .into_iter()
+                .flat_map(|v| [128, 256].map(|bn| source("k", v, Tile { bn, stages: 4 })))
+                .collect();
+            text_hash(&sources.iter().map(String::as_str).collect::<Vec<_>>())
         })
     }
 
@@ -671,6 +681,21 @@ mod tests {
             assert!(tile.stages >= 3, "{tile:?}");
             assert!(tile.smem_bytes() <= 227 * 1024, "{tile:?}");
         }
+    }
+
+    #[test]
+    fn source_hash_covers_every_variant_once() {
+        let a = HopperKernel {
+            variant: Variant::Half(Half::Bf16),
+            tile: Tile { bn: 256, stages: 4 },
+        };
+        let b = HopperKernel {
+            variant: Variant::Int8(OutKind::F32),
+            tile: Tile { bn: 128, stages: 6 },
+        };
+        // One hash of all variants' text: the same for each, and not the empty text's.
+        assert_eq!(a.source_hash(), b.source_hash());
+        assert_ne!(a.source_hash(), text_hash(&[]));
     }
 
     #[test]
