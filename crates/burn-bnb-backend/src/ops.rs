@@ -175,10 +175,12 @@ pub trait QuantizedOps: DecoderOps {
     /// A pre-norm decoder layer's RMSNorm and the LLM.int8() projection after it:
     /// `(s, int8_linear(rms_norm(s), weight, bias, threshold))` (with `swiglu`:
     /// [`int8_linear_swiglu`](Self::int8_linear_swiglu)), `s = x + residual` or `x`
-    /// ([`PreNorm`]). On CubeCL backends, for more than one row and threshold 0, the norm and
-    /// the activations' row quantization are one kernel (the normalized activations are never
-    /// written), saving a launch per projection; the composition otherwise, whose values it
-    /// matches to the bit.
+    /// ([`PreNorm`]). On CubeCL backends, for more than one row, the norm and the activations'
+    /// row quantization are one kernel (with threshold 0 the normalized activations are never
+    /// written), saving a launch per projection; with a threshold that kernel also finds the
+    /// outlier columns up to 8 rows (above, the norm writes each row's outlier bits for the
+    /// quantization to combine, saving the mask launch up to 64 rows). The composition
+    /// otherwise, whose values it matches to the bit.
     ///
     /// # Shapes
     /// - `norm.x`, `norm.residual`: `[..., K]`; `norm.weight`: `[K]`

@@ -95,6 +95,8 @@ struct RowQuantConfig {
     /// Every cube builds the whole outlier mask itself (a few rows); otherwise a launch before
     /// built it. Either way cube 0 compacts it.
     build_mask: bool,
+    /// Every cube builds the mask by OR-ing the rows' outlier bits a launch before wrote.
+    or_row_masks: bool,
     /// Round the activations to f16 first: they are not f16 already. The rounding is software
     /// (integer operations, for runtimes without f16) and dominated the row quantization's time
     /// when applied to f16 inputs, for which it is the identity.
@@ -216,7 +218,7 @@ fn compact_outliers_kernel(
 
 /// The body of [`compact_outliers_kernel`], for a whole cube.
 #[cube]
-fn compact_columns(
+pub(crate) fn compact_columns(
     mask: &Array<u32>,
     cols: &mut Array<u32>,
     count: &mut Array<u32>,
@@ -278,11 +280,14 @@ const MASK_PARTS: u32 = 8;
 /// instead of three) every cube first builds the whole mask itself and writes it to `mask`:
 /// every cube writes the same words, and a cube's own writes before a barrier are visible to it
 /// after. Each cube then reads all `M` rows, so that serves a few rows only
-/// ([`FUSED_MASK_MAX_ROWS`]); otherwise [`outlier_mask_kernel`] ran before.
+/// ([`FUSED_MASK_MAX_ROWS`]). With `or_row_masks` every cube ORs the rows' outlier bits from
+/// `row_masks` (`M x ceil(K / 32)` words, which the norm before wrote) into `mask` the same way.
+/// Otherwise [`outlier_mask_kernel`] ran before.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn quantize_rows_kernel<F: Float>(
     x: &Array<Line<F>>,
+    row_masks: &Array<u32>,
     mask: &mut Array<u32>,
     cols: &mut Array<u32>,
     count: &mut Array<u32>,
@@ -320,6 +325,18 @@ fn quantize_rows_kernel<F: Float>(
             sync_cube();
             w0 += words_per_pass;
         }
+    }
+    if cfg.or_row_masks {
+        let mut w = UNIT_POS;
+        while w < num_words {
+            let mut word = 0u32;
+            for r in 0..m_total {
+                word |= row_masks[(r * num_words + w) as usize];
+            }
+            mask[w as usize] = word;
+            w += comptime!(cfg.cube_size);
+        }
+        sync_cube();
     }
     if cfg.decompose && row == 0 {
         compact_columns(mask, cols, count, num_words, words_per_unit, cfg.cube_size);
@@ -1197,59 +1214,104 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
     let m = x.shape.num_elements() / k.max(1);
     check_int8_columns(k)?;
     let x = burn_cubecl::kernel::into_contiguous(x.clone());
-    let client = &x.client;
-    let codes_flat = empty_bytes(&x, m * k, DType::I8);
+    quantize_rows(&x, m, k, threshold, None)
+}
+
+/// [`int8_quantize_rows`] of `x: [M, K]` (contiguous, `K % 4 == 0`) with `threshold > 0` whose
+/// outlier bits a launch before wrote row by row (`row_masks`: `U32 [M, ceil(K / 32)]`, as
+/// [`rms_norm_int8_decomposed`](crate::rms_norm_int8_decomposed) does): every row's cube ORs
+/// them instead of reading every row of `x`.
+pub(crate) fn quantize_rows_with_row_masks<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    row_masks: &CubeTensor<R>,
+    threshold: f32,
+) -> Result<Int8Activations<R>> {
+    let (m, k) = (x.shape.dims[0], x.shape.dims[1]);
+    quantize_rows(x, m, k, threshold, Some(row_masks))
+}
+
+/// Output buffers of a row quantization of `[M, K]` (with the outlier columns' when
+/// `decompose`), allocated on `like`'s device.
+pub(crate) fn empty_activations<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    m: usize,
+    k: usize,
+    decompose: bool,
+) -> Int8Activations<R> {
+    let codes = empty_bytes(like, m * k, DType::I8);
     let codes = CubeTensor::new_contiguous(
-        client.clone(),
-        x.device.clone(),
+        like.client.clone(),
+        like.device.clone(),
         vec![m, k].into(),
-        codes_flat.handle,
+        codes.handle,
         DType::I8,
     );
-    let absmax = empty(&x, vec![m], DType::F32);
+    let absmax = empty(like, vec![m], DType::F32);
+    let outliers = decompose.then(|| OutlierColumns {
+        mask: empty(like, vec![k.div_ceil(32)], DType::U32),
+        cols: empty(like, vec![k], DType::U32),
+        count: empty(like, vec![1], DType::U32),
+    });
+    Int8Activations {
+        quantized: Int8Matrix { codes, absmax },
+        outliers,
+    }
+}
+
+/// The row quantization of checked, contiguous `x: [M, K]`; the mask from `row_masks` when
+/// given (with `threshold > 0`).
+fn quantize_rows<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    m: usize,
+    k: usize,
+    threshold: f32,
+    row_masks: Option<&CubeTensor<R>>,
+) -> Result<Int8Activations<R>> {
+    let client = &x.client;
     let decompose = threshold > 0.0;
     let threshold_h = half::f16::from_f32(threshold).to_f32();
     let num_words = k.div_ceil(32);
-    let outliers = decompose.then(|| OutlierColumns {
-        mask: empty(&x, vec![num_words], DType::U32),
-        cols: empty(&x, vec![k], DType::U32),
-        count: empty(&x, vec![1], DType::U32),
-    });
-    let build_mask = decompose && (1..=fused_mask_max_rows()).contains(&m);
-    if let Some(o) = outliers.as_ref().filter(|_| !build_mask) {
-        outlier_mask(&x, m, k, threshold_h, &o.mask)?;
+    let q = empty_activations(x, m, k, decompose);
+    let build_mask = decompose && row_masks.is_none() && (1..=fused_mask_max_rows()).contains(&m);
+    if let Some(o) = q.outliers.as_ref() {
+        if !build_mask && row_masks.is_none() {
+            outlier_mask(x, m, k, threshold_h, &o.mask)?;
+        }
         if m == 0 {
             // Without rows to quantize, nothing else would compact the mask.
             compact_outliers(client, o)?;
         }
     }
     if m > 0 {
-        let (mask_t, cols_t, count_t) =
-            outliers.as_ref().map_or((&absmax, &absmax, &absmax), |o| {
-                (&o.mask, &o.cols, &o.count)
-            });
+        let Int8Matrix { codes, absmax } = &q.quantized;
+        let (mask_t, cols_t, count_t) = q
+            .outliers
+            .as_ref()
+            .map_or((absmax, absmax, absmax), |o| (&o.mask, &o.cols, &o.count));
         let cfg = RowQuantConfig {
             cube_size: wide_row_cube(client),
             decompose,
             build_mask,
+            or_row_masks: decompose && row_masks.is_some(),
             round: x.dtype != DType::F16,
         };
         let words_per_unit = num_words.div_ceil(cfg.cube_size as usize);
         with_float!(x.dtype, "x", F => {
             // SAFETY: one cube per row (`grid` may add cubes past `M`, which stop); word indices
             // are below `K / 4` within a row; with a threshold only: mask words below
-            // `ceil(K / 32)`, and cube 0 writes at most `K` columns.
+            // `ceil(K / 32)` (row masks: `M` times that), and cube 0 writes at most `K` columns.
             unsafe {
                 quantize_rows_kernel::launch_unchecked::<F, R>(
                     client,
                     grid(client, m),
                     CubeDim::new_1d(cfg.cube_size),
-                    float_arg(&x, 4),
+                    float_arg(x, 4),
+                    words_arg_any(row_masks.unwrap_or(absmax)),
                     words_arg_any(mask_t),
                     words_arg_any(cols_t),
                     words_arg_any(count_t),
-                    words_arg(&codes, 1),
-                    f32_arg(&absmax),
+                    words_arg(codes, 1),
+                    f32_arg(absmax),
                     ScalarArg::new(m as u32),
                     ScalarArg::new(k as u32),
                     ScalarArg::new(num_words as u32),
@@ -1262,10 +1324,7 @@ pub fn int8_quantize_rows<R: CubeRuntime>(
             }
         });
     }
-    Ok(Int8Activations {
-        quantized: Int8Matrix { codes, absmax },
-        outliers,
-    })
+    Ok(q)
 }
 
 /// An outlier threshold is a non-negative number (0: no decomposition).
@@ -1325,7 +1384,7 @@ pub const FUSED_MASK_MAX_ROWS: usize = 8;
 /// Environment variable that overrides [`FUSED_MASK_MAX_ROWS`] (read once), for measuring.
 pub const FUSED_MASK_MAX_ROWS_ENV: &str = "BURN_BNB_FUSED_MASK_MAX_ROWS";
 
-fn fused_mask_max_rows() -> usize {
+pub(crate) fn fused_mask_max_rows() -> usize {
     static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| {
         let Ok(value) = std::env::var(FUSED_MASK_MAX_ROWS_ENV) else {
@@ -2007,26 +2066,7 @@ fn linear_8bit<R: CubeRuntime>(
         ..x.clone()
     };
     let q = int8_quantize_rows(&x2, threshold)?;
-    let term = q
-        .outliers
-        .as_ref()
-        .map(|columns| OutlierTerm { x: &x2, columns });
-    let (out, done) = int8_product(
-        &q.quantized,
-        weight,
-        bias,
-        x.dtype,
-        Int8Strategy::Auto,
-        term,
-        swiglu,
-        m,
-        n,
-        k,
-    )?;
-    if let Some(outliers) = q.outliers.as_ref().filter(|_| !done.outliers) {
-        int8_add_outliers(&out, &x2, weight, outliers)?;
-    }
-    let out = finish_swiglu(out, done, swiglu, m, n)?;
+    let out = linear_8bit_lt_decomposed(&x2, &q, weight, bias, swiglu)?;
     Ok(reshaped(out, output_shape(&x, width)))
 }
 
@@ -2073,6 +2113,60 @@ pub fn linear_8bit_lt_quantized<R: CubeRuntime>(
         n,
         k,
     )?;
+    finish_swiglu(out, done, swiglu, m, n)
+}
+
+/// [`linear_8bit_lt`] or [`linear_8bit_lt_swiglu`] (threshold > 0) from activations already
+/// quantized row-wise with their outlier columns (by
+/// [`rms_norm_int8_decomposed`](crate::rms_norm_int8_decomposed) or [`int8_quantize_rows`]):
+/// the same kernels on the same operands, so the same values, whatever the number of rows.
+///
+/// # Shapes
+/// - `x`: `[M, K]`, contiguous, f32 / f16 / bf16: the activations `q` was quantized from
+/// - `q`: `CA I8 [M, K]`, `SCA F32 [M]`, and the outlier columns when a threshold found any
+/// - `weight`: `CB I8 [N, K]`, `SCB F32 [N]`, `N` even with `swiglu`
+/// - `bias`: `[N]` of the dtype of `x`, optional
+/// - output: `[M, N]` (`[M, N / 2]` with `swiglu`) of the dtype of `x`
+///
+/// # Errors
+/// Shapes or dtypes that do not fit, `K % 4 != 0`, an odd `N` with `swiglu`.
+pub fn linear_8bit_lt_decomposed<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    q: &Int8Activations<R>,
+    weight: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    swiglu: bool,
+) -> Result<CubeTensor<R>> {
+    let (m, ka) = q.quantized.dims()?;
+    let (n, k) = weight.dims()?;
+    let (mx, _) = check_activations(x, k)?;
+    if ka != k || mx != m || x.shape.num_dims() != 2 || !x.is_contiguous() {
+        return Err(KernelError::Shape {
+            tensor: "x",
+            expected: format!("[{m}, {k}] contiguous (the quantized rows, K of the weight)"),
+            actual: x.shape.dims.clone(),
+        });
+    }
+    check_product(bias, n, k, x.dtype, swiglu)?;
+    let term = q
+        .outliers
+        .as_ref()
+        .map(|columns| OutlierTerm { x, columns });
+    let (out, done) = int8_product(
+        &q.quantized,
+        weight,
+        bias,
+        x.dtype,
+        Int8Strategy::Auto,
+        term,
+        swiglu,
+        m,
+        n,
+        k,
+    )?;
+    if let Some(outliers) = q.outliers.as_ref().filter(|_| !done.outliers) {
+        int8_add_outliers(&out, x, weight, outliers)?;
+    }
     finish_swiglu(out, done, swiglu, m, n)
 }
 

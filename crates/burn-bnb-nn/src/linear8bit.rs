@@ -227,9 +227,10 @@ impl<B: QuantizedOps> Linear8bitLt<B> {
     /// `s = x + residual` (or `x`) and `y = self.forward(rms_norm(s))` (with `swiglu`,
     /// [`Self::forward_swiglu`]), `rms_norm(s) = norm_weight * F(s32 / sqrt(mean(s32²) + eps))`
     /// as transformers' `LlamaRMSNorm`. One operation
-    /// ([`QuantizedOps::int8_rms_norm_linear`]): on CubeCL backends the norm and the
-    /// activations' row quantization are one kernel at more than one row with threshold 0, one
-    /// launch fewer than the norm and [`Self::forward`].
+    /// ([`QuantizedOps::int8_rms_norm_linear`]): on CubeCL backends, at more than one row, the
+    /// norm and the activations' row quantization are one kernel, one launch fewer than the
+    /// norm and [`Self::forward`]; with a threshold, the outlier columns are found in that
+    /// kernel too up to 8 rows, and from bits the norm writes a row above.
     ///
     /// # Shapes
     ///

@@ -441,10 +441,8 @@ where
         let x = &norm.x;
         let k = weight.cols;
         let rows = x.shape.num_elements() / k.max(1);
-        // One row runs the GEMV, which quantizes inside already; a threshold needs the float
-        // activations for the outlier columns (and every row's, for the mask).
-        let fused = threshold == 0.0
-            && rows > 1
+        // One row runs the GEMV, which quantizes inside already (outlier columns included).
+        let fused = rows > 1
             && k.is_multiple_of(4)
             && kernel_float(x.dtype)
             && x.shape.dims.last() == Some(&k)
@@ -461,26 +459,39 @@ where
         let out_shape = linear_output_shape(&x.shape, product_width(n, swiglu));
         let x = into_contiguous(norm.x);
         let residual = norm.residual.map(into_contiguous);
-        let (s, q) = launched(
-            kernels::rms_norm_int8(
-                &x,
-                residual.as_ref(),
-                &into_contiguous(norm.weight),
-                norm.eps,
-            ),
-            "int8_rms_norm_linear",
-        );
+        let norm_weight = into_contiguous(norm.weight);
         let bias = kernel_bias::<R, Self>(bias, dtype);
-        let y = launched(
-            kernels::linear_8bit_lt_quantized(
-                &q,
-                &kernel_int8(&weight),
-                bias.as_ref(),
-                dtype,
-                swiglu,
-            ),
-            "int8_rms_norm_linear",
-        );
+        let weight = kernel_int8(&weight);
+        let (s, y) = if threshold > 0.0 {
+            // The norm, the outlier columns and the row quantization in one launch (a few
+            // rows) or two, instead of the norm, then the mask and the quantization.
+            let (s, h, q) = launched(
+                kernels::rms_norm_int8_decomposed(
+                    &x,
+                    residual.as_ref(),
+                    &norm_weight,
+                    norm.eps,
+                    threshold,
+                ),
+                "int8_rms_norm_linear",
+            );
+            let h = relabel(&h, vec![rows, k], dtype);
+            let y = launched(
+                kernels::linear_8bit_lt_decomposed(&h, &q, &weight, bias.as_ref(), swiglu),
+                "int8_rms_norm_linear",
+            );
+            (s, y)
+        } else {
+            let (s, q) = launched(
+                kernels::rms_norm_int8(&x, residual.as_ref(), &norm_weight, norm.eps),
+                "int8_rms_norm_linear",
+            );
+            let y = launched(
+                kernels::linear_8bit_lt_quantized(&q, &weight, bias.as_ref(), dtype, swiglu),
+                "int8_rms_norm_linear",
+            );
+            (s, y)
+        };
         (s, relabel(&y, out_shape.dims, dtype))
     }
 }

@@ -717,9 +717,10 @@ pub fn int8<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
     }
 }
 
-/// [`Int8Primitive::rms_norm_linear`] against the norm then the product, to the bit: the one
-/// kernel of the norm and the row quantization on CubeCL backends (several rows, threshold 0),
-/// the composition elsewhere. With and without a residual (as `[1, m, k]`, the decoder's
+/// [`Int8Primitive::rms_norm_linear`] against the norm then the product, to the bit: on CubeCL
+/// backends (several rows) the one kernel of the norm and the row quantization, with a
+/// threshold also the outlier columns (one launch up to 8 rows, two above), the composition
+/// elsewhere. With and without a residual (as `[1, m, k]`, the decoder's
 /// shape), plain and with SwiGLU.
 fn int8_norm_linear<B: QuantizedOps, F: SuiteFloat>(
     weight: &Int8Primitive<B>,
@@ -732,7 +733,13 @@ fn int8_norm_linear<B: QuantizedOps, F: SuiteFloat>(
 ) {
     let mut rng = StdRng::seed_from_u64(31);
     let residual: Vec<F> = rounded(&randn(&mut rng, m * k, 1.0));
-    let norm_weight: Vec<F> = rounded(&randn(&mut rng, k, 1.0));
+    let mut norm_weight = randn(&mut rng, k, 1.0);
+    // Scales that keep the input's outlier columns outliers after the norm, so that with a
+    // threshold the decomposition is exercised (checked below).
+    for col in [1, 7] {
+        norm_weight[col] = 4.0;
+    }
+    let norm_weight: Vec<F> = rounded(&norm_weight);
     for (with_residual, swiglu) in [(false, false), (true, false), (true, true), (false, true)] {
         if swiglu && n % 2 != 0 {
             continue;
@@ -760,6 +767,13 @@ fn int8_norm_linear<B: QuantizedOps, F: SuiteFloat>(
             Some(r) => B::add_rms_norm(x3(), r, nw(), 1e-5),
             None => (x3(), B::rms_norm(x3(), nw(), 1e-5)),
         };
+        if threshold > 0.0 {
+            let normed = download::<B>(h.clone());
+            assert!(
+                normed.iter().any(|v| v.abs() >= threshold),
+                "{what}: no outlier column after the norm"
+            );
+        }
         let y_ref = if swiglu {
             weight.clone().linear_swiglu(h, b(), threshold)
         } else {

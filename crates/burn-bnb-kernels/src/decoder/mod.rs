@@ -29,7 +29,7 @@ mod swiglu;
 
 pub use argmax::argmax;
 pub use attention::{ATTENTION_MAX_KEYS, attention};
-pub use rms_norm::{add_rms_norm, rms_norm, rms_norm_int8};
+pub use rms_norm::{add_rms_norm, rms_norm, rms_norm_int8, rms_norm_int8_decomposed};
 pub use rotary::rotary;
 pub use rotary_kv::rotary_kv;
 pub(crate) use swiglu::silu_mul;

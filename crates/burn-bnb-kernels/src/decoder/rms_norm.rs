@@ -5,6 +5,7 @@
 //! y = F(F(x32 * (1 / sqrt(mean(x32²) + eps))) * weight),   x32 = f32(x)
 //! add_rms_norm: s = F(x + residual), y = rms_norm(s)
 //! rms_norm_int8: (s, int8_quantize_rows(rms_norm(s), 0)) without writing rms_norm(s)
+//! rms_norm_int8_decomposed: (s, h, int8_quantize_rows(h, t)),   h = rms_norm(s), t > 0
 //! ```
 
 use burn_cubecl::CubeRuntime;
@@ -17,7 +18,8 @@ use super::check_contiguous;
 use super::reduce::all_sum;
 use crate::decode::{as_f16, segment_max};
 use crate::error::{KernelError, Result};
-use crate::int8::int8_code;
+use crate::int8::Int8Activations;
+use crate::int8::{compact_columns, int8_code};
 use crate::launch::{empty, empty_bytes, grid, line_size, plane_size, with_float};
 use crate::layout::{Int8Matrix, f32_arg, float_arg, words_arg};
 
@@ -25,6 +27,10 @@ use crate::layout::{Int8Matrix, f32_arg, float_arg, words_arg};
 /// scaled output); the row is re-read from L1/L2 rather than kept in registers, so any hidden
 /// size works with one kernel. With `add`, the first pass adds `residual` and writes the sum,
 /// which the second pass reads back (each unit its own lines, so no barrier is needed).
+///
+/// With `row_mask`, a third pass writes the row's outlier bits (`ceil(hidden / 32)` words a
+/// row, as [`outlier_word`]) to `row_masks`, which LLM.int8()'s row quantization then ORs over
+/// the rows instead of reading every row for its mask.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn rms_norm_kernel<F: Float>(
@@ -33,14 +39,18 @@ fn rms_norm_kernel<F: Float>(
     weight: &Array<Line<F>>,
     sum: &mut Array<Line<F>>,
     out: &mut Array<Line<F>>,
+    row_masks: &mut Array<u32>,
     rows: u32,
     lines_per_row: u32,
     hidden: u32,
     eps: f32,
+    threshold_h: f32,
     #[comptime] line: u32,
     #[comptime] cube_size: u32,
     #[comptime] plane: u32,
     #[comptime] add: bool,
+    #[comptime] row_mask: bool,
+    #[comptime] round: bool,
 ) {
     let row = CUBE_POS as u32;
     if row >= rows {
@@ -59,11 +69,32 @@ fn rms_norm_kernel<F: Float>(
         cube_size,
         plane,
         add,
+        true,
     );
     let mut i = UNIT_POS;
     while i < lines_per_row {
         out[(base + i) as usize] = normed_line::<F>(x, sum, weight, base, i, inv, line, add);
         i += cube_size;
+    }
+    if row_mask {
+        let num_words = hidden.div_ceil(32);
+        let mut w = UNIT_POS;
+        while w < num_words {
+            row_masks[(row * num_words + w) as usize] = outlier_word::<F>(
+                x,
+                residual,
+                weight,
+                base,
+                w,
+                lines_per_row,
+                inv,
+                threshold_h,
+                line,
+                add,
+                round,
+            );
+            w += cube_size;
+        }
     }
 }
 
@@ -107,6 +138,7 @@ fn rms_norm_int8_kernel<F: Float>(
         cube_size,
         plane,
         add,
+        true,
     );
     let mut local_max = 0.0f32;
     let mut i = UNIT_POS;
@@ -147,8 +179,145 @@ fn rms_norm_int8_kernel<F: Float>(
     }
 }
 
+/// Rows of [`rms_norm_int8_outliers_kernel`]'s launch: each cube keeps every row's inverse RMS
+/// in shared memory.
+const ONE_LAUNCH_ROWS: u32 = crate::int8::FUSED_MASK_MAX_ROWS as u32;
+
+/// RMSNorm and LLM.int8()'s row quantization with outlier columns (`threshold > 0`) in one
+/// launch, for a few rows (at most [`ONE_LAUNCH_ROWS`]): each row's cube computes every row's
+/// inverse RMS and then the whole outlier mask from every row's normalized values (recomputed:
+/// the same operations, so the same bits), writes the mask (every cube the same words; a
+/// cube's own writes before a barrier are visible to it after), and cube 0 compacts it into
+/// `cols` and `count`. Then as [`rms_norm_int8_kernel`] for its own row, also writing the
+/// normalized row to `normed` (the outlier product reads it), its absmax taken over the values
+/// under `threshold_h` and its codes zero in the outlier columns, as `quantize_rows_kernel`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn rms_norm_int8_outliers_kernel<F: Float>(
+    x: &Array<Line<F>>,
+    residual: &Array<Line<F>>,
+    weight: &Array<Line<F>>,
+    sum: &mut Array<Line<F>>,
+    normed: &mut Array<Line<F>>,
+    mask: &mut Array<u32>,
+    cols: &mut Array<u32>,
+    count: &mut Array<u32>,
+    codes: &mut Array<u32>,
+    absmax: &mut Array<f32>,
+    rows: u32,
+    lines_per_row: u32,
+    hidden: u32,
+    eps: f32,
+    threshold_h: f32,
+    threshold: f32,
+    words_per_unit: u32,
+    #[comptime] line: u32,
+    #[comptime] cube_size: u32,
+    #[comptime] plane: u32,
+    #[comptime] add: bool,
+    #[comptime] round: bool,
+) {
+    let row = CUBE_POS as u32;
+    if row >= rows {
+        terminate!();
+    }
+    let mut inv_rows = SharedMemory::<f32>::new(comptime!(ONE_LAUNCH_ROWS as usize));
+    let mut inv = 0.0f32;
+    for r in 0..rows {
+        let inv_r = inverse_rms::<F>(
+            x,
+            residual,
+            sum,
+            r * lines_per_row,
+            lines_per_row,
+            hidden,
+            eps,
+            line,
+            cube_size,
+            plane,
+            add,
+            r == row,
+        );
+        if UNIT_POS == 0 {
+            inv_rows[r as usize] = inv_r;
+        }
+        if r == row {
+            inv = inv_r;
+        }
+    }
+    sync_cube();
+    let num_words = hidden.div_ceil(32);
+    let mut w = UNIT_POS;
+    while w < num_words {
+        let mut bits = 0u32;
+        for r in 0..rows {
+            bits |= outlier_word::<F>(
+                x,
+                residual,
+                weight,
+                r * lines_per_row,
+                w,
+                lines_per_row,
+                inv_rows[r as usize],
+                threshold_h,
+                line,
+                add,
+                round,
+            );
+        }
+        mask[w as usize] = bits;
+        w += cube_size;
+    }
+    sync_cube();
+    if row == 0 {
+        compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
+    }
+    let base = row * lines_per_row;
+    let mut local_max = 0.0f32;
+    let mut i = UNIT_POS;
+    while i < lines_per_row {
+        let o = normed_line::<F>(x, sum, weight, base, i, inv, line, add);
+        normed[(base + i) as usize] = o;
+        #[unroll]
+        for e in 0..line {
+            let a = f32::abs(as_f16::<F>(o[e as usize], round));
+            if a < threshold_h {
+                local_max = max(local_max, a);
+            }
+        }
+        i += cube_size;
+    }
+    let mut red = SharedMemory::<f32>::new(comptime!(cube_size as usize));
+    let amax = segment_max(&mut red, local_max, cube_size);
+    let scale = 127.0f32 / amax;
+    let words = comptime!(line / 4);
+    let line_bits = comptime!((1u32 << line) - 1);
+    let mut i = UNIT_POS;
+    while i < lines_per_row {
+        let o = normed_line::<F>(x, sum, weight, base, i, inv, line, add);
+        let flagged = (mask[(i * line / 32) as usize] >> (i * line % 32)) & line_bits;
+        #[unroll]
+        for j in 0..words {
+            let mut word = 0u32;
+            #[unroll]
+            for e in 0..4u32 {
+                let c = j * 4 + e;
+                let xh = as_f16::<F>(o[c as usize], round);
+                let outlier = ((flagged >> c) & 1u32) == 1u32 || f32::abs(xh) >= threshold;
+                let q = int8_code(xh, scale, amax, outlier);
+                word |= (u32::reinterpret(q) & 255u32) << (8 * e);
+            }
+            codes[((base + i) * words + j) as usize] = word;
+        }
+        i += cube_size;
+    }
+    if UNIT_POS == 0 {
+        absmax[row as usize] = amax;
+    }
+}
+
 /// `1 / sqrt(mean(x32²) + eps)` of a row over the whole cube (with `add`, of `x + residual`,
-/// which it writes to `sum`).
+/// which it writes to `sum` when `write_sum`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn inverse_rms<F: Float>(
@@ -163,13 +332,13 @@ fn inverse_rms<F: Float>(
     #[comptime] cube_size: u32,
     #[comptime] plane: u32,
     #[comptime] add: bool,
+    write_sum: bool,
 ) -> f32 {
     let mut acc = 0.0f32;
     let mut i = UNIT_POS;
     while i < lines_per_row {
-        let mut v = x[(base + i) as usize];
-        if add {
-            v += residual[(base + i) as usize];
+        let v = summed_line::<F>(x, residual, base + i, add);
+        if add && write_sum {
             sum[(base + i) as usize] = v;
         }
         #[unroll]
@@ -201,7 +370,29 @@ fn normed_line<F: Float>(
     if add {
         v = sum[(base + i) as usize];
     }
-    let w = weight[i as usize];
+    scaled::<F>(v, weight[i as usize], inv, line)
+}
+
+/// Line `i` of `x` (with `add`, `x + residual` rounded to `F`, as the sum written to `sum`).
+#[cube]
+fn summed_line<F: Float>(
+    x: &Array<Line<F>>,
+    residual: &Array<Line<F>>,
+    i: u32,
+    #[comptime] add: bool,
+) -> Line<F> {
+    let mut v = x[i as usize];
+    if add {
+        v += residual[i as usize];
+    }
+    v
+}
+
+/// `F(F(v * inv) * w)` element-wise: the one place the normalized values are computed, so every
+/// pass that recomputes them (the output, the codes, another row's cube building the outlier
+/// mask) gets the same bits.
+#[cube]
+fn scaled<F: Float>(v: Line<F>, w: Line<F>, inv: f32, #[comptime] line: u32) -> Line<F> {
     let mut o = Line::<F>::empty(comptime!(line as usize));
     #[unroll]
     for e in 0..line {
@@ -209,6 +400,43 @@ fn normed_line<F: Float>(
         o[e as usize] = normed * w[e as usize];
     }
     o
+}
+
+/// Mask word `w` of one row (the first line at `base`): bit `j` set iff the f16 rounding of
+/// normalized column `32 w + j` reaches `threshold_h`, as `int8_quantize_rows` flags outlier
+/// columns. `line` divides 32.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn outlier_word<F: Float>(
+    x: &Array<Line<F>>,
+    residual: &Array<Line<F>>,
+    weight: &Array<Line<F>>,
+    base: u32,
+    w: u32,
+    lines_per_row: u32,
+    inv: f32,
+    threshold_h: f32,
+    #[comptime] line: u32,
+    #[comptime] add: bool,
+    #[comptime] round: bool,
+) -> u32 {
+    let per_word = comptime!(32 / line);
+    let mut bits = 0u32;
+    #[unroll]
+    for j in 0..per_word {
+        let l = w * per_word + j;
+        if l < lines_per_row {
+            let v = summed_line::<F>(x, residual, base + l, add);
+            let o = scaled::<F>(v, weight[l as usize], inv, line);
+            #[unroll]
+            for e in 0..line {
+                if f32::abs(as_f16::<F>(o[e as usize], round)) >= threshold_h {
+                    bits |= 1u32 << (j * line + e);
+                }
+            }
+        }
+    }
+    bits
 }
 
 /// RMSNorm over the last dimension (Llama / Qwen 2): the statistic and the division in f32, the
@@ -227,7 +455,8 @@ pub fn rms_norm<R: CubeRuntime>(
     eps: f64,
 ) -> Result<CubeTensor<R>> {
     let hidden = check(x, weight)?;
-    let (_, out) = with_float!(x.dtype, "x", F => launch::<R, F>(x, None, weight, eps, hidden)?);
+    let (_, out) =
+        with_float!(x.dtype, "x", F => launch::<R, F>(x, None, weight, eps, hidden, None)?);
     Ok(out)
 }
 
@@ -249,7 +478,7 @@ pub fn add_rms_norm<R: CubeRuntime>(
 ) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
     let hidden = check(x, weight)?;
     check_residual(x, residual)?;
-    with_float!(x.dtype, "x", F => launch::<R, F>(x, Some(residual), weight, eps, hidden))
+    with_float!(x.dtype, "x", F => launch::<R, F>(x, Some(residual), weight, eps, hidden, None))
 }
 
 /// RMSNorm (after the residual add when `residual` is given) and LLM.int8()'s row-wise
@@ -277,13 +506,95 @@ pub fn rms_norm_int8<R: CubeRuntime>(
     if let Some(residual) = residual {
         check_residual(x, residual)?;
     }
+    check_int8_hidden(hidden)?;
+    with_float!(x.dtype, "x", F => launch_int8::<R, F>(x, residual, weight, eps, hidden))
+}
+
+/// RMSNorm (after the residual add when `residual` is given) and LLM.int8()'s row-wise
+/// quantization of its output with outlier columns (`threshold > 0`): returns `(s, h, q)` with
+/// `s = x + residual` (or `x`), `h = rms_norm(s)` (the outlier columns' product reads it) and
+/// `q` = [`int8_quantize_rows`](crate::int8_quantize_rows)`(h, threshold)`, bit for bit.
+///
+/// Up to [`FUSED_MASK_MAX_ROWS`](crate::int8::FUSED_MASK_MAX_ROWS) rows take one launch (each
+/// row's cube normalizes every row for the outlier mask); up to 64 two, the
+/// norm writing each row's outlier bits and the row quantization OR-ing them, instead of the
+/// norm, a mask launch reading every row and the quantization, which more rows keep.
+///
+/// # Shapes
+/// - `x`, `residual`: `[..., hidden]`, contiguous, the same shape and float dtype
+/// - `weight`: `[hidden]`, contiguous, `x`'s dtype
+/// - outputs: `s` and `h` of `x`'s shape and dtype; `q.quantized` `I8 [rows, hidden]` and
+///   `F32 [rows]`, `q.outliers` over `hidden` columns, `rows` the product of the leading
+///   dimensions
+///
+/// # Errors
+/// As [`rms_norm_int8`]; also a threshold that is not a positive number.
+pub fn rms_norm_int8_decomposed<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    residual: Option<&CubeTensor<R>>,
+    weight: &CubeTensor<R>,
+    eps: f64,
+    threshold: f32,
+) -> Result<(CubeTensor<R>, CubeTensor<R>, Int8Activations<R>)> {
+    let hidden = check(x, weight)?;
+    if let Some(residual) = residual {
+        check_residual(x, residual)?;
+    }
+    check_int8_hidden(hidden)?;
+    if threshold.is_nan() || threshold <= 0.0 {
+        return Err(KernelError::Unsupported {
+            what: "threshold",
+            reason: format!("{threshold} is not a positive number (0: use rms_norm_int8)"),
+        });
+    }
+    let rows = x.shape.num_elements() / hidden;
+    if (1..=crate::int8::fused_mask_max_rows().min(ONE_LAUNCH_ROWS as usize)).contains(&rows) {
+        return with_float!(x.dtype, "x", F => launch_int8_outliers::<R, F>(
+            x, residual, weight, eps, hidden, threshold
+        ));
+    }
+    let by_row_masks = rows <= ROW_MASKS_MAX_ROWS;
+    let masks = empty(
+        x,
+        vec![if by_row_masks {
+            rows * hidden.div_ceil(32)
+        } else {
+            0
+        }],
+        DType::U32,
+    );
+    let threshold_h = half::f16::from_f32(threshold).to_f32();
+    let (s, h) = with_float!(x.dtype, "x", F => launch::<R, F>(
+        x, residual, weight, eps, hidden, by_row_masks.then_some((&masks, threshold_h))
+    )?);
+    let h2 = CubeTensor {
+        shape: vec![rows, hidden].into(),
+        strides: vec![hidden, 1],
+        ..h.clone()
+    };
+    let q = if by_row_masks {
+        crate::int8::quantize_rows_with_row_masks(&h2, &masks, threshold)?
+    } else {
+        crate::int8::int8_quantize_rows(&h2, threshold)?
+    };
+    Ok((s, h, q))
+}
+
+/// Most rows whose outlier mask [`rms_norm_int8_decomposed`] builds from the bits the norm
+/// writes a row: every row's cube ORs `rows` words a mask word, so the reads grow with the
+/// square of the rows (2 MiB from L2 for 64 rows of 4096, 2 GiB for a 2048-row prefill); more
+/// rows take the mask launch spread over the device.
+const ROW_MASKS_MAX_ROWS: usize = 64;
+
+/// Int8 codes are stored 4 a word.
+fn check_int8_hidden(hidden: usize) -> Result<()> {
     if !hidden.is_multiple_of(4) {
         return Err(KernelError::Unsupported {
             what: "hidden size",
             reason: format!("{hidden} is not a multiple of 4 (int8 codes are stored 4 a word)"),
         });
     }
-    with_float!(x.dtype, "x", F => launch_int8::<R, F>(x, residual, weight, eps, hidden))
+    Ok(())
 }
 
 /// A residual of `x`'s shape and dtype, contiguous.
@@ -336,6 +647,18 @@ fn row_geometry<R: CubeRuntime>(x: &CubeTensor<R>, hidden: usize) -> RowGeometry
     }
 }
 
+/// Where `x + residual` goes: a new tensor, or without a residual `x` itself (the kernels
+/// then never write it).
+fn sum_buffer<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    residual: Option<&CubeTensor<R>>,
+) -> CubeTensor<R> {
+    match residual {
+        Some(_) => empty(x, x.shape.dims.clone(), x.dtype),
+        None => x.clone(),
+    }
+}
+
 /// Returns `(sum, codes and absmax)`; `sum` is `x` itself without a residual.
 fn launch_int8<R: CubeRuntime, F: Float + CubeElement>(
     x: &CubeTensor<R>,
@@ -345,10 +668,7 @@ fn launch_int8<R: CubeRuntime, F: Float + CubeElement>(
     hidden: usize,
 ) -> Result<(CubeTensor<R>, Int8Matrix<R>)> {
     let rows = x.shape.num_elements() / hidden;
-    let sum = match residual {
-        Some(_) => empty(x, x.shape.dims.clone(), x.dtype),
-        None => x.clone(),
-    };
+    let sum = sum_buffer(x, residual);
     let client = &x.client;
     let codes = empty_bytes(x, rows * hidden, DType::I8);
     let codes = CubeTensor::new_contiguous(
@@ -392,20 +712,20 @@ fn launch_int8<R: CubeRuntime, F: Float + CubeElement>(
     Ok((sum, Int8Matrix { codes, absmax }))
 }
 
-/// Returns `(sum, normed)`; `sum` is `x` itself without a residual.
+/// Returns `(sum, normed)`; `sum` is `x` itself without a residual. With `row_masks =
+/// Some((masks, threshold_h))`, also each row's outlier bits into `masks` (`U32 [rows,
+/// ceil(hidden / 32)]`).
 fn launch<R: CubeRuntime, F: Float + CubeElement>(
     x: &CubeTensor<R>,
     residual: Option<&CubeTensor<R>>,
     weight: &CubeTensor<R>,
     eps: f64,
     hidden: usize,
+    row_masks: Option<(&CubeTensor<R>, f32)>,
 ) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
     let rows = x.shape.num_elements() / hidden;
     let out = empty(x, x.shape.dims.clone(), x.dtype);
-    let sum = match residual {
-        Some(_) => empty(x, x.shape.dims.clone(), x.dtype),
-        None => x.clone(),
-    };
+    let sum = sum_buffer(x, residual);
     let RowGeometry {
         line,
         lines_per_row,
@@ -413,13 +733,15 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
         plane,
     } = row_geometry(x, hidden);
     let client = &x.client;
-    // Without a residual, `residual` and `sum` are bound to buffers the kernel never touches.
+    // Without a residual, `residual` and `sum` are bound to buffers the kernel never touches;
+    // without row masks, `row_masks` too.
     let (res_arg, sum_arg) = match residual {
         Some(r) => (float_arg(r, line), float_arg(&sum, line)),
         None => (float_arg(x, line), float_arg(&out, line)),
     };
-    // SAFETY: every index is below `rows * lines_per_row` (x, residual, sum, out) or
-    // `lines_per_row` (weight).
+    let (masks, threshold_h) = row_masks.unwrap_or((&out, 0.0));
+    // SAFETY: every index is below `rows * lines_per_row` (x, residual, sum, out),
+    // `lines_per_row` (weight) or, with row masks, `rows * ceil(hidden / 32)`.
     unsafe {
         rms_norm_kernel::launch_unchecked::<F, R>(
             client,
@@ -430,16 +752,79 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
             float_arg(weight, line),
             sum_arg,
             float_arg(&out, line),
+            words_arg(masks, 1),
             ScalarArg::new(rows as u32),
             ScalarArg::new(lines_per_row as u32),
             ScalarArg::new(hidden as u32),
             ScalarArg::new(eps as f32),
+            ScalarArg::new(threshold_h),
             line as u32,
             cube_size as u32,
             plane,
             residual.is_some(),
+            row_masks.is_some(),
+            x.dtype != DType::F16,
         )
         .map_err(|e| KernelError::launch("rms_norm", e))?;
     }
     Ok((sum, out))
+}
+
+/// [`rms_norm_int8_decomposed`] for at most [`ONE_LAUNCH_ROWS`] rows, in one launch.
+fn launch_int8_outliers<R: CubeRuntime, F: Float + CubeElement>(
+    x: &CubeTensor<R>,
+    residual: Option<&CubeTensor<R>>,
+    weight: &CubeTensor<R>,
+    eps: f64,
+    hidden: usize,
+    threshold: f32,
+) -> Result<(CubeTensor<R>, CubeTensor<R>, Int8Activations<R>)> {
+    let rows = x.shape.num_elements() / hidden;
+    let sum = sum_buffer(x, residual);
+    let normed = empty(x, x.shape.dims.clone(), x.dtype);
+    let mut q = crate::int8::empty_activations(x, rows, hidden, true);
+    let g = row_geometry(x, hidden);
+    let num_words = hidden.div_ceil(32);
+    let columns = q
+        .outliers
+        .take()
+        .expect("allocated with the outlier columns");
+    let client = &x.client;
+    let res_arg = float_arg(residual.unwrap_or(x), g.line);
+    // SAFETY: every index is below `rows * lines_per_row` (x, residual, sum, normed),
+    // `lines_per_row` (weight), `ceil(hidden / 32)` (mask), `hidden` (cols), `rows * hidden / 4`
+    // (codes; `line` is a multiple of 4 since `hidden` is) or `rows` (absmax, at most
+    // `ONE_LAUNCH_ROWS`, the shared inverse RMS slots).
+    unsafe {
+        rms_norm_int8_outliers_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, rows),
+            CubeDim::new_1d(g.cube_size as u32),
+            float_arg(x, g.line),
+            res_arg,
+            float_arg(weight, g.line),
+            float_arg(&sum, g.line),
+            float_arg(&normed, g.line),
+            words_arg(&columns.mask, 1),
+            words_arg(&columns.cols, 1),
+            words_arg(&columns.count, 1),
+            words_arg(&q.quantized.codes, 1),
+            f32_arg(&q.quantized.absmax),
+            ScalarArg::new(rows as u32),
+            ScalarArg::new(g.lines_per_row as u32),
+            ScalarArg::new(hidden as u32),
+            ScalarArg::new(eps as f32),
+            ScalarArg::new(half::f16::from_f32(threshold).to_f32()),
+            ScalarArg::new(threshold),
+            ScalarArg::new(num_words.div_ceil(g.cube_size) as u32),
+            g.line as u32,
+            g.cube_size as u32,
+            g.plane,
+            residual.is_some(),
+            x.dtype != DType::F16,
+        )
+        .map_err(|e| KernelError::launch("rms_norm_int8_decomposed", e))?;
+    }
+    q.outliers = Some(columns);
+    Ok((sum, normed, q))
 }
