@@ -183,7 +183,7 @@ pub(crate) fn segment_max(
     segment_fold(red, value, segment, false)
 }
 
-/// The sum of `value` over each segment of `segment` consecutive units, as [`segment_max`]
+/// The sum of `value` over each segment of `segment` consecutive units, as [`segment_max()`]
 /// (a tree: the order of the additions depends only on `segment`).
 #[cube]
 pub(crate) fn segment_sum(

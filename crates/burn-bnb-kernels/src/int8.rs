@@ -86,7 +86,7 @@ pub struct Int8Activations<R: CubeRuntime> {
 
 const ROW_CUBE: u32 = 256;
 
-/// How [`quantize_rows_kernel`] treats a launch's activations.
+/// How [`quantize_rows_kernel()`] treats a launch's activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct RowQuantConfig {
     cube_size: u32,
@@ -216,7 +216,7 @@ fn compact_outliers_kernel(
     compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
 }
 
-/// The body of [`compact_outliers_kernel`], for a whole cube.
+/// The body of [`compact_outliers_kernel()`], for a whole cube.
 #[cube]
 pub(crate) fn compact_columns(
     mask: &Array<u32>,
@@ -282,7 +282,7 @@ const MASK_PARTS: u32 = 8;
 /// after. Each cube then reads all `M` rows, so that serves a few rows only
 /// ([`FUSED_MASK_MAX_ROWS`]). With `or_row_masks` every cube ORs the rows' outlier bits from
 /// `row_masks` (`M x ceil(K / 32)` words, which the norm before wrote) into `mask` the same way.
-/// Otherwise [`outlier_mask_kernel`] ran before.
+/// Otherwise [`outlier_mask_kernel()`] ran before.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn quantize_rows_kernel<F: Float>(
@@ -354,7 +354,7 @@ fn quantize_rows_kernel<F: Float>(
     );
 }
 
-/// Quantizes row `row` with the whole cube (the body of [`quantize_rows_kernel`]).
+/// Quantizes row `row` with the whole cube (the body of [`quantize_rows_kernel()`]).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn quantize_row<F: Float>(
@@ -937,7 +937,7 @@ fn plus_outliers<F: Float>(y: F, dot: f32, cnt: u32) -> F {
 }
 
 /// Adds the int32 split-K partial sums (exact in any order) and dequantizes; with `outliers`,
-/// adds the outlier columns' 16-bit product to the rounded result as [`add_outliers_kernel`]
+/// adds the outlier columns' 16-bit product to the rounded result as [`add_outliers_kernel()`]
 /// does (same operations, same order), saving that launch. With `swiglu` (`N` = gate rows then
 /// up rows) a unit computes one output of each half that way and writes `silu(gate) * up` as
 /// [`swiglu`](crate::decoder::swiglu) would (`out` is `[M, N / 2]`). Tiles of [`TILE_N`] output
@@ -1026,7 +1026,7 @@ fn int8_reduce_splits_kernel<F: Float>(
     }
 }
 
-/// Comptime shape of [`int8_reduce_splits_kernel`].
+/// Comptime shape of [`int8_reduce_splits_kernel()`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct ReduceConfig {
     splits: u32,

@@ -142,7 +142,7 @@ fn matmul4_simt_kernel<F: Float>(
     );
 }
 
-/// [`matmul4_simt_kernel`] for plain float32 absmax: four fewer buffers to bind, which is most
+/// [`matmul4_simt_kernel()`] for plain float32 absmax: four fewer buffers to bind, which is most
 /// of a decode step's cost per launch (the host, not the GPU, bounds one-token decoding).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]

@@ -10,7 +10,7 @@
 //!   `config.json`, the tokenizer and the (sharded) safetensors weights tensor by tensor from a
 //!   memory map (burn-bnb-checkpoint's [`Checkpoint`], the one reader of dense and
 //!   bitsandbytes-quantized tensors).
-//! - Generation: [`generate`] (greedy or temperature/top-k/top-p sampling, streaming callback,
+//! - Generation: [`generate()`] (greedy or temperature/top-k/top-p sampling, streaming callback,
 //!   batched), [`perplexity`].
 //!
 //! # Where quantized layers plug in

@@ -25,7 +25,7 @@ pub struct Pretrained<B: Backend> {
 
 impl<B: Backend> Pretrained<B> {
     /// Loads `model` (a folder or an `org/name` Hub id, see
-    /// [`resolve_model`](crate::resolve_model)) with `projections` building the decoder's
+    /// [`resolve_model`]) with `projections` building the decoder's
     /// linear layers ([`DenseLoader`](crate::DenseLoader) for bf16/f16/f32 checkpoints,
     /// [`BnbLoader`](crate::BnbLoader) for pre-quantized bitsandbytes checkpoints and
     /// quantize-on-load).

@@ -350,7 +350,7 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
     Ok(out)
 }
 
-/// Query rows a cube of [`attention_kernel`] takes: four (a segment of 32 units each) when the
+/// Query rows a cube of [`attention_kernel()`] takes: four (a segment of 32 units each) when the
 /// rows are many enough that a cube of four still leaves ~15 cubes an SM (a prefill of 8 or more
 /// sequences of 64 tokens), and the scores of four rows fit the 16 KB of the longest single row.
 /// Measured (ncu, H200, Llama-3.1-8B): a prefill of 32 x 64 tokens 455 -> 382 us a layer, but a

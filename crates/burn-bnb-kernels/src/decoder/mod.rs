@@ -9,12 +9,12 @@
 //!
 //! | launcher | computes |
 //! |---|---|
-//! | [`rms_norm`] | `F(F(x * inv_rms(x)) * weight)`, `inv_rms` in f32 |
+//! | [`rms_norm()`] | `F(F(x * inv_rms(x)) * weight)`, `inv_rms` in f32 |
 //! | [`add_rms_norm`] | `s = F(x + residual)` and `rms_norm(s)`: the residual add and the next norm |
-//! | [`rotary`] | `F(F(x * cos) + F(rotate_half(x) * sin))` |
-//! | [`rotary_kv`] | [`rotary`] of the queries and keys, the keys and values written into the KV cache in place |
-//! | [`swiglu`] | `F(F(gate * F(sigmoid(gate))) * up)` |
-//! | [`attention`] | `softmax(F(F(q kᵀ) * scale) + bias) v` per query row, GQA, over a strided KV cache |
+//! | [`rotary()`] | `F(F(x * cos) + F(rotate_half(x) * sin))` |
+//! | [`rotary_kv()`] | [`rotary()`] of the queries and keys, the keys and values written into the KV cache in place |
+//! | [`swiglu()`] | `F(F(gate * F(sigmoid(gate))) * up)` |
+//! | [`attention()`] | `softmax(F(F(q kᵀ) * scale) + bias) v` per query row, GQA, over a strided KV cache |
 //!
 //! The reductions use plane sums where the runtime has them and a shared-memory tree otherwise
 //! (lavapipe), like the 4-bit kernels.

@@ -29,7 +29,7 @@ use crate::layout::{Int8Matrix, f32_arg, float_arg, words_arg};
 /// which the second pass reads back (each unit its own lines, so no barrier is needed).
 ///
 /// With `row_mask`, a third pass writes the row's outlier bits (`ceil(hidden / 32)` words a
-/// row, as [`outlier_word`]) to `row_masks`, which LLM.int8()'s row quantization then ORs over
+/// row, as [`outlier_word()`]) to `row_masks`, which LLM.int8()'s row quantization then ORs over
 /// the rows instead of reading every row for its mask.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -98,7 +98,7 @@ fn rms_norm_kernel<F: Float>(
     }
 }
 
-/// [`rms_norm_kernel`] followed by LLM.int8()'s row quantization of its output (threshold 0,
+/// [`rms_norm_kernel()`] followed by LLM.int8()'s row quantization of its output (threshold 0,
 /// as `quantize_rows_kernel` computes it from the rounded values), without writing the
 /// normalized row: a third pass recomputes each line (the same operations, so the same values)
 /// for the codes once the cube knows the row's absmax.
@@ -179,7 +179,7 @@ fn rms_norm_int8_kernel<F: Float>(
     }
 }
 
-/// Rows of [`rms_norm_int8_outliers_kernel`]'s launch: each cube keeps every row's inverse RMS
+/// Rows of [`rms_norm_int8_outliers_kernel()`]'s launch: each cube keeps every row's inverse RMS
 /// in shared memory.
 const ONE_LAUNCH_ROWS: u32 = crate::int8::FUSED_MASK_MAX_ROWS as u32;
 
@@ -188,7 +188,7 @@ const ONE_LAUNCH_ROWS: u32 = crate::int8::FUSED_MASK_MAX_ROWS as u32;
 /// inverse RMS and then the whole outlier mask from every row's normalized values (recomputed:
 /// the same operations, so the same bits), writes the mask (every cube the same words; a
 /// cube's own writes before a barrier are visible to it after), and cube 0 compacts it into
-/// `cols` and `count`. Then as [`rms_norm_int8_kernel`] for its own row, also writing the
+/// `cols` and `count`. Then as [`rms_norm_int8_kernel()`] for its own row, also writing the
 /// normalized row to `normed` (the outlier product reads it), its absmax taken over the values
 /// under `threshold_h` and its codes zero in the outlier columns, as `quantize_rows_kernel`.
 #[cube(launch_unchecked)]

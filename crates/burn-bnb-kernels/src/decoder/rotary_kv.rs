@@ -7,7 +7,7 @@
 //! v_cache[.., t, :] = v[t]
 //! ```
 //!
-//! The rotation has [`rotary`](super::rotary)'s roundings; the caches are written in place.
+//! The rotation has [`rotary`](fn@super::rotary)'s roundings; the caches are written in place.
 
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -102,7 +102,7 @@ fn cache_line(
     ((b * kv_heads + kh) * slots + t) * row_lines + j
 }
 
-/// Rotates `q` and `k` (as [`rotary`](super::rotary)) and writes the rotated keys and `v` into
+/// Rotates `q` and `k` (as [`rotary`](fn@super::rotary)) and writes the rotated keys and `v` into
 /// slots `start..start + seq` of the caches, in place; returns the rotated queries.
 ///
 /// # Shapes
