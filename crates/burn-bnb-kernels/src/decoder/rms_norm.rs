@@ -553,29 +553,21 @@ pub fn rms_norm_int8_decomposed<R: CubeRuntime>(
             x, residual, weight, eps, hidden, threshold
         ));
     }
-    let by_row_masks = rows <= ROW_MASKS_MAX_ROWS;
-    let masks = empty(
-        x,
-        vec![if by_row_masks {
-            rows * hidden.div_ceil(32)
-        } else {
-            0
-        }],
-        DType::U32,
-    );
+    // More rows take the mask launch (`int8_quantize_rows`): no row masks to allocate.
+    let masks = (rows <= ROW_MASKS_MAX_ROWS)
+        .then(|| empty(x, vec![rows * hidden.div_ceil(32)], DType::U32));
     let threshold_h = half::f16::from_f32(threshold).to_f32();
     let (s, h) = with_float!(x.dtype, "x", F => launch::<R, F>(
-        x, residual, weight, eps, hidden, by_row_masks.then_some((&masks, threshold_h))
+        x, residual, weight, eps, hidden, masks.as_ref().map(|m| (m, threshold_h))
     )?);
     let h2 = CubeTensor {
         shape: vec![rows, hidden].into(),
         strides: vec![hidden, 1],
         ..h.clone()
     };
-    let q = if by_row_masks {
-        crate::int8::quantize_rows_with_row_masks(&h2, &masks, threshold)?
-    } else {
-        crate::int8::int8_quantize_rows(&h2, threshold)?
+    let q = match &masks {
+        Some(masks) => crate::int8::quantize_rows_with_row_masks(&h2, masks, threshold)?,
+        None => crate::int8::int8_quantize_rows(&h2, threshold)?,
     };
     Ok((s, h, q))
 }
