@@ -44,6 +44,63 @@ impl<B: QuantizedOps> Quant4Primitive<B> {
         Ok(B::matmul_4bit(x, self, bias))
     }
 
+    /// `(s, rms_norm(s))` with `s = x · dequantize(self)ᵀ (+ bias) + residual`
+    /// ([`QuantizedOps::matmul_4bit_add_rms_norm`]): a projection, the residual add after it
+    /// and the next RMSNorm, as a decoder layer applies them. `x` is `[..., K]`, `bias` and
+    /// `norm_weight` `[N]`, `residual` and the outputs `[..., N]`.
+    ///
+    /// # Errors
+    /// As [`Self::matmul`]; also a `residual` or `norm_weight` whose shape or dtype does not
+    /// fit the product's output.
+    pub fn matmul_add_rms_norm(
+        self,
+        x: FloatTensor<B>,
+        bias: Option<FloatTensor<B>>,
+        residual: FloatTensor<B>,
+        norm_weight: FloatTensor<B>,
+        eps: f64,
+    ) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
+        self.validate()?;
+        let [n, k] = weight_dims("4-bit weight", &self.shape.dims)?;
+        check_linear_operands(&x, bias.as_ref(), n, k)?;
+        let mut expected = x.shape().dims;
+        *expected
+            .last_mut()
+            .expect("checked: x has a last dimension") = n;
+        let residual_dims = residual.shape().dims;
+        if residual_dims != expected {
+            return Err(BnbError::Shape {
+                what: "residual (the product's output shape)",
+                expected,
+                actual: residual_dims,
+            });
+        }
+        if norm_weight.shape().dims != [n] {
+            return Err(BnbError::Shape {
+                what: "norm weight",
+                expected: vec![n],
+                actual: norm_weight.shape().dims,
+            });
+        }
+        for (what, t) in [("residual", &residual), ("norm weight", &norm_weight)] {
+            if t.dtype() != x.dtype() {
+                return Err(BnbError::DType {
+                    what,
+                    expected: x.dtype(),
+                    actual: t.dtype(),
+                });
+            }
+        }
+        Ok(B::matmul_4bit_add_rms_norm(
+            x,
+            self,
+            bias,
+            residual,
+            norm_weight,
+            eps,
+        ))
+    }
+
     /// `swiglu` of the two halves of `x · dequantize(self)ᵀ (+ bias)` for a stacked gate/up
     /// weight `[W_gate; W_up]` of shape `[N, K]` ([`QuantizedOps::matmul_4bit_swiglu`]): `x` is
     /// `[..., K]`, `bias` `[N]`, the output `[..., N / 2]`.

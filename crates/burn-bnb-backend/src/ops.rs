@@ -97,6 +97,37 @@ pub trait QuantizedOps: DecoderOps {
         portable::swiglu_halves::<Self>(Self::matmul_4bit(x, weight, bias), Self::swiglu)
     }
 
+    /// A product followed by the residual add and RMSNorm a decoder layer applies to it:
+    /// `(s, rms_norm(s))` with `s = y + residual`, `y = matmul_4bit(x, weight, bias)`, with the
+    /// roundings of [`QuantizedOps::matmul_4bit`] then [`DecoderOps::add_rms_norm`]. On CubeCL
+    /// backends, where the product runs split-K over a decode batch, the norm's kernel sums the
+    /// split partial sums itself (one launch less); the composition otherwise.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., K]`
+    /// - `weight`: `[N, K]`
+    /// - `bias`, `norm_weight`: `[N]`
+    /// - `residual`: `[..., N]`, `x`'s dtype
+    /// - outputs: `residual`'s shape and dtype
+    ///
+    /// # Preconditions
+    /// As [`QuantizedOps::matmul_4bit`], and `residual` of the product's shape.
+    fn matmul_4bit_add_rms_norm(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        residual: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        Self::add_rms_norm(
+            Self::matmul_4bit(x, weight, bias),
+            residual,
+            norm_weight,
+            eps,
+        )
+    }
+
     /// Row-wise int8 quantization (bitsandbytes' `int8_vectorwise_quant`) of a `[rows, cols]`
     /// matrix, from its values rounded to f16 as bitsandbytes casts them:
     /// `absmax[r] = max_c |x[r, c]|`, `codes[r, c] = round_half_even(x * f32(127 / absmax[r]))`.
@@ -258,6 +289,23 @@ pub trait QuantizedKernels: DecoderKernels {
     /// See [`QuantizedOps::int8_vectorwise_quant`].
     fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
         portable::int8_vectorwise_quant::<Self>(tensor, threshold)
+    }
+
+    /// See [`QuantizedOps::matmul_4bit_add_rms_norm`].
+    fn matmul_4bit_add_rms_norm(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        residual: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        <Self as DecoderKernels>::add_rms_norm(
+            <Self as QuantizedKernels>::matmul_4bit(x, weight, bias),
+            residual,
+            norm_weight,
+            eps,
+        )
     }
 
     /// See [`QuantizedOps::int8_vectorwise_dequant`].

@@ -105,8 +105,8 @@ mod mma8;
 pub mod quant4;
 
 pub use decoder::{
-    ATTENTION_MAX_KEYS, add_rms_norm, argmax, attention, rms_norm, rms_norm_int8,
-    rms_norm_int8_decomposed, rotary, rotary_kv, swiglu,
+    ATTENTION_MAX_KEYS, add_rms_norm, add_rms_norm_split_k, argmax, attention, rms_norm,
+    rms_norm_int8, rms_norm_int8_decomposed, rotary, rotary_kv, swiglu,
 };
 pub use dense::{matmul_dense, matmul_dense_with};
 pub use dequant4::dequantize_4bit;
@@ -120,7 +120,7 @@ pub use int8::{
 };
 pub use layout::{Absmax4, DoubleQuant4, Int8Matrix, Quant4Weight};
 pub use matmul4::{
-    CmmaParams, Matmul4Strategy, MmaParams, SimtParams, matmul_4bit, matmul_4bit_swiglu,
-    matmul_4bit_with,
+    CmmaParams, Matmul4Strategy, MmaParams, SimtParams, matmul_4bit, matmul_4bit_add_rms_norm,
+    matmul_4bit_swiglu, matmul_4bit_with,
 };
 pub use quant4::{Quant4Options, double_quantize, quantize_4bit};

@@ -958,6 +958,63 @@ pub fn matmul_4bit_swiglu<R: CubeRuntime>(
     Ok(out)
 }
 
+/// The product followed by the residual add and RMSNorm that a decoder layer applies to it:
+/// returns `(s, rms_norm(s))` with `s = F(residual + (x Wᵀ + bias))`, bit for bit
+/// [`matmul_4bit_with`] then [`add_rms_norm`](crate::add_rms_norm), whatever the strategy.
+///
+/// With [`Matmul4Strategy::Mma`] (a decode batch) the norm's kernel sums the product's split-K
+/// partial sums itself, so the product's reduction takes no launch: two launches instead of
+/// three. Other strategies run the product and then `add_rms_norm`.
+///
+/// # Shapes
+/// - `x`: `[..., K]`, f32, f16 or bf16
+/// - `weight`: a [`Quant4Weight`] of shape `[N, K]`, `K` a multiple of 8
+/// - `bias`: `[N]` in the dtype of `x`, optional
+/// - `residual`: `[..., N]`, contiguous, the dtype of `x` (the product's output shape)
+/// - `norm_weight`: `[N]`, the dtype of `x`
+/// - outputs: `s` and the normalized `s`, both `residual`'s shape
+///
+/// # Errors
+/// As [`matmul_4bit_with`] and [`add_rms_norm`](crate::add_rms_norm).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_4bit_add_rms_norm<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+    residual: &CubeTensor<R>,
+    norm_weight: &CubeTensor<R>,
+    eps: f64,
+    strategy: Matmul4Strategy,
+) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
+    weight.validate()?;
+    let (n, k) = weight.linear_dims()?;
+    let (m, x) = operands(x, bias, n, k)?;
+    let expected = output_shape(&x, n);
+    if residual.shape.dims != expected || residual.dtype != x.dtype {
+        return Err(KernelError::Shape {
+            tensor: "residual",
+            expected: format!("{expected:?} {:?} (the product's output)", x.dtype),
+            actual: residual.shape.dims.clone(),
+        });
+    }
+    let strategy = match strategy {
+        Matmul4Strategy::Auto => auto_strategy_4bit(&x.client, x.dtype, m, n, k, weight.blocksize),
+        s => s,
+    };
+    if let Matmul4Strategy::Mma(p) = strategy
+        && m > 0
+        && n > 0
+    {
+        let partial = with_float!(x.dtype, "x", F => crate::mma4::launch_mma_partial::<R, F>(
+            &x, weight, bias, &x, m, n, k, p, true
+        )?);
+        let (partial, splits) = partial.expect("forced partial sums");
+        return crate::add_rms_norm_split_k(&partial, splits, bias, residual, norm_weight, eps);
+    }
+    let y = product(&x, WeightOperand::Quant4(weight), bias, n, k, strategy)?;
+    crate::add_rms_norm(&y, residual, norm_weight, eps)
+}
+
 /// Checks the activations and the bias of an `[N, K]` product (`K` a multiple of 8); returns
 /// the number of activation rows and the activations made contiguous.
 fn operands<R: CubeRuntime>(

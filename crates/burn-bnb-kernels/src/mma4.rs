@@ -604,6 +604,32 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
     p: MmaParams,
     swiglu: bool,
 ) -> Result<()> {
+    if let Some((partial, splits)) =
+        launch_mma_partial::<R, F>(x, weight, bias, out, m, n, k, p, swiglu)?
+    {
+        // SAFETY: `partial` holds `splits` partial sums of the `[m, n]` product.
+        unsafe {
+            crate::matmul4::reduce_splits::<R, F>(&partial, bias, out, m, n, splits, swiglu)?
+        };
+    }
+    Ok(())
+}
+
+/// Launches the product's kernel alone: with split-K, or with `force_partial`, it writes f32
+/// partial sums (`[splits, m, n]`, without the bias) and returns them with the split count
+/// for a reduction to finish; otherwise the product (with its bias) is in `out`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_mma_partial<R: CubeRuntime, F: Float + CubeElement>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+    out: &CubeTensor<R>,
+    m: usize,
+    n: usize,
+    k: usize,
+    p: MmaParams,
+    force_partial: bool,
+) -> Result<Option<(CubeTensor<R>, usize)>> {
     let client = &x.client;
     p.check(m, "mma parameters")?;
     let (bk, min_blocksize) = step_and_min_blocksize(p.wide);
@@ -619,7 +645,7 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
     }
     let groups = p.row_groups(n);
     let (steps_per_split, splits) = k_slices(k / bk, p.splits);
-    let partial = (splits > 1 || swiglu).then(|| empty(x, vec![splits * m * n], DType::F32));
+    let partial = (splits > 1 || force_partial).then(|| empty(x, vec![splits * m * n], DType::F32));
     let scales = ScaleArgs::new(weight);
     let cfg = MmaConfig {
         wide: p.wide,
@@ -665,9 +691,6 @@ pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
             cfg,
         )
         .map_err(|e| KernelError::launch("matmul_4bit (mma)", e))?;
-        if let Some(partial) = &partial {
-            crate::matmul4::reduce_splits::<R, F>(partial, bias, out, m, n, splits, swiglu)?;
-        }
     }
-    Ok(())
+    Ok(partial.map(|partial| (partial, splits)))
 }

@@ -44,6 +44,8 @@ cuda_tests!(
     random_quant_roundtrip,
     matmul4_random,
     matmul4_swiglu,
+    matmul4_add_rms_norm,
+    add_rms_norm_split_k,
     matmul4_group_offsets,
     matmul_dense_random,
     hopper_gemm_random,

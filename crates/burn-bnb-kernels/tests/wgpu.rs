@@ -47,6 +47,8 @@ wgpu_test!(golden_quantize);
 wgpu_test!(random_quant_roundtrip);
 wgpu_test!(matmul4_random);
 wgpu_test!(matmul4_swiglu);
+wgpu_test!(matmul4_add_rms_norm);
+wgpu_test!(add_rms_norm_split_k);
 wgpu_test!(matmul4_group_offsets);
 wgpu_test!(matmul_dense_random);
 wgpu_test!(hopper_gemm_random);

@@ -268,10 +268,7 @@ impl<B: QuantizedOps> CausalLm<B> {
             (x, pending) = (stream, Some(out));
         }
         cache.end_step(seq);
-        match pending {
-            Some(out) => self.norm.forward_add(x, out).1,
-            None => self.norm.forward(x),
-        }
+        self.norm.forward_pending(x, pending).1
     }
 
     /// Projects hidden states onto the vocabulary.

@@ -413,6 +413,57 @@ impl<B: QuantizedOps> Linear4bit<B> {
             .unwrap_or_else(|err| panic!("Linear4bit forward_swiglu: {err}"));
         Tensor::from_primitive(TensorPrimitive::Float(y))
     }
+
+    /// The layer, the residual add after it and the RMSNorm after that, as a pre-norm
+    /// decoder applies them: `(s, rms_norm(s))` with `s = residual + self.forward(input)`,
+    /// the norm `F(F(s32 / sqrt(mean(s32²) + eps)) * norm_weight)` with the roundings of
+    /// [`burn_bnb_backend::decoder_ops::add_rms_norm`]. Where the compute dtype is the
+    /// input's, one operation ([`QuantizedOps::matmul_4bit_add_rms_norm`]: over a decode batch
+    /// the norm's kernel finishes the product's split-K sums, saving a launch).
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[..., d_input]`
+    /// - residual, outputs: `[..., d_output]`
+    /// - norm_weight: `[d_output]`
+    ///
+    /// # Panics
+    ///
+    /// As [`Self::forward`], and if `residual` or `norm_weight` do not fit the output.
+    pub fn forward_add_rms_norm<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        residual: Tensor<B, D>,
+        norm_weight: Tensor<B, 1>,
+        eps: f64,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        let input_dtype = input.dtype();
+        if self
+            .compute_dtype
+            .0
+            .is_some_and(|d| burn_dtype(d) != input_dtype)
+        {
+            let y = self.forward(input);
+            return burn_bnb_backend::decoder_ops::add_rms_norm(y, residual, norm_weight, eps);
+        }
+        let (x, bias) = to_compute_dtype(
+            input,
+            self.bias.as_ref().map(|b| b.val()),
+            self.compute_dtype.0,
+        );
+        let (s, h) = self
+            .quantized_weight()
+            .matmul_add_rms_norm(
+                x.into_primitive().tensor(),
+                bias.map(|b| b.into_primitive().tensor()),
+                residual.into_primitive().tensor(),
+                norm_weight.into_primitive().tensor(),
+                eps,
+            )
+            .unwrap_or_else(|err| panic!("Linear4bit forward_add_rms_norm: {err}"));
+        let wrap = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        (wrap(s), wrap(h))
+    }
 }
 
 impl<B: Backend> ModuleDisplay for Linear4bit<B> {

@@ -53,6 +53,25 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
         <B as QuantizedKernels>::matmul_4bit_swiglu(x, to_inner_4bit(weight), bias)
     }
 
+    fn matmul_4bit_add_rms_norm(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        residual: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _timer = crate::op_stats::Timer::start("matmul_4bit_add_rms_norm");
+        <B as QuantizedKernels>::matmul_4bit_add_rms_norm(
+            x,
+            to_inner_4bit(weight),
+            bias,
+            residual,
+            norm_weight,
+            eps,
+        )
+    }
+
     fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
         let _timer = crate::op_stats::Timer::start("int8_vectorwise_quant");
         <B as QuantizedKernels>::int8_vectorwise_quant(tensor, threshold).map_backend(

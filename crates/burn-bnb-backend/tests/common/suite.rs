@@ -19,7 +19,7 @@ use burn_bnb_backend::formats::{
     self, FloatElement, Int8Rows, Quant4Config, Quantized4, bf16, f16,
 };
 use burn_bnb_backend::{
-    FUSED_SIMT_MAX_ROWS, Int8Primitive, PreNorm, Quant4Primitive, QuantizedOps, portable,
+    BnbError, FUSED_SIMT_MAX_ROWS, Int8Primitive, PreNorm, Quant4Primitive, QuantizedOps, portable,
 };
 use burn_tensor::{Int, Tensor, TensorData};
 use rand::{SeedableRng, rngs::StdRng};
@@ -570,6 +570,46 @@ pub fn quant4<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
                     let err = uploaded.clone().matmul_swiglu(xt.clone(), b.clone());
                     assert!(err.is_err(), "{what}: matmul_swiglu of an odd width");
                 }
+                // The product, the residual add and the next norm as one operation (on CubeCL
+                // backends the norm finishes a decode batch's split-K sums) equal the
+                // composition.
+                let out_dims: Vec<usize> = {
+                    let mut d = xt.shape().dims;
+                    *d.last_mut().unwrap() = n;
+                    d
+                };
+                let residual: Vec<F> = rounded(&randn(&mut rng, m * n, 1.0));
+                let norm: Vec<F> = rounded(&randn(&mut rng, n, 1.0));
+                let rt = B::float_reshape(
+                    upload::<B, F, 2>(&residual, [m, n], device),
+                    Shape::from(out_dims.clone()),
+                );
+                let nt = upload::<B, F, 1>(&norm, [n], device);
+                let y = uploaded.clone().matmul(xt.clone(), b.clone()).unwrap();
+                let (es, eh) = B::add_rms_norm(y, rt.clone(), nt.clone(), 1e-5);
+                let (s, h) = uploaded
+                    .clone()
+                    .matmul_add_rms_norm(xt.clone(), b.clone(), rt.clone(), nt.clone(), 1e-5)
+                    .unwrap();
+                assert_eq!(s.shape().dims, out_dims, "{what}");
+                for (name, a, e) in [("sum", s, es), ("normed", h, eh)] {
+                    assert_eq!(
+                        bits(&download::<B>(a)),
+                        bits(&download::<B>(e)),
+                        "{what}: matmul_add_rms_norm {name} m {m} bias {use_bias}"
+                    );
+                }
+                let err = uploaded.clone().matmul_add_rms_norm(
+                    xt.clone(),
+                    b.clone(),
+                    nt.clone(),
+                    nt,
+                    1e-5,
+                );
+                assert!(
+                    matches!(err, Err(BnbError::Shape { .. })),
+                    "{what}: matmul_add_rms_norm with a residual of the wrong shape"
+                );
                 let y = download::<B>(uploaded.clone().matmul(xt, b).unwrap());
                 let bias32 = widened(&bias);
                 let exact = reference_linear(

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`rms_norm()`] | `F(F(x * inv_rms(x)) * weight)`, `inv_rms` in f32 |
 //! | [`add_rms_norm`] | `s = F(x + residual)` and `rms_norm(s)`: the residual add and the next norm |
+//! | [`add_rms_norm_split_k`] | [`add_rms_norm`] of `x = F(Σ_s partial[s] + bias)`, a split-K product's partial sums |
 //! | [`rotary()`] | `F(F(x * cos) + F(rotate_half(x) * sin))` |
 //! | [`rotary_kv()`] | [`rotary()`] of the queries and keys, the keys and values written into the KV cache in place |
 //! | [`swiglu()`] | `F(F(gate * F(sigmoid(gate))) * up)` |
@@ -29,7 +30,9 @@ mod swiglu;
 
 pub use argmax::argmax;
 pub use attention::{ATTENTION_MAX_KEYS, attention};
-pub use rms_norm::{add_rms_norm, rms_norm, rms_norm_int8, rms_norm_int8_decomposed};
+pub use rms_norm::{
+    add_rms_norm, add_rms_norm_split_k, rms_norm, rms_norm_int8, rms_norm_int8_decomposed,
+};
 pub use rotary::rotary;
 pub use rotary_kv::rotary_kv;
 pub(crate) use swiglu::silu_mul;

@@ -316,6 +316,97 @@ fn rms_norm_int8_outliers_kernel<F: Float>(
     }
 }
 
+/// [`rms_norm_kernel()`] with `add` where `x` is a split-K product not yet reduced: each
+/// element of `x` is `F(Σ_s partial[s] + bias)`, summed from zero in split order as the
+/// product's own reduction (`matmul4::reduce_splits_kernel`) sums it, so `(sum, out)` are bit
+/// for bit `add_rms_norm(product, residual)` and the product's reduction needs no launch.
+///
+/// A row's partial sums are `splits` times its size in f32 (256 KiB for 16 splits of 4096), so
+/// the passes that read and write rows spread over up to `cube_size` units in lines of `line`
+/// (16-byte f32 lines); the sum of squares is taken by the first `norm_units` units over lines
+/// of `norm_line` elements, the geometry of [`rms_norm_kernel()`], and the other units add
+/// zeros to the cube's sum, so the statistic has the same bits as `add_rms_norm`'s.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn reduce_add_rms_norm_kernel<F: Float>(
+    partial: &Array<Line<f32>>,
+    bias: &Array<Line<F>>,
+    residual: &Array<Line<F>>,
+    weight: &Array<Line<F>>,
+    sum: &mut Array<Line<F>>,
+    out: &mut Array<Line<F>>,
+    rows: u32,
+    lines_per_row: u32,
+    hidden: u32,
+    eps: f32,
+    #[comptime] line: u32,
+    #[comptime] cube_size: u32,
+    #[comptime] norm_line: u32,
+    #[comptime] norm_units: u32,
+    #[comptime] plane: u32,
+    #[comptime] splits: u32,
+    #[comptime] has_bias: bool,
+) {
+    let row = CUBE_POS as u32;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * lines_per_row;
+    let split_lines = rows * lines_per_row;
+    let mut i = UNIT_POS;
+    while i < lines_per_row {
+        let mut p = Line::<f32>::empty(comptime!(line as usize)).fill(0.0f32);
+        #[unroll]
+        for s in 0..splits {
+            p += partial[(s * split_lines + base + i) as usize];
+        }
+        let mut v = Line::<F>::empty(comptime!(line as usize));
+        if has_bias {
+            let b = bias[i as usize];
+            #[unroll]
+            for e in 0..line {
+                v[e as usize] = F::cast_from(p[e as usize] + f32::cast_from(b[e as usize]));
+            }
+        } else {
+            #[unroll]
+            for e in 0..line {
+                v[e as usize] = F::cast_from(p[e as usize]);
+            }
+        }
+        v += residual[(base + i) as usize];
+        sum[(base + i) as usize] = v;
+        i += cube_size;
+    }
+    // The cube's own global writes are visible to it after the barrier.
+    sync_cube();
+    let per_norm_line = comptime!(norm_line / line);
+    let norm_lines = lines_per_row / per_norm_line;
+    let mut acc = 0.0f32;
+    if UNIT_POS < norm_units {
+        let mut j = UNIT_POS;
+        while j < norm_lines {
+            #[unroll]
+            for t in 0..per_norm_line {
+                let v = sum[(base + j * per_norm_line + t) as usize];
+                #[unroll]
+                for e in 0..line {
+                    let f = f32::cast_from(v[e as usize]);
+                    acc += f * f;
+                }
+            }
+            j += norm_units;
+        }
+    }
+    let total = all_sum(acc, cube_size, plane);
+    let inv = 1.0f32 / f32::sqrt(total / f32::cast_from(hidden) + eps);
+    let mut i = UNIT_POS;
+    while i < lines_per_row {
+        out[(base + i) as usize] =
+            scaled::<F>(sum[(base + i) as usize], weight[i as usize], inv, line);
+        i += cube_size;
+    }
+}
+
 /// `1 / sqrt(mean(x32²) + eps)` of a row over the whole cube (with `add`, of `x + residual`,
 /// which it writes to `sum` when `write_sum`).
 #[cube]
@@ -758,6 +849,110 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
             x.dtype != DType::F16,
         )
         .map_err(|e| KernelError::launch("rms_norm", e))?;
+    }
+    Ok((sum, out))
+}
+
+/// [`add_rms_norm`] of a split-K product not yet reduced, in one launch: the product is
+/// `y = F(Σ_s partial[s] + bias)`, summed from zero in split order in f32 as the products'
+/// own reductions sum it, and the result `(s, rms_norm(s))` with `s = F(y + residual)`, so a
+/// split-K product followed by [`add_rms_norm`] needs no reduction launch
+/// ([`matmul_4bit_add_rms_norm`](crate::matmul_4bit_add_rms_norm)).
+///
+/// # Shapes
+/// - `partial`: `F32 [splits * rows * hidden]`, split-major (`[splits, rows, hidden]`)
+/// - `bias`, `weight`: `[hidden]`, `residual`'s dtype
+/// - `residual`: `[..., hidden]`, contiguous, f32 / f16 / bf16 (`rows` its leading elements)
+/// - outputs: `residual`'s shape and dtype
+///
+/// # Errors
+/// As [`add_rms_norm`]; also partial sums of another dtype or size, or a bias of another
+/// dtype or length.
+pub fn add_rms_norm_split_k<R: CubeRuntime>(
+    partial: &CubeTensor<R>,
+    splits: usize,
+    bias: Option<&CubeTensor<R>>,
+    residual: &CubeTensor<R>,
+    weight: &CubeTensor<R>,
+    eps: f64,
+) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
+    let hidden = check(residual, weight)?;
+    let rows = residual.shape.num_elements() / hidden;
+    if partial.dtype != DType::F32 || partial.shape.num_elements() != splits * rows * hidden {
+        return Err(KernelError::Shape {
+            tensor: "partial sums",
+            expected: format!("F32 [{splits} * {rows} * {hidden}] (splits x rows x hidden)"),
+            actual: partial.shape.dims.clone(),
+        });
+    }
+    if let Some(bias) = bias {
+        check_contiguous(bias, "bias", residual.dtype)?;
+        if bias.shape.num_elements() != hidden {
+            return Err(KernelError::Shape {
+                tensor: "bias",
+                expected: format!("[{hidden}]"),
+                actual: bias.shape.dims.clone(),
+            });
+        }
+    }
+    with_float!(residual.dtype, "residual", F => launch_reduce::<R, F>(
+        partial, splits, bias, residual, weight, eps, hidden
+    ))
+}
+
+fn launch_reduce<R: CubeRuntime, F: Float + CubeElement>(
+    partial: &CubeTensor<R>,
+    splits: usize,
+    bias: Option<&CubeTensor<R>>,
+    residual: &CubeTensor<R>,
+    weight: &CubeTensor<R>,
+    eps: f64,
+    hidden: usize,
+) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
+    let rows = residual.shape.num_elements() / hidden;
+    let sum = empty(residual, residual.shape.dims.clone(), residual.dtype);
+    let out = empty(residual, residual.shape.dims.clone(), residual.dtype);
+    if rows == 0 {
+        return Ok((sum, out));
+    }
+    let g = row_geometry(residual, hidden);
+    let client = &residual.client;
+    // 16-byte lines of the f32 partial sums; `g.line`, a power of two no smaller, is a multiple.
+    let line = line_size::<R>(4, hidden).min(g.line);
+    let lines_per_row = hidden / line;
+    let max_units = client.properties().hardware.max_units_per_cube as usize;
+    let cube_size = lines_per_row
+        .next_power_of_two()
+        .min(1024)
+        .min(max_units)
+        .max(g.cube_size);
+    // SAFETY: `partial` holds `splits * rows * lines_per_row` lines of `line` f32 (checked by
+    // the caller); every other index is below `rows * lines_per_row` (residual, sum, out) or
+    // `lines_per_row` (bias, weight).
+    unsafe {
+        reduce_add_rms_norm_kernel::launch_unchecked::<F, R>(
+            client,
+            grid(client, rows),
+            CubeDim::new_1d(cube_size as u32),
+            ArrayArg::from_raw_parts::<f32>(&partial.handle, partial.shape.num_elements(), line),
+            float_arg(bias.unwrap_or(weight), line),
+            float_arg(residual, line),
+            float_arg(weight, line),
+            float_arg(&sum, line),
+            float_arg(&out, line),
+            ScalarArg::new(rows as u32),
+            ScalarArg::new(lines_per_row as u32),
+            ScalarArg::new(hidden as u32),
+            ScalarArg::new(eps as f32),
+            line as u32,
+            cube_size as u32,
+            g.line as u32,
+            g.cube_size as u32,
+            g.plane,
+            splits as u32,
+            bias.is_some(),
+        )
+        .map_err(|e| KernelError::launch("reduce_add_rms_norm", e))?;
     }
     Ok((sum, out))
 }

@@ -18,8 +18,8 @@ use burn_bnb_kernels::{
     Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, Int8Strategy, KernelError, Matmul4Strategy,
     MmaParams, Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_add_outliers,
     int8_dequantize, int8_matmul_dequant, int8_matmul_dequant_with, int8_matmul_i32,
-    int8_quantize_rows, linear_8bit_lt, linear_8bit_lt_swiglu, matmul_4bit_swiglu,
-    matmul_4bit_with, matmul_dense_with, quantize_4bit,
+    int8_quantize_rows, linear_8bit_lt, linear_8bit_lt_swiglu, matmul_4bit_add_rms_norm,
+    matmul_4bit_swiglu, matmul_4bit_with, matmul_dense_with, quantize_4bit,
 };
 use burn_bnb_kernels::{hopper_gemm_supported, matmul_hopper};
 use burn_cubecl::CubeRuntime;
@@ -550,6 +550,152 @@ fn strategies<R: CubeRuntime>(
         }));
     }
     s
+}
+
+/// `add_rms_norm_split_k` on random partial sums equals the reduction done on the host (f32,
+/// from zero in split order, plus the bias, rounded to `F`) followed by `add_rms_norm`, to the
+/// bit, over hidden sizes off the line widths; and it refuses partial sums of the wrong size.
+pub fn add_rms_norm_split_k<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(41);
+    for (splits, rows, hidden, use_bias) in [
+        (1, 1, 64, false),
+        (3, 5, 200, true),
+        (8, 8, 1024, true),
+        (5, 32, 4100, false),
+        (2, 3, 37, true),
+    ] {
+        let what = format!(
+            "splits {splits} rows {rows} hidden {hidden} bias {use_bias} {}",
+            F::NAME
+        );
+        let partial = randn(&mut rng, splits * rows * hidden, 0.5);
+        let bias: Vec<f32> = randn_in::<F>(&mut rng, hidden, 0.1);
+        let residual: Vec<f32> = randn_in::<F>(&mut rng, rows * hidden, 1.0);
+        let weight: Vec<f32> = randn_in::<F>(&mut rng, hidden, 1.0);
+        let y: Vec<f32> = (0..rows * hidden)
+            .map(|i| {
+                let mut v = 0.0f32;
+                for s in 0..splits {
+                    v += partial[s * rows * hidden + i];
+                }
+                if use_bias {
+                    v += bias[i % hidden];
+                }
+                round::<F>(v)
+            })
+            .collect();
+        let rt = dev.floats::<F>(&residual, vec![rows, hidden]);
+        let wt = dev.floats::<F>(&weight, vec![hidden]);
+        let bt = dev.floats::<F>(&bias, vec![hidden]);
+        let (es, eh) = burn_bnb_kernels::add_rms_norm(
+            &dev.floats::<F>(&y, vec![rows, hidden]),
+            &rt,
+            &wt,
+            1e-5,
+        )
+        .unwrap();
+        let pt = dev.floats::<f32>(&partial, vec![splits * rows * hidden]);
+        let (s, h) = burn_bnb_kernels::add_rms_norm_split_k(
+            &pt,
+            splits,
+            use_bias.then_some(&bt),
+            &rt,
+            &wt,
+            1e-5,
+        )
+        .unwrap();
+        assert_rows_bits(dev, &what, [(&s, &es), (&h, &eh)], [rows, hidden]);
+        let short = dev.floats::<f32>(&partial[1..], vec![splits * rows * hidden - 1]);
+        let err = burn_bnb_kernels::add_rms_norm_split_k(&short, splits, None, &rt, &wt, 1e-5);
+        assert!(
+            matches!(err, Err(KernelError::Shape { .. })),
+            "{what}: short partial sums"
+        );
+    }
+}
+
+/// `matmul_4bit_add_rms_norm` equals `matmul_4bit_with` then `add_rms_norm` to the bit, for
+/// NF4 and NF4+DQ, with and without a bias, under the automatic strategy (on CUDA the
+/// register-fragment kernel for decode batches, its partial sums finished by the norm) and
+/// every register-fragment variant the device runs; a residual of the wrong shape is refused.
+pub fn matmul4_add_rms_norm<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(43);
+    for (m, n, k, dq) in [
+        (1, 96, 256, false),
+        (8, 200, 512, true),
+        (24, 136, 1024, false),
+        (3, 64, 320, true),
+    ] {
+        let config = Quant4Config {
+            quant_type: QuantType::Nf4,
+            blocksize: 64,
+            double_quant: dq,
+        };
+        let w = randn(&mut rng, n * k, 1.0 / (k as f32).sqrt());
+        let wq = Quantized4::quantize(
+            &w.iter().map(|&v| F::from_f32(v)).collect::<Vec<F>>(),
+            &[n, k],
+            config,
+        )
+        .unwrap();
+        let weight = dev.quant4(&wq);
+        let x: Vec<f32> = randn_in::<F>(&mut rng, m * k, 1.0);
+        let bias: Vec<f32> = randn_in::<F>(&mut rng, n, 0.1);
+        let residual: Vec<f32> = randn_in::<F>(&mut rng, m * n, 1.0);
+        let norm: Vec<f32> = randn_in::<F>(&mut rng, n, 1.0);
+        let (xt, bt) = (
+            dev.floats::<F>(&x, vec![m, k]),
+            dev.floats::<F>(&bias, vec![n]),
+        );
+        let (rt, nt) = (
+            dev.floats::<F>(&residual, vec![m, n]),
+            dev.floats::<F>(&norm, vec![n]),
+        );
+        let mut strategies = vec![Matmul4Strategy::Auto];
+        strategies.extend(mma_strategies(dev, F::KIND, m, k, 64));
+        for strategy in strategies {
+            for use_bias in [false, true] {
+                let b = use_bias.then_some(&bt);
+                let what = format!(
+                    "m {m} n {n} k {k} dq {dq} bias {use_bias} {strategy:?} {}",
+                    F::NAME
+                );
+                let y = matmul_4bit_with(&xt, &weight, b, strategy).unwrap();
+                let (es, eh) = burn_bnb_kernels::add_rms_norm(&y, &rt, &nt, 1e-6).unwrap();
+                let (s, h) =
+                    matmul_4bit_add_rms_norm(&xt, &weight, b, &rt, &nt, 1e-6, strategy).unwrap();
+                assert_rows_bits(dev, &what, [(&s, &es), (&h, &eh)], [m, n]);
+            }
+        }
+        let wrong = dev.floats::<F>(&residual[..m * n - m], vec![m, n - 1]);
+        let err =
+            matmul_4bit_add_rms_norm(&xt, &weight, None, &wrong, &nt, 1e-6, Matmul4Strategy::Auto);
+        assert!(
+            matches!(err, Err(KernelError::Shape { .. })),
+            "m {m}: residual of the wrong shape"
+        );
+    }
+}
+
+/// `n` normal samples of standard deviation `scale`, rounded to `F`.
+fn randn_in<F: TestFloat>(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    randn(rng, n, scale).into_iter().map(round::<F>).collect()
+}
+
+/// The `(sum, normed)` outputs of a fused norm equal the composition's to the bit.
+fn assert_rows_bits<R: CubeRuntime>(
+    dev: &Dev<R>,
+    what: &str,
+    pairs: [(&CubeTensor<R>, &CubeTensor<R>); 2],
+    shape: [usize; 2],
+) {
+    for (name, (a, e)) in ["sum", "normed"].into_iter().zip(pairs) {
+        assert_eq!(a.shape.dims, shape.to_vec(), "{what}: {name}");
+        let (a, e) = (dev.read_f32(a), dev.read_f32(e));
+        for (i, (a, e)) in a.iter().zip(&e).enumerate() {
+            assert_eq!(a.to_bits(), e.to_bits(), "{what}: {name} {i}: {a} vs {e}");
+        }
+    }
 }
 
 /// The register-fragment tensor-core kernel in several shapes, where the device and the

@@ -4,6 +4,7 @@ use burn_bnb_backend::{QuantizedOps, decoder_ops};
 
 use crate::nn::cache::LayerCache;
 use crate::nn::group::ProjectionGroup;
+use crate::nn::pending::Pending;
 use crate::nn::projection::Projection;
 use crate::nn::rms_norm::RmsNorm;
 
@@ -50,44 +51,55 @@ impl<B: QuantizedOps> Attention<B> {
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Tensor<B, 3> {
-        let [b, s, _] = x.dims();
         let (q, k, v) = match &self.qkv {
             ProjectionGroup::Stacked(stacked) => self.split_heads(stacked.projection.forward(x)),
-            ProjectionGroup::Separate(_) => {
-                let mut parts = self.qkv.forward(x).into_iter();
-                let (hd, kvh) = (self.head_dim, self.kv_heads);
-                let mut next = |heads| parts.next().expect("q, k, v").reshape([b, s, heads, hd]);
-                (next(self.heads), next(kvh), next(kvh))
-            }
+            ProjectionGroup::Separate(_) => self.project_separate(x),
         };
-        self.attend(q, k, v, rope, bias, cache, start)
+        let out = self.attention_output(q, k, v, rope, bias, cache, start);
+        self.o_proj.forward(out)
     }
 
-    /// The layer's pre-norm, then [`forward`](Self::forward): returns `(s, attn(norm(s)))` with
-    /// `s = x + residual` (or `x`). Stacked q/k/v take the norm into their product's operation
-    /// ([`Projection::forward_normed`]).
+    /// q, k and v from separate projections, `[batch, seq, heads, head_dim]` each.
+    fn project_separate(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, s, _] = x.dims();
+        let mut parts = self.qkv.forward(x).into_iter();
+        let (hd, kvh) = (self.head_dim, self.kv_heads);
+        let mut next = |heads| parts.next().expect("q, k, v").reshape([b, s, heads, hd]);
+        (next(self.heads), next(kvh), next(kvh))
+    }
+
+    /// The layer's pre-norm, then [`forward`](Self::forward) short of the output projection:
+    /// returns `s = x + residual` (or `x`) and `attn(norm(s))` as a [`Pending`] output projection,
+    /// which the next norm runs ([`Pending::add_rms_norm`]). Stacked q/k/v take the norm into
+    /// their product's operation ([`Projection::forward_normed`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_normed(
         &self,
         x: Tensor<B, 3>,
-        residual: Option<Tensor<B, 3>>,
+        residual: Option<Pending<'_, B>>,
         norm: &RmsNorm<B>,
         rope: &(Tensor<B, 4>, Tensor<B, 4>),
         bias: &Tensor<B, 3>,
         cache: &mut LayerCache<B>,
         start: usize,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        match &self.qkv {
+    ) -> (Tensor<B, 3>, Pending<'_, B>) {
+        let (x, (q, k, v)) = match &self.qkv {
             ProjectionGroup::Stacked(stacked) => {
                 let (x, y) = stacked.projection.forward_normed(x, residual, norm, false);
-                let (q, k, v) = self.split_heads(y);
-                (x, self.attend(q, k, v, rope, bias, cache, start))
+                (x, self.split_heads(y))
             }
             ProjectionGroup::Separate(_) => {
                 let (x, h) = norm.forward_pending(x, residual);
-                (x, self.forward(h, rope, bias, cache, start))
+                let qkv = self.project_separate(h);
+                (x, qkv)
             }
-        }
+        };
+        let input = self.attention_output(q, k, v, rope, bias, cache, start);
+        let pending = Pending::Projection {
+            input,
+            projection: &self.o_proj,
+        };
+        (x, pending)
     }
 
     /// q, k and v as views of a stacked product's output `[batch, seq, (heads + 2 kv_heads)
@@ -103,9 +115,10 @@ impl<B: QuantizedOps> Attention<B> {
         )
     }
 
-    /// Rotary, the cache append, attention and the output projection.
+    /// Rotary, the cache append and attention: the output projection's input
+    /// `[batch, seq, heads * head_dim]`.
     #[allow(clippy::too_many_arguments)]
-    fn attend(
+    fn attention_output(
         &self,
         q: Tensor<B, 4>,
         k: Tensor<B, 4>,
@@ -119,8 +132,10 @@ impl<B: QuantizedOps> Attention<B> {
         let (h, hd) = (self.heads, self.head_dim);
         let (cos, sin) = rope;
         let (q, k, v) = cache.append_rotated(q, k, v, cos.clone(), sin.clone(), start);
-        let out = decoder_ops::grouped_attention(q, k, v, bias.clone(), (hd as f64).powf(-0.5))
-            .reshape([b, s, h * hd]);
-        self.o_proj.forward(out)
+        decoder_ops::grouped_attention(q, k, v, bias.clone(), (hd as f64).powf(-0.5)).reshape([
+            b,
+            s,
+            h * hd,
+        ])
     }
 }

@@ -8,6 +8,7 @@ use crate::nn::attention::Attention;
 use crate::nn::cache::LayerCache;
 use crate::nn::group::ProjectionGroup;
 use crate::nn::mlp::Mlp;
+use crate::nn::pending::Pending;
 use crate::nn::projection::{Projection, ProjectionKind};
 use crate::nn::rms_norm::RmsNorm;
 
@@ -87,23 +88,24 @@ impl<B: QuantizedOps> DecoderLayer<B> {
         start: usize,
     ) -> Tensor<B, 3> {
         let (x, mlp) = self.forward_deferred(x, None, rope, bias, cache, start);
-        x + mlp
+        x + mlp.into_output()
     }
 
     /// The layer with its residual adds folded into the norms that follow them: takes the
     /// residual stream `x` and the previous layer's output not yet added to it (`pending`), and
-    /// returns this layer's stream and pending output, so that each add runs in the same kernel
-    /// as the next norm ([`RmsNorm::forward_add`]). A stack of layers ends with
-    /// `norm.forward_add(x, pending)`.
+    /// returns this layer's stream and its own pending output (the down projection, still to
+    /// run), so that each add, and the projection before it, runs in the operation of the next
+    /// norm ([`Pending::add_rms_norm`]). A stack of layers ends with
+    /// `pending.add_rms_norm(x, &final_norm)`.
     pub fn forward_deferred(
         &self,
         x: Tensor<B, 3>,
-        pending: Option<Tensor<B, 3>>,
+        pending: Option<Pending<'_, B>>,
         rope: &(Tensor<B, 4>, Tensor<B, 4>),
         bias: &Tensor<B, 3>,
         cache: &mut LayerCache<B>,
         start: usize,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    ) -> (Tensor<B, 3>, Pending<'_, B>) {
         let (x, attn) = self.self_attn.forward_normed(
             x,
             pending,

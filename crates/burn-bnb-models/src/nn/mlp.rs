@@ -3,6 +3,7 @@ use burn::prelude::*;
 use burn_bnb_backend::{QuantizedOps, decoder_ops};
 
 use crate::nn::group::ProjectionGroup;
+use crate::nn::pending::Pending;
 use crate::nn::projection::Projection;
 use crate::nn::rms_norm::RmsNorm;
 
@@ -34,22 +35,33 @@ impl<B: QuantizedOps> Mlp<B> {
         self.down_proj.forward(decoder_ops::swiglu(gate, up))
     }
 
-    /// The layer's pre-norm, then [`forward`](Self::forward): returns `(s, mlp(norm(s)))` with
-    /// `s = x + residual` (or `x`). A stacked gate/up takes the norm into its product's
-    /// operation ([`Projection::forward_normed`]).
-    pub fn forward_normed<const D: usize>(
+    /// The layer's pre-norm, then [`forward`](Self::forward) short of the down projection:
+    /// returns `s = x + residual` (or `x`) and `mlp(norm(s))` as a [`Pending`] down projection,
+    /// which the next norm runs ([`Pending::add_rms_norm`]). A stacked gate/up takes the norm
+    /// into its product's operation ([`Projection::forward_normed`]).
+    pub fn forward_normed(
         &self,
-        x: Tensor<B, D>,
-        residual: Option<Tensor<B, D>>,
+        x: Tensor<B, 3>,
+        residual: Option<Pending<'_, B>>,
         norm: &RmsNorm<B>,
-    ) -> (Tensor<B, D>, Tensor<B, D>) {
-        if let ProjectionGroup::Stacked(stacked) = &self.gate_up
-            && stacked.widths.0[..] == [stacked.widths.0[0]; 2]
-        {
-            let (x, act) = stacked.projection.forward_normed(x, residual, norm, true);
-            return (x, self.down_proj.forward(act));
-        }
-        let (x, h) = norm.forward_pending(x, residual);
-        (x, self.forward(h))
+    ) -> (Tensor<B, 3>, Pending<'_, B>) {
+        let (x, input) = match &self.gate_up {
+            ProjectionGroup::Stacked(stacked)
+                if stacked.widths.0[..] == [stacked.widths.0[0]; 2] =>
+            {
+                stacked.projection.forward_normed(x, residual, norm, true)
+            }
+            _ => {
+                let (x, h) = norm.forward_pending(x, residual);
+                let mut parts = self.gate_up.forward(h).into_iter();
+                let (gate, up) = (parts.next().expect("gate"), parts.next().expect("up"));
+                (x, decoder_ops::swiglu(gate, up))
+            }
+        };
+        let pending = Pending::Projection {
+            input,
+            projection: &self.down_proj,
+        };
+        (x, pending)
     }
 }

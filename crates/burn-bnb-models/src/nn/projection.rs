@@ -7,6 +7,7 @@ use burn_bnb_formats::Quant4Config;
 use burn_bnb_nn::{Linear4bit, Linear8bitLt};
 
 use crate::format::WeightFormat;
+use crate::nn::pending::Pending;
 use crate::nn::rms_norm::RmsNorm;
 
 /// Which linear layer of a decoder layer a [`Projection`] is.
@@ -221,14 +222,15 @@ impl<B: QuantizedOps> Projection<B> {
     ///
     /// # Panics
     /// As [`forward`](Self::forward).
-    pub fn forward_normed<const D: usize>(
+    pub fn forward_normed(
         &self,
-        x: Tensor<B, D>,
-        residual: Option<Tensor<B, D>>,
+        x: Tensor<B, 3>,
+        residual: Option<Pending<'_, B>>,
         norm: &RmsNorm<B>,
         swiglu: bool,
-    ) -> (Tensor<B, D>, Tensor<B, D>) {
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         if let Projection::Linear8bitLt(layer) = self {
+            let residual = residual.map(Pending::into_output);
             return layer.forward_rms_norm(x, residual, norm.weight.val(), norm.eps, swiglu);
         }
         let (s, h) = norm.forward_pending(x, residual);
@@ -238,6 +240,28 @@ impl<B: QuantizedOps> Projection<B> {
             self.forward(h)
         };
         (s, y)
+    }
+
+    /// `(s, norm(s))` with `s = x + self.forward(input)`: the projection, the residual add after
+    /// it and the next norm. A 4-bit layer runs them as one operation
+    /// ([`Linear4bit::forward_add_rms_norm`]); the others run the projection, then
+    /// [`RmsNorm::forward_add`].
+    ///
+    /// # Shapes
+    /// - `input`: `[batch, seq, in_features]`
+    /// - `x`, outputs: `[batch, seq, out_features]`
+    pub fn forward_add_rms_norm(
+        &self,
+        input: Tensor<B, 3>,
+        x: Tensor<B, 3>,
+        norm: &RmsNorm<B>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        match self {
+            Projection::Linear4bit(layer) => {
+                layer.forward_add_rms_norm(input, x, norm.weight.val(), norm.eps)
+            }
+            _ => norm.forward_add(x, self.forward(input)),
+        }
     }
 
     /// The gated activation of a stacked gate/up projection: `swiglu(y[..., ..N/2],

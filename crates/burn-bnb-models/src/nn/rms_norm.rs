@@ -1,6 +1,8 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn_bnb_backend::{DecoderOps, decoder_ops};
+use burn_bnb_backend::{DecoderOps, QuantizedOps, decoder_ops};
+
+use crate::nn::pending::Pending;
 
 /// Root-mean-square normalization as Llama and Qwen 2 compute it.
 ///
@@ -51,14 +53,18 @@ impl<B: DecoderOps> RmsNorm<B> {
         decoder_ops::add_rms_norm(x, residual, self.weight.val(), self.eps)
     }
 
-    /// [`forward_add`](Self::forward_add) when there is a residual to add, else `(x, norm(x))`.
-    pub fn forward_pending<const D: usize>(
+    /// [`forward_add`](Self::forward_add) when there is a sub-layer output to add (a pending
+    /// projection runs in the same operation, see [`Pending`]), else `(x, norm(x))`.
+    pub fn forward_pending(
         &self,
-        x: Tensor<B, D>,
-        residual: Option<Tensor<B, D>>,
-    ) -> (Tensor<B, D>, Tensor<B, D>) {
-        match residual {
-            Some(residual) => self.forward_add(x, residual),
+        x: Tensor<B, 3>,
+        pending: Option<Pending<'_, B>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>)
+    where
+        B: QuantizedOps,
+    {
+        match pending {
+            Some(pending) => pending.add_rms_norm(x, self),
             None => (x.clone(), self.forward(x)),
         }
     }
