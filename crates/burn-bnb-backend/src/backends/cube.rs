@@ -126,18 +126,6 @@ pub(super) fn kernel_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// The shape of `x Wᵀ`: `x`'s with its last dimension `N`.
-fn product_shape<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>>(
-    x: &CubeTensor<R>,
-    weight: &Quant4Primitive<B>,
-) -> Vec<usize> {
-    let mut dims = x.shape.dims.clone();
-    if let (Some(last), Some(&n)) = (dims.last_mut(), weight.shape.dims.first()) {
-        *last = n;
-    }
-    dims
-}
-
 fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![1; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
@@ -388,9 +376,7 @@ where
             // The register-fragment tensor-core kernel (a decode batch): the norm sums its
             // split-K partial sums, so the product's reduction takes no launch.
             ProductPath::Kernel(strategy @ kernels::Matmul4Strategy::Mma(_))
-                if residual.dtype == x.dtype
-                    && norm_weight.dtype == x.dtype
-                    && residual.shape.dims[..] == product_shape(&x, &weight)[..] =>
+                if residual.dtype == x.dtype && norm_weight.dtype == x.dtype =>
             {
                 let bias = kernel_bias::<R, Self>(bias, x.dtype);
                 let residual = burn_cubecl::kernel::into_contiguous(residual);

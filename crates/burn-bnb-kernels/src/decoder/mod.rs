@@ -44,7 +44,7 @@ use burn_cubecl::tensor::CubeTensor;
 use crate::error::{KernelError, Result};
 
 /// Checks that `t` is a contiguous float tensor of `dtype`.
-fn check_contiguous<R: CubeRuntime>(
+pub(crate) fn check_contiguous<R: CubeRuntime>(
     t: &CubeTensor<R>,
     tensor: &'static str,
     dtype: burn_backend::DType,

@@ -878,10 +878,11 @@ pub fn add_rms_norm_split_k<R: CubeRuntime>(
 ) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
     let hidden = check(residual, weight)?;
     let rows = residual.shape.num_elements() / hidden;
-    if partial.dtype != DType::F32 || partial.shape.num_elements() != splits * rows * hidden {
+    super::check_dtype(partial, "partial sums", DType::F32)?;
+    if partial.shape.num_elements() != splits * rows * hidden {
         return Err(KernelError::Shape {
             tensor: "partial sums",
-            expected: format!("F32 [{splits} * {rows} * {hidden}] (splits x rows x hidden)"),
+            expected: format!("[{splits} * {rows} * {hidden}] (splits x rows x hidden)"),
             actual: partial.shape.dims.clone(),
         });
     }
