@@ -6,7 +6,9 @@
 //!
 //! Burn 0.20.1's `argmax` over a 128k-entry vocabulary runs one cube for all the rows of a step
 //! (~250 us for 8 rows of Llama-3.1-8B logits on an H200, as long as the model's q/k/v product);
-//! here each row has its own cube, which reads its row once with wide loads.
+//! here each row has its own cube of up to 1024 units, which reads its row once with wide loads,
+//! four of them in flight a unit: ~10 us for 8 or 32 rows of those logits on an H200, where 256
+//! units with one load in flight each took 33 us.
 
 use burn_backend::DType;
 use burn_cubecl::CubeRuntime;
@@ -18,8 +20,8 @@ use crate::error::{KernelError, Result};
 use crate::launch::{empty, grid, line_size, with_float};
 use crate::layout::float_arg;
 
-/// Units per cube (one cube per row).
-const CUBE: u32 = 256;
+/// Lines a unit loads before comparing any of them.
+const LOADS: u32 = 4;
 
 /// One cube per row: each unit keeps the first maximum of its lines (strided by the cube), then
 /// a shared-memory tree keeps the larger value, or the lower index of equal ones.
@@ -30,6 +32,7 @@ fn argmax_kernel<F: Float, I: Int>(
     rows: u32,
     lines_per_row: u32,
     #[comptime] line: u32,
+    #[comptime] cube_size: u32,
 ) {
     let row = CUBE_POS as u32;
     if row >= rows {
@@ -40,24 +43,39 @@ fn argmax_kernel<F: Float, I: Int>(
     let mut best_i = comptime!(u32::MAX).runtime();
     let mut l = UNIT_POS;
     while l < lines_per_row {
-        let v = x[(base + l) as usize];
+        // All of this iteration's loads are issued before any comparison; lines past the row
+        // read its last line again and are skipped below.
+        let mut v = Array::<Line<F>>::lined(comptime!(LOADS as usize), comptime!(line as usize));
         #[unroll]
-        for e in 0..line {
-            let f = f32::cast_from(v[e as usize]);
-            // Strict: a unit meets its indices in increasing order, so the first maximum stays.
-            if f > best || (best_i == u32::MAX && f == best) {
-                best = f;
-                best_i = l * line + e;
+        for u in 0..LOADS {
+            let lu = min(l + u * cube_size, lines_per_row - 1);
+            v[u as usize] = x[(base + lu) as usize];
+        }
+        #[unroll]
+        for u in 0..LOADS {
+            let lu = l + u * cube_size;
+            if lu < lines_per_row {
+                let vu = v[u as usize];
+                #[unroll]
+                for e in 0..line {
+                    let f = f32::cast_from(vu[e as usize]);
+                    // Strict: a unit meets its indices in increasing order, so the first
+                    // maximum stays.
+                    if f > best || (best_i == u32::MAX && f == best) {
+                        best = f;
+                        best_i = lu * line + e;
+                    }
+                }
             }
         }
-        l += CUBE_DIM;
+        l += comptime!(LOADS * cube_size);
     }
-    let mut values = SharedMemory::<f32>::new(comptime!(CUBE as usize));
-    let mut indices = SharedMemory::<u32>::new(comptime!(CUBE as usize));
+    let mut values = SharedMemory::<f32>::new(comptime!(cube_size as usize));
+    let mut indices = SharedMemory::<u32>::new(comptime!(cube_size as usize));
     values[UNIT_POS as usize] = best;
     indices[UNIT_POS as usize] = best_i;
     sync_cube();
-    let mut stride = comptime!(CUBE / 2).runtime();
+    let mut stride = comptime!(cube_size / 2).runtime();
     while stride > 0 {
         if UNIT_POS < stride {
             let (v, i) = (values[UNIT_POS as usize], indices[UNIT_POS as usize]);
@@ -131,18 +149,28 @@ fn launch<R: CubeRuntime, F: Float + CubeElement, I: Int + CubeElement>(
     line: usize,
 ) -> Result<()> {
     let client = &x.client;
+    let lines_per_row = width / line;
+    // A power of two for the tree, up to 1024 units and the device's limit, no more than give
+    // each unit `LOADS` lines of its row.
+    let max_units = client.properties().hardware.max_units_per_cube.max(1);
+    let cube_size = lines_per_row
+        .div_ceil(LOADS as usize)
+        .next_power_of_two()
+        .clamp(32, 1024)
+        .min(1 << max_units.ilog2());
     // SAFETY: cubes past `rows` stop; cube `r` reads lines `r * width / line ..` below `(r + 1) * width / line`
-    // (`line` divides `width`) and writes `out[r]`.
+    // (`line` divides `width`; indices clamped to the row's last line) and writes `out[r]`.
     unsafe {
         argmax_kernel::launch_unchecked::<F, I, R>(
             client,
             grid(client, rows),
-            CubeDim::new_1d(CUBE),
+            CubeDim::new_1d(cube_size as u32),
             float_arg(x, line),
             ArrayArg::from_raw_parts::<I>(&out.handle, rows, 1),
             ScalarArg::new(rows as u32),
-            ScalarArg::new((width / line) as u32),
+            ScalarArg::new(lines_per_row as u32),
             line as u32,
+            cube_size as u32,
         )
         .map_err(|e| KernelError::launch("argmax", e))?;
     }

@@ -1796,6 +1796,16 @@ pub fn argmax_rows<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             x[20] = 100.0;
             x[width + 3] = f32::NAN;
         }
+        if width > 40_000 {
+            // Equal maxima one unit meets in the same iteration of its loads (a cube's lines
+            // apart: 1024 lines of 4 or 8 values), in different iterations, and in two units:
+            // the first stays.
+            for d in [0, 4096, 8192, 32_768] {
+                x[2 * width + 9 + d] = 50.0;
+            }
+            x[3 * width + 32_768 * 3 + 1] = 60.0;
+            x[3 * width + 1] = 60.0;
+        }
         let expected: Vec<i32> = x
             .chunks(width)
             .map(|row| {
