@@ -19,6 +19,10 @@
 //! BNB_BATCHES=1,8 ...                              # only these batch sizes (default 1,8,32;
 //!                                                  # above 64 rows: prefill, dense kernels only)
 //! BNB_SHAPES=57344x8192,8192x28672 ...             # these N x K weight shapes instead
+//! BNB_CASES=nf4,Mma ...                            # only cases whose "format variant" holds
+//!                                                  # one of these substrings
+//! BNB_PATTERNS=1 ...                               # only the bandwidth of the 4-bit products'
+//!                                                  # weight access pattern, no compute
 //! ```
 //! Without a CUDA device the bench prints why and exits successfully.
 
@@ -29,7 +33,7 @@ use burn_bnb_kernels::int8::Int8Strategy;
 use burn_bnb_kernels::{
     CmmaParams, Int8Matrix, Matmul4Strategy, MmaParams, Quant4Options, Quant4Weight, SimtParams,
     hopper_gemm_supported, int8_matmul_dequant_with, int8_quantize_rows, linear_8bit_lt,
-    matmul_4bit_with, matmul_dense, matmul_hopper, quantize_4bit,
+    matmul_4bit_with, matmul_dense, matmul_dense_with, matmul_hopper, quantize_4bit,
 };
 use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
 use burn_cubecl::kernel::prng::random_normal;
@@ -51,6 +55,127 @@ const PREFILL_MIN_ROWS: usize = 64;
 fn copy_kernel(input: &Array<Line<u32>>, output: &mut Array<Line<u32>>) {
     if ABSOLUTE_POS < input.len() {
         output[ABSOLUTE_POS] = input[ABSOLUTE_POS];
+    }
+}
+
+/// Reads a 4-bit weight's bytes as the register-fragment product does, with no
+/// compute: a warp owns 32 weight rows and a K slice; each step, `lanes_per_row` lanes read
+/// consecutive 16-byte lines of each row (4: the products' 64-byte runs), `unroll` steps a
+/// loop iteration. With `contiguous` the warp's step tile is stored contiguously instead
+/// (each load instruction reads 512 consecutive bytes: a Marlin-style repacked layout).
+#[cube(launch_unchecked)]
+fn read_pattern_kernel(
+    w: &Array<Line<u32>>,
+    out: &mut Array<u32>,
+    row_lines: u32,
+    steps: u32,
+    groups: u32,
+    #[comptime] lanes_per_row: u32,
+    #[comptime] unroll: u32,
+    #[comptime] contiguous: bool,
+) {
+    let id = CUBE_POS as u32;
+    let group = id % groups;
+    let split = id / groups;
+    let warp = UNIT_POS / 32;
+    let lane = UNIT_POS % 32;
+    let rows_per_load = comptime!(32 / lanes_per_row);
+    let warp_id = group * 4 + warp;
+    let base = warp_id * 32 + lane / lanes_per_row;
+    let t = lane % lanes_per_row;
+    let mut acc = 0u32;
+    let mut s = split * steps;
+    let end = s + steps;
+    while s < end {
+        #[unroll]
+        for u in 0..unroll {
+            #[unroll]
+            for i in 0..lanes_per_row {
+                let idx = if contiguous {
+                    ((warp_id * (row_lines / lanes_per_row) + s + u) * lanes_per_row + i) * 32
+                        + lane
+                } else {
+                    (base + i * rows_per_load) * row_lines + (s + u) * lanes_per_row + t
+                };
+                let v = w[idx as usize];
+                acc ^= v[0] ^ v[1] ^ v[2] ^ v[3];
+            }
+        }
+        s += unroll;
+    }
+    out[ABSOLUTE_POS] = acc;
+}
+
+/// `BNB_PATTERNS=1`: the bandwidth of [`read_pattern_kernel`]'s access patterns over a
+/// 28672x4096 4-bit weight (the gate/up product of Llama-3.1-8B), two copies alternating.
+fn read_patterns(ctx: &Ctx, copy_gbps: f64) {
+    let (n, k) = (28672usize, 4096usize);
+    let bytes = n * k / 2;
+    let row_lines = (k / 32) as u32;
+    let bufs = [ctx.client.empty(bytes), ctx.client.empty(bytes)];
+    let groups = (n / 128) as u32;
+    for (lanes_per_row, unroll, contiguous) in [
+        (4, 1, false),
+        (4, 2, false),
+        (4, 4, false),
+        (8, 1, false),
+        (8, 2, false),
+        (32, 1, false),
+        (32, 2, false),
+        (4, 1, true),
+        (4, 2, true),
+        (4, 4, true),
+    ] {
+        for splits in [2u32, 4, 8] {
+            let steps = row_lines / lanes_per_row / splits;
+            if steps < 2 || !steps.is_multiple_of(unroll) {
+                continue;
+            }
+            let cubes = groups * splits;
+            let out = ctx.client.empty(cubes as usize * 128 * 4);
+            let launch = |i: usize| {
+                // SAFETY: every index is below `n * row_lines` lines (rows < n, columns and
+                // tile offsets below `row_lines`); `out` holds a word per unit.
+                unsafe {
+                    read_pattern_kernel::launch_unchecked::<R>(
+                        &ctx.client,
+                        CubeCount::Static(cubes, 1, 1),
+                        CubeDim::new_1d(128),
+                        ArrayArg::from_raw_parts::<u32>(&bufs[i % 2], bytes / 4, 4),
+                        ArrayArg::from_raw_parts::<u32>(&out, cubes as usize * 128, 1),
+                        ScalarArg::new(row_lines),
+                        ScalarArg::new(steps),
+                        ScalarArg::new(groups),
+                        lanes_per_row,
+                        unroll,
+                        contiguous,
+                    )
+                    .unwrap();
+                }
+            };
+            for i in 0..4 {
+                launch(i);
+            }
+            ctx.sync();
+            let mut times: Vec<f64> = (0..7)
+                .map(|_| {
+                    let start = Instant::now();
+                    for i in 0..20 {
+                        launch(i);
+                    }
+                    ctx.sync();
+                    start.elapsed().as_secs_f64() / 20.0
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            let gbps = bytes as f64 / times[3] / 1e9;
+            eprintln!(
+                "pattern lanes/row {lanes_per_row:>2} unroll {unroll} contiguous {contiguous:<5} \
+                 splits {splits}: {:>6.1} us {gbps:>6.0} GB/s {:>4.0}% of copy",
+                times[3] * 1e6,
+                100.0 * gbps / copy_gbps
+            );
+        }
     }
 }
 
@@ -104,6 +229,10 @@ fn main() {
     let sweep = flag("BNB_SWEEP");
     let copy_gbps = if ncu { f64::NAN } else { copy_bandwidth(&ctx) };
     eprintln!("copy bandwidth: {copy_gbps:.0} GB/s (bytes read + written)");
+    if flag("BNB_PATTERNS") {
+        read_patterns(&ctx, copy_gbps);
+        return;
+    }
 
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_millis(200))
@@ -133,6 +262,9 @@ fn main() {
             }
         }
     };
+    let only: Vec<String> = std::env::var("BNB_CASES")
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
     let batches = env_list("BNB_BATCHES", "batch sizes", &BATCHES, |m| m.parse().ok());
     let shapes = env_list("BNB_SHAPES", "NxK weight shapes", &SHAPES, |shape| {
         let (n, k) = shape.split_once('x')?;
@@ -148,6 +280,10 @@ fn main() {
             let x_f16 = burn_cubecl::kernel::cast(x_bf16.clone(), DType::F16);
             let cases = cases(&ctx, &weights, &x_bf16, &x_f16, m, n, k, sweep);
             for case in cases {
+                let label = format!("{} {}", case.format, case.variant);
+                if !only.is_empty() && !only.iter().any(|s| label.contains(s.as_str())) {
+                    continue;
+                }
                 if ncu && case.format == "bf16 (burn)" {
                     // Its autotuning would launch dozens of candidate kernels under the profiler.
                     continue;
@@ -333,6 +469,27 @@ fn cases<'a>(
             matmul_dense(x_bf16, &w.dense_nk[i % COPIES], None).unwrap();
         }),
     });
+    if sweep && (2..=32).contains(&m) {
+        // The dense tensor-core kernel's tile shapes and split-K around the automatic choice.
+        for (bm, bn, splits) in [
+            (16, 64, 1),
+            (16, 64, 2),
+            (32, 64, 1),
+            (32, 128, 1),
+            (32, 64, 2),
+            (64, 64, 1),
+        ] {
+            let strategy = Matmul4Strategy::Cmma(CmmaParams { bm, bn, splits });
+            cases.push(Case {
+                format: "bf16 (ours)",
+                variant: format!("{strategy:?}"),
+                weight_bytes: n * k * 2,
+                run: Box::new(move |i| {
+                    matmul_dense_with(x_bf16, &w.dense_nk[i % COPIES], None, strategy).unwrap();
+                }),
+            });
+        }
+    }
     if m > PREFILL_MIN_ROWS {
         // Prefill shapes: the quantized formats run as dequantization + this dense product.
         if hopper_gemm_supported(&ctx.client) {
@@ -382,9 +539,14 @@ fn cases<'a>(
             }
             s => s,
         };
+        let auto = if strategy == Matmul4Strategy::Auto {
+            "auto "
+        } else {
+            ""
+        };
         cases.push(Case {
             format,
-            variant: format!("{resolved:?}"),
+            variant: format!("{auto}{resolved:?}"),
             weight_bytes: if dq { q4_dq_bytes } else { q4_bytes },
             run: Box::new(move |i| {
                 matmul_4bit_with(x_bf16, &weights[i % COPIES], None, strategy).unwrap();
