@@ -106,7 +106,7 @@ pub mod quant4;
 
 pub use decoder::{
     ATTENTION_MAX_KEYS, add_rms_norm, add_rms_norm_split_k, argmax, attention, rms_norm,
-    rms_norm_int8, rms_norm_int8_decomposed, rotary, rotary_kv, swiglu,
+    rms_norm_int8, rms_norm_int8_decomposed, rotary, rotary_kv, rotary_kv_split_k, swiglu,
 };
 pub use dense::{matmul_dense, matmul_dense_with};
 pub use dequant4::dequantize_4bit;
@@ -121,6 +121,6 @@ pub use int8::{
 pub use layout::{Absmax4, DoubleQuant4, Int8Matrix, Quant4Weight};
 pub use matmul4::{
     CmmaParams, Matmul4Strategy, MmaParams, SimtParams, matmul_4bit, matmul_4bit_add_rms_norm,
-    matmul_4bit_swiglu, matmul_4bit_with,
+    matmul_4bit_rotary_kv, matmul_4bit_swiglu, matmul_4bit_with,
 };
 pub use quant4::{Quant4Options, double_quantize, quantize_4bit};

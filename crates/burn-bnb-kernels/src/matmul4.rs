@@ -1017,6 +1017,82 @@ pub fn matmul_4bit_add_rms_norm<R: CubeRuntime>(
     crate::add_rms_norm(&y, residual, norm_weight, eps)
 }
 
+/// A stacked q/k/v projection followed by the rotary embedding and the KV-cache write of a
+/// decoder layer: returns the rotated queries, and writes the rotated keys and the values into
+/// the caches in place, bit for bit [`matmul_4bit_with`] then [`rotary_kv`](crate::rotary_kv)
+/// of the output's head slices, whatever the strategy.
+///
+/// With [`Matmul4Strategy::Mma`] (a decode batch) the rotary kernel sums the product's split-K
+/// partial sums itself ([`rotary_kv_split_k`](crate::rotary_kv_split_k)), so the product's
+/// reduction takes no launch: two launches instead of three. Other strategies run the product,
+/// then the rotary kernel on its output.
+///
+/// # Shapes
+/// - `x`: `[batch, seq, K]`, f32, f16 or bf16
+/// - `weight`: a [`Quant4Weight`] of shape `[(heads + 2 kv_heads) * head_dim, K]` (the query,
+///   key and value rows stacked), `K` a multiple of 8
+/// - `bias`: `[(heads + 2 kv_heads) * head_dim]` in the dtype of `x`, optional
+/// - `cos`, `sin`: `[batch * seq, head_dim]`, contiguous, the dtype of `x`
+/// - `k_cache`, `v_cache`: `[batch, kv_heads, slots, head_dim]`, contiguous, the dtype of `x`,
+///   written in place at slots `start..start + seq`
+/// - output: the rotated queries `[batch, seq, heads, head_dim]`
+///
+/// # Errors
+/// As [`matmul_4bit_with`] and [`rotary_kv`](crate::rotary_kv); also a weight whose rows are
+/// not the heads' (`N != (heads + 2 kv_heads) * head_dim`) or activations that are not
+/// `[batch, seq, K]` of the caches' batch.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_4bit_rotary_kv<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+    heads: usize,
+    cos: &CubeTensor<R>,
+    sin: &CubeTensor<R>,
+    k_cache: &CubeTensor<R>,
+    v_cache: &CubeTensor<R>,
+    start: usize,
+    strategy: Matmul4Strategy,
+) -> Result<CubeTensor<R>> {
+    weight.validate()?;
+    let (n, k) = weight.linear_dims()?;
+    let (m, x) = operands(x, bias, n, k)?;
+    let g = crate::decoder::Stacked::new(heads, cos, sin, k_cache, v_cache, start)?;
+    crate::decoder::check_dtype(k_cache, "k_cache", x.dtype)?;
+    if g.n != n {
+        return Err(KernelError::Shape {
+            tensor: "weight",
+            expected: format!("[{} (heads + 2 kv_heads) x head_dim, {k}]", g.n),
+            actual: vec![n, k],
+        });
+    }
+    if x.shape.dims.len() != 3 || m != g.rows {
+        return Err(KernelError::Shape {
+            tensor: "x",
+            expected: format!("[batch, seq, {k}], {} tokens (the rows of cos)", g.rows),
+            actual: x.shape.dims.clone(),
+        });
+    }
+    let strategy = match strategy {
+        Matmul4Strategy::Auto => auto_strategy_4bit(&x.client, x.dtype, m, n, k, weight.blocksize),
+        s => s,
+    };
+    if let Matmul4Strategy::Mma(p) = strategy
+        && m > 0
+    {
+        // With the partial sums forced the kernel never writes its output, so `x` stands in.
+        let partial = with_float!(x.dtype, "x", F => crate::mma4::launch_mma_partial::<R, F>(
+            &x, weight, bias, &x, m, n, k, p, true
+        )?);
+        let (partial, splits) = partial.expect("forced partial sums");
+        return crate::rotary_kv_split_k(
+            &partial, splits, bias, heads, cos, sin, k_cache, v_cache, start,
+        );
+    }
+    let y = product(&x, WeightOperand::Quant4(weight), bias, n, k, strategy)?;
+    crate::decoder::rotary_kv_stacked(&y, heads, cos, sin, k_cache, v_cache, start)
+}
+
 /// Checks the activations and the bias of an `[N, K]` product (`K` a multiple of 8); returns
 /// the number of activation rows and the activations made contiguous.
 fn operands<R: CubeRuntime>(

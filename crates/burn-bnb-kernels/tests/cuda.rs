@@ -46,6 +46,8 @@ cuda_tests!(
     matmul4_swiglu,
     matmul4_add_rms_norm,
     add_rms_norm_split_k,
+    rotary_kv_split_k,
+    matmul4_rotary_kv,
     matmul4_group_offsets,
     matmul_dense_random,
     hopper_gemm_random,

@@ -49,6 +49,8 @@ wgpu_test!(matmul4_random);
 wgpu_test!(matmul4_swiglu);
 wgpu_test!(matmul4_add_rms_norm);
 wgpu_test!(add_rms_norm_split_k);
+wgpu_test!(rotary_kv_split_k);
+wgpu_test!(matmul4_rotary_kv);
 wgpu_test!(matmul4_group_offsets);
 wgpu_test!(matmul_dense_random);
 wgpu_test!(hopper_gemm_random);

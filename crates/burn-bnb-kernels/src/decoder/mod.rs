@@ -14,6 +14,7 @@
 //! | [`add_rms_norm_split_k`] | [`add_rms_norm`] of `x = F(Σ_s partial[s] + bias)`, a split-K product's partial sums |
 //! | [`rotary()`] | `F(F(x * cos) + F(rotate_half(x) * sin))` |
 //! | [`rotary_kv()`] | [`rotary()`] of the queries and keys, the keys and values written into the KV cache in place |
+//! | [`rotary_kv_split_k`] | [`rotary_kv()`] of a stacked q/k/v product's split-K partial sums, `F(Σ_s partial[s] + bias)` |
 //! | [`swiglu()`] | `F(F(gate * F(sigmoid(gate))) * up)` |
 //! | [`attention()`] | `softmax(F(F(q kᵀ) * scale) + bias) v` per query row, GQA, over a strided KV cache |
 //!
@@ -34,7 +35,8 @@ pub use rms_norm::{
     add_rms_norm, add_rms_norm_split_k, rms_norm, rms_norm_int8, rms_norm_int8_decomposed,
 };
 pub use rotary::rotary;
-pub use rotary_kv::rotary_kv;
+pub(crate) use rotary_kv::{Stacked, rotary_kv_stacked};
+pub use rotary_kv::{rotary_kv, rotary_kv_split_k};
 pub(crate) use swiglu::silu_mul;
 pub use swiglu::swiglu;
 
@@ -96,7 +98,7 @@ fn check_rows<R: CubeRuntime>(
 }
 
 /// Checks that `t` is a float tensor of `dtype` (the activations').
-fn check_dtype<R: CubeRuntime>(
+pub(crate) fn check_dtype<R: CubeRuntime>(
     t: &CubeTensor<R>,
     tensor: &'static str,
     dtype: burn_backend::DType,

@@ -8,7 +8,10 @@
 //! ```
 //!
 //! The rotation has [`rotary`](fn@super::rotary)'s roundings; the caches are written in place.
+//! [`rotary_kv_split_k`] reads q, k and v from a stacked q/k/v product's split-K partial sums
+//! instead, summing them as the product's reduction would: the reduction's launch is saved.
 
+use burn_backend::DType;
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -52,34 +55,207 @@ fn rotary_kv_kernel<F: Float>(
     let head = (u / half_lines) % all_heads;
     let row = u / (half_lines * all_heads);
     let row_lines = 2 * half_lines;
-    let table = row * row_lines + j;
+    // The head's source (queries, keys or values) and the token's first line of it.
+    let base = if head < heads {
+        row * q_row + head * row_lines + j
+    } else if head < heads + kv_heads {
+        row * k_row + (head - heads) * row_lines + j
+    } else {
+        row * v_row + (head - heads - kv_heads) * row_lines + j
+    };
+    let x1 = if head < heads {
+        q[base as usize]
+    } else if head < heads + kv_heads {
+        k[base as usize]
+    } else {
+        v[base as usize]
+    };
+    let x2 = if head < heads {
+        q[(base + half_lines) as usize]
+    } else if head < heads + kv_heads {
+        k[(base + half_lines) as usize]
+    } else {
+        v[(base + half_lines) as usize]
+    };
+    store_rotated::<F>(
+        x1,
+        x2,
+        row,
+        head,
+        j,
+        cos,
+        sin,
+        q_out,
+        k_cache,
+        v_cache,
+        (heads, kv_heads, half_lines, seq, slots, start),
+    );
+}
+
+/// [`rotary_kv_kernel`] reading the step's q, k and v from one stacked q/k/v product: with
+/// `summed`, its split-K partial sums (`src` f32, `[splits, rows, (heads + 2 kv_heads) *
+/// head_dim]`), each element `F(Σ_s src[s] + bias)` summed from zero in split order as the
+/// product's own reduction sums it; otherwise its output (`src` in `F`, `splits` 1, no bias).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn rotary_kv_stacked_kernel<F: Float, S: Float>(
+    src: &Array<Line<S>>,
+    bias: &Array<Line<F>>,
+    cos: &Array<Line<F>>,
+    sin: &Array<Line<F>>,
+    q_out: &mut Array<Line<F>>,
+    k_cache: &mut Array<Line<F>>,
+    v_cache: &mut Array<Line<F>>,
+    units: u32,
+    heads: u32,
+    kv_heads: u32,
+    half_lines: u32,
+    seq: u32,
+    slots: u32,
+    start: u32,
+    split_lines: u32,
+    #[comptime] summed: bool,
+    #[comptime] splits: u32,
+    #[comptime] has_bias: bool,
+    #[comptime] line: u32,
+) {
+    let u = CUBE_POS as u32 * CUBE_DIM + UNIT_POS;
+    if u >= units {
+        terminate!();
+    }
+    let all_heads = heads + 2 * kv_heads;
+    let j = u % half_lines;
+    let head = (u / half_lines) % all_heads;
+    let row = u / (half_lines * all_heads);
+    let row_lines = 2 * half_lines;
+    let col = head * row_lines + j;
+    let at = row * all_heads * row_lines + col;
+    let x1 = stacked_line::<F, S>(
+        src,
+        bias,
+        at,
+        col,
+        split_lines,
+        summed,
+        splits,
+        has_bias,
+        line,
+    );
+    let x2 = stacked_line::<F, S>(
+        src,
+        bias,
+        at + half_lines,
+        col + half_lines,
+        split_lines,
+        summed,
+        splits,
+        has_bias,
+        line,
+    );
+    store_rotated::<F>(
+        x1,
+        x2,
+        row,
+        head,
+        j,
+        cos,
+        sin,
+        q_out,
+        k_cache,
+        v_cache,
+        (heads, kv_heads, half_lines, seq, slots, start),
+    );
+}
+
+/// Line `at` of a stacked product's output (line `col` of its row): summed over the splits
+/// (`matmul4::split_sum`'s order and roundings) or read as it is.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stacked_line<F: Float, S: Float>(
+    src: &Array<Line<S>>,
+    bias: &Array<Line<F>>,
+    at: u32,
+    col: u32,
+    split_lines: u32,
+    #[comptime] summed: bool,
+    #[comptime] splits: u32,
+    #[comptime] has_bias: bool,
+    #[comptime] line: u32,
+) -> Line<F> {
+    let mut v = Line::<F>::empty(comptime!(line as usize));
+    if summed {
+        let mut p = Line::<f32>::empty(comptime!(line as usize)).fill(0.0f32);
+        #[unroll]
+        for s in 0..splits {
+            let part = src[(s * split_lines + at) as usize];
+            #[unroll]
+            for e in 0..line {
+                p[e as usize] += f32::cast_from(part[e as usize]);
+            }
+        }
+        if has_bias {
+            let b = bias[col as usize];
+            #[unroll]
+            for e in 0..line {
+                p[e as usize] += f32::cast_from(b[e as usize]);
+            }
+        }
+        #[unroll]
+        for e in 0..line {
+            v[e as usize] = F::cast_from(p[e as usize]);
+        }
+    } else {
+        let y = src[at as usize];
+        #[unroll]
+        for e in 0..line {
+            v[e as usize] = F::cast_from(y[e as usize]);
+        }
+    }
+    v
+}
+
+/// Writes line `j` of head `head` (queries, then keys, then values) of token `row` and its
+/// partner `j + half_lines`: queries rotated into `q_out`, keys rotated and values as they are
+/// into the caches. `dims`: `(heads, kv_heads, half_lines, seq, slots, start)`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_rotated<F: Float>(
+    x1: Line<F>,
+    x2: Line<F>,
+    row: u32,
+    head: u32,
+    j: u32,
+    cos: &Array<Line<F>>,
+    sin: &Array<Line<F>>,
+    q_out: &mut Array<Line<F>>,
+    k_cache: &mut Array<Line<F>>,
+    v_cache: &mut Array<Line<F>>,
+    dims: (u32, u32, u32, u32, u32, u32),
+) {
+    let (heads, kv_heads, half_lines, seq, slots, start) = dims;
+    let row_lines = 2 * half_lines;
     if head < heads + kv_heads {
+        let table = row * row_lines + j;
         let c1 = cos[table as usize];
         let c2 = cos[(table + half_lines) as usize];
         let s1 = sin[table as usize];
         let s2 = sin[(table + half_lines) as usize];
+        let r1 = x1 * c1 - x2 * s1;
+        let r2 = x2 * c2 + x1 * s2;
         if head < heads {
-            let base = row * q_row + head * row_lines + j;
             let dst = (row * heads + head) * row_lines + j;
-            let x1 = q[base as usize];
-            let x2 = q[(base + half_lines) as usize];
-            q_out[dst as usize] = x1 * c1 - x2 * s1;
-            q_out[(dst + half_lines) as usize] = x2 * c2 + x1 * s2;
+            q_out[dst as usize] = r1;
+            q_out[(dst + half_lines) as usize] = r2;
         } else {
-            let kh = head - heads;
-            let base = row * k_row + kh * row_lines + j;
-            let dst = cache_line(row, kh, j, seq, slots, start, kv_heads, row_lines);
-            let x1 = k[base as usize];
-            let x2 = k[(base + half_lines) as usize];
-            k_cache[dst as usize] = x1 * c1 - x2 * s1;
-            k_cache[(dst + half_lines) as usize] = x2 * c2 + x1 * s2;
+            let dst = cache_line(row, head - heads, j, seq, slots, start, kv_heads, row_lines);
+            k_cache[dst as usize] = r1;
+            k_cache[(dst + half_lines) as usize] = r2;
         }
     } else {
         let kh = head - heads - kv_heads;
-        let base = row * v_row + kh * row_lines + j;
         let dst = cache_line(row, kh, j, seq, slots, start, kv_heads, row_lines);
-        v_cache[dst as usize] = v[base as usize];
-        v_cache[(dst + half_lines) as usize] = v[(base + half_lines) as usize];
+        v_cache[dst as usize] = x1;
+        v_cache[(dst + half_lines) as usize] = x2;
     }
 }
 
@@ -282,4 +458,228 @@ fn token_stride<R: CubeRuntime>(
             actual: t.shape.dims.clone(),
         }),
     }
+}
+
+/// [`rotary_kv`] of a stacked q/k/v product's split-K partial sums: each element of q, k and v
+/// is `F(Σ_s partial[s] + bias)`, summed from zero in split order as the product's own
+/// reduction sums it, so the outputs and the caches are bit for bit the product (reduced), then
+/// [`rotary_kv`] of its head slices, and the product's reduction needs no launch
+/// ([`matmul_4bit_rotary_kv`](crate::matmul_4bit_rotary_kv)).
+///
+/// # Shapes
+/// - `partial`: `F32 [splits * rows * (heads + 2 kv_heads) * head_dim]`, split-major (`[splits,
+///   rows, n]`, a row's queries, then keys, then values), contiguous
+/// - `bias`: `[(heads + 2 kv_heads) * head_dim]`, the caches' dtype, optional
+/// - `cos`, `sin`: `[rows, head_dim]`, contiguous, `rows = batch * seq`
+/// - `k_cache`, `v_cache`: `[batch, kv_heads, slots, head_dim]`, contiguous, f32 / f16 / bf16,
+///   written in place at slots `start..start + seq`
+/// - output: the rotated queries `[batch, seq, heads, head_dim]`
+///
+/// # Errors
+/// As [`rotary_kv`]; also partial sums of another dtype or size, `rows` not a multiple of the
+/// batch, or a bias of another dtype or length.
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_kv_split_k<R: CubeRuntime>(
+    partial: &CubeTensor<R>,
+    splits: usize,
+    bias: Option<&CubeTensor<R>>,
+    heads: usize,
+    cos: &CubeTensor<R>,
+    sin: &CubeTensor<R>,
+    k_cache: &CubeTensor<R>,
+    v_cache: &CubeTensor<R>,
+    start: usize,
+) -> Result<CubeTensor<R>> {
+    let g = Stacked::new(heads, cos, sin, k_cache, v_cache, start)?;
+    check_contiguous(partial, "partial sums", DType::F32)?;
+    if splits == 0 || partial.shape.num_elements() != splits * g.rows * g.n {
+        return Err(KernelError::Shape {
+            tensor: "partial sums",
+            expected: format!("[{splits} * {} * {}] (splits x rows x n)", g.rows, g.n),
+            actual: partial.shape.dims.clone(),
+        });
+    }
+    if let Some(bias) = bias {
+        check_contiguous(bias, "bias", k_cache.dtype)?;
+        if bias.shape.num_elements() != g.n {
+            return Err(KernelError::Shape {
+                tensor: "bias",
+                expected: format!("[{}]", g.n),
+                actual: bias.shape.dims.clone(),
+            });
+        }
+    }
+    with_float!(k_cache.dtype, "k_cache", F => launch_stacked::<R, F, f32>(
+        partial, Some(splits), bias, cos, sin, k_cache, v_cache, &g
+    ))
+}
+
+/// [`rotary_kv`] of a stacked q/k/v product's output `y` (`[..., (heads + 2 kv_heads) *
+/// head_dim]`, contiguous, `rows` leading elements), read in one launch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rotary_kv_stacked<R: CubeRuntime>(
+    y: &CubeTensor<R>,
+    heads: usize,
+    cos: &CubeTensor<R>,
+    sin: &CubeTensor<R>,
+    k_cache: &CubeTensor<R>,
+    v_cache: &CubeTensor<R>,
+    start: usize,
+) -> Result<CubeTensor<R>> {
+    let g = Stacked::new(heads, cos, sin, k_cache, v_cache, start)?;
+    check_contiguous(y, "y", k_cache.dtype)?;
+    if y.shape.num_elements() != g.rows * g.n {
+        return Err(KernelError::Shape {
+            tensor: "y",
+            expected: format!("[{}, {}] (rows x n)", g.rows, g.n),
+            actual: y.shape.dims.clone(),
+        });
+    }
+    with_float!(k_cache.dtype, "k_cache", F => launch_stacked::<R, F, F>(
+        y, None, None, cos, sin, k_cache, v_cache, &g
+    ))
+}
+
+/// The geometry of a stacked q/k/v step, checked.
+pub(crate) struct Stacked {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    dim: usize,
+    slots: usize,
+    start: usize,
+    /// Tokens, `batch * seq`.
+    pub(crate) rows: usize,
+    /// Elements a token, `(heads + 2 kv_heads) * head_dim`.
+    pub(crate) n: usize,
+}
+
+impl Stacked {
+    /// Checks the tables and the caches; the caches' dtype is the activations'.
+    pub(crate) fn new<R: CubeRuntime>(
+        heads: usize,
+        cos: &CubeTensor<R>,
+        sin: &CubeTensor<R>,
+        k_cache: &CubeTensor<R>,
+        v_cache: &CubeTensor<R>,
+        start: usize,
+    ) -> Result<Self> {
+        let dtype = k_cache.dtype;
+        for (t, name) in [
+            (cos, "cos"),
+            (sin, "sin"),
+            (k_cache, "k_cache"),
+            (v_cache, "v_cache"),
+        ] {
+            check_contiguous(t, name, dtype)?;
+        }
+        let shape_error = |tensor: &'static str, expected: String, t: &CubeTensor<R>| {
+            Err(KernelError::Shape {
+                tensor,
+                expected,
+                actual: t.shape.dims.clone(),
+            })
+        };
+        let [batch, kv_heads, slots, dim] = match k_cache.shape.dims[..] {
+            [b, kvh, slots, d] if d % 2 == 0 && d > 0 && b > 0 => [b, kvh, slots, d],
+            _ => {
+                return shape_error(
+                    "k_cache",
+                    "[batch, kv_heads, slots, head_dim], even head_dim".into(),
+                    k_cache,
+                );
+            }
+        };
+        if v_cache.shape != k_cache.shape {
+            return shape_error(
+                "v_cache",
+                format!("{:?} (the shape of k_cache)", k_cache.shape.dims),
+                v_cache,
+            );
+        }
+        let rows = match cos.shape.dims[..] {
+            [rows, d] if d == dim && rows % batch == 0 => rows,
+            _ => return shape_error("cos", format!("[batch {batch} x seq, {dim}]"), cos),
+        };
+        if sin.shape != cos.shape {
+            return shape_error(
+                "sin",
+                format!("{:?} (the shape of cos)", cos.shape.dims),
+                sin,
+            );
+        }
+        let seq = rows / batch;
+        if start + seq > slots {
+            return shape_error(
+                "k_cache",
+                format!("[{batch}, {kv_heads}, >= {}, {dim}]", start + seq),
+                k_cache,
+            );
+        }
+        Ok(Self {
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            dim,
+            slots,
+            start,
+            rows,
+            n: (heads + 2 * kv_heads) * dim,
+        })
+    }
+}
+
+/// `splits`: `Some` for partial sums in f32 (`S = f32`), `None` for the product's output.
+#[allow(clippy::too_many_arguments)]
+fn launch_stacked<R: CubeRuntime, F: Float + CubeElement, S: Float + CubeElement>(
+    src: &CubeTensor<R>,
+    splits: Option<usize>,
+    bias: Option<&CubeTensor<R>>,
+    cos: &CubeTensor<R>,
+    sin: &CubeTensor<R>,
+    k_cache: &CubeTensor<R>,
+    v_cache: &CubeTensor<R>,
+    g: &Stacked,
+) -> Result<CubeTensor<R>> {
+    let out = empty(k_cache, vec![g.batch, g.seq, g.heads, g.dim], k_cache.dtype);
+    // One line width for every operand: 16-byte lines of the f32 partial sums.
+    let line = line_size::<R>(4, g.dim / 2);
+    let half_lines = g.dim / 2 / line;
+    let units = g.rows * (g.heads + 2 * g.kv_heads) * half_lines;
+    if units == 0 {
+        return Ok(out);
+    }
+    let client = &k_cache.client;
+    // SAFETY: rows, heads and lines are below the checked shapes (`src` holds `splits * rows *
+    // n` elements, checked by the callers); cache slots are below `start + seq <= slots`.
+    unsafe {
+        rotary_kv_stacked_kernel::launch_unchecked::<F, S, R>(
+            client,
+            grid(client, units.div_ceil(256)),
+            CubeDim::new_1d(256),
+            float_arg(src, line),
+            float_arg(bias.unwrap_or(cos), line),
+            float_arg(cos, line),
+            float_arg(sin, line),
+            float_arg(&out, line),
+            float_arg(k_cache, line),
+            float_arg(v_cache, line),
+            ScalarArg::new(units as u32),
+            ScalarArg::new(g.heads as u32),
+            ScalarArg::new(g.kv_heads as u32),
+            ScalarArg::new(half_lines as u32),
+            ScalarArg::new(g.seq as u32),
+            ScalarArg::new(g.slots as u32),
+            ScalarArg::new(g.start as u32),
+            ScalarArg::new((g.rows * g.n / line) as u32),
+            splits.is_some(),
+            splits.unwrap_or(1) as u32,
+            bias.is_some(),
+            line as u32,
+        )
+        .map_err(|e| KernelError::launch("rotary_kv_stacked", e))?;
+    }
+    Ok(out)
 }

@@ -19,7 +19,7 @@ use burn_bnb_kernels::{
     MmaParams, Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_add_outliers,
     int8_dequantize, int8_matmul_dequant, int8_matmul_dequant_with, int8_matmul_i32,
     int8_quantize_rows, linear_8bit_lt, linear_8bit_lt_swiglu, matmul_4bit_add_rms_norm,
-    matmul_4bit_swiglu, matmul_4bit_with, matmul_dense_with, quantize_4bit,
+    matmul_4bit_rotary_kv, matmul_4bit_swiglu, matmul_4bit_with, matmul_dense_with, quantize_4bit,
 };
 use burn_bnb_kernels::{hopper_gemm_supported, matmul_hopper};
 use burn_cubecl::CubeRuntime;
@@ -614,6 +614,237 @@ pub fn add_rms_norm_split_k<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     }
 }
 
+/// A random `[n, k]` weight (scaled by `1 / sqrt(k)`, rounded to `F`) quantized to NF4 in
+/// blocks of 64, with or without double quantization, on the device.
+fn random_nf4<R: CubeRuntime, F: TestFloat>(
+    dev: &Dev<R>,
+    rng: &mut StdRng,
+    n: usize,
+    k: usize,
+    dq: bool,
+) -> Quant4Weight<R> {
+    let config = Quant4Config {
+        quant_type: QuantType::Nf4,
+        blocksize: 64,
+        double_quant: dq,
+    };
+    let w = randn(rng, n * k, 1.0 / (k as f32).sqrt());
+    let wq = Quantized4::quantize(
+        &w.iter().map(|&v| F::from_f32(v)).collect::<Vec<F>>(),
+        &[n, k],
+        config,
+    )
+    .unwrap();
+    dev.quant4(&wq)
+}
+
+/// One step's stacked q/k/v geometry: `(batch, seq, heads, kv_heads, head_dim, slots, start)`.
+type QkvStep = (usize, usize, usize, usize, usize, usize, usize);
+
+/// `rotary_kv` of the head slices of `y` (`[batch * seq, n]` on the host, q then k then v heads
+/// of each token), uploaded as contiguous q, k and v, into fresh caches holding `cache`:
+/// `(q, k_cache, v_cache)` read back.
+fn rotary_kv_reference<R: CubeRuntime, F: TestFloat>(
+    dev: &Dev<R>,
+    y: &[f32],
+    (b, s, h, kvh, d, slots, start): QkvStep,
+    cos: &CubeTensor<R>,
+    sin: &CubeTensor<R>,
+    cache: &[f32],
+) -> [Vec<f32>; 3] {
+    let n = (h + 2 * kvh) * d;
+    let part = |from: usize, heads: usize| -> CubeTensor<R> {
+        let v: Vec<f32> = y
+            .chunks(n)
+            .flat_map(|row| row[from * d..(from + heads) * d].to_vec())
+            .collect();
+        dev.floats::<F>(&v, vec![b, s, heads, d])
+    };
+    let (kc, vc) = (
+        dev.floats::<F>(cache, vec![b, kvh, slots, d]),
+        dev.floats::<F>(cache, vec![b, kvh, slots, d]),
+    );
+    let q = burn_bnb_kernels::rotary_kv(
+        &part(0, h),
+        &part(h, kvh),
+        &part(h + kvh, kvh),
+        cos,
+        sin,
+        &kc,
+        &vc,
+        start,
+    )
+    .unwrap();
+    [dev.read_f32(&q), dev.read_f32(&kc), dev.read_f32(&vc)]
+}
+
+fn assert_bits(what: &str, actual: [Vec<f32>; 3], expected: [Vec<f32>; 3]) {
+    for (name, (a, e)) in ["q", "k_cache", "v_cache"]
+        .into_iter()
+        .zip(actual.iter().zip(&expected))
+    {
+        assert_eq!(a.len(), e.len(), "{what}: {name} length");
+        for (i, (a, e)) in a.iter().zip(e).enumerate() {
+            assert_eq!(a.to_bits(), e.to_bits(), "{what}: {name} {i}: {a} vs {e}");
+        }
+    }
+}
+
+/// Random rotary tables `[batch * seq, head_dim]` and cache contents for one step.
+fn rotary_inputs<R: CubeRuntime, F: TestFloat>(
+    dev: &Dev<R>,
+    rng: &mut StdRng,
+    (b, s, _, kvh, d, slots, _): QkvStep,
+) -> (CubeTensor<R>, CubeTensor<R>, Vec<f32>) {
+    let cos = dev.floats::<F>(&randn_in::<F>(rng, b * s * d, 0.7), vec![b * s, d]);
+    let sin = dev.floats::<F>(&randn_in::<F>(rng, b * s * d, 0.7), vec![b * s, d]);
+    (cos, sin, randn_in::<F>(rng, b * kvh * slots * d, 1.0))
+}
+
+/// `rotary_kv_split_k` on random partial sums equals the reduction done on the host (f32, from
+/// zero in split order, plus the bias, rounded to `F`) followed by `rotary_kv` of its head
+/// slices, to the bit (queries and both caches), over head sizes off the line widths; partial
+/// sums of the wrong size and a bias of the wrong length are refused.
+pub fn rotary_kv_split_k<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(47);
+    for (splits, step, use_bias) in [
+        (1, (1, 1, 2, 1, 8, 4, 0), false),
+        (3, (2, 3, 4, 2, 64, 16, 5), true),
+        (8, (8, 1, 4, 1, 128, 9, 8), true),
+        (5, (3, 2, 3, 3, 6, 7, 2), false),
+    ] {
+        let (b, s, h, kvh, d, _, _) = step;
+        let (rows, n) = (b * s, (h + 2 * kvh) * d);
+        let what = format!("splits {splits} step {step:?} bias {use_bias} {}", F::NAME);
+        let partial = randn(&mut rng, splits * rows * n, 0.5);
+        let bias = randn_in::<F>(&mut rng, n, 0.1);
+        let (cos, sin, cache) = rotary_inputs::<R, F>(dev, &mut rng, step);
+        let y: Vec<f32> = (0..rows * n)
+            .map(|i| {
+                let mut v = 0.0f32;
+                for sp in 0..splits {
+                    v += partial[sp * rows * n + i];
+                }
+                if use_bias {
+                    v += bias[i % n];
+                }
+                round::<F>(v)
+            })
+            .collect();
+        let expected = rotary_kv_reference::<R, F>(dev, &y, step, &cos, &sin, &cache);
+        let pt = dev.floats::<f32>(&partial, vec![splits * rows * n]);
+        let bt = dev.floats::<F>(&bias, vec![n]);
+        let (kc, vc) = (
+            dev.floats::<F>(&cache, vec![b, kvh, step.5, d]),
+            dev.floats::<F>(&cache, vec![b, kvh, step.5, d]),
+        );
+        let b_opt = use_bias.then_some(&bt);
+        let q = burn_bnb_kernels::rotary_kv_split_k(
+            &pt, splits, b_opt, h, &cos, &sin, &kc, &vc, step.6,
+        )
+        .unwrap();
+        assert_eq!(q.shape.dims, vec![b, s, h, d], "{what}: q shape");
+        let actual = [dev.read_f32(&q), dev.read_f32(&kc), dev.read_f32(&vc)];
+        assert_bits(&what, actual, expected);
+        let short = dev.floats::<f32>(&partial[1..], vec![splits * rows * n - 1]);
+        let err = burn_bnb_kernels::rotary_kv_split_k(
+            &short, splits, None, h, &cos, &sin, &kc, &vc, step.6,
+        );
+        assert!(
+            matches!(err, Err(KernelError::Shape { .. })),
+            "{what}: short partial sums"
+        );
+        let err = burn_bnb_kernels::rotary_kv_split_k(
+            &pt,
+            splits,
+            Some(&dev.floats::<F>(&bias[1..], vec![n - 1])),
+            h,
+            &cos,
+            &sin,
+            &kc,
+            &vc,
+            step.6,
+        );
+        assert!(
+            matches!(err, Err(KernelError::Shape { .. })),
+            "{what}: short bias"
+        );
+    }
+}
+
+/// `matmul_4bit_rotary_kv` equals `matmul_4bit_with` then `rotary_kv` of the output's head
+/// slices to the bit (queries and both caches), for NF4 and NF4+DQ, with and without a bias,
+/// under the automatic strategy (on CUDA the register-fragment kernel for decode batches, its
+/// partial sums finished by the rotary kernel), a SIMT shape (the rotary kernel reading the
+/// product's output) and every register-fragment variant the device runs; a weight whose rows
+/// are not the heads' is refused.
+pub fn matmul4_rotary_kv<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(53);
+    for (step, k, dq) in [
+        ((1, 1, 4, 2, 16, 8, 3), 256, false),
+        ((8, 1, 2, 1, 64, 12, 11), 512, true),
+        ((3, 2, 3, 1, 8, 6, 1), 320, false),
+    ] {
+        let (b, s, h, kvh, d, slots, start) = step;
+        let (m, n) = (b * s, (h + 2 * kvh) * d);
+        let weight = random_nf4::<R, F>(dev, &mut rng, n, k, dq);
+        let xt = dev.floats::<F>(&randn_in::<F>(&mut rng, m * k, 1.0), vec![b, s, k]);
+        let bt = dev.floats::<F>(&randn_in::<F>(&mut rng, n, 0.1), vec![n]);
+        let (cos, sin, cache) = rotary_inputs::<R, F>(dev, &mut rng, step);
+        let mut strategies = vec![
+            Matmul4Strategy::Auto,
+            Matmul4Strategy::Simt(SimtParams {
+                rows: 3,
+                mt: 2,
+                cube_size: 64,
+            }),
+        ];
+        strategies.extend(mma_strategies(dev, F::KIND, m, k, 64));
+        for strategy in strategies {
+            for use_bias in [false, true] {
+                let bias = use_bias.then_some(&bt);
+                let what = format!(
+                    "step {step:?} k {k} dq {dq} bias {use_bias} {strategy:?} {}",
+                    F::NAME
+                );
+                let y = dev.read_f32(&matmul_4bit_with(&xt, &weight, bias, strategy).unwrap());
+                let expected = rotary_kv_reference::<R, F>(dev, &y, step, &cos, &sin, &cache);
+                let (kc, vc) = (
+                    dev.floats::<F>(&cache, vec![b, kvh, slots, d]),
+                    dev.floats::<F>(&cache, vec![b, kvh, slots, d]),
+                );
+                let q = matmul_4bit_rotary_kv(
+                    &xt, &weight, bias, h, &cos, &sin, &kc, &vc, start, strategy,
+                )
+                .unwrap();
+                assert_eq!(q.shape.dims, vec![b, s, h, d], "{what}: q shape");
+                let actual = [dev.read_f32(&q), dev.read_f32(&kc), dev.read_f32(&vc)];
+                assert_bits(&what, actual, expected);
+            }
+        }
+        let (kc, vc) = (
+            dev.floats::<F>(&cache, vec![b, kvh, slots, d]),
+            dev.floats::<F>(&cache, vec![b, kvh, slots, d]),
+        );
+        let err = matmul_4bit_rotary_kv(
+            &xt,
+            &weight,
+            None,
+            h + 1,
+            &cos,
+            &sin,
+            &kc,
+            &vc,
+            start,
+            Matmul4Strategy::Auto,
+        );
+        assert!(
+            matches!(err, Err(KernelError::Shape { .. })),
+            "step {step:?}: heads that do not match the weight"
+        );
+    }
+}
+
 /// `matmul_4bit_add_rms_norm` equals `matmul_4bit_with` then `add_rms_norm` to the bit, for
 /// NF4 and NF4+DQ, with and without a bias, under the automatic strategy (on CUDA the
 /// register-fragment kernel for decode batches, its partial sums finished by the norm) and
@@ -626,19 +857,7 @@ pub fn matmul4_add_rms_norm<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (24, 136, 1024, false),
         (3, 64, 320, true),
     ] {
-        let config = Quant4Config {
-            quant_type: QuantType::Nf4,
-            blocksize: 64,
-            double_quant: dq,
-        };
-        let w = randn(&mut rng, n * k, 1.0 / (k as f32).sqrt());
-        let wq = Quantized4::quantize(
-            &w.iter().map(|&v| F::from_f32(v)).collect::<Vec<F>>(),
-            &[n, k],
-            config,
-        )
-        .unwrap();
-        let weight = dev.quant4(&wq);
+        let weight = random_nf4::<R, F>(dev, &mut rng, n, k, dq);
         let x: Vec<f32> = randn_in::<F>(&mut rng, m * k, 1.0);
         let bias: Vec<f32> = randn_in::<F>(&mut rng, n, 0.1);
         let residual: Vec<f32> = randn_in::<F>(&mut rng, m * n, 1.0);
