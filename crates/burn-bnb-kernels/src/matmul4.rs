@@ -16,7 +16,7 @@
 //! Both accumulate in f32 and round once to the output dtype. Double-quantized absmax values are
 //! decoded inside the kernels.
 
-use burn_backend::DType;
+use burn_backend::{DType, Shape};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::ir::{ElemType, FloatKind};
@@ -815,7 +815,7 @@ fn reduce_splits_kernel<F: Float>(
 
 /// Output `i` (weight row `n`) summed over the splits in split order, plus its bias, in `F`.
 #[cube]
-fn split_sum<F: Float>(
+pub(crate) fn split_sum<F: Float>(
     partial: &Array<f32>,
     bias: &Array<F>,
     i: u32,
@@ -1025,7 +1025,7 @@ pub fn matmul_4bit_add_rms_norm<R: CubeRuntime>(
 /// With [`Matmul4Strategy::Mma`] (a decode batch) the rotary kernel sums the product's split-K
 /// partial sums itself ([`rotary_kv_split_k`](crate::rotary_kv_split_k)), so the product's
 /// reduction takes no launch: two launches instead of three. Other strategies run the product,
-/// then the rotary kernel on its output.
+/// then [`rotary_kv`](crate::rotary_kv) on views of its head slices.
 ///
 /// # Shapes
 /// - `x`: `[batch, seq, K]`, f32, f16 or bf16
@@ -1066,7 +1066,7 @@ pub fn matmul_4bit_rotary_kv<R: CubeRuntime>(
             actual: vec![n, k],
         });
     }
-    if x.shape.dims.len() != 3 || m != g.rows {
+    if x.shape.dims.len() != 3 || x.shape.dims[0] != g.batch || m != g.rows {
         return Err(KernelError::Shape {
             tensor: "x",
             expected: format!("[batch, seq, {k}], {} tokens (the rows of cos)", g.rows),
@@ -1090,7 +1090,22 @@ pub fn matmul_4bit_rotary_kv<R: CubeRuntime>(
         );
     }
     let y = product(&x, WeightOperand::Quant4(weight), bias, n, k, strategy)?;
-    crate::decoder::rotary_kv_stacked(&y, heads, cos, sin, k_cache, v_cache, start)
+    let kv_heads = g.kv_heads;
+    let y = burn_cubecl::ops::reshape(y, Shape::new([g.batch, g.seq, n / g.dim, g.dim]));
+    let part = |from: usize, count: usize| {
+        let (b, s, d) = (g.batch, g.seq, g.dim);
+        burn_cubecl::kernel::slice(y.clone(), &[0..b, 0..s, from..from + count, 0..d])
+    };
+    crate::rotary_kv(
+        &part(0, heads),
+        &part(heads, kv_heads),
+        &part(heads + kv_heads, kv_heads),
+        cos,
+        sin,
+        k_cache,
+        v_cache,
+        start,
+    )
 }
 
 /// Checks the activations and the bias of an `[N, K]` product (`K` a multiple of 8); returns

@@ -93,7 +93,7 @@ struct MmaConfig {
     dq: bool,
     bias: bool,
     partial: bool,
-    /// Pair-table addresses by [`pair_at`] instead of [`pair`].
+    /// Pair-table byte addresses (see [`pair`]).
     byte_addr: bool,
 }
 
@@ -174,7 +174,6 @@ fn matmul4_mma_kernel<F: Float>(
     let split = CUBE_POS as u32 / row_groups;
     let g = lane / 4;
     let t = lane % 4;
-    let lane4 = lane * 4;
     let row0 = (group * warps + warp) * mt * 16;
     let k_steps = k_total / bk;
     let s_start = split * steps_per_split;
@@ -345,17 +344,11 @@ fn matmul4_mma_kernel<F: Float>(
                         let w_hi = w[(2 * i + 1) as usize][(kk / 2) as usize];
                         let b_lo = (2 * kk) % 4;
                         let mut a = Array::<Line<F>>::lined(4usize, 2usize);
-                        if comptime!(cfg.byte_addr) {
-                            a[0] = pair_at::<F>(&pairs, w_lo, b_lo, lane4);
-                            a[1] = pair_at::<F>(&pairs, w_hi, b_lo, lane4);
-                            a[2] = pair_at::<F>(&pairs, w_lo, b_lo + 1, lane4);
-                            a[3] = pair_at::<F>(&pairs, w_hi, b_lo + 1, lane4);
-                        } else {
-                            a[0] = pair::<F>(&pairs, w_lo, b_lo, lane);
-                            a[1] = pair::<F>(&pairs, w_hi, b_lo, lane);
-                            a[2] = pair::<F>(&pairs, w_lo, b_lo + 1, lane);
-                            a[3] = pair::<F>(&pairs, w_hi, b_lo + 1, lane);
-                        }
+                        let by = cfg.byte_addr;
+                        a[0] = pair::<F>(&pairs, w_lo, b_lo, lane, by);
+                        a[1] = pair::<F>(&pairs, w_hi, b_lo, lane, by);
+                        a[2] = pair::<F>(&pairs, w_lo, b_lo + 1, lane, by);
+                        a[3] = pair::<F>(&pairs, w_hi, b_lo + 1, lane, by);
                         if wide {
                             a[0] = a[0] * s_lo;
                             a[1] = a[1] * s_hi;
@@ -430,35 +423,34 @@ fn matmul4_mma_kernel<F: Float>(
 /// The two table values of byte `b` (comptime, 0..4) of `word` as one fragment register, high
 /// nibble first (bitsandbytes' packing order), from this lane's copy of the pair table.
 ///
+/// With `byte_addr` the table's byte address is formed directly: `(byte << 7) | (lane << 2)`
+/// is a shift and one three-input logic op, and the `>> 2` cancels against the index's
+/// scaling, so the table's base can ride in the load's immediate offset. Otherwise the element
+/// index `(byte << 5) | lane`, the shift folded into the byte extraction.
+///
 /// Measured (ncu, H200, gate/up at batch 8): the executed instructions of the product fell by a
 /// quarter against two 16-bit lookups and a pack per byte.
 #[cube]
-fn pair<F: Float>(pairs: &SharedMemory<u32>, word: u32, #[comptime] b: u32, lane: u32) -> Line<F> {
-    // `byte * 32 + lane` with the shift folded into the byte extraction.
-    let slot = if comptime!(b == 0) {
-        (word << 5) & 8160u32
-    } else {
-        (word >> comptime!(8 * b - 5)) & 8160u32
-    };
-    Line::<F>::reinterpret(pairs[(slot | lane) as usize])
-}
-
-/// [`pair`] with the table's byte address formed directly: `(byte << 7) | (lane << 2)` is a
-/// shift and one three-input logic op, and the `>> 2` cancels against the index's scaling, so
-/// the table's base can ride in the load's immediate offset.
-#[cube]
-fn pair_at<F: Float>(
+fn pair<F: Float>(
     pairs: &SharedMemory<u32>,
     word: u32,
     #[comptime] b: u32,
-    lane4: u32,
+    lane: u32,
+    #[comptime] byte_addr: bool,
 ) -> Line<F> {
-    let at = if comptime!(b == 0) {
-        (word << 7) & 32640u32
+    let slot = if byte_addr {
+        let at = if comptime!(b == 0) {
+            (word << 7) & 32640u32
+        } else {
+            (word >> comptime!(8 * b - 7)) & 32640u32
+        };
+        (at | (lane << 2)) >> 2
+    } else if comptime!(b == 0) {
+        ((word << 5) & 8160u32) | lane
     } else {
-        (word >> comptime!(8 * b - 7)) & 32640u32
+        ((word >> comptime!(8 * b - 5)) & 8160u32) | lane
     };
-    Line::<F>::reinterpret(pairs[((at | lane4) >> 2) as usize])
+    Line::<F>::reinterpret(pairs[slot as usize])
 }
 
 /// Loads of step `s` into ring slot `slot`: the unit's code bytes of the step (8 narrow, 16
@@ -683,10 +675,10 @@ pub(crate) fn launch_mma_partial<R: CubeRuntime, F: Float + CubeElement>(
         dq: scales.dq,
         bias: bias.is_some(),
         partial: partial.is_some(),
-        // Measured (H200, kernel bench, both forms alternating twice in one call): with double
-        // quantization at narrow steps (the 32-row shapes) 6% faster; plain NF4 there 2-4%
-        // slower, wide steps level. ncu: 11-17% fewer instructions for plain NF4 at the same
-        // device time, so the product is not bound by issue.
+        // Measured (H200, `13a4c8b`, kernel bench, both forms alternating twice in one call):
+        // with double quantization at narrow steps (the 32-row shapes) 6% faster; plain NF4
+        // there 2-4% slower, wide steps level. ncu: 11-17% fewer instructions for plain NF4 at
+        // the same device time, so the product is not bound by issue.
         byte_addr: scales.dq && !p.wide,
     };
     let bias_t = bias.unwrap_or(x);

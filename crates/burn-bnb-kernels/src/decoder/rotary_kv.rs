@@ -20,6 +20,7 @@ use super::{check_contiguous, check_dtype};
 use crate::error::{KernelError, Result};
 use crate::launch::{empty, grid, line_size, with_float};
 use crate::layout::{float_arg, view_arg};
+use crate::matmul4::split_sum;
 
 /// One unit per line of the first half of a head, over the query heads, then the key heads,
 /// then the value heads of every token: it reads the line and its partner in the second half and
@@ -92,15 +93,14 @@ fn rotary_kv_kernel<F: Float>(
     );
 }
 
-/// [`rotary_kv_kernel`] reading the step's q, k and v from one stacked q/k/v product: with
-/// `summed`, its split-K partial sums (`src` f32, `[splits, rows, (heads + 2 kv_heads) *
-/// head_dim]`), each element `F(Σ_s src[s] + bias)` summed from zero in split order as the
-/// product's own reduction sums it; otherwise its output (`src` in `F`, `splits` 1, no bias).
+/// [`rotary_kv_kernel`] reading the step's q, k and v from the split-K partial sums of one
+/// stacked q/k/v product (`partial`, `[splits, rows, (heads + 2 kv_heads) * head_dim]`): each
+/// element is `matmul4::split_sum`'s, the product's own reduction.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn rotary_kv_stacked_kernel<F: Float, S: Float>(
-    src: &Array<Line<S>>,
-    bias: &Array<Line<F>>,
+fn rotary_kv_split_k_kernel<F: Float>(
+    partial: &Array<f32>,
+    bias: &Array<F>,
     cos: &Array<Line<F>>,
     sin: &Array<Line<F>>,
     q_out: &mut Array<Line<F>>,
@@ -113,8 +113,7 @@ fn rotary_kv_stacked_kernel<F: Float, S: Float>(
     seq: u32,
     slots: u32,
     start: u32,
-    split_lines: u32,
-    #[comptime] summed: bool,
+    split_stride: u32,
     #[comptime] splits: u32,
     #[comptime] has_bias: bool,
     #[comptime] line: u32,
@@ -127,31 +126,33 @@ fn rotary_kv_stacked_kernel<F: Float, S: Float>(
     let j = u % half_lines;
     let head = (u / half_lines) % all_heads;
     let row = u / (half_lines * all_heads);
-    let row_lines = 2 * half_lines;
-    let col = head * row_lines + j;
-    let at = row * all_heads * row_lines + col;
-    let x1 = stacked_line::<F, S>(
-        src,
-        bias,
-        at,
-        col,
-        split_lines,
-        summed,
-        splits,
-        has_bias,
-        line,
-    );
-    let x2 = stacked_line::<F, S>(
-        src,
-        bias,
-        at + half_lines,
-        col + half_lines,
-        split_lines,
-        summed,
-        splits,
-        has_bias,
-        line,
-    );
+    let half = half_lines * line;
+    // Element columns of the line and of its partner in the token's row.
+    let col = (head * 2 * half_lines + j) * line;
+    let at = row * all_heads * 2 * half + col;
+    let mut x1 = Line::<F>::empty(comptime!(line as usize));
+    let mut x2 = Line::<F>::empty(comptime!(line as usize));
+    #[unroll]
+    for e in 0..line {
+        x1[e as usize] = split_sum::<F>(
+            partial,
+            bias,
+            at + e,
+            col + e,
+            split_stride,
+            splits,
+            has_bias,
+        );
+        x2[e as usize] = split_sum::<F>(
+            partial,
+            bias,
+            at + half + e,
+            col + half + e,
+            split_stride,
+            splits,
+            has_bias,
+        );
+    }
     store_rotated::<F>(
         x1,
         x2,
@@ -165,53 +166,6 @@ fn rotary_kv_stacked_kernel<F: Float, S: Float>(
         v_cache,
         (heads, kv_heads, half_lines, seq, slots, start),
     );
-}
-
-/// Line `at` of a stacked product's output (line `col` of its row): summed over the splits
-/// (`matmul4::split_sum`'s order and roundings) or read as it is.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn stacked_line<F: Float, S: Float>(
-    src: &Array<Line<S>>,
-    bias: &Array<Line<F>>,
-    at: u32,
-    col: u32,
-    split_lines: u32,
-    #[comptime] summed: bool,
-    #[comptime] splits: u32,
-    #[comptime] has_bias: bool,
-    #[comptime] line: u32,
-) -> Line<F> {
-    let mut v = Line::<F>::empty(comptime!(line as usize));
-    if summed {
-        let mut p = Line::<f32>::empty(comptime!(line as usize)).fill(0.0f32);
-        #[unroll]
-        for s in 0..splits {
-            let part = src[(s * split_lines + at) as usize];
-            #[unroll]
-            for e in 0..line {
-                p[e as usize] += f32::cast_from(part[e as usize]);
-            }
-        }
-        if has_bias {
-            let b = bias[col as usize];
-            #[unroll]
-            for e in 0..line {
-                p[e as usize] += f32::cast_from(b[e as usize]);
-            }
-        }
-        #[unroll]
-        for e in 0..line {
-            v[e as usize] = F::cast_from(p[e as usize]);
-        }
-    } else {
-        let y = src[at as usize];
-        #[unroll]
-        for e in 0..line {
-            v[e as usize] = F::cast_from(y[e as usize]);
-        }
-    }
-    v
 }
 
 /// Writes line `j` of head `head` (queries, then keys, then values) of token `row` and its
@@ -509,44 +463,18 @@ pub fn rotary_kv_split_k<R: CubeRuntime>(
             });
         }
     }
-    with_float!(k_cache.dtype, "k_cache", F => launch_stacked::<R, F, f32>(
-        partial, Some(splits), bias, cos, sin, k_cache, v_cache, &g
-    ))
-}
-
-/// [`rotary_kv`] of a stacked q/k/v product's output `y` (`[..., (heads + 2 kv_heads) *
-/// head_dim]`, contiguous, `rows` leading elements), read in one launch.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn rotary_kv_stacked<R: CubeRuntime>(
-    y: &CubeTensor<R>,
-    heads: usize,
-    cos: &CubeTensor<R>,
-    sin: &CubeTensor<R>,
-    k_cache: &CubeTensor<R>,
-    v_cache: &CubeTensor<R>,
-    start: usize,
-) -> Result<CubeTensor<R>> {
-    let g = Stacked::new(heads, cos, sin, k_cache, v_cache, start)?;
-    check_contiguous(y, "y", k_cache.dtype)?;
-    if y.shape.num_elements() != g.rows * g.n {
-        return Err(KernelError::Shape {
-            tensor: "y",
-            expected: format!("[{}, {}] (rows x n)", g.rows, g.n),
-            actual: y.shape.dims.clone(),
-        });
-    }
-    with_float!(k_cache.dtype, "k_cache", F => launch_stacked::<R, F, F>(
-        y, None, None, cos, sin, k_cache, v_cache, &g
+    with_float!(k_cache.dtype, "k_cache", F => launch_split_k::<R, F>(
+        partial, splits, bias, cos, sin, k_cache, v_cache, &g
     ))
 }
 
 /// The geometry of a stacked q/k/v step, checked.
 pub(crate) struct Stacked {
-    batch: usize,
-    seq: usize,
+    pub(crate) batch: usize,
+    pub(crate) seq: usize,
     heads: usize,
-    kv_heads: usize,
-    dim: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) dim: usize,
     slots: usize,
     start: usize,
     /// Tokens, `batch * seq`.
@@ -631,11 +559,10 @@ impl Stacked {
     }
 }
 
-/// `splits`: `Some` for partial sums in f32 (`S = f32`), `None` for the product's output.
 #[allow(clippy::too_many_arguments)]
-fn launch_stacked<R: CubeRuntime, F: Float + CubeElement, S: Float + CubeElement>(
-    src: &CubeTensor<R>,
-    splits: Option<usize>,
+fn launch_split_k<R: CubeRuntime, F: Float + CubeElement>(
+    partial: &CubeTensor<R>,
+    splits: usize,
     bias: Option<&CubeTensor<R>>,
     cos: &CubeTensor<R>,
     sin: &CubeTensor<R>,
@@ -644,23 +571,22 @@ fn launch_stacked<R: CubeRuntime, F: Float + CubeElement, S: Float + CubeElement
     g: &Stacked,
 ) -> Result<CubeTensor<R>> {
     let out = empty(k_cache, vec![g.batch, g.seq, g.heads, g.dim], k_cache.dtype);
-    // One line width for every operand: 16-byte lines of the f32 partial sums.
-    let line = line_size::<R>(4, g.dim / 2);
+    let line = line_size::<R>(k_cache.dtype.size(), g.dim / 2);
     let half_lines = g.dim / 2 / line;
     let units = g.rows * (g.heads + 2 * g.kv_heads) * half_lines;
     if units == 0 {
         return Ok(out);
     }
     let client = &k_cache.client;
-    // SAFETY: rows, heads and lines are below the checked shapes (`src` holds `splits * rows *
-    // n` elements, checked by the callers); cache slots are below `start + seq <= slots`.
+    // SAFETY: rows, heads and lines are below the checked shapes (`partial` holds `splits *
+    // rows * n` elements, checked by the caller); cache slots are below `start + seq <= slots`.
     unsafe {
-        rotary_kv_stacked_kernel::launch_unchecked::<F, S, R>(
+        rotary_kv_split_k_kernel::launch_unchecked::<F, R>(
             client,
             grid(client, units.div_ceil(256)),
             CubeDim::new_1d(256),
-            float_arg(src, line),
-            float_arg(bias.unwrap_or(cos), line),
+            ArrayArg::from_raw_parts::<f32>(&partial.handle, partial.shape.num_elements(), 1),
+            float_arg(bias.unwrap_or(cos), 1),
             float_arg(cos, line),
             float_arg(sin, line),
             float_arg(&out, line),
@@ -673,13 +599,12 @@ fn launch_stacked<R: CubeRuntime, F: Float + CubeElement, S: Float + CubeElement
             ScalarArg::new(g.seq as u32),
             ScalarArg::new(g.slots as u32),
             ScalarArg::new(g.start as u32),
-            ScalarArg::new((g.rows * g.n / line) as u32),
-            splits.is_some(),
-            splits.unwrap_or(1) as u32,
+            ScalarArg::new((g.rows * g.n) as u32),
+            splits as u32,
             bias.is_some(),
             line as u32,
         )
-        .map_err(|e| KernelError::launch("rotary_kv_stacked", e))?;
+        .map_err(|e| KernelError::launch("rotary_kv_split_k", e))?;
     }
     Ok(out)
 }
