@@ -101,6 +101,101 @@ impl<B: QuantizedOps> Quant4Primitive<B> {
         ))
     }
 
+    /// A stacked q/k/v projection, the rotary embedding of its queries and keys, and the
+    /// KV-cache write of its keys and values ([`QuantizedOps::matmul_4bit_rotary_kv`]): returns
+    /// `(rotary(q), k_cache, v_cache)` with slots `start..start + seq` of the caches written.
+    ///
+    /// `self` is `[(heads + 2 kv_heads) * head_dim, K]` (query rows, then key, then value
+    /// rows), `x` `[batch, seq, K]`, `bias` `[N]`, `cos` and `sin` `[batch, seq, 1, head_dim]`,
+    /// the caches `[batch, kv_heads, slots, head_dim]`; the queries come back as
+    /// `[batch, seq, heads, head_dim]`.
+    ///
+    /// # Errors
+    /// As [`Self::matmul`]; also rotary tables or caches whose shapes do not fit `x` and the
+    /// weight's rows (an odd `head_dim`, `start + seq > slots`), or whose dtype is not `x`'s.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_rotary_kv(
+        self,
+        x: FloatTensor<B>,
+        bias: Option<FloatTensor<B>>,
+        heads: usize,
+        cos: FloatTensor<B>,
+        sin: FloatTensor<B>,
+        k_cache: FloatTensor<B>,
+        v_cache: FloatTensor<B>,
+        start: usize,
+    ) -> Result<(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>)> {
+        self.validate()?;
+        let [n, k] = weight_dims("4-bit weight", &self.shape.dims)?;
+        check_linear_operands(&x, bias.as_ref(), n, k)?;
+        let [b, s, _] = match x.shape().dims[..] {
+            [b, s, k] => [b, s, k],
+            _ => {
+                return Err(BnbError::Shape {
+                    what: "stacked q/k/v input ([batch, seq, in_features])",
+                    expected: vec![usize::MAX, usize::MAX, k],
+                    actual: x.shape().dims,
+                });
+            }
+        };
+        let cache = k_cache.shape().dims;
+        let (kv_heads, slots, d) = match cache[..] {
+            [_, kv_heads, slots, d] => (kv_heads, slots, d),
+            _ => (0, 0, 0),
+        };
+        // An even head_dim (rotary pairs), `start + seq` slots at least, both caches alike.
+        let expected_cache = vec![b, kv_heads, slots.max(start + s), d.next_multiple_of(2)];
+        for (what, t) in [
+            (
+                "k_cache ([batch, kv_heads, slots >= start + seq, even head_dim])",
+                &k_cache,
+            ),
+            ("v_cache (k_cache's shape)", &v_cache),
+        ] {
+            if d == 0 || d % 2 != 0 || t.shape().dims != expected_cache {
+                return Err(BnbError::Shape {
+                    what,
+                    expected: expected_cache,
+                    actual: t.shape().dims,
+                });
+            }
+        }
+        let table = vec![b, s, 1, d];
+        for (what, t) in [("rotary cos", &cos), ("rotary sin", &sin)] {
+            if t.shape().dims != table {
+                return Err(BnbError::Shape {
+                    what,
+                    expected: table,
+                    actual: t.shape().dims,
+                });
+            }
+        }
+        if n != (heads + 2 * kv_heads) * d {
+            return Err(BnbError::Shape {
+                what: "stacked q/k/v weight ((heads + 2 kv_heads) * head_dim rows)",
+                expected: vec![(heads + 2 * kv_heads) * d, k],
+                actual: vec![n, k],
+            });
+        }
+        for (what, t) in [
+            ("rotary cos", &cos),
+            ("rotary sin", &sin),
+            ("k_cache", &k_cache),
+            ("v_cache", &v_cache),
+        ] {
+            if t.dtype() != x.dtype() {
+                return Err(BnbError::DType {
+                    what,
+                    expected: x.dtype(),
+                    actual: t.dtype(),
+                });
+            }
+        }
+        Ok(B::matmul_4bit_rotary_kv(
+            x, self, bias, heads, cos, sin, k_cache, v_cache, start,
+        ))
+    }
+
     /// `swiglu` of the two halves of `x · dequantize(self)ᵀ (+ bias)` for a stacked gate/up
     /// weight `[W_gate; W_up]` of shape `[N, K]` ([`QuantizedOps::matmul_4bit_swiglu`]): `x` is
     /// `[..., K]`, `bias` `[N]`, the output `[..., N / 2]`.

@@ -1,7 +1,7 @@
 //! The quantized operations: [`QuantizedOps`] (what models call) and [`QuantizedKernels`] (what
 //! a backend implements).
 
-use burn_backend::{FloatDType, tensor::FloatTensor};
+use burn_backend::{FloatDType, TensorMetadata, tensor::FloatTensor};
 use burn_bnb_formats::Quant4Config;
 
 use crate::decoder_ops::{DecoderKernels, DecoderOps, PreNorm};
@@ -126,6 +126,44 @@ pub trait QuantizedOps: DecoderOps {
             norm_weight,
             eps,
         )
+    }
+
+    /// A stacked q/k/v projection and what attention does with its output before the scores:
+    /// `y = matmul_4bit(x, weight, bias)` cut into query, key and value heads, then
+    /// [`DecoderOps::rotary_kv`] (the queries and keys rotated, the keys and values written
+    /// into slots `start..start + seq` of the caches), with the roundings of that
+    /// composition. Returns `(rotary(q), k_cache, v_cache)`. On CubeCL backends, where the
+    /// product runs split-K over a decode batch, the rotary kernel sums the split partial sums
+    /// itself (one launch less, and `y` is never written); the composition otherwise.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, K]`
+    /// - `weight`: `[(heads + 2 kv_heads) * head_dim, K]`, query rows first, then key, then
+    ///   value rows
+    /// - `bias`: `[(heads + 2 kv_heads) * head_dim]`
+    /// - `cos`, `sin`: `[batch, seq, 1, head_dim]`
+    /// - `k_cache`, `v_cache`: `[batch, kv_heads, slots, head_dim]`, `start + seq <= slots`
+    /// - outputs: `[batch, seq, heads, head_dim]`, then the caches' shapes; `x`'s dtype
+    ///
+    /// # Preconditions
+    /// As [`QuantizedOps::matmul_4bit`] and [`DecoderOps::rotary_kv`], `head_dim` even, and
+    /// the tensors of one dtype.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_4bit_rotary_kv(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let head_dim = cos.shape().dims[3];
+        let y = Self::matmul_4bit(x, weight, bias);
+        let (q, k, v) = portable::stacked_heads::<Self>(y, heads, head_dim);
+        Self::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start)
     }
 
     /// Row-wise int8 quantization (bitsandbytes' `int8_vectorwise_quant`) of a `[rows, cols]`
@@ -306,6 +344,25 @@ pub trait QuantizedKernels: DecoderKernels {
             norm_weight,
             eps,
         )
+    }
+
+    /// See [`QuantizedOps::matmul_4bit_rotary_kv`].
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_4bit_rotary_kv(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let head_dim = cos.shape().dims[3];
+        let y = <Self as QuantizedKernels>::matmul_4bit(x, weight, bias);
+        let (q, k, v) = portable::stacked_heads::<Self>(y, heads, head_dim);
+        <Self as DecoderKernels>::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start)
     }
 
     /// See [`QuantizedOps::int8_vectorwise_dequant`].

@@ -79,3 +79,16 @@ fn int8_kernels_cuda_fusion() {
     suite::int8::<Bnb<Cuda<f16>>, f16>(&device);
     suite::int8::<Bnb<Cuda>, f32>(&device);
 }
+
+/// The stacked q/k/v product with rotary and the KV-cache write, without `Fusion` in every
+/// float type (f16/bf16 decode batches run the register-fragment kernel whose split-K sums the
+/// rotary kernel finishes) and through it: `cargo test ... --test cuda -- --ignored rotary`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn stacked_qkv_rotary_kv_cuda() {
+    let device = CudaDevice::default();
+    suite::quant4_rotary_kv::<Bnb<CubeCuda<bf16>>, bf16>(&device);
+    suite::quant4_rotary_kv::<Bnb<CubeCuda<f16>>, f16>(&device);
+    suite::quant4_rotary_kv::<Bnb<CubeCuda<f32>>, f32>(&device);
+    suite::quant4_rotary_kv::<Bnb<Cuda<bf16>>, bf16>(&device);
+}

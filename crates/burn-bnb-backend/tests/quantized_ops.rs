@@ -1,6 +1,8 @@
 //! `QuantizedOps` on `Bnb<NdArray>` and `Autodiff<Bnb<NdArray>>` against the CPU reference:
 //! decision trees, the 8-bit code search, torch's mean, awkward shapes, errors, gradients.
 
+mod common;
+
 use burn_autodiff::Autodiff;
 use burn_backend::{
     Backend, DType, FloatDType, TensorMetadata, TensorPrimitive, ops::FloatTensorOps,
@@ -492,4 +494,12 @@ fn autodiff_gradients_flow_to_the_input_and_bias_of_4bit_and_int8_layers() {
             true,
         );
     }
+}
+
+/// The stacked q/k/v product with rotary and the cache write equals its composition, and shapes
+/// that do not fit are refused (the portable path, and its default under `Autodiff`).
+#[test]
+fn matmul_rotary_kv_is_the_composition() {
+    common::suite::quant4_rotary_kv::<B, f32>(&device());
+    common::suite::quant4_rotary_kv::<AD, f32>(&device());
 }

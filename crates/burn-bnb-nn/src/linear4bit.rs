@@ -464,6 +464,83 @@ impl<B: QuantizedOps> Linear4bit<B> {
         let wrap = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
         (wrap(s), wrap(h))
     }
+
+    /// A stacked q/k/v projection (`[W_q; W_k; W_v]`, `heads`, `kv_heads` and `kv_heads`
+    /// heads of `head_dim` rows) and what attention does with its output before the scores:
+    /// the queries and keys rotated by `cos`/`sin`, the keys and values written into slots
+    /// `start..start + seq` of the caches. Returns `(rotary(q), k_cache, v_cache)` with the
+    /// roundings of [`Self::forward`], then
+    /// [`burn_bnb_backend::decoder_ops::rotary_kv`] on the output's head slices. Where the
+    /// compute dtype is the input's, one operation ([`QuantizedOps::matmul_4bit_rotary_kv`]:
+    /// over a decode batch the rotary kernel finishes the product's split-K sums, saving a
+    /// launch and the product's output). The caches are written in place when their buffers
+    /// are not shared.
+    ///
+    /// # Shapes
+    ///
+    /// - input: `[batch, seq, d_input]`
+    /// - cos, sin: `[batch, seq, 1, head_dim]`
+    /// - k_cache, v_cache: `[batch, kv_heads, slots, head_dim]`, `start + seq <= slots`
+    /// - outputs: `[batch, seq, heads, head_dim]`, then the caches' shapes
+    ///
+    /// # Panics
+    ///
+    /// As [`Self::forward`], and if `d_output` is not `(heads + 2 kv_heads) * head_dim`, the
+    /// tables or the caches do not fit, or their dtype is not the input's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_rotary_kv(
+        &self,
+        input: Tensor<B, 3>,
+        heads: usize,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        k_cache: Tensor<B, 4>,
+        v_cache: Tensor<B, 4>,
+        start: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let input_dtype = input.dtype();
+        if self
+            .compute_dtype
+            .0
+            .is_some_and(|d| burn_dtype(d) != input_dtype)
+        {
+            let head_dim = cos.dims()[3];
+            let y = self.forward(input).into_primitive().tensor();
+            let (q, k, v) = burn_bnb_backend::portable::stacked_heads::<B>(y, heads, head_dim);
+            let wrap = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+            return burn_bnb_backend::decoder_ops::rotary_kv(
+                wrap(q),
+                wrap(k),
+                wrap(v),
+                cos,
+                sin,
+                k_cache,
+                v_cache,
+                start,
+            );
+        }
+        let (x, bias) = to_compute_dtype(
+            input,
+            self.bias.as_ref().map(|b| b.val()),
+            self.compute_dtype.0,
+        );
+        let primitive = |t: Tensor<B, 4>| t.into_primitive().tensor();
+        let (q, k_cache, v_cache) = self
+            .quantized_weight()
+            .matmul_rotary_kv(
+                x.into_primitive().tensor(),
+                bias.map(|b| b.into_primitive().tensor()),
+                heads,
+                primitive(cos),
+                primitive(sin),
+                primitive(k_cache),
+                primitive(v_cache),
+                start,
+            )
+            .unwrap_or_else(|err| panic!("Linear4bit forward_rotary_kv: {err}"));
+        let wrap = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        (wrap(q), wrap(k_cache), wrap(v_cache))
+    }
 }
 
 impl<B: Backend> ModuleDisplay for Linear4bit<B> {

@@ -72,6 +72,31 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
         )
     }
 
+    fn matmul_4bit_rotary_kv(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _timer = crate::op_stats::Timer::start("matmul_4bit_rotary_kv");
+        <B as QuantizedKernels>::matmul_4bit_rotary_kv(
+            x,
+            to_inner_4bit(weight),
+            bias,
+            heads,
+            cos,
+            sin,
+            k_cache,
+            v_cache,
+            start,
+        )
+    }
+
     fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
         let _timer = crate::op_stats::Timer::start("int8_vectorwise_quant");
         <B as QuantizedKernels>::int8_vectorwise_quant(tensor, threshold).map_backend(

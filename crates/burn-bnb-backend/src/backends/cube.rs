@@ -403,6 +403,62 @@ where
         }
     }
 
+    fn matmul_4bit_rotary_kv(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let dtype = x.dtype;
+        // The kernel writes the caches in place: only buffers nobody else holds (a shared cache
+        // is copied by `rotary_kv`'s composition, as Burn would).
+        let owned = |t: &FloatTensor<Self>| t.can_mut() && t.is_contiguous() && t.dtype == dtype;
+        let fits = x.shape.num_dims() == 3
+            && cos.dtype == dtype
+            && sin.dtype == dtype
+            && owned(&k_cache)
+            && owned(&v_cache);
+        match product_path::<R, Self>(&x, &weight) {
+            // The register-fragment tensor-core kernel (a decode batch): the rotary kernel sums
+            // its split-K partial sums, so the product's reduction takes no launch.
+            ProductPath::Kernel(strategy @ kernels::Matmul4Strategy::Mma(_)) if fits => {
+                let [b, s, _] = x.shape.dims::<3>();
+                let d = cos.shape.dims[3];
+                let table = |t: FloatTensor<Self>| {
+                    Self::float_reshape(into_contiguous(t), Shape::new([b * s, d]))
+                };
+                let bias = kernel_bias::<R, Self>(bias, dtype);
+                let q = launched(
+                    kernels::matmul_4bit_rotary_kv(
+                        &x,
+                        &kernel_weight(&weight),
+                        bias.as_ref(),
+                        heads,
+                        &table(cos),
+                        &table(sin),
+                        &k_cache,
+                        &v_cache,
+                        start,
+                        strategy,
+                    ),
+                    "matmul_4bit_rotary_kv",
+                );
+                (q, k_cache, v_cache)
+            }
+            _ => {
+                let head_dim = cos.shape.dims[3];
+                let y = <Self as QuantizedKernels>::matmul_4bit(x, weight, bias);
+                let (q, k, v) = portable::stacked_heads::<Self>(y, heads, head_dim);
+                <Self as DecoderKernels>::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start)
+            }
+        }
+    }
+
     fn int8_vectorwise_quant(tensor: FloatTensor<Self>, threshold: f32) -> Int8Primitive<Self> {
         let [rows, cols] = tensor.shape.dims::<2>();
         if !cols.is_multiple_of(4) || !kernel_float(tensor.dtype) {

@@ -29,7 +29,7 @@ pub use double_quant::{dequantize_absmax, double_quantize, quantize_with_code, t
 pub use int8::{int8_linear, int8_vectorwise_dequant, int8_vectorwise_quant};
 pub use quant4::{
     FP4_THRESHOLDS, NF4_THRESHOLDS, dequantization_dtype, dequantize_4bit, linear, matmul_4bit,
-    quantize_4bit, quantize_4bit_codes, swiglu_halves,
+    quantize_4bit, quantize_4bit_codes, stacked_heads, swiglu_halves,
 };
 
 use burn_backend::{Backend, Element, IntDType, TensorMetadata, tensor::FloatTensor};

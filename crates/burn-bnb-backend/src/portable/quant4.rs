@@ -202,6 +202,29 @@ pub fn swiglu_halves<B: Backend>(
     B::float_reshape(swiglu(gate, up), Shape::from(dims))
 }
 
+/// The query, key and value heads of a stacked q/k/v product's output (query rows first, then
+/// key, then value rows), as views: the composition behind
+/// [`QuantizedOps::matmul_4bit_rotary_kv`](crate::QuantizedOps::matmul_4bit_rotary_kv).
+///
+/// # Shapes
+/// - `y`: `[batch, seq, (heads + 2 kv_heads) * head_dim]`
+/// - outputs: `[batch, seq, heads, head_dim]`, then `[batch, seq, kv_heads, head_dim]` twice
+pub fn stacked_heads<B: Backend>(
+    y: FloatTensor<B>,
+    heads: usize,
+    head_dim: usize,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let [b, s, n] = y.shape().dims::<3>();
+    let all = n / head_dim;
+    let kv_heads = (all - heads) / 2;
+    let y: Tensor<B, 4> = float(B::float_reshape(y, Shape::new([b, s, all, head_dim])));
+    (
+        float_primitive(y.clone().narrow(2, 0, heads)),
+        float_primitive(y.clone().narrow(2, heads, kv_heads)),
+        float_primitive(y.narrow(2, heads + kv_heads, kv_heads)),
+    )
+}
+
 /// The dtype bitsandbytes dequantizes a weight to before a matmul: the weight's original dtype
 /// where the device has it, F32 otherwise.
 pub fn dequantization_dtype<B: Backend>(

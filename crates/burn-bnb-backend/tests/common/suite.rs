@@ -167,6 +167,7 @@ const BURN_MATMUL_RTOL: f64 = 5e-2;
 /// Every operation, in `F`.
 pub fn all<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
     quant4::<B, F>(device);
+    quant4_rotary_kv::<B, F>(device);
     int8::<B, F>(device);
     decoder::<B, F>(device);
 }
@@ -648,6 +649,168 @@ pub fn quant4<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
         deq.iter().all(|v| v.to_bits() == (-0.0f32).to_bits()),
         "FP4 code 8"
     );
+}
+
+/// `matmul_rotary_kv` (a stacked q/k/v product, rotary, the KV-cache write) equals its
+/// composition `matmul`, head slices, `rotary_kv` to the bit, on every product path: one row
+/// (the GEMV), decode batches (on CUDA f16/bf16 the register-fragment kernel, whose split-K sums
+/// the rotary kernel finishes), more rows than the fused kernels take; and refuses tables,
+/// caches and weights that do not fit.
+pub fn quant4_rotary_kv<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
+    let mut rng = StdRng::seed_from_u64(23);
+    // (batch, seq, heads, kv_heads, head_dim, K, config, slots, start)
+    let dq = Quant4Config::nf4().with_double_quant(true);
+    let cases = [
+        (1, 1, 4, 2, 32, 128, Quant4Config::nf4(), 9, 3),
+        (4, 2, 4, 2, 16, 128, dq, 12, 5),
+        (
+            3,
+            1,
+            6,
+            2,
+            8,
+            256,
+            Quant4Config::fp4().with_blocksize(128),
+            4,
+            3,
+        ),
+        (2, 20, 2, 1, 16, 64, Quant4Config::nf4(), 24, 1),
+    ];
+    for (b, s, h, kvh, d, k, config, slots, start) in cases {
+        let n = (h + 2 * kvh) * d;
+        let what = format!(
+            "matmul_rotary_kv {b}x{s}x{k} -> {h}/{kvh}x{d} {config:?} {:?}",
+            F::DTYPE
+        );
+        let w: Vec<F> = rounded(&randn(&mut rng, n * k, 1.0 / (k as f32).sqrt()));
+        let reference = Quantized4::quantize(&w, &[n, k], config).unwrap();
+        let weight = Quant4Primitive::<B>::from_reference(&reference, device).unwrap();
+        let x = upload::<B, F, 3>(
+            &rounded::<F>(&randn(&mut rng, b * s * k, 1.0)),
+            [b, s, k],
+            device,
+        );
+        let bias: Vec<F> = rounded(&randn(&mut rng, n, 0.1));
+        let angles = randn(&mut rng, b * s * d, 3.0);
+        let table = |f: fn(f32) -> f32| {
+            let values: Vec<F> = rounded(&angles.iter().map(|&a| f(a)).collect::<Vec<_>>());
+            upload::<B, F, 4>(&values, [b, s, 1, d], device)
+        };
+        let (cos, sin) = (table(f32::cos), table(f32::sin));
+        let caches: Vec<Vec<F>> = (0..2)
+            .map(|_| rounded(&randn(&mut rng, b * kvh * slots * d, 1.0)))
+            .collect();
+        let cache = |i: usize| upload::<B, F, 4>(&caches[i], [b, kvh, slots, d], device);
+        for use_bias in [false, true] {
+            let bias = use_bias.then(|| upload::<B, F, 1>(&bias, [n], device));
+            let y = weight.clone().matmul(x.clone(), bias.clone()).unwrap();
+            let (q, k, v) = portable::stacked_heads::<B>(y, h, d);
+            let expected =
+                B::rotary_kv(q, k, v, cos.clone(), sin.clone(), cache(0), cache(1), start);
+            let fused = weight
+                .clone()
+                .matmul_rotary_kv(
+                    x.clone(),
+                    bias,
+                    h,
+                    cos.clone(),
+                    sin.clone(),
+                    cache(0),
+                    cache(1),
+                    start,
+                )
+                .unwrap();
+            assert_eq!(fused.0.shape().dims, [b, s, h, d], "{what}: queries' shape");
+            for (name, a, e) in [
+                ("queries", fused.0, expected.0),
+                ("k_cache", fused.1, expected.1),
+                ("v_cache", fused.2, expected.2),
+            ] {
+                assert_eq!(
+                    bits(&download::<B>(a)),
+                    bits(&download::<B>(e)),
+                    "{what}: {name}, bias {use_bias}"
+                );
+            }
+        }
+        // What does not fit is refused with the tensor's name, before any kernel runs.
+        let call = |heads: usize, cos: FloatTensor<B>, k_cache: FloatTensor<B>, start: usize| {
+            weight.clone().matmul_rotary_kv(
+                x.clone(),
+                None,
+                heads,
+                cos,
+                sin.clone(),
+                k_cache,
+                cache(1),
+                start,
+            )
+        };
+        let refused = |result: Result<_, BnbError>, tensor: &str, case: &str| match result {
+            Err(BnbError::Shape { what, .. }) => {
+                assert!(what.starts_with(tensor), "{what}: {case}")
+            }
+            other => panic!("{what}: {case}: {:?}", other.map(|_| ())),
+        };
+        refused(
+            call(h + 1, cos.clone(), cache(0), start),
+            "stacked q/k/v weight",
+            "heads",
+        );
+        refused(
+            call(h, cos.clone(), cache(0), slots - s + 1),
+            "k_cache",
+            "past the slots",
+        );
+        let short = upload::<B, F, 4>(&rounded::<F>(&vec![0.0; b * d]), [b, 1, 1, d], device);
+        if s > 1 {
+            refused(
+                call(h, short, cache(0), start),
+                "rotary cos",
+                "a table of one token",
+            );
+        }
+        let narrow = |i| B::float_reshape(cache(i), Shape::new([b, kvh, slots * d / 2, 2]));
+        let result = weight.clone().matmul_rotary_kv(
+            x.clone(),
+            None,
+            h,
+            cos.clone(),
+            sin.clone(),
+            narrow(0),
+            narrow(1),
+            start,
+        );
+        refused(result, "rotary cos", "caches of another head_dim");
+        let odd = |i| B::float_reshape(cache(i), Shape::new([b, kvh, slots * d, 1]));
+        let result = weight.clone().matmul_rotary_kv(
+            x.clone(),
+            None,
+            h,
+            cos.clone(),
+            sin.clone(),
+            odd(0),
+            odd(1),
+            start,
+        );
+        refused(result, "k_cache", "an odd head_dim");
+        let other = if F::FLOAT == FloatDType::F32 {
+            FloatDType::F64
+        } else {
+            FloatDType::F32
+        };
+        let result = call(h, cos.clone(), B::float_cast(cache(0), other), start);
+        assert!(
+            matches!(
+                result,
+                Err(BnbError::DType {
+                    what: "k_cache",
+                    ..
+                })
+            ),
+            "{what}: a cache of another dtype"
+        );
+    }
 }
 
 /// LLM.int8(): row quantization (with outlier columns), dequantization, the linear layer.

@@ -51,12 +51,41 @@ impl<B: QuantizedOps> Attention<B> {
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Tensor<B, 3> {
+        let out = self.attend(x, rope, bias, cache, start);
+        self.o_proj.forward(out)
+    }
+
+    /// q/k/v of the (normed) input, rotary, the cache append and attention: the output
+    /// projection's input `[batch, seq, heads * head_dim]`. A stacked 4-bit q/k/v hands its
+    /// product to the rotary/cache operation ([`Linear4bit::forward_rotary_kv`]: over a decode
+    /// batch the rotary kernel finishes the product's split-K sums); the others project, then
+    /// [`LayerCache::append_rotated`].
+    ///
+    /// [`Linear4bit::forward_rotary_kv`]: burn_bnb_nn::Linear4bit::forward_rotary_kv
+    fn attend(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        bias: &Tensor<B, 3>,
+        cache: &mut LayerCache<B>,
+        start: usize,
+    ) -> Tensor<B, 3> {
         let (q, k, v) = match &self.qkv {
-            ProjectionGroup::Stacked(stacked) => self.split_heads(stacked.projection.forward(x)),
+            ProjectionGroup::Stacked(stacked) => {
+                if let Projection::Linear4bit(layer) = &stacked.projection {
+                    let (cos, sin) = rope;
+                    let seq = x.dims()[1];
+                    let (q, k, v) = cache.append_with(start, seq, |k_cache, v_cache| {
+                        let (cos, sin) = (cos.clone(), sin.clone());
+                        layer.forward_rotary_kv(x, self.heads, cos, sin, k_cache, v_cache, start)
+                    });
+                    return self.attention(q, k, v, bias);
+                }
+                self.split_heads(stacked.projection.forward(x))
+            }
             ProjectionGroup::Separate(_) => self.project_separate(x),
         };
-        let out = self.attention_output(q, k, v, rope, bias, cache, start);
-        self.o_proj.forward(out)
+        self.attention_output(q, k, v, rope, bias, cache, start)
     }
 
     /// q, k and v from separate projections, `[batch, seq, heads, head_dim]` each.
@@ -70,8 +99,9 @@ impl<B: QuantizedOps> Attention<B> {
 
     /// The layer's pre-norm, then [`forward`](Self::forward) short of the output projection:
     /// returns `s = x + residual` (or `x`) and `attn(norm(s))` as a [`Pending`] output projection,
-    /// which the next norm runs ([`Pending::add_rms_norm`]). Stacked q/k/v take the norm into
-    /// their product's operation ([`Projection::forward_normed`]).
+    /// which the next norm runs ([`Pending::add_rms_norm`]). Stacked LLM.int8() and dense q/k/v
+    /// take the norm into their product's operation ([`Projection::forward_normed`]); stacked
+    /// 4-bit q/k/v take the rotary and the cache append into theirs.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_normed(
         &self,
@@ -83,18 +113,19 @@ impl<B: QuantizedOps> Attention<B> {
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> (Tensor<B, 3>, Pending<'_, B>) {
-        let (x, (q, k, v)) = match &self.qkv {
-            ProjectionGroup::Stacked(stacked) => {
+        let (x, input) = match &self.qkv {
+            ProjectionGroup::Stacked(stacked)
+                if !matches!(stacked.projection, Projection::Linear4bit(_)) =>
+            {
                 let (x, y) = stacked.projection.forward_normed(x, residual, norm, false);
-                (x, self.split_heads(y))
+                let (q, k, v) = self.split_heads(y);
+                (x, self.attention_output(q, k, v, rope, bias, cache, start))
             }
-            ProjectionGroup::Separate(_) => {
+            _ => {
                 let (x, h) = norm.forward_pending(x, residual);
-                let qkv = self.project_separate(h);
-                (x, qkv)
+                (x, self.attend(h, rope, bias, cache, start))
             }
         };
-        let input = self.attention_output(q, k, v, rope, bias, cache, start);
         let pending = Pending::Projection {
             input,
             projection: &self.o_proj,
@@ -128,10 +159,21 @@ impl<B: QuantizedOps> Attention<B> {
         cache: &mut LayerCache<B>,
         start: usize,
     ) -> Tensor<B, 3> {
-        let [b, s, _, _] = q.dims();
-        let (h, hd) = (self.heads, self.head_dim);
         let (cos, sin) = rope;
         let (q, k, v) = cache.append_rotated(q, k, v, cos.clone(), sin.clone(), start);
+        self.attention(q, k, v, bias)
+    }
+
+    /// Attention of the rotated queries over the cache views: `[batch, seq, heads * head_dim]`.
+    fn attention(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: &Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _, _] = q.dims();
+        let (h, hd) = (self.heads, self.head_dim);
         decoder_ops::grouped_attention(q, k, v, bias.clone(), (hd as f64).powf(-0.5)).reshape([
             b,
             s,

@@ -66,16 +66,30 @@ impl<B: Backend> LayerCache<B> {
     where
         B: DecoderOps,
     {
-        let [b, s, _, d] = q.dims();
-        let h = k.dims()[2];
-        let end = visible(start + s, self.k.dims()[2]);
+        let seq = q.dims()[1];
+        self.append_with(start, seq, |k_cache, v_cache| {
+            decoder_ops::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start)
+        })
+    }
+
+    /// Appends `seq` tokens at slots `start..start + seq` through `write`, which gets the two
+    /// cache buffers (moved out, so that it can write them in place) and returns the step's
+    /// rotated queries and the updated caches, as [`DecoderOps::rotary_kv`] does. Returns the
+    /// queries and views of the caches as [`append_rotated`](Self::append_rotated) does.
+    pub fn append_with(
+        &mut self,
+        start: usize,
+        seq: usize,
+        write: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>),
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, h, slots, d] = self.k.dims();
+        let end = visible(start + seq, slots);
         let mut q_rot = None;
         // `inplace` moves each buffer out, so the kernel owns it and writes without a copy.
         self.k.inplace(|k_cache| {
             let mut new_k = None;
             self.v.inplace(|v_cache| {
-                let (q, k_cache, v_cache) =
-                    decoder_ops::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, start);
+                let (q, k_cache, v_cache) = write(k_cache, v_cache);
                 q_rot = Some(q);
                 new_k = Some(k_cache);
                 v_cache
