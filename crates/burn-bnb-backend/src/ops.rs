@@ -132,9 +132,10 @@ pub trait QuantizedOps: DecoderOps {
     /// `y = matmul_4bit(x, weight, bias)` cut into query, key and value heads, then
     /// [`DecoderOps::rotary_kv`] (the queries and keys rotated, the keys and values written
     /// into slots `start..start + seq` of the caches), with the roundings of that
-    /// composition. Returns `(rotary(q), k_cache, v_cache)`. On CubeCL backends, where the
-    /// product runs split-K over a decode batch, the rotary kernel sums the split partial sums
-    /// itself (one launch less, and `y` is never written); the composition otherwise.
+    /// composition. Returns `(rotary(q), k_cache, v_cache)`. On CubeCL backends `y` is never
+    /// written and one launch is saved: at one token the GEMV rotates and stores in its
+    /// epilogue; where the product runs split-K over a decode batch, the rotary kernel sums the
+    /// split partial sums itself. The composition otherwise.
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, K]`

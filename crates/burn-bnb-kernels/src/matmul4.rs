@@ -86,6 +86,10 @@ struct SimtConfig {
     /// The weight stacks gate and up (`[W_g; W_u]`): half of each item's rows are gate rows,
     /// half the up rows of the same outputs, and the output is `silu(gate) * up`.
     swiglu: bool,
+    /// The weight stacks query, key and value heads: half of each item's rows are rows `j <
+    /// head_dim / 2` of heads, half their partners `j + head_dim / 2`, and the outputs are
+    /// rotated and stored as `rotary_kv` stores them.
+    rotary: bool,
 }
 
 /// One cube per work item (`rows` weight rows x `mt` activation rows): its units stride over
@@ -167,6 +171,161 @@ fn matmul4_simt_plain_kernel<F: Float>(
     );
 }
 
+/// [`matmul4_simt_kernel()`] of a stacked q/k/v weight with the rotary embedding and the
+/// KV-cache write as its epilogue (`rotary_kv`'s stores and roundings): each item is pairs of
+/// rows `j`, `j + head_dim / 2` of heads, so a cube holds both operands of its rotations.
+/// `rot`: `(heads, kv_heads, head_dim / 2, seq, slots, start)`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul4_simt_rotary_kernel<F: Float>(
+    x: &Array<Line<F>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    dq_codes: &Array<u32>,
+    nested_absmax: &Array<f32>,
+    nested_code: &Array<f32>,
+    offset: &Array<f32>,
+    bias: &Array<F>,
+    cos: &Array<Line<F>>,
+    sin: &Array<Line<F>>,
+    q_out: &mut Array<Line<F>>,
+    k_cache: &mut Array<Line<F>>,
+    v_cache: &mut Array<Line<F>>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    groups: u32,
+    log2_bs: u32,
+    nested_shift: u32,
+    offset_shift: u32,
+    zero: u32,
+    heads: u32,
+    kv_heads: u32,
+    span: u32,
+    seq: u32,
+    slots: u32,
+    start: u32,
+    #[comptime] cfg: SimtConfig,
+) {
+    let dims = (m_total, n_total, k_total, groups, log2_bs);
+    let rot = (heads, kv_heads, span, seq, slots, start);
+    let total = simt_sums::<F, u32>(
+        x,
+        packed,
+        code,
+        nested_absmax,
+        dq_codes,
+        nested_absmax,
+        nested_code,
+        offset,
+        dims,
+        (nested_shift, offset_shift, zero, span),
+        cfg,
+    );
+    store_simt_rotary::<F>(
+        total, dims, bias, cos, sin, q_out, k_cache, v_cache, rot, cfg,
+    );
+}
+
+/// [`matmul4_simt_rotary_kernel()`] for plain float32 absmax (fewer buffers to bind).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul4_simt_plain_rotary_kernel<F: Float>(
+    x: &Array<Line<F>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    absmax: &Array<f32>,
+    bias: &Array<F>,
+    cos: &Array<Line<F>>,
+    sin: &Array<Line<F>>,
+    q_out: &mut Array<Line<F>>,
+    k_cache: &mut Array<Line<F>>,
+    v_cache: &mut Array<Line<F>>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    groups: u32,
+    log2_bs: u32,
+    heads: u32,
+    kv_heads: u32,
+    span: u32,
+    seq: u32,
+    slots: u32,
+    start: u32,
+    #[comptime] cfg: SimtConfig,
+) {
+    let dims = (m_total, n_total, k_total, groups, log2_bs);
+    let rot = (heads, kv_heads, span, seq, slots, start);
+    let total = simt_sums::<F, f32>(
+        x,
+        packed,
+        code,
+        absmax,
+        absmax,
+        absmax,
+        code,
+        code,
+        dims,
+        (0u32, 31u32, 0u32, span),
+        cfg,
+    );
+    store_simt_rotary::<F>(
+        total, dims, bias, cos, sin, q_out, k_cache, v_cache, rot, cfg,
+    );
+}
+
+/// The rotary epilogue of a SIMT item: a pair's two sums meet in shared memory, each is
+/// rounded to `F` with its bias as the product's output would be, then rotated and stored
+/// as `rotary_kv` does.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_simt_rotary<F: Float>(
+    total: f32,
+    dims: (u32, u32, u32, u32, u32),
+    bias: &Array<F>,
+    cos: &Array<Line<F>>,
+    sin: &Array<Line<F>>,
+    q_out: &mut Array<Line<F>>,
+    k_cache: &mut Array<Line<F>>,
+    v_cache: &mut Array<Line<F>>,
+    rot: (u32, u32, u32, u32, u32, u32),
+    #[comptime] cfg: SimtConfig,
+) {
+    let (m_total, n_total, _k, groups, _bs) = dims;
+    let (_heads, _kv_heads, span, _seq, _slots, _start) = rot;
+    let rm = comptime!(cfg.rows * cfg.mt);
+    let hm = comptime!(cfg.rows / 2 * cfg.mt);
+    let n0 = (CUBE_POS as u32 % groups) * comptime!(cfg.rows / 2);
+    let m0 = (CUBE_POS as u32 / groups) * cfg.mt;
+    let mut fin = SharedMemory::<f32>::new(comptime!(rm as usize));
+    if UNIT_POS < rm {
+        fin[UNIT_POS as usize] = total;
+    }
+    sync_cube();
+    if UNIT_POS < hm {
+        let p = n0 + UNIT_POS / cfg.mt;
+        let m = m0 + UNIT_POS % cfg.mt;
+        if p < n_total / 2 && m < m_total {
+            let head = p / span;
+            let j = p % span;
+            let n = head * 2 * span + j;
+            let mut a = fin[UNIT_POS as usize];
+            let mut b = fin[(UNIT_POS + hm) as usize];
+            if cfg.bias {
+                a += f32::cast_from(bias[n as usize]);
+                b += f32::cast_from(bias[(n + span) as usize]);
+            }
+            let mut x1 = Line::<F>::empty(1usize);
+            let mut x2 = Line::<F>::empty(1usize);
+            x1[0] = F::cast_from(a);
+            x2[0] = F::cast_from(b);
+            crate::decoder::store_rotated::<F>(
+                x1, x2, m, head, j, cos, sin, q_out, k_cache, v_cache, rot,
+            );
+        }
+    }
+}
+
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn simt_body<F: Float, D: CubePrimitive>(
@@ -190,12 +349,88 @@ fn simt_body<F: Float, D: CubePrimitive>(
     zero: u32,
     #[comptime] cfg: SimtConfig,
 ) {
-    let id = CUBE_POS as u32;
-    let g = id % groups;
-    // With SwiGLU an item is `rows / 2` outputs: their gate rows, then their up rows.
+    let total = simt_sums::<F, D>(
+        x,
+        packed,
+        code,
+        absmax,
+        dq_codes,
+        nested_absmax,
+        nested_code,
+        offset,
+        (m_total, n_total, k_total, groups, log2_bs),
+        (nested_shift, offset_shift, zero, 0u32),
+        cfg,
+    );
     let half = comptime!(cfg.rows / 2);
     let n_half = n_total / 2;
+    let g = CUBE_POS as u32 % groups;
     let n0 = g * comptime!(if cfg.swiglu { cfg.rows / 2 } else { cfg.rows });
+    let m0 = (CUBE_POS as u32 / groups) * cfg.mt;
+    let rm = comptime!(cfg.rows * cfg.mt);
+    if comptime!(cfg.swiglu) {
+        // Gate and up of one output meet in shared memory; each is rounded to `F` (with its
+        // bias) as the product's output would be, then combined as `swiglu` does.
+        let mut fin = SharedMemory::<f32>::new(comptime!(rm as usize));
+        if UNIT_POS < rm {
+            fin[UNIT_POS as usize] = total;
+        }
+        sync_cube();
+        let hm = comptime!(half * cfg.mt);
+        if UNIT_POS < hm {
+            let n = n0 + UNIT_POS / cfg.mt;
+            let m = m0 + UNIT_POS % cfg.mt;
+            if n < n_half && m < m_total {
+                let mut gate = fin[UNIT_POS as usize];
+                let mut up = fin[(UNIT_POS + hm) as usize];
+                if cfg.bias {
+                    gate += f32::cast_from(bias[n as usize]);
+                    up += f32::cast_from(bias[(n_half + n) as usize]);
+                }
+                out[(m * n_half + n) as usize] =
+                    crate::decoder::silu_mul::<F>(F::cast_from(gate), F::cast_from(up));
+            }
+        }
+    } else if UNIT_POS < rm {
+        write_simt_output::<F>(
+            total, UNIT_POS, n0, m0, m_total, n_total, bias, out, cfg.mt, cfg.bias,
+        );
+    }
+}
+
+/// A SIMT item's dot products: unit `i < rows * mt` of the cube gets the f32 sum of weight row
+/// `i / mt` of the item (in [`SimtConfig`]'s order) with activation row `m0 + i % mt`; units of
+/// cubes past the last activation row end here. `dims`: `(m, n, k, groups, log2 blocksize)`;
+/// `dq`: `(nested_shift, offset_shift, zero, span)`, `span` the distance between the two rows
+/// of a rotary pair (`head_dim / 2`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn simt_sums<F: Float, D: CubePrimitive>(
+    x: &Array<Line<F>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    absmax: &Array<f32>,
+    dq_codes: &Array<D>,
+    nested_absmax: &Array<f32>,
+    nested_code: &Array<f32>,
+    offset: &Array<f32>,
+    dims: (u32, u32, u32, u32, u32),
+    dq: (u32, u32, u32, u32),
+    #[comptime] cfg: SimtConfig,
+) -> f32 {
+    let (m_total, n_total, k_total, groups, log2_bs) = dims;
+    let (nested_shift, offset_shift, zero, span) = dq;
+    let id = CUBE_POS as u32;
+    let g = id % groups;
+    // With SwiGLU an item is `rows / 2` outputs: their gate rows, then their up rows; with
+    // rotary `rows / 2` pairs: their first rows, then their partners.
+    let half = comptime!(cfg.rows / 2);
+    let n_half = n_total / 2;
+    let n0 = g * comptime!(if cfg.swiglu || cfg.rotary {
+        cfg.rows / 2
+    } else {
+        cfg.rows
+    });
     let m0 = (id / groups) * cfg.mt;
     if m0 >= m_total {
         terminate!();
@@ -225,6 +460,10 @@ fn simt_body<F: Float, D: CubePrimitive>(
         for r in 0..cfg.rows {
             let n = if comptime!(cfg.swiglu) {
                 (r / half) * n_half + min(n0 + r % half, n_half - 1)
+            } else if comptime!(cfg.rotary) {
+                // Pair `p`: row `j` of head `p / span` and its partner `j + span`.
+                let p = min(n0 + r % half, n_half - 1);
+                (p / span) * 2 * span + p % span + (r / half) * span
             } else {
                 min(n0 + r, n_total - 1)
             };
@@ -298,35 +537,7 @@ fn simt_body<F: Float, D: CubePrimitive>(
         c += cfg.cube_size;
     }
 
-    let total = cube_sum::<f32>(&acc, rm, cfg.cube_size, cfg.plane);
-    if comptime!(cfg.swiglu) {
-        // Gate and up of one output meet in shared memory; each is rounded to `F` (with its
-        // bias) as the product's output would be, then combined as `swiglu` does.
-        let mut fin = SharedMemory::<f32>::new(comptime!(rm as usize));
-        if UNIT_POS < rm {
-            fin[UNIT_POS as usize] = total;
-        }
-        sync_cube();
-        let hm = comptime!(half * cfg.mt);
-        if UNIT_POS < hm {
-            let n = n0 + UNIT_POS / cfg.mt;
-            let m = m0 + UNIT_POS % cfg.mt;
-            if n < n_half && m < m_total {
-                let mut gate = fin[UNIT_POS as usize];
-                let mut up = fin[(UNIT_POS + hm) as usize];
-                if cfg.bias {
-                    gate += f32::cast_from(bias[n as usize]);
-                    up += f32::cast_from(bias[(n_half + n) as usize]);
-                }
-                out[(m * n_half + n) as usize] =
-                    crate::decoder::silu_mul::<F>(F::cast_from(gate), F::cast_from(up));
-            }
-        }
-    } else if UNIT_POS < rm {
-        write_simt_output::<F>(
-            total, UNIT_POS, n0, m0, m_total, n_total, bias, out, cfg.mt, cfg.bias,
-        );
-    }
+    cube_sum::<f32>(&acc, rm, cfg.cube_size, cfg.plane)
 }
 
 #[cube]
@@ -1024,8 +1235,11 @@ pub fn matmul_4bit_add_rms_norm<R: CubeRuntime>(
 ///
 /// With [`Matmul4Strategy::Mma`] (a decode batch) the rotary kernel sums the product's split-K
 /// partial sums itself ([`rotary_kv_split_k`](crate::rotary_kv_split_k)), so the product's
-/// reduction takes no launch: two launches instead of three. Other strategies run the product,
-/// then [`rotary_kv`](crate::rotary_kv) on views of its head slices.
+/// reduction takes no launch: two launches instead of three. With [`Matmul4Strategy::Simt`]
+/// (one token, and an even number of rows a cube) each cube computes pairs of rows `j`,
+/// `j + head_dim / 2` of heads and rotates and stores them itself: one launch instead of two.
+/// [`Matmul4Strategy::Cmma`] runs the product, then [`rotary_kv`](crate::rotary_kv) on views
+/// of its head slices.
 ///
 /// # Shapes
 /// - `x`: `[batch, seq, K]`, f32, f16 or bf16
@@ -1088,6 +1302,16 @@ pub fn matmul_4bit_rotary_kv<R: CubeRuntime>(
         return crate::rotary_kv_split_k(
             &partial, splits, bias, heads, cos, sin, k_cache, v_cache, start,
         );
+    }
+    if let Matmul4Strategy::Simt(p) = strategy
+        && m > 0
+        && p.rows.is_multiple_of(2)
+    {
+        let q = empty(&x, vec![g.batch, g.seq, heads, g.dim], x.dtype);
+        with_float!(x.dtype, "x", F => launch_simt_rotary::<R, F>(
+            &x, weight, bias, [cos, sin], &q, [k_cache, v_cache], &g, k, p
+        )?);
+        return Ok(q);
     }
     let y = product(&x, WeightOperand::Quant4(weight), bias, n, k, strategy)?;
     let kv_heads = g.kv_heads;
@@ -1238,6 +1462,32 @@ pub(crate) fn simt_plane<R: CubeRuntime>(client: &ComputeClient<R>, p: SimtParam
         .unwrap_or(0))
 }
 
+/// The SIMT kernel's configuration for these operands (neither SwiGLU nor rotary).
+fn simt_config<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    has_bias: bool,
+    k: usize,
+    p: SimtParams,
+) -> Result<SimtConfig> {
+    let plane = simt_plane(&x.client, p)?;
+    let lw = if k.is_multiple_of(32) { 4 } else { 1 };
+    let xl = line_size::<R>(x.dtype.size(), k.min(8)).min(8);
+    let xl = if 8 % xl == 0 { xl } else { 1 };
+    Ok(SimtConfig {
+        rows: p.rows,
+        mt: p.mt,
+        lw,
+        xl: xl as u32,
+        cube_size: p.cube_size,
+        plane,
+        dq: matches!(weight.absmax, crate::layout::Absmax4::Double(_)),
+        bias: has_bias,
+        swiglu: false,
+        rotary: false,
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
     x: &CubeTensor<R>,
@@ -1251,21 +1501,11 @@ fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
     swiglu: bool,
 ) -> Result<()> {
     let client = &x.client;
-    let plane = simt_plane(client, p)?;
-    let lw = if k.is_multiple_of(32) { 4 } else { 1 };
-    let xl = line_size::<R>(x.dtype.size(), k.min(8)).min(8);
-    let xl = if 8 % xl == 0 { xl } else { 1 };
     let cfg = SimtConfig {
-        rows: p.rows,
-        mt: p.mt,
-        lw,
-        xl: xl as u32,
-        cube_size: p.cube_size,
-        plane,
-        dq: matches!(weight.absmax, crate::layout::Absmax4::Double(_)),
-        bias: bias.is_some(),
         swiglu,
+        ..simt_config(x, weight, bias.is_some(), k, p)?
     };
+    let (lw, xl) = (cfg.lw, cfg.xl as usize);
     let groups = if swiglu {
         (n / 2).div_ceil(p.rows as usize / 2)
     } else {
@@ -1321,6 +1561,104 @@ fn launch_simt<R: CubeRuntime, F: Float + CubeElement>(
             )
         }
         .map_err(|e| KernelError::launch("matmul_4bit (simt)", e))?;
+    }
+    Ok(())
+}
+
+/// Launches the SIMT kernel with the rotary epilogue: `q_out` gets the rotated queries, the
+/// caches the rotated keys and the values (see [`matmul_4bit_rotary_kv`]). `p.rows` is even.
+#[allow(clippy::too_many_arguments)]
+fn launch_simt_rotary<R: CubeRuntime, F: Float + CubeElement>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+    tables: [&CubeTensor<R>; 2],
+    q_out: &CubeTensor<R>,
+    caches: [&CubeTensor<R>; 2],
+    g: &crate::decoder::Stacked,
+    k: usize,
+    p: SimtParams,
+) -> Result<()> {
+    let client = &x.client;
+    let cfg = SimtConfig {
+        rotary: true,
+        ..simt_config(x, weight, bias.is_some(), k, p)?
+    };
+    let (m, n) = (g.rows, g.n);
+    let groups = (n / 2).div_ceil(p.rows as usize / 2);
+    let cubes = groups * m.div_ceil(p.mt as usize);
+    let scales = ScaleArgs::new(weight);
+    let bias_t = bias.unwrap_or(x);
+    let [cos, sin] = tables;
+    let [k_cache, v_cache] = caches;
+    let u = |v: usize| ScalarArg::new(v as u32);
+    // SAFETY: as `launch_simt`'s; stores are below the checked shapes of the outputs and the
+    // caches (`start + seq <= slots`).
+    unsafe {
+        if cfg.dq {
+            matmul4_simt_rotary_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, cubes),
+                CubeDim::new_1d(p.cube_size),
+                float_arg(x, cfg.xl as usize),
+                words_arg(&weight.packed, cfg.lw as usize),
+                f32_arg(&weight.code),
+                scales.dq_codes,
+                scales.nested_absmax,
+                scales.nested_code,
+                scales.offset,
+                float_arg(bias_t, 1),
+                float_arg(cos, 1),
+                float_arg(sin, 1),
+                float_arg(q_out, 1),
+                float_arg(k_cache, 1),
+                float_arg(v_cache, 1),
+                u(m),
+                u(n),
+                u(k),
+                u(groups),
+                ScalarArg::new(weight.blocksize.trailing_zeros()),
+                ScalarArg::new(scales.nested_shift),
+                ScalarArg::new(scales.offset_shift),
+                ScalarArg::new(0u32),
+                u(g.heads),
+                u(g.kv_heads),
+                u(g.dim / 2),
+                u(g.seq),
+                u(g.slots),
+                u(g.start),
+                cfg,
+            )
+        } else {
+            matmul4_simt_plain_rotary_kernel::launch_unchecked::<F, R>(
+                client,
+                grid(client, cubes),
+                CubeDim::new_1d(p.cube_size),
+                float_arg(x, cfg.xl as usize),
+                words_arg(&weight.packed, cfg.lw as usize),
+                f32_arg(&weight.code),
+                scales.absmax,
+                float_arg(bias_t, 1),
+                float_arg(cos, 1),
+                float_arg(sin, 1),
+                float_arg(q_out, 1),
+                float_arg(k_cache, 1),
+                float_arg(v_cache, 1),
+                u(m),
+                u(n),
+                u(k),
+                u(groups),
+                ScalarArg::new(weight.blocksize.trailing_zeros()),
+                u(g.heads),
+                u(g.kv_heads),
+                u(g.dim / 2),
+                u(g.seq),
+                u(g.slots),
+                u(g.start),
+                cfg,
+            )
+        }
+        .map_err(|e| KernelError::launch("matmul_4bit_rotary_kv (simt)", e))?;
     }
     Ok(())
 }

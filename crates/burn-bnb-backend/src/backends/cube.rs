@@ -424,9 +424,9 @@ where
             && owned(&k_cache)
             && owned(&v_cache);
         match product_path::<R, Self>(&x, &weight) {
-            // The register-fragment tensor-core kernel (a decode batch): the rotary kernel sums
-            // its split-K partial sums, so the product's reduction takes no launch.
-            ProductPath::Kernel(strategy @ kernels::Matmul4Strategy::Mma(_)) if fits => {
+            // The fused kernels: at one token the GEMV rotates and stores in its epilogue; over
+            // a decode batch the rotary kernel sums the register kernel's split-K partial sums.
+            ProductPath::Kernel(strategy) if fits => {
                 let [b, s, _] = x.shape.dims::<3>();
                 let d = cos.shape.dims[3];
                 let table = |t: FloatTensor<Self>| {

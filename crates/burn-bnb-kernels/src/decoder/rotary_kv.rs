@@ -173,7 +173,7 @@ fn rotary_kv_split_k_kernel<F: Float>(
 /// into the caches. `dims`: `(heads, kv_heads, half_lines, seq, slots, start)`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn store_rotated<F: Float>(
+pub(crate) fn store_rotated<F: Float>(
     x1: Line<F>,
     x2: Line<F>,
     row: u32,
@@ -472,11 +472,11 @@ pub fn rotary_kv_split_k<R: CubeRuntime>(
 pub(crate) struct Stacked {
     pub(crate) batch: usize,
     pub(crate) seq: usize,
-    heads: usize,
+    pub(crate) heads: usize,
     pub(crate) kv_heads: usize,
     pub(crate) dim: usize,
-    slots: usize,
-    start: usize,
+    pub(crate) slots: usize,
+    pub(crate) start: usize,
     /// Tokens, `batch * seq`.
     pub(crate) rows: usize,
     /// Elements a token, `(heads + 2 kv_heads) * head_dim`.

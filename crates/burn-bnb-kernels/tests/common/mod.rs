@@ -775,9 +775,9 @@ pub fn rotary_kv_split_k<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
 /// `matmul_4bit_rotary_kv` equals `matmul_4bit_with` then `rotary_kv` of the output's head
 /// slices to the bit (queries and both caches), for NF4 and NF4+DQ, with and without a bias,
 /// under the automatic strategy (on CUDA the register-fragment kernel for decode batches, its
-/// partial sums finished by the rotary kernel), a SIMT shape (the rotary kernel reading the
-/// product's output) and every register-fragment variant the device runs; a weight whose rows
-/// are not the heads' is refused.
+/// partial sums finished by the rotary kernel), SIMT shapes (odd rows a cube: the rotary kernel
+/// reading the product's output; even: the GEMV's rotary epilogue) and every register-fragment
+/// variant the device runs; a weight whose rows are not the heads' is refused.
 pub fn matmul4_rotary_kv<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     let mut rng = StdRng::seed_from_u64(53);
     for (step, k, dq) in [
@@ -793,10 +793,22 @@ pub fn matmul4_rotary_kv<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         let (cos, sin, cache) = rotary_inputs::<R, F>(dev, &mut rng, step);
         let mut strategies = vec![
             Matmul4Strategy::Auto,
+            // Odd rows a cube: the product, then `rotary_kv`.
             Matmul4Strategy::Simt(SimtParams {
                 rows: 3,
                 mt: 2,
                 cube_size: 64,
+            }),
+            // Even: the rotary epilogue, with pairs that do not fill the last cube (rows 6).
+            Matmul4Strategy::Simt(SimtParams {
+                rows: 6,
+                mt: 2,
+                cube_size: 64,
+            }),
+            Matmul4Strategy::Simt(SimtParams {
+                rows: 4,
+                mt: 1,
+                cube_size: 128,
             }),
         ];
         strategies.extend(mma_strategies(dev, F::KIND, m, k, 64));
