@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Medians and minima of the per-run decode step times (and the host's queuing time a step) in
-llama_bench --verbose logs, base (BURN_BNB_NO_QKV_ROTARY=1) against new: python3 medians.py call3 ..."""
+"""Medians and minima of the per-run decode step times (and of the host's queuing time a step)
+in `llama_bench --verbose` logs named `ll-{base,new}-N.log`, base against new, per format and
+batch: `python3 benches/gpu/step_medians.py CALL_DIR...` (an A/B of one binary with a switch,
+base and new processes alternating)."""
 import re,sys,glob,statistics as st,collections
 d=collections.defaultdict(list); q=collections.defaultdict(list)
 for call in sys.argv[1:]:
