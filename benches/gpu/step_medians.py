@@ -9,13 +9,13 @@ for call in sys.argv[1:]:
   for f in sorted(glob.glob(f"{call}/ll-*-*.log")):
     v=f.split("/")[-1].split("-")[1]; fmt=None
     for line in open(f):
-      m=re.match(r"llama-3.1-8b (\S+): weights",line)
+      m=re.match(r"[\w.-]+ (?:\(fusion\) )?(\S+): weights",line)
       if m: fmt=m.group(1)
       m=re.match(r"\s+batch (\d+) run \d+: prefill \S+ s, decode (\S+) s \((\d+) steps, (\S+) s queuing",line)
       if m:
         b=int(m.group(1)); d[(fmt,b,v)].append(float(m.group(2))/int(m.group(3))*1e3); q[(fmt,b,v)].append(float(m.group(4))/int(m.group(3))*1e3)
 for fmt in ["bf16","nf4","nf4-dq"]:
-  for b in [b for b in [1,8,32] if d[(fmt,b,"base")]]:
+  for b in [b for b in [1,8,32] if d[(fmt,b,"base")] and d[(fmt,b,"new")]]:
     r=[]
     for v in ["base","new"]:
       x=d[(fmt,b,v)]; r.append(st.median(x) if x else float('nan'))

@@ -192,6 +192,17 @@ enum Kind {
         layout: Layout4,
         bias: bool,
     },
+    Matmul4AddRmsNorm {
+        layout: Layout4,
+        bias: bool,
+        eps: f64,
+    },
+    Matmul4RotaryKv {
+        layout: Layout4,
+        bias: bool,
+        heads: usize,
+        start: usize,
+    },
     Int8Quant {
         threshold: f32,
     },
@@ -227,6 +238,9 @@ enum Kind {
         bias: bool,
     },
     Rotary,
+    RotaryKv {
+        start: usize,
+    },
     Swiglu,
     Greedy,
     GroupedAttention {
@@ -275,6 +289,35 @@ impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for Quanti
                 let bias = bias.then(|| float(handles, next_ir(irs)));
                 let out = B::matmul_4bit_swiglu(x, weight, bias);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::Matmul4AddRmsNorm { layout, bias, eps } => {
+                let x = float(handles, next_ir(irs));
+                let weight = layout.take::<B>(irs, handles);
+                let bias = bias.then(|| float(handles, next_ir(irs)));
+                let mut next = || float(handles, next_ir(irs));
+                let (residual, norm_weight) = (next(), next());
+                let (sum, out) =
+                    B::matmul_4bit_add_rms_norm(x, weight, bias, residual, norm_weight, *eps);
+                handles.register_float_tensor::<B>(&outputs[0].id, sum);
+                handles.register_float_tensor::<B>(&outputs[1].id, out);
+            }
+            Kind::Matmul4RotaryKv {
+                layout,
+                bias,
+                heads,
+                start,
+            } => {
+                let x = float(handles, next_ir(irs));
+                let weight = layout.take::<B>(irs, handles);
+                let bias = bias.then(|| float(handles, next_ir(irs)));
+                let mut next = || float(handles, next_ir(irs));
+                let (cos, sin, k_cache, v_cache) = (next(), next(), next(), next());
+                let (q, k_cache, v_cache) = B::matmul_4bit_rotary_kv(
+                    x, weight, bias, *heads, cos, sin, k_cache, v_cache, *start,
+                );
+                for (ir, t) in outputs.iter().zip([q, k_cache, v_cache]) {
+                    handles.register_float_tensor::<B>(&ir.id, t);
+                }
             }
             Kind::Int8Quant { threshold } => {
                 let tensor = float(handles, next_ir(irs));
@@ -366,6 +409,16 @@ impl<B: FusionBackend + QuantizedKernels> Operation<B::FusionRuntime> for Quanti
                 let sin = float(handles, next_ir(irs));
                 let out = <B as DecoderKernels>::rotary(x, cos, sin);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kind::RotaryKv { start } => {
+                let mut next = || float(handles, next_ir(irs));
+                let (q, k, v, cos, sin) = (next(), next(), next(), next(), next());
+                let (k_cache, v_cache) = (next(), next());
+                let (q, k_cache, v_cache) =
+                    <B as DecoderKernels>::rotary_kv(q, k, v, cos, sin, k_cache, v_cache, *start);
+                for (ir, t) in outputs.iter().zip([q, k_cache, v_cache]) {
+                    handles.register_float_tensor::<B>(&ir.id, t);
+                }
             }
             Kind::Swiglu => {
                 let gate = float(handles, next_ir(irs));
@@ -500,6 +553,26 @@ impl<B: FusionBackend + QuantizedKernels> DecoderKernels for Fusion<B> {
         ))
     }
 
+    fn rotary_kv(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let outputs = vec![
+            (q.shape.clone(), q.dtype),
+            (k_cache.shape.clone(), k_cache.dtype),
+            (v_cache.shape.clone(), v_cache.dtype),
+        ];
+        let inputs = vec![q, k, v, cos, sin, k_cache, v_cache];
+        let kind = Kind::RotaryKv { start };
+        three(register::<B>("bnb_rotary_kv", kind, inputs, outputs))
+    }
+
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         let out = (gate.shape.clone(), gate.dtype);
         let inputs = vec![gate, up];
@@ -606,6 +679,74 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
             kind,
             inputs,
             vec![out],
+        ))
+    }
+
+    fn matmul_4bit_add_rms_norm(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        residual: FloatTensor<Self>,
+        norm_weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let out = (residual.shape.clone(), residual.dtype);
+        let layout = Layout4::of(&weight);
+        let tensors = fusion_parts::<B>(weight);
+        let kind = Kind::Matmul4AddRmsNorm {
+            layout,
+            bias: bias.is_some(),
+            eps,
+        };
+        let mut inputs = vec![x];
+        inputs.extend(tensors);
+        inputs.extend(bias);
+        inputs.extend([residual, norm_weight]);
+        let mut outputs = register::<B>(
+            "bnb_matmul_4bit_add_rms_norm",
+            kind,
+            inputs,
+            vec![out.clone(), out],
+        );
+        let normed = outputs.pop().expect("two outputs");
+        (outputs.pop().expect("two outputs"), normed)
+    }
+
+    fn matmul_4bit_rotary_kv(
+        x: FloatTensor<Self>,
+        weight: Quant4Primitive<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [b, s] = [x.shape.dims[0], x.shape.dims[1]];
+        let head_dim = cos.shape.dims[cos.shape.num_dims() - 1];
+        let outputs = vec![
+            (Shape::new([b, s, heads, head_dim]), x.dtype),
+            (k_cache.shape.clone(), k_cache.dtype),
+            (v_cache.shape.clone(), v_cache.dtype),
+        ];
+        let layout = Layout4::of(&weight);
+        let tensors = fusion_parts::<B>(weight);
+        let kind = Kind::Matmul4RotaryKv {
+            layout,
+            bias: bias.is_some(),
+            heads,
+            start,
+        };
+        let mut inputs = vec![x];
+        inputs.extend(tensors);
+        inputs.extend(bias);
+        inputs.extend([cos, sin, k_cache, v_cache]);
+        three(register::<B>(
+            "bnb_matmul_4bit_rotary_kv",
+            kind,
+            inputs,
+            outputs,
         ))
     }
 
@@ -746,4 +887,10 @@ fn int8_product<B: FusionBackend + QuantizedKernels>(
 
 fn single<T>(outputs: Vec<T>) -> T {
     outputs.into_iter().next().expect("the operation's output")
+}
+
+fn three<T>(outputs: Vec<T>) -> (T, T, T) {
+    let mut it = outputs.into_iter();
+    let mut next = || it.next().expect("the operation's three outputs");
+    (next(), next(), next())
 }
