@@ -139,34 +139,35 @@ impl<B: QuantizedOps> Quant4Primitive<B> {
             }
         };
         let cache = k_cache.shape().dims;
-        let (kv_heads, slots, d) = match cache[..] {
-            [_, kv_heads, slots, d] => (kv_heads, slots, d),
-            _ => (0, 0, 0),
-        };
         // An even head_dim (rotary pairs), `start + seq` slots at least, both caches alike.
-        let expected_cache = vec![b, kv_heads, slots.max(start + s), d.next_multiple_of(2)];
-        for (what, t) in [
-            (
-                "k_cache ([batch, kv_heads, slots >= start + seq, even head_dim])",
-                &k_cache,
-            ),
-            ("v_cache (k_cache's shape)", &v_cache),
-        ] {
-            if d == 0 || d % 2 != 0 || t.shape().dims != expected_cache {
+        let (kv_heads, d) = match cache[..] {
+            [cb, kv_heads, slots, d] if cb == b && slots >= start + s && d > 0 && d % 2 == 0 => {
+                (kv_heads, d)
+            }
+            _ => {
+                let at = |i: usize| cache.get(i).copied().unwrap_or(0);
                 return Err(BnbError::Shape {
-                    what,
-                    expected: expected_cache,
-                    actual: t.shape().dims,
+                    what: "k_cache ([batch, kv_heads, slots >= start + seq, even head_dim])",
+                    expected: vec![b, at(1), at(2).max(start + s), at(3).next_multiple_of(2)],
+                    actual: cache,
                 });
             }
+        };
+        let v_dims = v_cache.shape().dims;
+        if v_dims != cache {
+            return Err(BnbError::Shape {
+                what: "v_cache (k_cache's shape)",
+                expected: cache,
+                actual: v_dims,
+            });
         }
-        let table = vec![b, s, 1, d];
         for (what, t) in [("rotary cos", &cos), ("rotary sin", &sin)] {
-            if t.shape().dims != table {
+            let dims = t.shape().dims;
+            if dims[..] != [b, s, 1, d] {
                 return Err(BnbError::Shape {
                     what,
-                    expected: table,
-                    actual: t.shape().dims,
+                    expected: vec![b, s, 1, d],
+                    actual: dims,
                 });
             }
         }
