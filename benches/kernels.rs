@@ -534,9 +534,15 @@ fn cases<'a>(
     let mut q4 = |format: &'static str, dq: bool, strategy: Matmul4Strategy| {
         let weights = if dq { &w.nf4_dq } else { &w.nf4 };
         let resolved = match strategy {
-            Matmul4Strategy::Auto => {
-                burn_bnb_kernels::matmul4::auto_strategy_4bit(&ctx.client, DType::BF16, m, n, k, 64)
-            }
+            Matmul4Strategy::Auto => burn_bnb_kernels::matmul4::auto_strategy_4bit(
+                &ctx.client,
+                DType::BF16,
+                m,
+                n,
+                k,
+                64,
+                dq,
+            ),
             s => s,
         };
         let auto = if strategy == Matmul4Strategy::Auto {
@@ -598,9 +604,15 @@ fn cases<'a>(
                 }),
             );
         }
-        if let Matmul4Strategy::Mma(auto) =
-            burn_bnb_kernels::matmul4::auto_strategy_4bit(&ctx.client, DType::BF16, m, n, k, 64)
-        {
+        if let Matmul4Strategy::Mma(auto) = burn_bnb_kernels::matmul4::auto_strategy_4bit(
+            &ctx.client,
+            DType::BF16,
+            m,
+            n,
+            k,
+            64,
+            false,
+        ) {
             // Every variant with double-quantized scales too: the best parameters of the two
             // instances differ (fourteenth session: NF4's four weight tiles did not carry over).
             for p in mma_sweep(auto, true) {
@@ -665,7 +677,7 @@ fn cases<'a>(
 }
 
 /// Register-fragment kernel variants around the automatic choice `auto`: split-K doubled and
-/// halved, load rings of 1 and 3 steps, 8 warps a cube, one or four 16-row tiles a warp; for the 4-bit
+/// halved, load rings of 1 and 3 steps, 1, 2 or 8 warps a cube, one or four 16-row tiles a warp; for the 4-bit
 /// kernel (`toggle_wide`) also the other step width.
 fn mma_sweep(auto: MmaParams, toggle_wide: bool) -> Vec<MmaParams> {
     let mut variants: Vec<MmaParams> = [
@@ -680,6 +692,16 @@ fn mma_sweep(auto: MmaParams, toggle_wide: bool) -> Vec<MmaParams> {
         (4, 4, 1.0, 2),
         (4, 2, 1.0, 2),
         (4, 4, 2.0, 1),
+        // More cubes without more partial sums, for the small layers (4096x4096 and 6144x4096
+        // fill the H200 with one 4-warp cube a multiprocessor at 32 rows).
+        (4, 2, 2.0, 1),
+        (4, 1, 1.0, 1),
+        (4, 1, 2.0, 1),
+        (2, 2, 1.0, 2),
+        (2, 2, 2.0, 2),
+        (2, 1, 1.0, 2),
+        (1, 2, 1.0, 2),
+        (4, 4, 4.0, 1),
     ]
     .into_iter()
     .map(|(mt, warps, split_scale, depth)| MmaParams {

@@ -1673,7 +1673,14 @@ pub fn auto_int8_strategy<R: CubeRuntime>(
     if crate::mma8::fits(m, k) && crate::mma8::supports_int8_mma(client) {
         // Partial sums (4 bytes per output and split) at most half the int8 weight bytes.
         // One 64-byte step width (`MMA8_BK`), the 4-bit kernel's narrow steps.
-        return Int8Strategy::Mma(crate::MmaParams::auto(client, m, n, k, k / (8 * m), false));
+        return Int8Strategy::Mma(crate::MmaParams::auto(
+            client,
+            m,
+            n,
+            k,
+            k / (8 * m),
+            crate::mma4::MmaWeight::Int8,
+        ));
     }
     if m > HOPPER_MIN_ROWS && k.is_multiple_of(16) && crate::hopper_gemm_supported(client) {
         return Int8Strategy::Hopper;

@@ -89,6 +89,11 @@ pub struct Int8Matrix<R: CubeRuntime> {
 }
 
 impl<R: CubeRuntime> Quant4Weight<R> {
+    /// Whether the block scales are double-quantized.
+    pub fn is_double_quant(&self) -> bool {
+        matches!(self.absmax, Absmax4::Double(_))
+    }
+
     /// Number of elements of the quantized tensor.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()

@@ -1140,7 +1140,15 @@ pub fn matmul_4bit_swiglu<R: CubeRuntime>(
         });
     }
     let strategy = match strategy {
-        Matmul4Strategy::Auto => auto_strategy_4bit(&x.client, x.dtype, m, n, k, weight.blocksize),
+        Matmul4Strategy::Auto => auto_strategy_4bit(
+            &x.client,
+            x.dtype,
+            m,
+            n,
+            k,
+            weight.blocksize,
+            weight.is_double_quant(),
+        ),
         s => s,
     };
     let out = empty(&x, output_shape(&x, n / 2), x.dtype);
@@ -1210,7 +1218,15 @@ pub fn matmul_4bit_add_rms_norm<R: CubeRuntime>(
         });
     }
     let strategy = match strategy {
-        Matmul4Strategy::Auto => auto_strategy_4bit(&x.client, x.dtype, m, n, k, weight.blocksize),
+        Matmul4Strategy::Auto => auto_strategy_4bit(
+            &x.client,
+            x.dtype,
+            m,
+            n,
+            k,
+            weight.blocksize,
+            weight.is_double_quant(),
+        ),
         s => s,
     };
     if let Matmul4Strategy::Mma(p) = strategy
@@ -1288,7 +1304,15 @@ pub fn matmul_4bit_rotary_kv<R: CubeRuntime>(
         });
     }
     let strategy = match strategy {
-        Matmul4Strategy::Auto => auto_strategy_4bit(&x.client, x.dtype, m, n, k, weight.blocksize),
+        Matmul4Strategy::Auto => auto_strategy_4bit(
+            &x.client,
+            x.dtype,
+            m,
+            n,
+            k,
+            weight.blocksize,
+            weight.is_double_quant(),
+        ),
         s => s,
     };
     if let Matmul4Strategy::Mma(p) = strategy
@@ -1367,9 +1391,15 @@ pub(crate) fn product<R: CubeRuntime>(
         return Ok(out);
     }
     let strategy = match (strategy, &weight) {
-        (Matmul4Strategy::Auto, WeightOperand::Quant4(w)) => {
-            auto_strategy_4bit(&x.client, x.dtype, m, n, k, w.blocksize)
-        }
+        (Matmul4Strategy::Auto, WeightOperand::Quant4(w)) => auto_strategy_4bit(
+            &x.client,
+            x.dtype,
+            m,
+            n,
+            k,
+            w.blocksize,
+            w.is_double_quant(),
+        ),
         (Matmul4Strategy::Auto, WeightOperand::Dense(_)) => {
             auto_strategy(&x.client, x.dtype, m, n, k)
         }
@@ -1400,7 +1430,8 @@ pub(crate) fn product<R: CubeRuntime>(
 }
 
 /// The strategy [`matmul_4bit`] uses for an `[M, K] x [N, K]ᵀ` product of `dtype` with a 4-bit
-/// weight of `blocksize`: [`Matmul4Strategy::Mma`] where it fits, else [`auto_strategy`].
+/// weight of `blocksize`, its scales double-quantized or not: [`Matmul4Strategy::Mma`] where
+/// it fits, else [`auto_strategy`].
 pub fn auto_strategy_4bit<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
@@ -1408,10 +1439,12 @@ pub fn auto_strategy_4bit<R: CubeRuntime>(
     n: usize,
     k: usize,
     blocksize: usize,
+    double_quant: bool,
 ) -> Matmul4Strategy {
     if crate::mma4::fits(m, k, blocksize) && supports_mma(client, dtype) {
+        let kind = crate::mma4::MmaWeight::FourBit { double_quant };
         // Partial sums (4 bytes per output and split) at most half the packed weight bytes.
-        return Matmul4Strategy::Mma(MmaParams::auto(client, m, n, k, k / (16 * m), true));
+        return Matmul4Strategy::Mma(MmaParams::auto(client, m, n, k, k / (16 * m), kind));
     }
     auto_strategy(client, dtype, m, n, k)
 }

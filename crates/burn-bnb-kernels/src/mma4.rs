@@ -544,40 +544,79 @@ pub(crate) fn fits(m: usize, k: usize, blocksize: usize) -> bool {
     (2..=32).contains(&m) && k.is_multiple_of(MMA_BK as usize) && blocksize >= MMA_BK as usize
 }
 
+/// The weight a register-fragment product multiplies, for [`MmaParams::auto`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MmaWeight {
+    /// LLM.int8() codes ([`crate::mma8`]).
+    Int8,
+    /// 4-bit codes, with plain or double-quantized block scales.
+    FourBit {
+        /// The block scales are double-quantized.
+        double_quant: bool,
+    },
+}
+
+/// K steps a split needs before four 16-row weight tiles a warp beat two at four activation
+/// tiles (plain scales): with fewer steps, the twice as many cubes of two tiles hide more of
+/// the load latency.
+const FOUR_TILE_MIN_STEPS: usize = 12;
+
 impl MmaParams {
     /// Parameters for an `[M, K] x [N, K]ᵀ` product: the fewest 8-row activation tiles, wide
-    /// steps for one tile, two 16-row weight tiles a warp (the activation fragments serve
-    /// both; four with a one-step load ring for the 4-bit kernel at four activation tiles), 4
-    /// warps a cube, and split-K up to about 6 cubes a multiprocessor with at most
-    /// `max_splits` slices (callers keep the partial sums under half the weight bytes).
-    /// `four_bit` picks the 4-bit kernel's choices; the int8 kernel has one step width and two
-    /// weight tiles a warp.
+    /// steps for one tile, 4 warps a cube, split-K up to about 6 cubes a multiprocessor with at
+    /// most `max_splits` slices (callers keep the partial sums under half the weight bytes), and
+    /// for the 4-bit kernel:
+    /// - one tile (1-8 rows): two 16-row weight tiles a warp (the activation fragments serve
+    ///   both) and a one-step load ring;
+    /// - four tiles (17-32 rows): four weight tiles a warp with a one-step ring, except with
+    ///   plain scales and splits of fewer than [`FOUR_TILE_MIN_STEPS`] K steps (the small
+    ///   layers), which take two tiles;
+    /// - two tiles: two weight tiles a warp, a two-step ring.
+    ///
+    /// The int8 kernel has one step width, two weight tiles a warp and a two-step ring.
+    ///
+    /// Measured (ncu device time, H200, product and reduction, Llama-3.1-8B's q/k/v, o, gate/up
+    /// and down shapes; speed notes, twenty-fifth session): the one-step ring at one tile
+    /// 3-11% faster on every shape, NF4 and NF4+DQ; two weight tiles at 32 rows 11-14% faster
+    /// for plain NF4 on 6144x4096 and 4096x4096, but 17% slower for NF4+DQ on 6144x4096.
     pub(crate) fn auto<R: CubeRuntime>(
         client: &ComputeClient<R>,
         m: usize,
         n: usize,
         k: usize,
         max_splits: usize,
-        four_bit: bool,
+        weight: MmaWeight,
     ) -> Self {
         let nt = batch_tiles(m);
+        let four_bit = matches!(weight, MmaWeight::FourBit { .. });
         // Wide steps hold 16 words of activations per 8-row tile and unit: for one tile only,
         // or the registers cost the occupancy they save in instructions.
         let wide = four_bit && nt == 1 && k.is_multiple_of(MMA_BK_WIDE as usize);
-        // At four activation tiles the narrow steps' L1 traffic is mostly activations, so four
-        // weight tiles a warp halve it; a one-step load ring keeps the registers near the
-        // two-tile kernel's. Split-K stays sized for two tiles a warp (half the cubes), which
-        // beat doubling it at the Llama-3.1-8B shapes (speed notes, thirteenth session). The
-        // int8 kernel measured no gain from four tiles.
-        let four_tiles = four_bit && nt == 4;
-        let (mt, warps, depth) = if four_tiles { (4, 4, 1) } else { (2, 4, 2) };
+        let warps = 4;
+        // Split-K is sized for two weight tiles a warp also where a warp takes four (half the
+        // cubes), which beat doubling it at the Llama-3.1-8B shapes (thirteenth session).
         let groups = n.div_ceil((warps * 2 * 16) as usize);
         let k_steps = k / step_and_min_blocksize(wide).0;
+        let splits = crate::launch::split_k(client, groups, k_steps, max_splits);
+        // At four activation tiles the narrow steps' L1 traffic is mostly activations, so four
+        // weight tiles a warp halve it, with a one-step ring to keep the registers near the
+        // two-tile kernel's; the int8 kernel measured no gain from four tiles.
+        let (mt, depth) = match weight {
+            MmaWeight::FourBit { double_quant } if nt == 4 => {
+                if double_quant || k_steps >= FOUR_TILE_MIN_STEPS * splits as usize {
+                    (4, 1)
+                } else {
+                    (2, 1)
+                }
+            }
+            MmaWeight::FourBit { .. } if nt == 1 => (2, 1),
+            _ => (2, 2),
+        };
         MmaParams {
             nt,
             mt,
             warps,
-            splits: crate::launch::split_k(client, groups, k_steps, max_splits),
+            splits,
             depth,
             wide,
         }

@@ -98,6 +98,7 @@ fn product_path<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>
         n,
         k,
         weight.blocksize,
+        matches!(weight.absmax, Absmax4Primitive::Double(_)),
     ))
 }
 

@@ -957,13 +957,14 @@ fn mma_strategies<R: CubeRuntime>(
 }
 
 /// Register-fragment kernel shapes for `m` rows: one warp a cube and no split, split-K with
-/// uneven slices, a deep load ring, one and four 16-row tiles a warp (narrow steps; the 4-bit tests add
+/// uneven slices, one-step and deep load rings, one, two and four 16-row tiles a warp (narrow steps; the 4-bit tests add
 /// each with wide steps).
 fn mma_variants(m: usize) -> Vec<MmaParams> {
     let nt = m.div_ceil(8).next_power_of_two() as u32;
     [
         (1, 1, 1, 1),
         (2, 4, 3, 2),
+        (2, 4, 3, 1),
         (2, 2, 2, 4),
         (1, 3, 5, 3),
         (4, 2, 2, 1),
