@@ -566,19 +566,19 @@ impl MmaParams {
     /// steps for one tile, 4 warps a cube, split-K up to about 6 cubes a multiprocessor with at
     /// most `max_splits` slices (callers keep the partial sums under half the weight bytes), and
     /// for the 4-bit kernel:
-    /// - one tile (1-8 rows): two 16-row weight tiles a warp (the activation fragments serve
-    ///   both) and a one-step load ring;
-    /// - four tiles (17-32 rows): four weight tiles a warp with a one-step ring, except with
-    ///   plain scales and splits of fewer than [`FOUR_TILE_MIN_STEPS`] K steps (the small
-    ///   layers), which take two tiles;
-    /// - two tiles: two weight tiles a warp, a two-step ring.
+    /// - one activation tile (1-8 rows): two 16-row weight tiles a warp (the activation
+    ///   fragments serve both) and a one-step load ring;
+    /// - two activation tiles (9-16 rows): two weight tiles a warp, a two-step ring;
+    /// - four activation tiles (17-32 rows): four weight tiles a warp with a one-step ring,
+    ///   except with plain scales and splits of fewer than [`FOUR_TILE_MIN_STEPS`] K steps (the
+    ///   small layers), which take two.
     ///
     /// The int8 kernel has one step width, two weight tiles a warp and a two-step ring.
     ///
     /// Measured (ncu device time, H200, product and reduction, Llama-3.1-8B's q/k/v, o, gate/up
-    /// and down shapes; speed notes, twenty-fifth session): the one-step ring at one tile
-    /// 3-11% faster on every shape, NF4 and NF4+DQ; two weight tiles at 32 rows 11-14% faster
-    /// for plain NF4 on 6144x4096 and 4096x4096, but 17% slower for NF4+DQ on 6144x4096.
+    /// and down shapes; speed notes, twenty-fifth session): the one-step ring at one activation
+    /// tile 1-11% faster on every shape, NF4 and NF4+DQ; two weight tiles at 32 rows 10-14%
+    /// faster for plain NF4 on 6144x4096 and 4096x4096, but 17% slower for NF4+DQ on 6144x4096.
     pub(crate) fn auto<R: CubeRuntime>(
         client: &ComputeClient<R>,
         m: usize,
