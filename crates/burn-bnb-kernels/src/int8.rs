@@ -831,6 +831,8 @@ const TILE_N: u32 = 32;
 const TILE_LANES: u32 = 8;
 /// Units of a tile's cube.
 const TILE_CUBE: u32 = TILE_N * TILE_LANES;
+/// Rows up to which a product is a decoding batch for the split-K reduction's tile shape.
+const DECODE_MAX_ROWS: usize = 32;
 /// Outlier columns whose weights a cube stages in shared memory at a time.
 const OUTLIER_CHUNK: u32 = 16;
 
@@ -1818,11 +1820,13 @@ pub(crate) unsafe fn reduce_int8_splits<R: CubeRuntime, F: Float + CubeElement>(
     let cfg = ReduceConfig {
         splits: splits as u32,
         // Rows per unit only where they share staged outlier weights: without outliers, more
-        // cubes keep more loads in flight.
-        mt: if outliers.is_some() {
-            tile_rows(m, 4)
-        } else {
-            1
+        // cubes keep more loads in flight. Decoding takes at most two (ncu, H200, Llama-3.1-8B
+        // INT8+Decomp at batch 32, a 4-layer step: the reductions 201.7 us with four rows a
+        // unit, 151.0 with two, 158.0 with one; twenty-fifth session).
+        mt: match (outliers.is_some(), m <= DECODE_MAX_ROWS) {
+            (false, _) => 1,
+            (true, true) => tile_rows(m, 2),
+            (true, false) => tile_rows(m, 4),
         },
         fuse_bias,
         add_bias: bias.is_some() && !fuse_bias,
@@ -2175,6 +2179,87 @@ pub fn linear_8bit_lt_decomposed<R: CubeRuntime>(
         int8_add_outliers(&out, x, weight, outliers)?;
     }
     finish_swiglu(out, done, swiglu, m, n)
+}
+
+/// The split-K reduction of an LLM.int8() product as a launch of its own: the int32 partial
+/// products of `splits` K slices added, dequantized as [`linear_8bit_lt_decomposed`] does (with
+/// the bias), the outlier columns' 16-bit product added to the rounded result, and with
+/// `swiglu` the gated activation of a stacked gate/up product. The register-fragment int8
+/// kernel runs it as its epilogue when it splits K (CUDA); on its own it finishes partial
+/// products computed elsewhere, and checks that epilogue on any runtime.
+///
+/// # Shapes
+/// - `partial`: `I32 [splits, M, N]` (any shape of that many elements), split-major
+/// - `x`: `[M, K]`, contiguous, f32 / f16 / bf16: the activations `q` was quantized from
+/// - `q`: `CA I8 [M, K]`, `SCA F32 [M]`, and the outlier columns when a threshold found any
+/// - `weight`: `CB I8 [N, K]`, `SCB F32 [N]`, `N` even with `swiglu`
+/// - `bias`: `[N]` of the dtype of `x`, optional
+/// - output: `[M, N]` (`[M, N / 2]` with `swiglu`) of the dtype of `x`
+///
+/// # Errors
+/// Shapes or dtypes that do not fit, partial products that are not whole `[M, N]` slices,
+/// `K % 4 != 0`, an odd `N` with `swiglu`.
+pub fn int8_reduce_split_k<R: CubeRuntime>(
+    partial: &CubeTensor<R>,
+    x: &CubeTensor<R>,
+    q: &Int8Activations<R>,
+    weight: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    swiglu: bool,
+) -> Result<CubeTensor<R>> {
+    let (m, ka) = q.quantized.dims()?;
+    let (n, k) = weight.dims()?;
+    let (mx, _) = check_activations(x, k)?;
+    if ka != k || mx != m || x.shape.num_dims() != 2 || !x.is_contiguous() {
+        return Err(KernelError::Shape {
+            tensor: "x",
+            expected: format!("[{m}, {k}] contiguous (the quantized rows, K of the weight)"),
+            actual: x.shape.dims.clone(),
+        });
+    }
+    check_product(bias, n, k, x.dtype, swiglu)?;
+    if partial.dtype != DType::I32 {
+        return Err(KernelError::DType {
+            tensor: "partial",
+            expected: "I32",
+            actual: partial.dtype,
+        });
+    }
+    let elems = partial.shape.num_elements();
+    let slice = m * n;
+    if slice == 0 || elems == 0 || !elems.is_multiple_of(slice) || !partial.is_contiguous() {
+        return Err(KernelError::Shape {
+            tensor: "partial",
+            expected: format!("[splits, {m}, {n}] contiguous, splits >= 1"),
+            actual: partial.shape.dims.clone(),
+        });
+    }
+    let out = empty(x, vec![m, if swiglu { n / 2 } else { n }], x.dtype);
+    let term = q
+        .outliers
+        .as_ref()
+        .map(|columns| OutlierTerm { x, columns });
+    let fuse_bias = bias.is_some() && x.dtype == DType::F16;
+    with_float!(x.dtype, "x", F => {
+        // SAFETY: `partial` holds `splits` whole `[m, n]` slices, `out` is `[m, n_out]`, and
+        // the operands were checked above.
+        unsafe {
+            reduce_int8_splits::<R, F>(
+                partial,
+                &q.quantized,
+                weight,
+                bias,
+                term,
+                &out,
+                m,
+                n,
+                elems / slice,
+                fuse_bias,
+                swiglu,
+            )?;
+        }
+    });
+    Ok(out)
 }
 
 /// The operands of an `[M, K] x [N, K]ᵀ` LLM.int8() product past the activations: the bias,

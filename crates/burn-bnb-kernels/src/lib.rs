@@ -115,8 +115,8 @@ pub use hopper_gemm::{hopper_gemm_supported, matmul_hopper};
 pub use int8::{
     FUSED_MASK_MAX_ROWS, FUSED_MASK_MAX_ROWS_ENV, Int8Activations, Int8Strategy, OutlierColumns,
     int8_add_outliers, int8_dequantize, int8_matmul_dequant, int8_matmul_dequant_with,
-    int8_matmul_i32, int8_quantize_rows, linear_8bit_lt, linear_8bit_lt_decomposed,
-    linear_8bit_lt_quantized, linear_8bit_lt_swiglu,
+    int8_matmul_i32, int8_quantize_rows, int8_reduce_split_k, linear_8bit_lt,
+    linear_8bit_lt_decomposed, linear_8bit_lt_quantized, linear_8bit_lt_swiglu,
 };
 pub use layout::{Absmax4, DoubleQuant4, Int8Matrix, Quant4Weight};
 pub use matmul4::{

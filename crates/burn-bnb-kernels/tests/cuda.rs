@@ -55,6 +55,7 @@ cuda_tests!(
     golden_int8,
     int8_random,
     int8_strategies,
+    int8_reduce_split_k_random,
     argmax_rows
 );
 

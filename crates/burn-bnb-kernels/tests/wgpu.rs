@@ -58,6 +58,7 @@ wgpu_test!(golden_matmul4);
 wgpu_test!(golden_int8);
 wgpu_test!(int8_random);
 wgpu_test!(int8_strategies);
+wgpu_test!(int8_reduce_split_k_random);
 wgpu_test!(argmax_rows);
 
 #[test]

@@ -18,8 +18,9 @@ use burn_bnb_kernels::{
     Absmax4, CmmaParams, DoubleQuant4, Int8Matrix, Int8Strategy, KernelError, Matmul4Strategy,
     MmaParams, Quant4Options, Quant4Weight, SimtParams, dequantize_4bit, int8_add_outliers,
     int8_dequantize, int8_matmul_dequant, int8_matmul_dequant_with, int8_matmul_i32,
-    int8_quantize_rows, linear_8bit_lt, linear_8bit_lt_swiglu, matmul_4bit_add_rms_norm,
-    matmul_4bit_rotary_kv, matmul_4bit_swiglu, matmul_4bit_with, matmul_dense_with, quantize_4bit,
+    int8_quantize_rows, int8_reduce_split_k, linear_8bit_lt, linear_8bit_lt_decomposed,
+    linear_8bit_lt_swiglu, matmul_4bit_add_rms_norm, matmul_4bit_rotary_kv, matmul_4bit_swiglu,
+    matmul_4bit_with, matmul_dense_with, quantize_4bit,
 };
 use burn_bnb_kernels::{hopper_gemm_supported, matmul_hopper};
 use burn_cubecl::CubeRuntime;
@@ -1785,6 +1786,115 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
                 expected_cols.contains(&(c as u32)),
                 "mask bit {c}, m {m} k {k}"
             );
+        }
+    }
+}
+
+/// LLM.int8()'s split-K reduction on its own (`int8_reduce_split_k`), on partial products
+/// computed on the host from the device's row codes, against `linear_8bit_lt_decomposed` of the
+/// same operands, bit for bit: the same integer sums, the same dequantization, outlier and
+/// SwiGLU operations in the same order. The row counts give its tiles 1, 2 and 4 rows a unit, and
+/// the planted outlier columns outnumber what a cube stages at a time (16).
+pub fn int8_reduce_split_k_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
+    let mut rng = StdRng::seed_from_u64(21);
+    let shapes: &[(usize, usize, usize, usize)] = &[
+        (5, 40, 96, 2),
+        (16, 66, 128, 3),
+        (24, 33, 200, 4),
+        (32, 70, 256, 5),
+        (45, 34, 64, 1),
+    ];
+    for &(m, n, k, splits) in shapes {
+        let w = randn(&mut rng, n * k, 0.05);
+        let wq = Int8Rows::quantize(
+            &w.iter().map(|&v| F::from_f32(v)).collect::<Vec<F>>(),
+            n,
+            k,
+            0.0,
+        )
+        .unwrap();
+        let weight = dev.int8(&wq);
+        let mut x = randn(&mut rng, m * k, 1.0);
+        for col in (2..k).step_by(if m >= 24 { 5 } else { 31 }) {
+            x[(col % m) * k + col] = 7.0 + col as f32 * 0.01;
+        }
+        let x: Vec<f32> = x.into_iter().map(round::<F>).collect();
+        let xt = dev.floats::<F>(&x, vec![m, k]);
+        let bias: Vec<f32> = randn(&mut rng, n, 0.5)
+            .into_iter()
+            .map(round::<F>)
+            .collect();
+        let bt = dev.floats::<F>(&bias, vec![n]);
+        for threshold in [0.0f32, 6.0] {
+            let q = int8_quantize_rows(&xt, threshold).unwrap();
+            let ca: Vec<i8> = bytemuck::cast_slice(&dev.bytes_of(&q.quantized.codes)).to_vec();
+            // Uneven K slices: the sums are exact in any partition.
+            let mut partial = vec![0i32; splits * m * n];
+            for s in 0..splits {
+                let (k0, k1) = (s * k / splits, (s + 1) * k / splits);
+                for i in 0..m {
+                    for j in 0..n {
+                        partial[(s * m + i) * n + j] = (k0..k1)
+                            .map(|c| ca[i * k + c] as i32 * wq.codes[j * k + c] as i32)
+                            .sum();
+                    }
+                }
+            }
+            let pt = dev.tensor(
+                bytemuck::cast_slice(&partial),
+                vec![splits, m, n],
+                DType::I32,
+            );
+            for swiglu in [false, true] {
+                if swiglu && n % 2 == 1 {
+                    continue;
+                }
+                for bias in [None, Some(&bt)] {
+                    let what = format!(
+                        "int8_reduce_split_k m {m} n {n} k {k} splits {splits} threshold \
+                         {threshold} swiglu {swiglu} bias {} {}",
+                        bias.is_some(),
+                        F::NAME
+                    );
+                    let expected = linear_8bit_lt_decomposed(&xt, &q, &weight, bias, swiglu)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let actual = int8_reduce_split_k(&pt, &xt, &q, &weight, bias, swiglu)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert_eq!(actual.shape.dims, expected.shape.dims, "{what}");
+                    let (a, e) = (dev.read_f32(&actual), dev.read_f32(&expected));
+                    let differ: Vec<usize> = (0..a.len())
+                        .filter(|&i| a[i].to_bits() != e[i].to_bits())
+                        .collect();
+                    assert!(
+                        differ.is_empty(),
+                        "{what}: {} of {} outputs differ, first at {}: {} against {}",
+                        differ.len(),
+                        a.len(),
+                        differ[0],
+                        a[differ[0]],
+                        e[differ[0]]
+                    );
+                }
+            }
+        }
+        if m == 5 {
+            let q = int8_quantize_rows(&xt, 6.0).unwrap();
+            let floats = dev.floats::<F>(&vec![0.0; 2 * m * n], vec![2, m, n]);
+            assert!(matches!(
+                int8_reduce_split_k(&floats, &xt, &q, &weight, None, false),
+                Err(KernelError::DType {
+                    tensor: "partial",
+                    ..
+                })
+            ));
+            let short = dev.tensor(&vec![0u8; 4 * (m * n + 1)], vec![m * n + 1], DType::I32);
+            assert!(matches!(
+                int8_reduce_split_k(&short, &xt, &q, &weight, None, false),
+                Err(KernelError::Shape {
+                    tensor: "partial",
+                    ..
+                })
+            ));
         }
     }
 }
