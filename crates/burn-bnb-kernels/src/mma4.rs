@@ -557,8 +557,8 @@ pub(crate) enum MmaWeight {
 }
 
 /// K steps a split needs before four 16-row weight tiles a warp beat two at four activation
-/// tiles (plain scales): with fewer steps, the twice as many cubes of two tiles hide more of
-/// the load latency.
+/// tiles (plain scales), as measured on Llama-3.1-8B's shapes: with 8 steps two tiles (twice
+/// the cubes) were faster, with 14 and 16 four.
 const FOUR_TILE_MIN_STEPS: usize = 12;
 
 impl MmaParams {
