@@ -53,7 +53,7 @@ pub use decorator::Bnb;
 /// ([`DecoderOps`], the quantized matmuls), so fusion has little left to fuse while its
 /// per-operation host work stays. On an H200, Llama-3.1-8B NF4 decode steps at batch 1 take
 /// 3.3-4.5 ms on this backend and 8-9 ms on `Bnb<Cuda>`, whose fused decoder operations run as
-/// custom fusion operations (`benches/speed-notes.md`, twenty-fourth session).
+/// custom fusion operations (`2ec9576`; `benches/speed-notes.md`, twenty-fourth session).
 /// `Bnb<burn::backend::Cuda>` works too.
 #[cfg(feature = "cuda")]
 pub type BnbCuda<F = f32> =

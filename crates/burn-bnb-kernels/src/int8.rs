@@ -831,8 +831,6 @@ const TILE_N: u32 = 32;
 const TILE_LANES: u32 = 8;
 /// Units of a tile's cube.
 const TILE_CUBE: u32 = TILE_N * TILE_LANES;
-/// Rows up to which a product is a decoding batch for the split-K reduction's tile shape.
-const DECODE_MAX_ROWS: usize = 32;
 /// Outlier columns whose weights a cube stages in shared memory at a time.
 const OUTLIER_CHUNK: u32 = 16;
 
@@ -1820,10 +1818,11 @@ pub(crate) unsafe fn reduce_int8_splits<R: CubeRuntime, F: Float + CubeElement>(
     let cfg = ReduceConfig {
         splits: splits as u32,
         // Rows per unit only where they share staged outlier weights: without outliers, more
-        // cubes keep more loads in flight. Decoding takes at most two (ncu, H200, Llama-3.1-8B
+        // cubes keep more loads in flight. Decode batches (the register-fragment kernels' rows)
+        // take at most two (ncu, H200, `283fb40` with the rows as a switch, Llama-3.1-8B
         // INT8+Decomp at batch 32, a 4-layer step: the reductions 201.7 us with four rows a
         // unit, 151.0 with two, 158.0 with one; twenty-fifth session).
-        mt: match (outliers.is_some(), m <= DECODE_MAX_ROWS) {
+        mt: match (outliers.is_some(), m <= crate::mma4::MMA_MAX_ROWS) {
             (false, _) => 1,
             (true, true) => tile_rows(m, 2),
             (true, false) => tile_rows(m, 4),
@@ -2148,17 +2147,7 @@ pub fn linear_8bit_lt_decomposed<R: CubeRuntime>(
     bias: Option<&CubeTensor<R>>,
     swiglu: bool,
 ) -> Result<CubeTensor<R>> {
-    let (m, ka) = q.quantized.dims()?;
-    let (n, k) = weight.dims()?;
-    let (mx, _) = check_activations(x, k)?;
-    if ka != k || mx != m || x.shape.num_dims() != 2 || !x.is_contiguous() {
-        return Err(KernelError::Shape {
-            tensor: "x",
-            expected: format!("[{m}, {k}] contiguous (the quantized rows, K of the weight)"),
-            actual: x.shape.dims.clone(),
-        });
-    }
-    check_product(bias, n, k, x.dtype, swiglu)?;
+    let (m, n, k) = check_decomposed(x, q, weight, bias, swiglu)?;
     let term = q
         .outliers
         .as_ref()
@@ -2207,17 +2196,7 @@ pub fn int8_reduce_split_k<R: CubeRuntime>(
     bias: Option<&CubeTensor<R>>,
     swiglu: bool,
 ) -> Result<CubeTensor<R>> {
-    let (m, ka) = q.quantized.dims()?;
-    let (n, k) = weight.dims()?;
-    let (mx, _) = check_activations(x, k)?;
-    if ka != k || mx != m || x.shape.num_dims() != 2 || !x.is_contiguous() {
-        return Err(KernelError::Shape {
-            tensor: "x",
-            expected: format!("[{m}, {k}] contiguous (the quantized rows, K of the weight)"),
-            actual: x.shape.dims.clone(),
-        });
-    }
-    check_product(bias, n, k, x.dtype, swiglu)?;
+    let (m, n, _) = check_decomposed(x, q, weight, bias, swiglu)?;
     if partial.dtype != DType::I32 {
         return Err(KernelError::DType {
             tensor: "partial",
@@ -2260,6 +2239,30 @@ pub fn int8_reduce_split_k<R: CubeRuntime>(
         }
     });
     Ok(out)
+}
+
+/// The operands of a product from activations already quantized with their outlier columns:
+/// `x` the contiguous `[M, K]` rows `q` was quantized from, then as [`check_product`]; returns
+/// `(M, N, K)`.
+fn check_decomposed<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    q: &Int8Activations<R>,
+    weight: &Int8Matrix<R>,
+    bias: Option<&CubeTensor<R>>,
+    swiglu: bool,
+) -> Result<(usize, usize, usize)> {
+    let (m, ka) = q.quantized.dims()?;
+    let (n, k) = weight.dims()?;
+    let (mx, _) = check_activations(x, k)?;
+    if ka != k || mx != m || x.shape.num_dims() != 2 || !x.is_contiguous() {
+        return Err(KernelError::Shape {
+            tensor: "x",
+            expected: format!("[{m}, {k}] contiguous (the quantized rows, K of the weight)"),
+            actual: x.shape.dims.clone(),
+        });
+    }
+    check_product(bias, n, k, x.dtype, swiglu)?;
+    Ok((m, n, k))
 }
 
 /// The operands of an `[M, K] x [N, K]ᵀ` LLM.int8() product past the activations: the bias,

@@ -46,6 +46,10 @@ use crate::error::{KernelError, Result};
 use crate::launch::{ScaleArgs, batch_tiles, empty, grid, has_mma, k_slices};
 use crate::layout::{Quant4Weight, f32_arg, float_arg, words_arg};
 
+/// Activation rows the register-fragment kernels (4-bit and int8) take at most: four 8-row
+/// tiles, a decode batch.
+pub(crate) const MMA_MAX_ROWS: usize = 32;
+
 /// K elements per step of the narrow kernel: 16 codes (one 8-byte load) of each of a row's
 /// four lanes, one quantization block at the smallest blocksize it takes.
 pub(crate) const MMA_BK: u32 = 64;
@@ -541,7 +545,9 @@ pub fn supports_mma<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> 
 /// [`MmaParams::auto`] would: `2..=32` activation rows (one row is the SIMT GEMV's, faster
 /// there), whole 64-wide K steps, and steps inside one quantization block.
 pub(crate) fn fits(m: usize, k: usize, blocksize: usize) -> bool {
-    (2..=32).contains(&m) && k.is_multiple_of(MMA_BK as usize) && blocksize >= MMA_BK as usize
+    (2..=MMA_MAX_ROWS).contains(&m)
+        && k.is_multiple_of(MMA_BK as usize)
+        && blocksize >= MMA_BK as usize
 }
 
 /// The weight a register-fragment product multiplies, for [`MmaParams::auto`].
@@ -575,8 +581,8 @@ impl MmaParams {
     ///
     /// The int8 kernel has one step width, two weight tiles a warp and a two-step ring.
     ///
-    /// Measured (ncu device time, H200, product and reduction, Llama-3.1-8B's q/k/v, o, gate/up
-    /// and down shapes; speed notes, twenty-fifth session): the one-step ring at one activation
+    /// Measured (ncu device time, H200, base `947a91f`, product and reduction, Llama-3.1-8B's
+    /// q/k/v, o, gate/up and down shapes; speed notes, twenty-fifth session): the one-step ring at one activation
     /// tile 1-11% faster on every shape, NF4 and NF4+DQ; two weight tiles at 32 rows 10-14%
     /// faster for plain NF4 on 6144x4096 and 4096x4096, but 17% slower for NF4+DQ on 6144x4096.
     pub(crate) fn auto<R: CubeRuntime>(

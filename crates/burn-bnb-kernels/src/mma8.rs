@@ -254,7 +254,7 @@ pub fn supports_int8_mma<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
 
 /// Whether the kernel takes an `[m, k]` product: 2..=32 rows, whole 64-wide K steps.
 pub(crate) fn fits(m: usize, k: usize) -> bool {
-    (2..=32).contains(&m) && k.is_multiple_of(MMA8_BK as usize)
+    (2..=crate::mma4::MMA_MAX_ROWS).contains(&m) && k.is_multiple_of(MMA8_BK as usize)
 }
 
 /// An int8 tensor's bytes as 16-byte lines of `u32` words.

@@ -510,9 +510,12 @@ impl<B: FusionBackend + QuantizedKernels> DecoderKernels for Fusion<B> {
         let out = (x.shape.clone(), x.dtype);
         let kind = Kind::AddRmsNorm { eps };
         let inputs = vec![x, residual, weight];
-        let mut outputs = register::<B>("bnb_add_rms_norm", kind, inputs, vec![out.clone(), out]);
-        let normed = outputs.pop().expect("two outputs");
-        (outputs.pop().expect("two outputs"), normed)
+        two(register::<B>(
+            "bnb_add_rms_norm",
+            kind,
+            inputs,
+            vec![out.clone(), out],
+        ))
     }
 
     fn linear(
@@ -702,14 +705,12 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
         inputs.extend(tensors);
         inputs.extend(bias);
         inputs.extend([residual, norm_weight]);
-        let mut outputs = register::<B>(
+        two(register::<B>(
             "bnb_matmul_4bit_add_rms_norm",
             kind,
             inputs,
             vec![out.clone(), out],
-        );
-        let normed = outputs.pop().expect("two outputs");
-        (outputs.pop().expect("two outputs"), normed)
+        ))
     }
 
     fn matmul_4bit_rotary_kv(
@@ -887,6 +888,12 @@ fn int8_product<B: FusionBackend + QuantizedKernels>(
 
 fn single<T>(outputs: Vec<T>) -> T {
     outputs.into_iter().next().expect("the operation's output")
+}
+
+fn two<T>(outputs: Vec<T>) -> (T, T) {
+    let mut it = outputs.into_iter();
+    let mut next = || it.next().expect("the operation's two outputs");
+    (next(), next())
 }
 
 fn three<T>(outputs: Vec<T>) -> (T, T, T) {
