@@ -4,6 +4,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
+use burn_bnb::backend::memory::ensure_fits;
 use burn_bnb::formats::QuantType;
 use burn_bnb::models::{
     BnbLoader, CausalLm, Checkpoint, LoadError, LoadOptions, ModelConfig, Projection,
@@ -104,30 +105,53 @@ pub fn model_source(name: &str, random_weights: bool) -> Result<(ModelConfig, We
 pub enum Built<B: Backend> {
     /// The model.
     Model(CausalLm<B>),
-    /// The checkpoint is already quantized by bitsandbytes in `stored`, another format (4-bit
-    /// codes are not requantized).
+    /// Not built: the checkpoint is already quantized by bitsandbytes in another format (4-bit
+    /// codes are not requantized), or the weights cannot fit in the device's memory.
     Skipped {
-        /// The checkpoint's format.
-        stored: String,
+        /// Why, as a sentence fragment after "skipping {format}: ".
+        reason: String,
     },
 }
 
 /// The model of `config` in `format` from `weights`.
+/// `memory_limit`: most bytes the weights may take (`None`: what the device has available).
 pub fn build_model<B: QuantizedOps>(
     config: &ModelConfig,
     weights: &Weights,
     format: Format,
     outlier_dims: usize,
+    memory_limit: Option<u64>,
     device: &B::Device,
 ) -> Result<Built<B>, Error> {
     let Weights::Checkpoint(checkpoint) = weights else {
+        // The check `load_model` makes for checkpoints.
+        let float_bytes = <B::FloatElem as burn::tensor::Element>::dtype().size();
+        let needed = config.weight_bytes(&format.weight_format(), float_bytes);
+        if let Err(e) = ensure_fits::<B>(device, needed, memory_limit, || {
+            format!("the weights in {}", format.weight_format())
+        }) {
+            return Ok(Built::Skipped {
+                reason: e.to_string(),
+            });
+        }
         return random_model(config, format, outlier_dims, device).map(Built::Model);
     };
     let loader = BnbLoader::with_format(format.weight_format());
-    let options = LoadOptions { progress: false };
+    let options = LoadOptions {
+        progress: false,
+        memory_limit,
+    };
     match burn_bnb::models::load_model(config, checkpoint, &loader, options, device) {
         Ok(model) => Ok(Built::Model(model)),
-        Err(LoadError::FormatMismatch { stored, .. }) => Ok(Built::Skipped { stored }),
+        Err(LoadError::FormatMismatch { stored, .. }) => Ok(Built::Skipped {
+            reason: format!(
+                "the checkpoint is already quantized as {stored} (4-bit codes are not \
+                 requantized)"
+            ),
+        }),
+        Err(LoadError::OutOfMemory(e)) => Ok(Built::Skipped {
+            reason: e.to_string(),
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -294,16 +318,19 @@ pub fn run_formats<B: QuantizedOps, D: DeviceInfo<B>>(
         progress.set_message(format!("{model_name}: building {} weights", format.key()));
         B::seed(device, args.seed);
         let start = std::time::Instant::now();
-        let model = match build_model::<B>(&config, &weights, format, args.outlier_dims, device)? {
+        let memory_limit = args.memory_limit;
+        let built = build_model::<B>(
+            &config,
+            &weights,
+            format,
+            args.outlier_dims,
+            memory_limit,
+            device,
+        )?;
+        let model = match built {
             Built::Model(model) => model,
-            Built::Skipped { stored } => {
-                progress.suspend(|| {
-                    eprintln!(
-                        "{model_name}: skipping {}: the checkpoint is already quantized as \
-                         {stored} (4-bit codes are not requantized)",
-                        format.key()
-                    )
-                });
+            Built::Skipped { reason } => {
+                progress.suspend(|| eprintln!("{model_name}: skipping {}: {reason}", format.key()));
                 progress.inc((args.batches.len() * (plan.warmup + plan.runs)) as u64);
                 continue;
             }
@@ -499,12 +526,14 @@ mod tests {
                 .unwrap()
         };
         let dense =
-            model(build_model::<B>(&config, &weights, Format::Bf16, 0, &device).unwrap()).unwrap();
+            model(build_model::<B>(&config, &weights, Format::Bf16, 0, None, &device).unwrap())
+                .unwrap();
         assert!(projections(&dense).iter().all(|p| *p == "dense"));
         let reference = logits(&dense);
         for (format, kind) in [(Format::Nf4, "4bit"), (Format::Int8Decomp, "int8")] {
             let quantized =
-                model(build_model::<B>(&config, &weights, format, 0, &device).unwrap()).unwrap();
+                model(build_model::<B>(&config, &weights, format, 0, None, &device).unwrap())
+                    .unwrap();
             assert!(
                 projections(&quantized).iter().all(|p| *p == kind),
                 "{format:?}"
@@ -523,8 +552,49 @@ mod tests {
         let (config, weights) = model_source(&fixture("llama-bf16"), true).unwrap();
         assert!(matches!(weights, Weights::Random));
         let random =
-            model(build_model::<B>(&config, &weights, Format::Bf16, 0, &device).unwrap()).unwrap();
+            model(build_model::<B>(&config, &weights, Format::Bf16, 0, None, &device).unwrap())
+                .unwrap();
         assert_ne!(logits(&random), reference);
+    }
+
+    /// The memory check's estimate is what a built model holds, in every format.
+    #[test]
+    fn weight_estimate_matches_the_built_model() {
+        let device = Default::default();
+        let mut config = tiny_config();
+        config.num_hidden_layers = 1;
+        config.vocab_size = 512;
+        for format in Format::value_variants().iter().copied() {
+            let built = model(
+                build_model::<B>(&config, &Weights::Random, format, 0, None, &device).unwrap(),
+            )
+            .unwrap();
+            let estimate = config.weight_bytes(&format.weight_format(), 4);
+            assert_eq!(estimate, weight_bytes(&built), "{format:?}");
+        }
+    }
+
+    /// Weights over the memory limit skip the format with the sizes named, for random and
+    /// checkpoint weights alike.
+    #[test]
+    fn weights_over_the_memory_limit_are_skipped() {
+        let device = Default::default();
+        for (config, weights) in [
+            (tiny_config(), Weights::Random),
+            model_source(&fixture("llama-bf16"), false).unwrap(),
+        ] {
+            let built = build_model::<B>(&config, &weights, Format::Nf4, 0, Some(1 << 10), &device)
+                .unwrap();
+            let Built::Skipped { reason } = built else {
+                panic!("built over a 1 KiB limit");
+            };
+            assert!(
+                reason.starts_with("not enough device memory for the weights in nf4")
+                    && reason.contains("needed")
+                    && reason.ends_with("0.0 MiB available (the limit given)"),
+                "{reason}"
+            );
+        }
     }
 
     /// A checkpoint quantized by bitsandbytes runs in its own format; the others are skipped.
@@ -532,14 +602,18 @@ mod tests {
     fn prequantized_checkpoint_runs_in_its_own_format_only() {
         let device = Default::default();
         let (config, weights) = model_source(&fixture("llama-nf4-dq"), false).unwrap();
-        let own = model(build_model::<B>(&config, &weights, Format::Nf4Dq, 0, &device).unwrap());
+        let own =
+            model(build_model::<B>(&config, &weights, Format::Nf4Dq, 0, None, &device).unwrap());
         assert!(own.is_some_and(|m| projections(&m).iter().all(|p| *p == "4bit")));
         for format in [Format::Bf16, Format::Nf4, Format::Int8] {
-            let other = build_model::<B>(&config, &weights, format, 0, &device).unwrap();
-            let Built::Skipped { stored } = other else {
+            let other = build_model::<B>(&config, &weights, format, 0, None, &device).unwrap();
+            let Built::Skipped { reason } = other else {
                 panic!("{format:?} built from an nf4-dq checkpoint");
             };
-            assert_eq!(stored, "nf4-dq", "{format:?}");
+            assert!(
+                reason.contains("already quantized as nf4-dq"),
+                "{format:?}: {reason}"
+            );
         }
     }
 

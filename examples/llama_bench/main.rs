@@ -20,6 +20,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn_bnb::Bnb;
+use burn_bnb::backend::memory::ensure_fits;
+use burn_bnb::models::KvCache;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -103,6 +105,12 @@ struct Args {
     /// Seed of the random weights and prompts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+
+    /// Most device memory a model's weights may take, in GiB (default: what the device has
+    /// available, where the backend reports it: CUDA, the CPU). A format whose weights exceed
+    /// it is skipped with a note, as is a batch whose KV cache no longer fits.
+    #[arg(long, value_name = "GIB", value_parser = burn_bnb::backend::memory::parse_gib)]
+    memory_limit: Option<u64>,
 
     /// Keep only the first N decoder layers of the model (a quick check of a large preset:
     /// the step time scales with the layer count). Rows name the model with its layer count.
@@ -325,7 +333,22 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
         Some(dir) => Some(profile::HostProfile::new(dir)?),
         None => None,
     };
+    let float_bytes = <B::FloatElem as burn::tensor::Element>::dtype().size();
     for &batch in &args.batches {
+        // The check `Session::prefill` makes, ahead of it: a batch whose cache cannot fit is
+        // skipped with a note rather than ending the run.
+        let context = model.config().max_position_embeddings;
+        let max_len = plan.input_len + plan.new_tokens.min(context.saturating_sub(plan.input_len));
+        let cache = KvCache::<B>::device_bytes(model.config(), batch, max_len, float_bytes);
+        if let Err(e) = ensure_fits::<B>(device, cache, None, || {
+            format!("the KV cache of batch {batch}")
+        }) {
+            progress.inc((plan.warmup + plan.runs) as u64);
+            progress.suspend(|| {
+                eprintln!("{model_name} {}: skipping batch {batch}: {e}", format.key())
+            });
+            continue;
+        }
         let label = format!("{model_name}-{}-b{batch}", format.key());
         progress.set_message(format!(
             "{model_name} {} batch {batch}",

@@ -46,3 +46,201 @@ pub fn persistent<B: Backend, T>(device: &B::Device, build: impl FnOnce() -> T) 
         build()
     })
 }
+
+/// How much memory a device has for new tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes that new tensors can still take: the driver's free memory plus what the
+    /// allocator holds reserved but unused (CUDA), or the system's available memory (CPU).
+    pub available: u64,
+    /// The device's total memory in bytes.
+    pub total: u64,
+}
+
+/// What [`device_memory`] reports for `device`, or `None` where the backend cannot tell:
+/// CUDA (`Bnb<Cuda>`, `BnbCuda`, with feature `cuda`) and the CPU (`NdArray` on Linux) can;
+/// wgpu cannot (its adapters report no memory size).
+///
+/// On CUDA, `available` counts the allocator's unused reserve as free. CubeCL does not return
+/// it to the driver, and reuses a page only for tensors that fit it, so a model can still fail
+/// to allocate within it: the figure rules out what certainly does not fit, no more.
+pub fn device_memory<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "cuda")]
+    if let Some(device) = any.downcast_ref::<burn_cuda::CudaDevice>() {
+        return cuda_memory(device);
+    }
+    #[cfg(feature = "ndarray")]
+    if any.is::<burn_ndarray::NdArrayDevice>() {
+        return system_memory();
+    }
+    let _ = any;
+    None
+}
+
+/// The CUDA driver's free and total memory of `device`, plus CubeCL's unused reserve.
+#[cfg(feature = "cuda")]
+fn cuda_memory(device: &burn_cuda::CudaDevice) -> Option<DeviceMemory> {
+    use burn_cubecl::cubecl::Runtime;
+    use cudarc::driver::result as cu;
+    // The client first: it initializes the driver and holds the device's primary context, so
+    // the retain and release below only make that context current on this thread.
+    let usage = burn_cubecl::cubecl::cuda::CudaRuntime::client(device).memory_usage();
+    let reserve = usage.bytes_reserved.saturating_sub(usage.bytes_in_use);
+    let ordinal = i32::try_from(device.index).ok()?;
+    let dev = cu::device::get(ordinal).ok()?;
+    // SAFETY: `dev` is a valid device; the primary context is retained while it is made
+    // current and queried, and CubeCL keeps its own reference to it after the release.
+    let (free, total) = unsafe {
+        let ctx = cu::primary_ctx::retain(dev).ok()?;
+        let info = cu::ctx::set_current(ctx).and_then(|()| cu::mem_get_info());
+        cu::primary_ctx::release(dev).ok()?;
+        info.ok()?
+    };
+    Some(DeviceMemory {
+        available: free as u64 + reserve,
+        total: total as u64,
+    })
+}
+
+/// `MemAvailable` and `MemTotal` of `/proc/meminfo`.
+#[cfg(feature = "ndarray")]
+fn system_memory() -> Option<DeviceMemory> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some(DeviceMemory {
+        available: field("MemAvailable")?,
+        total: field("MemTotal")?,
+    })
+}
+
+/// Something that cannot fit in the memory a device has left.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not enough device memory for {what}: at least {} needed, {device} has {} available{}{}",
+    gib(*needed),
+    gib(*available),
+    total.map_or(String::new(), |t| format!(" of {}", gib(t))),
+    if *limited { " (the limit given)" } else { "" }
+)]
+pub struct OutOfMemory {
+    /// What was to be allocated, e.g. `Llama-3.1-70B weights in bf16`.
+    pub what: String,
+    /// Bytes it needs at least.
+    pub needed: u64,
+    /// Bytes available for it.
+    pub available: u64,
+    /// The device's total, when known.
+    pub total: Option<u64>,
+    /// The device, as its backend names it.
+    pub device: String,
+    /// Whether `available` is a caller's limit rather than what the device reported.
+    pub limited: bool,
+}
+
+/// Checks that `needed` bytes fit in what `device` has available ([`device_memory`]), or in
+/// `limit` bytes when one is given (the smaller of the two when both are known). Devices that
+/// report nothing pass without a limit.
+///
+/// Call it before allocating something large (a model's weights, a KV cache): CubeCL 0.9
+/// panics when an allocation fails, so this is where a clear error can still be returned.
+///
+/// ```
+/// use burn_ndarray::NdArray;
+/// use burn_bnb_backend::memory::ensure_fits;
+///
+/// let device = Default::default();
+/// let err = ensure_fits::<NdArray>(&device, 3 << 30, Some(1 << 30), || "weights".into());
+/// assert_eq!(
+///     err.unwrap_err().to_string(),
+///     "not enough device memory for weights: at least 3.00 GiB needed, Cpu has 1.00 GiB \
+///      available (the limit given)"
+/// );
+/// ```
+///
+/// # Errors
+/// [`OutOfMemory`] when `needed` exceeds what is available.
+pub fn ensure_fits<B: Backend>(
+    device: &B::Device,
+    needed: u64,
+    limit: Option<u64>,
+    what: impl FnOnce() -> String,
+) -> Result<(), OutOfMemory> {
+    let reported = device_memory::<B>(device);
+    let (available, limited) = match (reported, limit) {
+        (Some(m), Some(limit)) if limit < m.available => (limit, true),
+        (Some(m), _) => (m.available, false),
+        (None, Some(limit)) => (limit, true),
+        (None, None) => return Ok(()),
+    };
+    if needed <= available {
+        return Ok(());
+    }
+    Err(OutOfMemory {
+        what: what(),
+        needed,
+        available,
+        total: reported.filter(|_| !limited).map(|m| m.total),
+        device: format!("{device:?}"),
+        limited,
+    })
+}
+
+/// Bytes in GiB with two decimals, or in MiB under a GiB.
+fn gib(bytes: u64) -> String {
+    if bytes < 1 << 30 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+    } else {
+        format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
+    }
+}
+
+/// Parses a positive number of GiB (`24`, `7.5`) into bytes: the value parser of the
+/// `--memory-limit` options of the CLI and `llama_bench`.
+///
+/// # Errors
+/// A message naming the text when it is not a positive finite number.
+pub fn parse_gib(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(gib) if gib.is_finite() && gib > 0.0 => Ok((gib * f64::from(1u32 << 30)) as u64),
+        _ => Err(format!("`{text}` is not a positive number of GiB")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gib_values_parse_to_bytes() {
+        assert_eq!(parse_gib("24"), Ok(24 << 30));
+        assert_eq!(parse_gib(" 0.5 "), Ok(1 << 29));
+        for bad in ["0", "-1", "inf", "NaN", "24GB", ""] {
+            let err = parse_gib(bad).unwrap_err();
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
+
+    /// The CPU reports the system's memory (Linux), and the check passes what fits in it.
+    #[cfg(all(feature = "ndarray", target_os = "linux"))]
+    #[test]
+    fn cpu_reports_system_memory() {
+        type B = burn_ndarray::NdArray;
+        let device = Default::default();
+        let memory = device_memory::<B>(&device).expect("/proc/meminfo");
+        assert!(0 < memory.available && memory.available <= memory.total);
+        ensure_fits::<B>(&device, 1 << 20, None, || "a MiB".into()).unwrap();
+        let err = ensure_fits::<B>(&device, u64::MAX, None, || "everything".into()).unwrap_err();
+        // The system's available memory moves between calls: only its total is fixed.
+        assert!(err.total == Some(memory.total) && !err.limited, "{err}");
+        // A limit above what the device has does not raise it.
+        let err = ensure_fits::<B>(&device, u64::MAX, Some(u64::MAX - 1), String::new).unwrap_err();
+        assert!(!err.limited && err.available <= memory.total, "{err}");
+    }
+}

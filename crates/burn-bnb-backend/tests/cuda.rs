@@ -92,3 +92,30 @@ fn stacked_qkv_rotary_kv_cuda() {
     suite::quant4_rotary_kv::<Bnb<CubeCuda<f32>>, f32>(&device);
     suite::quant4_rotary_kv::<Bnb<Cuda<bf16>>, bf16>(&device);
 }
+
+/// The device's memory as the driver reports it: a live 1 GiB tensor leaves at least that much
+/// less available than the total, on both the fused and the unfused backend (one device).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn device_memory_cuda() {
+    use burn_bnb_backend::memory::{device_memory, ensure_fits};
+    use burn_tensor::Tensor;
+    let device = CudaDevice::default();
+    let before = device_memory::<Bnb<Cuda>>(&device).expect("CUDA reports its memory");
+    assert!(
+        before.available > 0 && before.available <= before.total,
+        "{before:?}"
+    );
+    // Unfused: fusion would defer the allocation.
+    let held = Tensor::<Bnb<CubeCuda<f32>>, 1>::zeros([1 << 28], &device);
+    let during = device_memory::<Bnb<CubeCuda<f32>>>(&device).unwrap();
+    assert_eq!(during.total, before.total);
+    assert!(during.available <= before.total - (1 << 30), "{during:?}");
+    let err = ensure_fits::<Bnb<Cuda>>(&device, before.total + 1, None, || {
+        "more than the card".into()
+    })
+    .unwrap_err();
+    assert_eq!(err.total, Some(before.total), "{err}");
+    println!("{before:?} -> {during:?}: {err}");
+    drop(held);
+}

@@ -98,6 +98,10 @@ pub struct ModelArgs {
     /// No progress bar while loading.
     #[arg(long)]
     pub quiet: bool,
+    /// Most device memory the weights may take, in GiB (e.g. a share of a GPU other
+    /// processes use too) [default: what the device has free, where the backend reports it].
+    #[arg(long, value_name = "GIB", value_parser = burn_bnb_backend::memory::parse_gib)]
+    pub memory_limit: Option<u64>,
 }
 
 /// `generate` options.

@@ -92,6 +92,7 @@ fn load<B: QuantizedOps>(args: &ModelArgs, device: &B::Device) -> Result<Pretrai
     let projections = projection_loader::<B>(args.quant);
     let options = LoadOptions {
         progress: !args.quiet,
+        memory_limit: args.memory_limit,
     };
     Ok(Pretrained::load(
         &args.model,

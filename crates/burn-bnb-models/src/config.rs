@@ -11,7 +11,9 @@ use burn_bnb_checkpoint::BnbQuantizationConfig;
 
 use crate::error::LoadError;
 use crate::format::WeightFormat;
+use crate::loader::ProjectionSpec;
 use crate::model::CausalLm;
+use crate::nn::ProjectionKind;
 
 /// The model family: both share one decoder, the differences are configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +229,43 @@ impl ModelConfig {
             bias += 2 * self.intermediate_size + h;
         }
         embed + head + norms + self.num_hidden_layers * bias
+    }
+
+    /// Device bytes of the model's weights with its projections in `format` and everything
+    /// else (embeddings, lm_head, norms, biases) dense in a float type of `float_bytes`
+    /// bytes: what [`load_model`](crate::load_model) checks against the device's memory
+    /// before it reads a tensor. The projections' bytes are
+    /// [`WeightFormat::projection_bytes`].
+    pub fn weight_bytes(&self, format: &WeightFormat, float_bytes: usize) -> u64 {
+        // Stored as the decoder stacks them: q/k/v as one weight, gate/up as one.
+        let groups: [&[ProjectionKind]; 4] = [
+            &[
+                ProjectionKind::Query,
+                ProjectionKind::Key,
+                ProjectionKind::Value,
+            ],
+            &[ProjectionKind::Output],
+            &[ProjectionKind::Gate, ProjectionKind::Up],
+            &[ProjectionKind::Down],
+        ];
+        let layer: u64 = groups
+            .iter()
+            .map(|kinds| {
+                let specs = kinds.iter().map(|&kind| ProjectionSpec::new(self, 0, kind));
+                let out: usize = specs.clone().map(|spec| spec.out_features).sum();
+                let input = ProjectionSpec::new(self, 0, kinds[0]).in_features;
+                let stacked_offsets = match format {
+                    // A stacked double-quantized weight keeps one offset a nested group
+                    // (`ProjectionGroup`), a single tensor one in all.
+                    WeightFormat::FourBit(c) if c.double_quant && kinds.len() > 1 => {
+                        4 * ((out * input).div_ceil(c.blocksize).div_ceil(256) as u64 - 1)
+                    }
+                    _ => 0,
+                };
+                format.projection_bytes(out, input, float_bytes) + stacked_offsets
+            })
+            .sum();
+        self.num_hidden_layers as u64 * layer + (self.dense_params() * float_bytes) as u64
     }
 
     /// Bytes of KV cache per token of one sequence at `bytes_per_value` (2 for bf16).

@@ -96,6 +96,10 @@ pub enum LoadError {
     /// message names the file and the tensor).
     #[error(transparent)]
     Checkpoint(Box<burn_bnb_checkpoint::CheckpointError>),
+    /// The weights cannot fit in the memory the device has left (checked before any tensor is
+    /// read; see [`LoadOptions::memory_limit`](crate::LoadOptions::memory_limit)).
+    #[error(transparent)]
+    OutOfMemory(#[from] burn_bnb_backend::memory::OutOfMemory),
     /// A tensor the model needs is absent from the checkpoint.
     #[error("tensor `{name}` is missing from the checkpoint")]
     MissingTensor {
@@ -283,6 +287,9 @@ pub enum GenerateError {
         /// The tokenizers crate's message.
         message: String,
     },
+    /// The KV cache of the batch cannot fit in the memory the device has left.
+    #[error(transparent)]
+    OutOfMemory(#[from] burn_bnb_backend::memory::OutOfMemory),
     /// Reading the chosen tokens from the device failed.
     #[error("reading the tokens of step {step} from the device: {reason}")]
     Read {

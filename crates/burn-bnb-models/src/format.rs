@@ -101,6 +101,42 @@ impl WeightFormat {
     }
 }
 
+impl WeightFormat {
+    /// Device bytes of one `[out_features, in_features]` projection weight in this format,
+    /// with dense weights (and a [`Dense`](Self::Dense) projection) in a float type of
+    /// `float_bytes` bytes. Byte strings count their padding to whole 32-bit words, as
+    /// [`ByteLayout`](burn_bnb_backend::ByteLayout) stores them.
+    ///
+    /// - dense: `out * in * float_bytes`;
+    /// - 4-bit: the packed codes `ceil(out * in / 2)`, one f32 absmax a block of `blocksize`
+    ///   (with double quantization one byte a block, one f32 a group of 256 blocks and the
+    ///   256-entry nested table), the 16-entry code table;
+    /// - int8: the codes `out * in` (each row padded to whole words) and one f32 scale a row
+    ///   (`SCB`).
+    pub fn projection_bytes(
+        &self,
+        out_features: usize,
+        in_features: usize,
+        float_bytes: usize,
+    ) -> u64 {
+        let words = |bytes: usize| 4 * bytes.div_ceil(4) as u64;
+        let elems = out_features * in_features;
+        match *self {
+            Self::Dense => (elems * float_bytes) as u64,
+            Self::FourBit(c) => {
+                let blocks = elems.div_ceil(c.blocksize);
+                let scales = if c.double_quant {
+                    words(blocks) + 4 * (blocks.div_ceil(256) as u64 + 256 + 1)
+                } else {
+                    4 * blocks as u64
+                };
+                words(elems.div_ceil(2)) + scales + 4 * 16
+            }
+            Self::Int8 { .. } => out_features as u64 * (words(in_features) + 4),
+        }
+    }
+}
+
 impl fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

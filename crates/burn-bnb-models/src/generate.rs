@@ -137,7 +137,7 @@ impl<'m, B: QuantizedOps> Session<'m, B> {
             padding.push((0..longest).map(|i| i < pad_len).collect());
         }
         let max_len = longest + max_new_tokens.min(context - longest);
-        let mut cache = model.new_cache(batch, max_len, device);
+        let mut cache = KvCache::try_new(config, batch, max_len, device)?;
         let hidden = model.forward(
             ForwardInput::from_rows(&tokens, &positions, &padding, device),
             &mut cache,

@@ -13,6 +13,7 @@ use burn_bnb_checkpoint::{Checkpoint, Dtype, TensorRef};
 
 use crate::config::{ModelConfig, QuantizationConfig};
 use crate::error::LoadError;
+use crate::format::WeightFormat;
 use crate::model::CausalLm;
 use crate::nn::{DecoderLayer, Projection, ProjectionKind, RmsNorm};
 use crate::weights::{TensorRefExt, checkpoint_bytes, stored_tensor};
@@ -79,6 +80,15 @@ pub trait ProjectionLoader<B: Backend> {
         checkpoint: &Checkpoint,
         device: &B::Device,
     ) -> Result<Projection<B>, LoadError>;
+
+    /// The format every projection of `config` will be built in, if the loader knows it
+    /// before reading them: [`load_model`] then checks that the weights fit in the device's
+    /// memory ([`ModelConfig::weight_bytes`]) before it reads a tensor. `None` (the default)
+    /// skips that check.
+    fn format(&self, config: &ModelConfig) -> Option<WeightFormat> {
+        let _ = config;
+        None
+    }
 }
 
 /// Reads dense (F32/BF16/F16) weights into [`Projection::Dense`] in the backend's float type.
@@ -109,6 +119,10 @@ impl<B: Backend> ProjectionLoader<B> for DenseLoader {
         let weight = dense_tensor::<B, 2>(weight, false, device)?.transpose();
         let bias = load_bias::<B>(spec, checkpoint, device)?;
         Ok(Projection::dense(weight, bias))
+    }
+
+    fn format(&self, _config: &ModelConfig) -> Option<WeightFormat> {
+        Some(WeightFormat::Dense)
     }
 }
 
@@ -159,11 +173,18 @@ pub fn dense_tensor<B: Backend, const D: usize>(
 pub struct LoadOptions {
     /// Show an indicatif progress bar on stderr (hidden when stderr is not a terminal).
     pub progress: bool,
+    /// Most bytes of device memory the weights may take (e.g. a share of a GPU used by other
+    /// processes too). `None`: what the device has available, where the backend reports it
+    /// ([`device_memory`](burn_bnb_backend::memory::device_memory)).
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { progress: true }
+        Self {
+            progress: true,
+            memory_limit: None,
+        }
     }
 }
 
@@ -187,6 +208,20 @@ pub fn load_model<B: Backend>(
 ) -> Result<CausalLm<B>, LoadError> {
     config.validate()?;
     checkpoint.layout()?;
+    if let Some(format) = projections.format(config) {
+        let float_bytes = <B::FloatElem as Element>::dtype().size();
+        burn_bnb_backend::memory::ensure_fits::<B>(
+            device,
+            config.weight_bytes(&format, float_bytes),
+            options.memory_limit,
+            || {
+                format!(
+                    "the weights in {format} ({} layers)",
+                    config.num_hidden_layers
+                )
+            },
+        )?;
+    }
     let bar = if options.progress {
         let bar = ProgressBar::new(checkpoint_bytes(checkpoint));
         bar.set_style(

@@ -272,6 +272,17 @@ impl<B: QuantizedOps> ProjectionLoader<B> for BnbLoader {
             }
         }
     }
+
+    /// The requested format, else the checkpoint's own (dense when it has no
+    /// `quantization_config`). Modules a quantized checkpoint keeps dense
+    /// (`llm_int8_skip_modules`) are counted in its format, which undercounts them.
+    fn format(&self, config: &ModelConfig) -> Option<WeightFormat> {
+        Some(
+            self.format
+                .or_else(|| config.quantization.as_ref().and_then(|q| q.format()))
+                .unwrap_or(WeightFormat::Dense),
+        )
+    }
 }
 
 /// The format the projections of `checkpoint` are stored in: `quantization_config`'s when

@@ -12,7 +12,10 @@ fn load(fam: &str) -> Pretrained<B> {
     Pretrained::load_dir(
         &models_dir().join(format!("{fam}-bf16")),
         &DenseLoader,
-        LoadOptions { progress: false },
+        LoadOptions {
+            progress: false,
+            ..Default::default()
+        },
         &Default::default(),
     )
     .unwrap()

@@ -15,7 +15,10 @@ fn load(fam: &str) -> Pretrained<B> {
     Pretrained::load_dir(
         &dir,
         &DenseLoader,
-        LoadOptions { progress: false },
+        LoadOptions {
+            progress: false,
+            ..Default::default()
+        },
         &Default::default(),
     )
     .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))

@@ -33,7 +33,10 @@ fn hub_ids_resolve_through_the_cache_offline() {
     let loaded = Pretrained::<B>::load(
         "tiny-org/tiny-llama",
         &DenseLoader,
-        LoadOptions { progress: false },
+        LoadOptions {
+            progress: false,
+            ..Default::default()
+        },
         &Default::default(),
     )
     .unwrap();

@@ -5,8 +5,8 @@ mod common;
 use std::path::Path;
 
 use burn_bnb_models::{
-    DenseLoader, GenerateError, GenerationConfig, LoadError, LoadOptions, Pretrained, Sampling,
-    generate, perplexity,
+    BnbLoader, DenseLoader, GenerateError, GenerationConfig, KvCache, LoadError, LoadOptions,
+    ModelConfig, Pretrained, Sampling, WeightFormat, generate, perplexity,
 };
 use common::*;
 use safetensors::Dtype;
@@ -16,7 +16,10 @@ fn load_dir(dir: &Path) -> Result<Pretrained<B>, LoadError> {
     Pretrained::load_dir(
         dir,
         &DenseLoader,
-        LoadOptions { progress: false },
+        LoadOptions {
+            progress: false,
+            ..Default::default()
+        },
         &Default::default(),
     )
 }
@@ -357,4 +360,48 @@ fn bad_token_and_empty_prompt() {
         matches!(err, GenerateError::TooFewTokens { tokens: 1 }),
         "{err}"
     );
+}
+
+/// Weights over the memory limit fail before any tensor is read, naming the sizes; the
+/// estimate is what the loaded model holds.
+#[test]
+fn weights_over_the_memory_limit() {
+    let dir = models_dir().join(format!("{FAM}-bf16"));
+    let config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    let needed = config.weight_bytes(&WeightFormat::NF4, 4);
+    let load = |limit: u64| {
+        Pretrained::<B>::load_dir(
+            &dir,
+            &BnbLoader::with_format(WeightFormat::NF4),
+            LoadOptions {
+                progress: false,
+                memory_limit: Some(limit),
+            },
+            &Default::default(),
+        )
+    };
+    let err = load(needed - 1).unwrap_err();
+    match &err {
+        LoadError::OutOfMemory(oom) => {
+            assert_eq!((oom.needed, oom.available), (needed, needed - 1));
+            assert!(
+                oom.limited && oom.what.starts_with("the weights in nf4"),
+                "{err}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("(the limit given)"), "{err}");
+    load(needed).unwrap();
+}
+
+/// A KV cache larger than the device's memory is refused before anything is allocated.
+#[test]
+fn kv_cache_larger_than_the_device() {
+    let dir = models_dir().join(format!("{FAM}-bf16"));
+    let config = ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    let err = KvCache::<B>::try_new(&config, 1 << 40, 16, &Default::default()).unwrap_err();
+    assert!(err.what.contains("1099511627776 sequences"), "{err}");
+    assert!(err.needed > err.available && !err.limited, "{err}");
+    KvCache::<B>::try_new(&config, 2, 16, &Default::default()).unwrap();
 }

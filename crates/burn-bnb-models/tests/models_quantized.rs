@@ -21,7 +21,10 @@ fn load_with(dir: &std::path::Path, loader: BnbLoader) -> Result<Pretrained<B>, 
     Pretrained::load_dir(
         dir,
         &loader,
-        LoadOptions { progress: false },
+        LoadOptions {
+            progress: false,
+            ..Default::default()
+        },
         &Default::default(),
     )
 }

@@ -1,4 +1,6 @@
 use burn::prelude::*;
+use burn::tensor::Element;
+use burn_bnb_backend::memory::{OutOfMemory, ensure_fits};
 use burn_bnb_backend::{DecoderOps, decoder_ops};
 
 use crate::config::ModelConfig;
@@ -150,6 +152,40 @@ impl<B: Backend> KvCache<B> {
             batch,
             max_len,
         }
+    }
+
+    /// [`new`](Self::new) after checking that the keys and values
+    /// ([`device_bytes`](Self::device_bytes)) fit in the memory `device` has left.
+    ///
+    /// # Errors
+    /// [`OutOfMemory`] when they do not.
+    pub fn try_new(
+        config: &ModelConfig,
+        batch: usize,
+        max_len: usize,
+        device: &B::Device,
+    ) -> Result<Self, OutOfMemory> {
+        let float_bytes = <B::FloatElem as Element>::dtype().size();
+        let needed = Self::device_bytes(config, batch, max_len, float_bytes);
+        ensure_fits::<B>(device, needed, None, || {
+            format!("a KV cache of {batch} sequences x {max_len} tokens")
+        })?;
+        Ok(Self::new(config, batch, max_len, device))
+    }
+
+    /// Device bytes of the keys and values of a cache for `batch` sequences of `max_len`
+    /// slots (rounded up to a [`SLOT_BLOCK`]) in a float type of `float_bytes` bytes.
+    pub fn device_bytes(
+        config: &ModelConfig,
+        batch: usize,
+        max_len: usize,
+        float_bytes: usize,
+    ) -> u64 {
+        let slots = max_len.next_multiple_of(SLOT_BLOCK) as u64;
+        // Saturating: an absurd batch must come back as "too large", not wrap around.
+        (config.kv_cache_bytes_per_token(float_bytes) as u64)
+            .saturating_mul(batch as u64)
+            .saturating_mul(slots)
     }
 
     /// Slots written so far.
