@@ -4,7 +4,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use burn_bnb::backend::memory::ensure_fits;
+use burn_bnb::backend::memory::{ensure_buffer_fits, ensure_fits};
 use burn_bnb::formats::QuantType;
 use burn_bnb::models::{
     BnbLoader, CausalLm, Checkpoint, LoadError, LoadOptions, ModelConfig, Projection,
@@ -134,6 +134,12 @@ pub fn build_model<B: QuantizedOps>(
                 reason: e.to_string(),
             });
         }
+        let (what, bytes) = config.largest_weight_buffer(&format.weight_format(), float_bytes);
+        if let Err(e) = ensure_buffer_fits::<B>(device, bytes, || what) {
+            return Ok(Built::Skipped {
+                reason: e.to_string(),
+            });
+        }
         return random_model(config, format, outlier_dims, device).map(Built::Model);
     };
     let loader = BnbLoader::with_format(format.weight_format());
@@ -149,7 +155,7 @@ pub fn build_model<B: QuantizedOps>(
                  requantized)"
             ),
         }),
-        Err(LoadError::OutOfMemory(e)) => Ok(Built::Skipped {
+        Err(e @ (LoadError::OutOfMemory(_) | LoadError::BufferTooLarge(_))) => Ok(Built::Skipped {
             reason: e.to_string(),
         }),
         Err(e) => Err(e.into()),
@@ -250,18 +256,25 @@ fn plant_outlier_features<B: Backend>(model: &mut CausalLm<B>, dims: usize) {
 
 /// Bytes of every parameter as stored on the device.
 pub fn weight_bytes<B: Backend, M: Module<B>>(model: &M) -> u64 {
-    struct Bytes(u64);
+    param_bytes(model).iter().sum()
+}
+
+/// Device bytes of each parameter tensor.
+fn param_bytes<B: Backend, M: Module<B>>(model: &M) -> Vec<u64> {
+    struct Bytes(Vec<u64>);
     impl<B: Backend> ModuleVisitor<B> for Bytes {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
             let t = p.val();
-            self.0 += (t.shape().num_elements() * t.dtype().size()) as u64;
+            self.0
+                .push((t.shape().num_elements() * t.dtype().size()) as u64);
         }
         fn visit_int<const D: usize>(&mut self, p: &Param<Tensor<B, D, Int>>) {
             let t = p.val();
-            self.0 += (t.shape().num_elements() * t.dtype().size()) as u64;
+            self.0
+                .push((t.shape().num_elements() * t.dtype().size()) as u64);
         }
     }
-    let mut v = Bytes(0);
+    let mut v = Bytes(Vec::new());
     model.visit(&mut v);
     v.0
 }
@@ -571,6 +584,23 @@ mod tests {
             .unwrap();
             let estimate = config.weight_bytes(&format.weight_format(), 4);
             assert_eq!(estimate, weight_bytes(&built), "{format:?}");
+            // With a 512-token vocabulary the projections outgrow the embedding table.
+            let largest = param_bytes(&built).into_iter().max().unwrap();
+            let (what, estimate) = config.largest_weight_buffer(&format.weight_format(), 4);
+            if format == Format::Bf16 {
+                assert_eq!(estimate, largest, "{what}");
+                assert!(
+                    what.starts_with("a layer's stacked gate_proj/up_proj"),
+                    "{what}"
+                );
+            } else {
+                // The float weight a projection is quantized from is gone once it is built.
+                assert!(estimate > largest, "{format:?}: {what}");
+                assert!(
+                    what.starts_with("a layer's gate_proj weight before"),
+                    "{what}"
+                );
+            }
         }
     }
 
@@ -594,6 +624,54 @@ mod tests {
                     && reason.ends_with("0.0 MiB available (the limit given)"),
                 "{reason}"
             );
+        }
+    }
+
+    /// On wgpu, an embedding table over the largest buffer the device can bind (128 MiB on
+    /// lavapipe) skips the format with the tensor named, instead of a panic inside wgpu at the
+    /// first kernel that binds it.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn weights_over_the_wgpu_binding_limit_are_skipped() {
+        type W = Bnb<burn::backend::Wgpu<f32, i32>>;
+        let device = burn::backend::wgpu::WgpuDevice::default();
+        if !burn_bnb::backend::wgpu_available(&device) {
+            eprintln!("skipped: no wgpu adapter");
+            return;
+        }
+        let limit = burn_bnb::backend::memory::largest_buffer::<W>(&device).unwrap();
+        let mut config = tiny_config();
+        config.vocab_size = (limit as usize).div_ceil(4 * config.hidden_size) + 1;
+        let built =
+            build_model::<W>(&config, &Weights::Random, Format::Nf4, 0, None, &device).unwrap();
+        let Built::Skipped { reason } = built else {
+            panic!("built a model whose embedding table exceeds the binding limit");
+        };
+        assert!(
+            reason.starts_with(&format!(
+                "the embedding table ({} x {} in 4-byte floats) takes",
+                config.vocab_size, config.hidden_size
+            )) && reason.contains("can bind to a kernel"),
+            "{reason}"
+        );
+    }
+
+    /// The largest buffer estimate is the embedding table a built model holds, with a real
+    /// vocabulary, in every format.
+    #[test]
+    fn largest_buffer_estimate_is_the_embedding_table() {
+        let device = Default::default();
+        let mut config = tiny_config();
+        config.num_hidden_layers = 1;
+        for format in [Format::Bf16, Format::Nf4Dq, Format::Int8] {
+            let built = model(
+                build_model::<B>(&config, &Weights::Random, format, 0, None, &device).unwrap(),
+            )
+            .unwrap();
+            let largest = param_bytes(&built).into_iter().max().unwrap();
+            let (what, estimate) = config.largest_weight_buffer(&format.weight_format(), 4);
+            assert_eq!(estimate, largest, "{format:?}: {what}");
+            assert!(what.starts_with("the embedding table"), "{what}");
         }
     }
 

@@ -1,4 +1,6 @@
-//! Where model weights live in the device allocator.
+//! Device memory: where model weights live in the allocator ([`persistent`]), and whether
+//! what is about to be allocated fits ([`ensure_fits`], [`ensure_buffer_fits`]) while a clear
+//! error can still be returned.
 //!
 //! CubeCL's dynamic memory pools find a binding's buffer and a new output's slot by walking
 //! their pages (`SlicedPool::get` / `try_reserve`, cubecl-runtime 0.9): every kernel launch pays
@@ -192,6 +194,63 @@ pub fn ensure_fits<B: Backend>(
     })
 }
 
+/// The largest buffer `device` can bind to a kernel, where its backend limits it below its
+/// memory: wgpu's `max_storage_buffer_binding_size` (`Bnb<Wgpu>`, with feature `wgpu`; 128 MiB
+/// on Mesa's lavapipe, often 2-4 GiB on discrete GPUs). `None` for backends without such a
+/// limit (CUDA, the CPU).
+///
+/// A wgpu tensor larger than this fails inside wgpu (a panic) at its first kernel: one
+/// embedding table of a 128k-token vocabulary in f32 is 2 GiB.
+pub fn largest_buffer<B: Backend>(device: &B::Device) -> Option<u64> {
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = any.downcast_ref::<burn_wgpu::WgpuDevice>() {
+        use burn_cubecl::cubecl::Runtime;
+        let client = burn_wgpu::WgpuRuntime::client(device);
+        return Some(client.properties().memory.max_page_size);
+    }
+    let _ = any;
+    None
+}
+
+/// A tensor larger than the largest buffer its device can bind ([`largest_buffer`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} takes {} in one buffer, more than the {} that {device} can bind to a kernel",
+    gib(*bytes),
+    gib(*limit)
+)]
+pub struct BufferTooLarge {
+    /// The tensor, e.g. `the embedding table (128256 x 4096 in 4-byte floats)`.
+    pub what: String,
+    /// Its bytes.
+    pub bytes: u64,
+    /// The device's largest buffer.
+    pub limit: u64,
+    /// The device, as its backend names it.
+    pub device: String,
+}
+
+/// Checks that a tensor of `bytes` fits in one buffer of `device` ([`largest_buffer`]).
+///
+/// # Errors
+/// [`BufferTooLarge`] when it does not.
+pub fn ensure_buffer_fits<B: Backend>(
+    device: &B::Device,
+    bytes: u64,
+    what: impl FnOnce() -> String,
+) -> Result<(), BufferTooLarge> {
+    match largest_buffer::<B>(device) {
+        Some(limit) if bytes > limit => Err(BufferTooLarge {
+            what: what(),
+            bytes,
+            limit,
+            device: format!("{device:?}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Bytes in GiB with two decimals, or in MiB under a GiB.
 fn gib(bytes: u64) -> String {
     if bytes < 1 << 30 {
@@ -228,6 +287,14 @@ mod tests {
     }
 
     /// The CPU reports the system's memory (Linux), and the check passes what fits in it.
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn cpu_has_no_buffer_limit() {
+        let device = Default::default();
+        assert_eq!(largest_buffer::<burn_ndarray::NdArray>(&device), None);
+        ensure_buffer_fits::<burn_ndarray::NdArray>(&device, u64::MAX, || unreachable!()).unwrap();
+    }
+
     #[cfg(all(feature = "ndarray", target_os = "linux"))]
     #[test]
     fn cpu_reports_system_memory() {

@@ -38,6 +38,28 @@ mod wgpu {
         implements_quantized_ops::<Autodiff<Bnb<Wgpu>>>();
     }
 
+    /// wgpu reports its binding limit (WebGPU guarantees at least 128 MiB), and a tensor
+    /// over it is a typed error naming it.
+    #[test]
+    fn wgpu_reports_its_largest_buffer() {
+        use burn_bnb_backend::memory::{ensure_buffer_fits, largest_buffer};
+        let device = WgpuDevice::default();
+        if !burn_bnb_backend::wgpu_available(&device) {
+            eprintln!("skipped: no wgpu adapter");
+            return;
+        }
+        let limit = largest_buffer::<Bnb<Wgpu>>(&device).expect("wgpu has a binding limit");
+        assert!(limit >= 128 << 20, "{limit}");
+        ensure_buffer_fits::<Bnb<Wgpu>>(&device, limit, || unreachable!()).unwrap();
+        let err =
+            ensure_buffer_fits::<Bnb<Wgpu>>(&device, limit + 1, || "the table".into()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("the table takes ")
+                && err.to_string().contains("can bind to a kernel"),
+            "{err}"
+        );
+    }
+
     /// Every operation through the CubeCL kernels (and their portable fallbacks) on the fused
     /// (`Fusion<CubeBackend>`, custom operations) and the plain backend, against the CPU
     /// reference: (de)quantization bit-exact, products within bitsandbytes' tolerances.

@@ -237,23 +237,9 @@ impl ModelConfig {
     /// before it reads a tensor. The projections' bytes are
     /// [`WeightFormat::projection_bytes`].
     pub fn weight_bytes(&self, format: &WeightFormat, float_bytes: usize) -> u64 {
-        // Stored as the decoder stacks them: q/k/v as one weight, gate/up as one.
-        let groups: [&[ProjectionKind]; 4] = [
-            &[
-                ProjectionKind::Query,
-                ProjectionKind::Key,
-                ProjectionKind::Value,
-            ],
-            &[ProjectionKind::Output],
-            &[ProjectionKind::Gate, ProjectionKind::Up],
-            &[ProjectionKind::Down],
-        ];
-        let layer: u64 = groups
-            .iter()
-            .map(|kinds| {
-                let specs = kinds.iter().map(|&kind| ProjectionSpec::new(self, 0, kind));
-                let out: usize = specs.clone().map(|spec| spec.out_features).sum();
-                let input = ProjectionSpec::new(self, 0, kinds[0]).in_features;
+        let layer: u64 = self
+            .stacked_projections()
+            .map(|(kinds, out, input)| {
                 let stacked_offsets = match format {
                     // A stacked double-quantized weight keeps one offset a nested group
                     // (`ProjectionGroup`), a single tensor one in all.
@@ -266,6 +252,95 @@ impl ModelConfig {
             })
             .sum();
         self.num_hidden_layers as u64 * layer + (self.dense_params() * float_bytes) as u64
+    }
+
+    /// The largest single device buffer of the model's weights with its projections in
+    /// `format` (floats of `float_bytes` bytes), and what it holds: the embedding table in
+    /// every Llama and Qwen configuration, else a stacked projection (q/k/v, gate/up) or, for a
+    /// quantized format, the float weight of one projection as it is uploaded before it is
+    /// quantized (absent when a checkpoint is already quantized; counted regardless).
+    ///
+    /// What [`load_model`](crate::load_model) checks against the largest buffer a device
+    /// can bind ([`largest_buffer`](burn_bnb_backend::memory::largest_buffer): wgpu's binding
+    /// limit).
+    pub fn largest_weight_buffer(
+        &self,
+        format: &WeightFormat,
+        float_bytes: usize,
+    ) -> (String, u64) {
+        let h = self.hidden_size;
+        let mut largest = (
+            format!(
+                "the embedding table ({} x {h} in {float_bytes}-byte floats)",
+                self.vocab_size
+            ),
+            (self.vocab_size * h * float_bytes) as u64,
+        );
+        for (kinds, out, input) in self.stacked_projections() {
+            let names = kinds
+                .iter()
+                .map(|k| short_name(*k))
+                .collect::<Vec<_>>()
+                .join("/");
+            let stacked = format.largest_buffer(out, input, float_bytes);
+            if stacked > largest.1 {
+                let stored = if format.is_quantized() {
+                    format.to_string()
+                } else {
+                    format!("{float_bytes}-byte floats")
+                };
+                largest = (
+                    format!("a layer's stacked {names} weight ({out} x {input} in {stored})"),
+                    stacked,
+                );
+            }
+            if format.is_quantized() {
+                for &kind in kinds {
+                    let spec = ProjectionSpec::new(self, 0, kind);
+                    let (out, input) = (spec.out_features, spec.in_features);
+                    let float = (out * input * float_bytes) as u64;
+                    if float > largest.1 {
+                        largest = (
+                            format!(
+                                "a layer's {} weight before quantization ({out} x {input} in \
+                                 {float_bytes}-byte floats)",
+                                short_name(kind)
+                            ),
+                            float,
+                        );
+                    }
+                }
+            }
+        }
+        largest
+    }
+
+    /// The projections as the decoder stacks them (q/k/v as one weight, gate/up as one):
+    /// each group's kinds, stacked output features and input features.
+    fn stacked_projections(
+        &self,
+    ) -> impl Iterator<Item = (&'static [ProjectionKind], usize, usize)> {
+        const GROUPS: [&[ProjectionKind]; 4] = [
+            &[
+                ProjectionKind::Query,
+                ProjectionKind::Key,
+                ProjectionKind::Value,
+            ],
+            &[ProjectionKind::Output],
+            &[ProjectionKind::Gate, ProjectionKind::Up],
+            &[ProjectionKind::Down],
+        ];
+        GROUPS.into_iter().map(|kinds| {
+            let out = kinds
+                .iter()
+                .map(|&kind| ProjectionSpec::new(self, 0, kind).out_features)
+                .sum();
+            (
+                kinds,
+                out,
+                ProjectionSpec::new(self, 0, kinds[0]).in_features,
+            )
+        })
     }
 
     /// Bytes of KV cache per token of one sequence at `bytes_per_value` (2 for bf16).
@@ -643,6 +718,12 @@ impl FieldReader<'_> {
             .map(|x| x.as_bool().ok_or_else(|| self.invalid("a boolean", x)))
             .transpose()
     }
+}
+
+/// `q_proj` for `self_attn.q_proj`.
+fn short_name(kind: ProjectionKind) -> &'static str {
+    let path = kind.module_path();
+    path.rsplit('.').next().unwrap_or(path)
 }
 
 #[cfg(test)]

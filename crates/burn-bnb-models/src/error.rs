@@ -100,6 +100,10 @@ pub enum LoadError {
     /// read; see [`LoadOptions::memory_limit`](crate::LoadOptions::memory_limit)).
     #[error(transparent)]
     OutOfMemory(#[from] burn_bnb_backend::memory::OutOfMemory),
+    /// A weight is larger than the largest buffer the device can bind (wgpu's binding limit;
+    /// checked before any tensor is read).
+    #[error(transparent)]
+    BufferTooLarge(#[from] burn_bnb_backend::memory::BufferTooLarge),
     /// A tensor the model needs is absent from the checkpoint.
     #[error("tensor `{name}` is missing from the checkpoint")]
     MissingTensor {

@@ -135,6 +135,22 @@ impl WeightFormat {
             Self::Int8 { .. } => out_features as u64 * (words(in_features) + 4),
         }
     }
+
+    /// Bytes of the largest single buffer of an `[out_features, in_features]` projection in
+    /// this format: its float weight, 4-bit codes or int8 rows (the scales are smaller).
+    pub fn largest_buffer(
+        &self,
+        out_features: usize,
+        in_features: usize,
+        float_bytes: usize,
+    ) -> u64 {
+        let elems = out_features * in_features;
+        match *self {
+            Self::Dense => (elems * float_bytes) as u64,
+            Self::FourBit(_) => 4 * elems.div_ceil(2).div_ceil(4) as u64,
+            Self::Int8 { .. } => out_features as u64 * 4 * in_features.div_ceil(4) as u64,
+        }
+    }
 }
 
 impl fmt::Display for WeightFormat {

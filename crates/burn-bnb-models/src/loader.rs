@@ -221,6 +221,8 @@ pub fn load_model<B: Backend>(
                 )
             },
         )?;
+        let (what, bytes) = config.largest_weight_buffer(&format, float_bytes);
+        burn_bnb_backend::memory::ensure_buffer_fits::<B>(device, bytes, || what)?;
     }
     let bar = if options.progress {
         let bar = ProgressBar::new(checkpoint_bytes(checkpoint));
