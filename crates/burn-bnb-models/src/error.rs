@@ -120,6 +120,26 @@ pub enum LoadError {
         /// The shape in the file.
         found: Vec<usize>,
     },
+    /// A dense float tensor holds a NaN or an infinity, or a value that overflows the float type
+    /// it is loaded in (e.g. past 65504 in f16): checked while it is converted, so a broken
+    /// checkpoint fails to load instead of producing NaN logits.
+    #[error(
+        "{}: tensor `{name}`: element {index:?} is {value}{}",
+        file.display(),
+        overflow.map_or(String::new(), |dtype| format!(", which overflows {dtype}"))
+    )]
+    NonFinite {
+        /// The file.
+        file: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// Index of the first offending element in the stored tensor's shape.
+        index: Vec<usize>,
+        /// Its stored value.
+        value: f32,
+        /// The float type it overflows, when the stored value itself is finite.
+        overflow: Option<&'static str>,
+    },
     /// A tensor has a dtype that cannot be used where it is.
     #[error("tensor `{name}` has dtype {found}, expected {expected}")]
     DtypeMismatch {

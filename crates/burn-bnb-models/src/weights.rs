@@ -152,10 +152,14 @@ impl TensorRefExt for TensorRef<'_> {
     fn to_f32_vec(&self) -> Result<Vec<f32>, LoadError> {
         let read = float_reader(self)?;
         let data = self.data;
-        Ok((0..self.numel())
+        let values: Vec<f32> = (0..self.numel())
             .into_par_iter()
             .map(|i| read(data, i))
-            .collect())
+            .collect();
+        match values.par_iter().position_first(|v| !v.is_finite()) {
+            Some(i) => Err(non_finite(self, read, i, None)),
+            None => Ok(values),
+        }
     }
 
     fn to_float_data(&self, dtype: DType, transpose: bool) -> Result<TensorData, LoadError> {
@@ -173,9 +177,14 @@ impl TensorRefExt for TensorRef<'_> {
             self.shape.to_vec()
         };
         let data = match dtype {
-            DType::F32 => TensorData::new(gather(self, read, transpose, |x| x), shape),
-            DType::BF16 => TensorData::new(gather(self, read, transpose, bf16::from_f32), shape),
-            DType::F16 => TensorData::new(gather(self, read, transpose, f16::from_f32), shape),
+            DType::F32 => TensorData::new(gather(self, read, transpose, |x| x, "f32")?, shape),
+            DType::BF16 => TensorData::new(
+                gather(self, read, transpose, bf16::from_f32, "bf16")?,
+                shape,
+            ),
+            DType::F16 => {
+                TensorData::new(gather(self, read, transpose, f16::from_f32, "f16")?, shape)
+            }
             other => {
                 return Err(LoadError::UnsupportedFormat {
                     format: format!("{other:?}"),
@@ -187,36 +196,75 @@ impl TensorRefExt for TensorRef<'_> {
     }
 }
 
-fn gather<T: Copy + Default + Send + Sync>(
+/// Element `i` of `t` (row-major) is not finite in the float type it is loaded in.
+fn non_finite(
+    t: &TensorRef<'_>,
+    read: ReadF32,
+    i: usize,
+    dtype: Option<&'static str>,
+) -> LoadError {
+    let value = read(t.data, i);
+    let mut index = vec![0; t.shape.len()];
+    let mut rest = i;
+    for (d, &size) in t.shape.iter().enumerate().rev() {
+        index[d] = rest % size.max(1);
+        rest /= size.max(1);
+    }
+    LoadError::NonFinite {
+        file: t.file.to_path_buf(),
+        name: t.name.to_string(),
+        index,
+        value,
+        overflow: dtype.filter(|_| value.is_finite()),
+    }
+}
+
+/// The elements of `t` converted, transposed when asked; the first element (row-major in `t`)
+/// that is not finite once converted to `dtype` is an error.
+fn gather<T: Copy + Default + Send + Sync + Into<f32>>(
     t: &TensorRef<'_>,
     read: ReadF32,
     transpose: bool,
     convert: fn(f32) -> T,
-) -> Vec<T> {
+    dtype: &'static str,
+) -> Result<Vec<T>, LoadError> {
     let data = t.data;
     let n = t.numel();
     let mut out = vec![T::default(); n];
+    // Found while converting, at no cost on finite weights; the first one is looked up after.
+    let bad = std::sync::atomic::AtomicBool::new(false);
+    let put = |o: &mut T, i: usize| {
+        *o = convert(read(data, i));
+        if !(*o).into().is_finite() {
+            bad.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     if !transpose || n == 0 {
-        out.par_iter_mut()
+        out.par_iter_mut().enumerate().for_each(|(i, o)| put(o, i));
+    } else {
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        // Blocks of output rows: each block reads a contiguous strip of every input row.
+        const BLOCK: usize = 32;
+        out.par_chunks_mut(BLOCK * rows)
             .enumerate()
-            .for_each(|(i, o)| *o = convert(read(data, i)));
-        return out;
-    }
-    let (rows, cols) = (t.shape[0], t.shape[1]);
-    // Blocks of output rows: each block reads a contiguous strip of every input row.
-    const BLOCK: usize = 32;
-    out.par_chunks_mut(BLOCK * rows)
-        .enumerate()
-        .for_each(|(block, chunk)| {
-            let c0 = block * BLOCK;
-            let width = chunk.len() / rows;
-            for r in 0..rows {
-                for dc in 0..width {
-                    chunk[dc * rows + r] = convert(read(data, r * cols + c0 + dc));
+            .for_each(|(block, chunk)| {
+                let c0 = block * BLOCK;
+                let width = chunk.len() / rows;
+                for r in 0..rows {
+                    for dc in 0..width {
+                        put(&mut chunk[dc * rows + r], r * cols + c0 + dc);
+                    }
                 }
-            }
-        });
-    out
+            });
+    }
+    if bad.into_inner() {
+        let first = (0..n)
+            .into_par_iter()
+            .position_first(|i| !convert(read(data, i)).into().is_finite())
+            .expect("a non-finite element was seen");
+        return Err(non_finite(t, read, first, Some(dtype)));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -247,6 +295,50 @@ mod tests {
         assert_eq!(out, vec![-1.0, 0.5, -0.5, 1.0, 0.0, 1.5]);
         let flat = t.to_float_data(DType::F32, false).unwrap();
         assert_eq!(flat.to_vec::<f32>().unwrap(), values);
+    }
+
+    /// The first non-finite element in row-major order of the stored tensor, whichever layout
+    /// it is converted to; a finite value past f16's range is an overflow.
+    #[test]
+    fn non_finite_values_are_found_in_the_stored_layout() {
+        let mut values = [1.0f32; 6];
+        values[4] = f32::INFINITY;
+        values[5] = f32::NAN;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t = raw(Dtype::F32, &[2, 3], &bytes);
+        for transpose in [false, true] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                let err = t.to_float_data(dtype, transpose).unwrap_err();
+                let LoadError::NonFinite {
+                    index,
+                    value,
+                    overflow,
+                    ..
+                } = &err
+                else {
+                    panic!("{err}");
+                };
+                assert_eq!(
+                    (index.as_slice(), *value, *overflow),
+                    (&[1, 1][..], f32::INFINITY, None)
+                );
+            }
+        }
+        assert!(
+            matches!(t.to_f32_vec(), Err(LoadError::NonFinite { ref index, .. }) if index == &[1, 1])
+        );
+
+        let big: Vec<u8> = [1.0f32, 70000.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let t = raw(Dtype::F32, &[2], &big);
+        t.to_float_data(DType::BF16, false).unwrap();
+        let err = t.to_float_data(DType::F16, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "model.safetensors: tensor `t`: element [1] is 70000, which overflows f16"
+        );
     }
 
     #[test]

@@ -188,6 +188,50 @@ fn shape_mismatch_is_named() {
     assert!(err.to_string().contains("gate_proj"), "{err}");
 }
 
+/// A NaN or an infinity in a dense weight fails the load naming the file, the tensor and the
+/// element (in the stored layout, although projections are transposed on load).
+#[test]
+fn non_finite_weights_are_named() {
+    for (tensor, element, bits, shown) in [
+        (
+            "model.layers.1.mlp.down_proj.weight",
+            [3usize, 5usize],
+            0x7fc0u16,
+            "NaN",
+        ),
+        ("model.embed_tokens.weight", [7, 0], 0xff80, "-inf"),
+    ] {
+        let dir = copy_model(FAM);
+        let path = dir.path().join("model.safetensors");
+        let mut tensors = read_tensors(&path);
+        let t = tensors.iter_mut().find(|t| t.name == tensor).unwrap();
+        assert_eq!(t.dtype, Dtype::BF16);
+        let at = 2 * (element[0] * t.shape[1] + element[1]);
+        t.data[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+        write_tensors(&path, &tensors);
+        let err = load_dir(dir.path()).unwrap_err();
+        match &err {
+            LoadError::NonFinite {
+                name,
+                index,
+                overflow,
+                ..
+            } => {
+                assert_eq!((name.as_str(), index.as_slice()), (tensor, &element[..]));
+                assert_eq!(*overflow, None);
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: tensor `{tensor}`: element {element:?} is {shown}",
+                path.display()
+            )
+        );
+    }
+}
+
 #[test]
 fn dtype_mismatch_is_named() {
     let dir = copy_model(FAM);
