@@ -65,6 +65,8 @@ impl Quant {
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Device {
+    /// CUDA when this binary has it and an NVIDIA driver is installed, else the CPU.
+    Auto,
     /// NVIDIA GPU through Burn's CUDA backend (bf16 activations).
     Cuda,
     /// GPU through Burn's wgpu backend (f32 activations).
@@ -74,12 +76,25 @@ pub enum Device {
 }
 
 impl Device {
-    /// CUDA when this binary has it, else the CPU.
-    pub const DEFAULT: Device = if cfg!(feature = "cuda") {
+    /// The device `Auto` stands for here (any other is itself); a note on stderr, unless
+    /// `quiet`, when a CUDA build falls back to the CPU.
+    pub fn resolve(self, quiet: bool) -> Device {
+        if self != Device::Auto {
+            return self;
+        }
+        if !cfg!(feature = "cuda") {
+            return Device::Cpu;
+        }
+        // What the driver installs on Linux; elsewhere CUDA is tried and a missing driver is
+        // reported as such.
+        if cfg!(target_os = "linux") && !std::path::Path::new("/proc/driver/nvidia").exists() {
+            if !quiet {
+                eprintln!("no NVIDIA driver found: running on the CPU (--device cpu)");
+            }
+            return Device::Cpu;
+        }
         Device::Cuda
-    } else {
-        Device::Cpu
-    };
+    }
 }
 
 /// Options shared by the commands that load weights.
@@ -92,10 +107,10 @@ pub struct ModelArgs {
     /// checkpoint is quantized on load; a pre-quantized one loads only in its own format.
     #[arg(long, value_enum)]
     pub quant: Option<Quant>,
-    /// Backend [default: cuda when built with it, else cpu].
-    #[arg(long, value_enum, default_value_t = Device::DEFAULT, hide_default_value = true)]
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// No progress bar while loading.
+    /// No progress bar while loading, and no note when `--device auto` picks the CPU.
     #[arg(long)]
     pub quiet: bool,
     /// Most device memory the weights may take, in GiB (e.g. a share of a GPU other

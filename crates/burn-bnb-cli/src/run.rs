@@ -18,6 +18,7 @@ use crate::error::CliError;
 macro_rules! on_device {
     ($which:expr, |$B:ident, $device:ident| $body:expr) => {
         match $which {
+            Device::Auto => unreachable!("the commands resolve Device::Auto first"),
             Device::Cpu => {
                 type $B = burn_bnb_models::Bnb<burn::backend::NdArray<f32>>;
                 let $device = burn::backend::ndarray::NdArrayDevice::Cpu;
@@ -103,14 +104,16 @@ fn load<B: QuantizedOps>(args: &ModelArgs, device: &B::Device) -> Result<Pretrai
 }
 
 /// `burn-bnb generate`.
-pub fn generate(args: GenerateArgs) -> Result<(), CliError> {
+pub fn generate(mut args: GenerateArgs) -> Result<(), CliError> {
+    args.model.device = args.model.device.resolve(args.model.quiet);
     on_device!(args.model.device, |B, device| generate_on::<B>(
         &args, &device
     ))
 }
 
 /// `burn-bnb perplexity`.
-pub fn perplexity(args: PerplexityArgs) -> Result<(), CliError> {
+pub fn perplexity(mut args: PerplexityArgs) -> Result<(), CliError> {
+    args.model.device = args.model.device.resolve(args.model.quiet);
     on_device!(args.model.device, |B, device| perplexity_on::<B>(
         &args, &device
     ))

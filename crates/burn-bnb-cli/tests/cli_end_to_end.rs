@@ -441,3 +441,31 @@ fn bad_inputs_give_clear_errors() {
         assert!(e.contains("without the `wgpu` feature"), "{e}");
     }
 }
+
+/// Without `--device`, a machine with no NVIDIA driver runs on the CPU and says so (unless
+/// `--quiet`); the JSON names the device that ran.
+#[test]
+fn auto_device_falls_back_to_the_cpu() {
+    if std::path::Path::new("/proc/driver/nvidia").exists() {
+        eprintln!("skipped: an NVIDIA driver is installed, so auto picks CUDA here");
+        return;
+    }
+    let args = [
+        "perplexity",
+        "--model",
+        &model("llama"),
+        "--prompt",
+        "def forward(self, x):",
+    ];
+    let out = burn_bnb(&[&args[..], &["--json"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no NVIDIA driver found: running on the CPU"),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["device"], "cpu");
+    let quiet = burn_bnb(&[&args[..], &["--json", "--quiet"]].concat());
+    assert!(quiet.status.success() && quiet.stderr.is_empty());
+}
