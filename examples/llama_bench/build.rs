@@ -4,11 +4,10 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use burn_bnb::backend::memory::{ensure_buffer_fits, ensure_fits};
 use burn_bnb::formats::QuantType;
 use burn_bnb::models::{
     BnbLoader, CausalLm, Checkpoint, LoadError, LoadOptions, ModelConfig, Projection,
-    ProjectionSpec, WeightFormat,
+    ProjectionSpec, WeightFormat, check_device_fits,
 };
 use burn_bnb::{Linear4bitConfig, Linear8bitLtConfig, QuantizedOps};
 use clap::ValueEnum;
@@ -125,22 +124,10 @@ pub fn build_model<B: QuantizedOps>(
 ) -> Result<Built<B>, Error> {
     let Weights::Checkpoint(checkpoint) = weights else {
         // The check `load_model` makes for checkpoints.
-        let float_bytes = <B::FloatElem as burn::tensor::Element>::dtype().size();
-        let needed = config.weight_bytes(&format.weight_format(), float_bytes);
-        if let Err(e) = ensure_fits::<B>(device, needed, memory_limit, || {
-            format!("the weights in {}", format.weight_format())
-        }) {
-            return Ok(Built::Skipped {
-                reason: e.to_string(),
-            });
-        }
-        let (what, bytes) = config.largest_weight_buffer(&format.weight_format(), float_bytes);
-        if let Err(e) = ensure_buffer_fits::<B>(device, bytes, || what) {
-            return Ok(Built::Skipped {
-                reason: e.to_string(),
-            });
-        }
-        return random_model(config, format, outlier_dims, device).map(Built::Model);
+        return match check_device_fits::<B>(config, &format.weight_format(), memory_limit, device) {
+            Ok(()) => random_model(config, format, outlier_dims, device).map(Built::Model),
+            Err(e) => skipped_or_error(e),
+        };
     };
     let loader = BnbLoader::with_format(format.weight_format());
     let options = LoadOptions {
@@ -155,10 +142,17 @@ pub fn build_model<B: QuantizedOps>(
                  requantized)"
             ),
         }),
-        Err(e @ (LoadError::OutOfMemory(_) | LoadError::BufferTooLarge(_))) => Ok(Built::Skipped {
+        Err(e) => skipped_or_error(e),
+    }
+}
+
+/// A format the device cannot hold is skipped with the reason; other errors stop the run.
+fn skipped_or_error<B: Backend>(e: LoadError) -> Result<Built<B>, Error> {
+    match e {
+        LoadError::OutOfMemory(_) | LoadError::BufferTooLarge(_) => Ok(Built::Skipped {
             reason: e.to_string(),
         }),
-        Err(e) => Err(e.into()),
+        e => Err(e.into()),
     }
 }
 

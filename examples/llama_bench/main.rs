@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn_bnb::Bnb;
-use burn_bnb::backend::memory::ensure_fits;
 use burn_bnb::models::KvCache;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -177,7 +176,7 @@ fn run(mut args: Args) -> Result<(), Error> {
         return render(&args);
     }
     let device = match args.device {
-        DeviceArg::Auto if nvidia_driver_present() => DeviceArg::Cuda,
+        DeviceArg::Auto if burn_bnb::backend::nvidia_driver_present() => DeviceArg::Cuda,
         DeviceArg::Auto => {
             eprintln!(
                 "llama_bench: no NVIDIA driver found: running a small model on the CPU (--device cpu)"
@@ -333,16 +332,12 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
         Some(dir) => Some(profile::HostProfile::new(dir)?),
         None => None,
     };
-    let float_bytes = <B::FloatElem as burn::tensor::Element>::dtype().size();
     for &batch in &args.batches {
         // The check `Session::prefill` makes, ahead of it: a batch whose cache cannot fit is
         // skipped with a note rather than ending the run.
         let context = model.config().max_position_embeddings;
         let max_len = plan.input_len + plan.new_tokens.min(context.saturating_sub(plan.input_len));
-        let cache = KvCache::<B>::device_bytes(model.config(), batch, max_len, float_bytes);
-        if let Err(e) = ensure_fits::<B>(device, cache, None, || {
-            format!("the KV cache of batch {batch}")
-        }) {
+        if let Err(e) = KvCache::<B>::check_fits(model.config(), batch, max_len, device) {
             progress.inc((plan.warmup + plan.runs) as u64);
             progress.suspend(|| {
                 eprintln!("{model_name} {}: skipping batch {batch}: {e}", format.key())
@@ -440,10 +435,6 @@ pub(crate) fn progress_bar(total: u64) -> ProgressBar {
         .expect("valid template"),
     );
     bar
-}
-
-fn nvidia_driver_present() -> bool {
-    std::path::Path::new("/proc/driver/nvidia/version").exists()
 }
 
 fn git_commit() -> String {

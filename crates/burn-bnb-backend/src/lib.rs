@@ -61,6 +61,13 @@ pub type BnbCuda<F = f32> =
 pub use error::{BnbError, Result};
 pub use layout::{ByteLayout, byte_dtype, signed_byte_dtype};
 
+/// Whether an NVIDIA driver is installed (`/proc/driver/nvidia/version`, Linux): how
+/// `llama_bench` and the `burn-bnb` CLI pick CUDA or the CPU for `--device auto` without
+/// starting CUDA, whose runtime panics where no driver is found. `false` off Linux.
+pub fn nvidia_driver_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+}
+
 /// Whether a wgpu adapter can run a kernel on `device`: `false` where wgpu finds no adapter
 /// (a machine without Vulkan/Metal/DX12, e.g. a CI runner without Mesa's lavapipe), whose
 /// first operation panics inside Burn. For choosing a backend, and for tests that skip

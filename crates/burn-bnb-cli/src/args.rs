@@ -65,7 +65,7 @@ impl Quant {
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Device {
-    /// CUDA when this binary has it and an NVIDIA driver is installed, else the CPU.
+    /// CUDA when this binary has it and an NVIDIA driver is installed (Linux), else the CPU.
     Auto,
     /// NVIDIA GPU through Burn's CUDA backend (bf16 activations).
     Cuda,
@@ -85,9 +85,7 @@ impl Device {
         if !cfg!(feature = "cuda") {
             return Device::Cpu;
         }
-        // What the driver installs on Linux; elsewhere CUDA is tried and a missing driver is
-        // reported as such.
-        if cfg!(target_os = "linux") && !std::path::Path::new("/proc/driver/nvidia").exists() {
+        if !burn_bnb_backend::nvidia_driver_present() {
             if !quiet {
                 eprintln!("no NVIDIA driver found: running on the CPU (--device cpu)");
             }

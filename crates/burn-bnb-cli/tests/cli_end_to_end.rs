@@ -446,7 +446,7 @@ fn bad_inputs_give_clear_errors() {
 /// `--quiet`); the JSON names the device that ran.
 #[test]
 fn auto_device_falls_back_to_the_cpu() {
-    if std::path::Path::new("/proc/driver/nvidia").exists() {
+    if std::path::Path::new("/proc/driver/nvidia/version").exists() {
         eprintln!("skipped: an NVIDIA driver is installed, so auto picks CUDA here");
         return;
     }

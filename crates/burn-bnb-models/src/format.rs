@@ -119,20 +119,19 @@ impl WeightFormat {
         in_features: usize,
         float_bytes: usize,
     ) -> u64 {
-        let words = |bytes: usize| 4 * bytes.div_ceil(4) as u64;
-        let elems = out_features * in_features;
+        let data = self.largest_buffer(out_features, in_features, float_bytes);
         match *self {
-            Self::Dense => (elems * float_bytes) as u64,
+            Self::Dense => data,
             Self::FourBit(c) => {
-                let blocks = elems.div_ceil(c.blocksize);
+                let blocks = (out_features * in_features).div_ceil(c.blocksize);
                 let scales = if c.double_quant {
                     words(blocks) + 4 * (blocks.div_ceil(256) as u64 + 256 + 1)
                 } else {
                     4 * blocks as u64
                 };
-                words(elems.div_ceil(2)) + scales + 4 * 16
+                data + scales + 4 * 16
             }
-            Self::Int8 { .. } => out_features as u64 * (words(in_features) + 4),
+            Self::Int8 { .. } => data + 4 * out_features as u64,
         }
     }
 
@@ -147,8 +146,8 @@ impl WeightFormat {
         let elems = out_features * in_features;
         match *self {
             Self::Dense => (elems * float_bytes) as u64,
-            Self::FourBit(_) => 4 * elems.div_ceil(2).div_ceil(4) as u64,
-            Self::Int8 { .. } => out_features as u64 * 4 * in_features.div_ceil(4) as u64,
+            Self::FourBit(_) => words(elems.div_ceil(2)),
+            Self::Int8 { .. } => out_features as u64 * words(in_features),
         }
     }
 }
@@ -190,6 +189,11 @@ impl FromStr for WeightFormat {
             .find(|f| f.to_string().eq_ignore_ascii_case(s))
             .ok_or_else(|| UnknownFormat(s.to_string()))
     }
+}
+
+/// Bytes of `bytes` rounded up to whole 32-bit words, as the kernels store codes.
+fn words(bytes: usize) -> u64 {
+    4 * bytes.div_ceil(4) as u64
 }
 
 #[cfg(test)]

@@ -52,7 +52,8 @@ pub use generate::{
 };
 pub use hub::{hub_cache, hub_offline, resolve_model};
 pub use loader::{
-    DenseLoader, LoadOptions, ProjectionLoader, ProjectionSpec, dense_tensor, load_bias, load_model,
+    DenseLoader, LoadOptions, ProjectionLoader, ProjectionSpec, check_device_fits, dense_tensor,
+    load_bias, load_model,
 };
 pub use model::{CausalLm, ForwardInput};
 pub use nn::{KvCache, Projection, ProjectionGroup, ProjectionKind, StackedProjection};

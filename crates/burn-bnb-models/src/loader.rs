@@ -193,6 +193,37 @@ pub(crate) fn is_float(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16)
 }
 
+/// Checks that the weights of `config` with projections in `format` fit on `device` before any
+/// is allocated: their bytes ([`ModelConfig::weight_bytes`]) in the memory it has left, or in
+/// `memory_limit` bytes, and their largest tensor ([`ModelConfig::largest_weight_buffer`]) in
+/// the largest buffer it can bind. [`load_model`] calls it; call it before building a model
+/// some other way (random weights, a benchmark).
+///
+/// # Errors
+/// [`LoadError::OutOfMemory`] or [`LoadError::BufferTooLarge`].
+pub fn check_device_fits<B: Backend>(
+    config: &ModelConfig,
+    format: &WeightFormat,
+    memory_limit: Option<u64>,
+    device: &B::Device,
+) -> Result<(), LoadError> {
+    let float_bytes = <B::FloatElem as Element>::dtype().size();
+    burn_bnb_backend::memory::ensure_fits::<B>(
+        device,
+        config.weight_bytes(format, float_bytes),
+        memory_limit,
+        || {
+            format!(
+                "the weights in {format} ({} layers)",
+                config.num_hidden_layers
+            )
+        },
+    )?;
+    let (what, bytes) = config.largest_weight_buffer(format, float_bytes);
+    burn_bnb_backend::memory::ensure_buffer_fits::<B>(device, bytes, || what)?;
+    Ok(())
+}
+
 /// Builds the model of `config` from `checkpoint`, tensor by tensor (each is converted and
 /// uploaded before the next is read), with `projections` deciding each q/k/v/o/gate/up/down.
 ///
@@ -209,20 +240,7 @@ pub fn load_model<B: Backend>(
     config.validate()?;
     checkpoint.layout()?;
     if let Some(format) = projections.format(config) {
-        let float_bytes = <B::FloatElem as Element>::dtype().size();
-        burn_bnb_backend::memory::ensure_fits::<B>(
-            device,
-            config.weight_bytes(&format, float_bytes),
-            options.memory_limit,
-            || {
-                format!(
-                    "the weights in {format} ({} layers)",
-                    config.num_hidden_layers
-                )
-            },
-        )?;
-        let (what, bytes) = config.largest_weight_buffer(&format, float_bytes);
-        burn_bnb_backend::memory::ensure_buffer_fits::<B>(device, bytes, || what)?;
+        check_device_fits::<B>(config, &format, options.memory_limit, device)?;
     }
     let bar = if options.progress {
         let bar = ProgressBar::new(checkpoint_bytes(checkpoint));

@@ -150,16 +150,7 @@ impl TensorRefExt for TensorRef<'_> {
     }
 
     fn to_f32_vec(&self) -> Result<Vec<f32>, LoadError> {
-        let read = float_reader(self)?;
-        let data = self.data;
-        let values: Vec<f32> = (0..self.numel())
-            .into_par_iter()
-            .map(|i| read(data, i))
-            .collect();
-        match values.par_iter().position_first(|v| !v.is_finite()) {
-            Some(i) => Err(non_finite(self, read, i, None)),
-            None => Ok(values),
-        }
+        gather(self, float_reader(self)?, false, |x| x, "f32")
     }
 
     fn to_float_data(&self, dtype: DType, transpose: bool) -> Result<TensorData, LoadError> {

@@ -165,12 +165,25 @@ impl<B: Backend> KvCache<B> {
         max_len: usize,
         device: &B::Device,
     ) -> Result<Self, OutOfMemory> {
+        Self::check_fits(config, batch, max_len, device)?;
+        Ok(Self::new(config, batch, max_len, device))
+    }
+
+    /// The check of [`try_new`](Self::try_new) without the allocation.
+    ///
+    /// # Errors
+    /// [`OutOfMemory`] when the cache would not fit.
+    pub fn check_fits(
+        config: &ModelConfig,
+        batch: usize,
+        max_len: usize,
+        device: &B::Device,
+    ) -> Result<(), OutOfMemory> {
         let float_bytes = <B::FloatElem as Element>::dtype().size();
         let needed = Self::device_bytes(config, batch, max_len, float_bytes);
         ensure_fits::<B>(device, needed, None, || {
             format!("a KV cache of {batch} sequences x {max_len} tokens")
-        })?;
-        Ok(Self::new(config, batch, max_len, device))
+        })
     }
 
     /// Device bytes of the keys and values of a cache for `batch` sequences of `max_len`
