@@ -14,7 +14,7 @@ for call in sys.argv[1:]:
       m=re.match(r"\s+batch (\d+) run \d+: prefill \S+ s, decode (\S+) s \((\d+) steps, (\S+) s queuing",line)
       if m:
         b=int(m.group(1)); d[(fmt,b,v)].append(float(m.group(2))/int(m.group(3))*1e3); q[(fmt,b,v)].append(float(m.group(4))/int(m.group(3))*1e3)
-for fmt in ["bf16","nf4","nf4-dq"]:
+for fmt in ["bf16","nf4","nf4-dq","int8","int8-decomp"]:
   for b in [b for b in [1,8,32] if d[(fmt,b,"base")] and d[(fmt,b,"new")]]:
     r=[]
     for v in ["base","new"]:

@@ -93,7 +93,7 @@ struct RowQuantConfig {
     /// Leave the outlier columns out of the codes (threshold > 0).
     decompose: bool,
     /// Every cube builds the whole outlier mask itself (a few rows); otherwise a launch before
-    /// built it. Either way cube 0 compacts it.
+    /// built it. Either way the cube after the rows' compacts it.
     build_mask: bool,
     /// Every cube builds the mask by OR-ing the rows' outlier bits a launch before wrote.
     or_row_masks: bool,
@@ -275,9 +275,11 @@ const MASK_PARTS: u32 = 8;
 
 /// One cube per row: the absmax over the non-outliers, then the codes, 4 per word.
 ///
-/// With `decompose`, the outlier columns are left out and cube 0 compacts the mask into `cols`
-/// and `count`. With `build_mask` (a decode batch: LLM.int8()'s activation side in one launch
-/// instead of three) every cube first builds the whole mask itself and writes it to `mask`:
+/// With `decompose`, the outlier columns are left out and one more cube (number `M`) compacts
+/// the mask into `cols` and `count`: on a row's cube the compaction's scan made that cube the
+/// launch's last to finish. With `build_mask` (a decode batch: LLM.int8()'s activation side in
+/// one launch instead of three) every cube first builds the whole mask itself and writes it to
+/// `mask`:
 /// every cube writes the same words, and a cube's own writes before a barrier are visible to it
 /// after. Each cube then reads all `M` rows, so that serves a few rows only
 /// ([`FUSED_MASK_MAX_ROWS`]). With `or_row_masks` every cube ORs the rows' outlier bits from
@@ -302,7 +304,7 @@ fn quantize_rows_kernel<F: Float>(
     #[comptime] cfg: RowQuantConfig,
 ) {
     let row = CUBE_POS as u32;
-    if row >= m_total {
+    if row > m_total || (row == m_total && !cfg.decompose) {
         terminate!();
     }
     if cfg.build_mask {
@@ -338,8 +340,9 @@ fn quantize_rows_kernel<F: Float>(
         }
         sync_cube();
     }
-    if cfg.decompose && row == 0 {
+    if cfg.decompose && row == m_total {
         compact_columns(mask, cols, count, num_words, words_per_unit, cfg.cube_size);
+        terminate!();
     }
     quantize_row::<F>(
         x,
@@ -1297,13 +1300,14 @@ fn quantize_rows<R: CubeRuntime>(
         };
         let words_per_unit = num_words.div_ceil(cfg.cube_size as usize);
         with_float!(x.dtype, "x", F => {
-            // SAFETY: one cube per row (`grid` may add cubes past `M`, which stop); word indices
-            // are below `K / 4` within a row; with a threshold only: mask words below
-            // `ceil(K / 32)` (row masks: `M` times that), and cube 0 writes at most `K` columns.
+            // SAFETY: one cube per row and, with a threshold, one compacting (`grid` may add
+            // cubes past those, which stop); word indices are below `K / 4` within a row; with a
+            // threshold only: mask words below `ceil(K / 32)` (row masks: `M` times that), and
+            // the compacting cube writes at most `K` columns.
             unsafe {
                 quantize_rows_kernel::launch_unchecked::<F, R>(
                     client,
-                    grid(client, m),
+                    grid(client, m + usize::from(decompose)),
                     CubeDim::new_1d(cfg.cube_size),
                     float_arg(x, 4),
                     words_arg_any(row_masks.unwrap_or(absmax)),
@@ -1377,8 +1381,8 @@ fn words_arg_any<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
 /// the whole mask (`M` rows read by `M` cubes, so this pays only for a few rows: building it in
 /// every cube measured slower at 32 rows, Llama-3.1-8B INT8+Decomp batch 32 0.0094 -> 0.0118
 /// s/step on an H200, as did one cube for all rows from 8 rows on); more rows take
-/// two launches, a mask launch spread over the whole device and the rows (whose cube 0 compacts
-/// the mask). [`FUSED_MASK_MAX_ROWS_ENV`] overrides it.
+/// two launches, a mask launch spread over the whole device and the rows (and one cube that
+/// compacts the mask). [`FUSED_MASK_MAX_ROWS_ENV`] overrides it.
 pub const FUSED_MASK_MAX_ROWS: usize = 8;
 
 /// Environment variable that overrides [`FUSED_MASK_MAX_ROWS`] (read once), for measuring.

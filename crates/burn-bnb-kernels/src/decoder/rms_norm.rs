@@ -187,8 +187,8 @@ const ONE_LAUNCH_ROWS: u32 = crate::int8::FUSED_MASK_MAX_ROWS as u32;
 /// launch, for a few rows (at most [`ONE_LAUNCH_ROWS`]): each row's cube computes every row's
 /// inverse RMS and then the whole outlier mask from every row's normalized values (recomputed:
 /// the same operations, so the same bits), writes the mask (every cube the same words; a
-/// cube's own writes before a barrier are visible to it after), and cube 0 compacts it into
-/// `cols` and `count`. Then as [`rms_norm_int8_kernel()`] for its own row, also writing the
+/// cube's own writes before a barrier are visible to it after), and one more cube (number
+/// `rows`, which quantizes no row) compacts it into `cols` and `count`. Then as [`rms_norm_int8_kernel()`] for its own row, also writing the
 /// normalized row to `normed` (the outlier product reads it), its absmax taken over the values
 /// under `threshold_h` and its codes zero in the outlier columns, as `quantize_rows_kernel`.
 #[cube(launch_unchecked)]
@@ -218,7 +218,7 @@ fn rms_norm_int8_outliers_kernel<F: Float>(
     #[comptime] round: bool,
 ) {
     let row = CUBE_POS as u32;
-    if row >= rows {
+    if row > rows {
         terminate!();
     }
     let mut inv_rows = SharedMemory::<f32>::new(comptime!(ONE_LAUNCH_ROWS as usize));
@@ -269,8 +269,9 @@ fn rms_norm_int8_outliers_kernel<F: Float>(
         w += cube_size;
     }
     sync_cube();
-    if row == 0 {
+    if row == rows {
         compact_columns(mask, cols, count, num_words, words_per_unit, cube_size);
+        terminate!();
     }
     let base = row * lines_per_row;
     let mut local_max = 0.0f32;
@@ -982,11 +983,12 @@ fn launch_int8_outliers<R: CubeRuntime, F: Float + CubeElement>(
     // SAFETY: every index is below `rows * lines_per_row` (x, residual, sum, normed),
     // `lines_per_row` (weight), `ceil(hidden / 32)` (mask), `hidden` (cols), `rows * hidden / 4`
     // (codes; `line` is a multiple of 4 since `hidden` is) or `rows` (absmax, at most
-    // `ONE_LAUNCH_ROWS`, the shared inverse RMS slots).
+    // `ONE_LAUNCH_ROWS`, the shared inverse RMS slots); cube `rows` (the compaction) stores
+    // no row.
     unsafe {
         rms_norm_int8_outliers_kernel::launch_unchecked::<F, R>(
             client,
-            grid(client, rows),
+            grid(client, rows + 1),
             CubeDim::new_1d(g.cube_size as u32),
             float_arg(x, g.line),
             res_arg,
