@@ -93,7 +93,7 @@ struct RowQuantConfig {
     /// Leave the outlier columns out of the codes (threshold > 0).
     decompose: bool,
     /// Every cube builds the whole outlier mask itself (a few rows); otherwise a launch before
-    /// built it. Either way the cube after the rows' compacts it.
+    /// built it. Either way one cube more than the rows compacts it.
     build_mask: bool,
     /// Every cube builds the mask by OR-ing the rows' outlier bits a launch before wrote.
     or_row_masks: bool,
@@ -279,9 +279,8 @@ const MASK_PARTS: u32 = 8;
 /// the mask into `cols` and `count`: on a row's cube the compaction's scan made that cube the
 /// launch's last to finish. With `build_mask` (a decode batch: LLM.int8()'s activation side in
 /// one launch instead of three) every cube first builds the whole mask itself and writes it to
-/// `mask`:
-/// every cube writes the same words, and a cube's own writes before a barrier are visible to it
-/// after. Each cube then reads all `M` rows, so that serves a few rows only
+/// `mask`: every cube writes the same words, and a cube's own writes before a barrier are
+/// visible to it after. Each cube then reads all `M` rows, so that serves a few rows only
 /// ([`FUSED_MASK_MAX_ROWS`]). With `or_row_masks` every cube ORs the rows' outlier bits from
 /// `row_masks` (`M x ceil(K / 32)` words, which the norm before wrote) into `mask` the same way.
 /// Otherwise [`outlier_mask_kernel()`] ran before.

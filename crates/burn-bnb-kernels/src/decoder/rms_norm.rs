@@ -188,9 +188,10 @@ const ONE_LAUNCH_ROWS: u32 = crate::int8::FUSED_MASK_MAX_ROWS as u32;
 /// inverse RMS and then the whole outlier mask from every row's normalized values (recomputed:
 /// the same operations, so the same bits), writes the mask (every cube the same words; a
 /// cube's own writes before a barrier are visible to it after), and one more cube (number
-/// `rows`, which quantizes no row) compacts it into `cols` and `count`. Then as [`rms_norm_int8_kernel()`] for its own row, also writing the
-/// normalized row to `normed` (the outlier product reads it), its absmax taken over the values
-/// under `threshold_h` and its codes zero in the outlier columns, as `quantize_rows_kernel`.
+/// `rows`, which quantizes no row) compacts it into `cols` and `count`. Then as
+/// [`rms_norm_int8_kernel()`] for its own row, also writing the normalized row to `normed` (the
+/// outlier product reads it), its absmax taken over the values under `threshold_h` and its codes
+/// zero in the outlier columns, as `quantize_rows_kernel`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn rms_norm_int8_outliers_kernel<F: Float>(
