@@ -97,7 +97,7 @@ struct MmaConfig {
     dq: bool,
     bias: bool,
     partial: bool,
-    /// Pair-table byte addresses (see [`pair`]).
+    /// Pair-table byte addresses (see [`pair()`]).
     byte_addr: bool,
 }
 

@@ -823,6 +823,9 @@ pub fn int8<B: QuantizedOps, F: SuiteFloat>(device: &B::Device) {
         (4, 48, 256),
         (33, 20, 64),
         (3, 10, 30),
+        // The one-launch paths at their most rows (8), a partial last mask word, and more than
+        // one pass of the row quantization's mask build (128 words a pass on 1024 units).
+        (8, 24, 4164),
     ] {
         let what = format!("int8 {m}x{n}x{k} {:?}", F::DTYPE);
         // f16 values: bitsandbytes quantizes from the f16 rounding, which the portable path

@@ -93,7 +93,7 @@ fn rotary_kv_kernel<F: Float>(
     );
 }
 
-/// [`rotary_kv_kernel`] reading the step's q, k and v from the split-K partial sums of one
+/// [`rotary_kv_kernel()`] reading the step's q, k and v from the split-K partial sums of one
 /// stacked q/k/v product (`partial`, `[splits, rows, (heads + 2 kv_heads) * head_dim]`): each
 /// element is `matmul4::split_sum`'s, the product's own reduction.
 #[cube(launch_unchecked)]
