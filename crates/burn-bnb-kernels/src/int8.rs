@@ -29,8 +29,8 @@ use cubecl::prelude::*;
 use crate::decode::{as_f16, cube_sum, i8_of, round_to_f16, segment_max, segment_or};
 use crate::error::{KernelError, Result};
 use crate::launch::{
-    check_activations, check_bias, empty, empty_bytes, grid, has_cmma16, output_shape, plane_size,
-    with_float,
+    check_activations, check_bias, empty, empty_tensors, grid, has_cmma16, output_shape,
+    plane_size, with_float,
 };
 use crate::layout::{Int8Matrix, check_float, f32_arg, float_arg, words_arg};
 
@@ -1233,31 +1233,39 @@ pub(crate) fn quantize_rows_with_row_masks<R: CubeRuntime>(
 }
 
 /// Output buffers of a row quantization of `[M, K]` (with the outlier columns' when
-/// `decompose`), allocated on `like`'s device.
+/// `decompose`), allocated on `like`'s device in one allocation, after the tensors of `extra`
+/// (returned first).
 pub(crate) fn empty_activations<R: CubeRuntime>(
     like: &CubeTensor<R>,
     m: usize,
     k: usize,
     decompose: bool,
-) -> Int8Activations<R> {
-    let codes = empty_bytes(like, m * k, DType::I8);
-    let codes = CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        vec![m, k].into(),
-        codes.handle,
-        DType::I8,
-    );
-    let absmax = empty(like, vec![m], DType::F32);
-    let outliers = decompose.then(|| OutlierColumns {
-        mask: empty(like, vec![k.div_ceil(32)], DType::U32),
-        cols: empty(like, vec![k], DType::U32),
-        count: empty(like, vec![1], DType::U32),
-    });
-    Int8Activations {
-        quantized: Int8Matrix { codes, absmax },
-        outliers,
+    extra: &[(Vec<usize>, DType)],
+) -> (Vec<CubeTensor<R>>, Int8Activations<R>) {
+    let mut parts = extra.to_vec();
+    parts.push((vec![m, k], DType::I8));
+    parts.push((vec![m], DType::F32));
+    if decompose {
+        parts.push((vec![k.div_ceil(32)], DType::U32));
+        parts.push((vec![k], DType::U32));
+        parts.push((vec![1], DType::U32));
     }
+    let mut tensors = empty_tensors(like, &parts);
+    let outliers = decompose.then(|| {
+        let count = tensors.pop().expect("allocated");
+        let cols = tensors.pop().expect("allocated");
+        let mask = tensors.pop().expect("allocated");
+        OutlierColumns { mask, cols, count }
+    });
+    let absmax = tensors.pop().expect("allocated");
+    let codes = tensors.pop().expect("allocated");
+    (
+        tensors,
+        Int8Activations {
+            quantized: Int8Matrix { codes, absmax },
+            outliers,
+        },
+    )
 }
 
 /// The row quantization of checked, contiguous `x: [M, K]`; the mask from `row_masks` when
@@ -1273,7 +1281,7 @@ fn quantize_rows<R: CubeRuntime>(
     let decompose = threshold > 0.0;
     let threshold_h = half::f16::from_f32(threshold).to_f32();
     let num_words = k.div_ceil(32);
-    let q = empty_activations(x, m, k, decompose);
+    let (_, q) = empty_activations(x, m, k, decompose, &[]);
     let build_mask = decompose && row_masks.is_none() && (1..=fused_mask_max_rows()).contains(&m);
     if let Some(o) = q.outliers.as_ref() {
         if !build_mask && row_masks.is_none() {
@@ -1581,11 +1589,20 @@ fn int8_product<R: CubeRuntime>(
         s => s,
     };
     let fused_swiglu = swiglu && matches!(strategy, Int8Strategy::Mma(_));
-    let out = empty(
-        &a.codes,
-        vec![m, if fused_swiglu { n / 2 } else { n }],
-        dtype,
-    );
+    let out_shape = vec![m, if fused_swiglu { n / 2 } else { n }];
+    // The split-K partial sums share the output's allocation (one pool walk a product).
+    let partial_len = match strategy {
+        Int8Strategy::Mma(p) => crate::mma8::partial_len(m, n, k, p, fused_swiglu),
+        _ => None,
+    };
+    let (out, partial) = match partial_len {
+        Some(len) => {
+            let mut t = empty_tensors(&a.codes, &[(out_shape, dtype), (vec![len], DType::I32)]);
+            let partial = t.pop().expect("allocated");
+            (t.pop().expect("allocated"), Some(partial))
+        }
+        None => (empty(&a.codes, out_shape, dtype), None),
+    };
     if strategy == Int8Strategy::Hopper {
         crate::hopper_gemm::launch_int8_hopper(a, b, bias, &out, m, n, k)?;
         return Ok((
@@ -1607,6 +1624,7 @@ fn int8_product<R: CubeRuntime>(
             bias,
             outliers,
             &out,
+            partial.as_ref(),
             m,
             n,
             k,

@@ -85,6 +85,49 @@ pub(crate) fn empty<R: CubeRuntime>(
     )
 }
 
+/// New contiguous tensors of the given shapes and dtypes carved from one device allocation,
+/// each at an offset aligned to the runtime's binding alignment and padded to whole 32-bit words
+/// (the kernels write bytes four at a time).
+///
+/// Every allocation walks CubeCL's memory pools on the host, a few microseconds each, which a
+/// decode step pays on the critical path; a launch that writes several outputs (codes, scales,
+/// outlier mask, column list, count) takes them in one. The parts share the buffer's lifetime.
+pub(crate) fn empty_tensors<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    parts: &[(Vec<usize>, DType)],
+) -> Vec<CubeTensor<R>> {
+    let align = (like.client.properties().memory.alignment as usize).max(16);
+    let sizes: Vec<usize> = parts
+        .iter()
+        .map(|(shape, dtype)| (shape.iter().product::<usize>() * dtype.size()).div_ceil(4) * 4)
+        .collect();
+    let mut offsets = Vec::with_capacity(parts.len());
+    let mut total = 0usize;
+    for &size in &sizes {
+        offsets.push(total);
+        total += size.div_ceil(align) * align;
+    }
+    let buffer = like.client.empty(total.max(4));
+    let full = buffer.size() as usize;
+    parts
+        .iter()
+        .zip(offsets.iter().zip(&sizes))
+        .map(|((shape, dtype), (&offset, &size))| {
+            let handle = buffer
+                .clone()
+                .offset_start(offset as u64)
+                .offset_end((full - offset - size) as u64);
+            CubeTensor::new_contiguous(
+                like.client.clone(),
+                like.device.clone(),
+                Shape::from(shape.clone()),
+                handle,
+                *dtype,
+            )
+        })
+        .collect()
+}
+
 /// A new contiguous byte tensor of `numel` elements whose buffer is padded to a multiple of 4
 /// bytes, as the kernels write it in 32-bit words.
 pub(crate) fn empty_bytes<R: CubeRuntime>(

@@ -16,7 +16,7 @@ use cubecl::prelude::*;
 
 use crate::error::{KernelError, Result};
 use crate::int8::{OutlierTerm, dequant_int8, reduce_int8_splits};
-use crate::launch::{empty, grid, has_mma, k_slices};
+use crate::launch::{grid, has_mma, k_slices};
 use crate::layout::{Int8Matrix, f32_arg, float_arg};
 use crate::mma4::MmaParams;
 
@@ -264,9 +264,24 @@ fn word_lines<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<'_, R> {
     unsafe { ArrayArg::from_raw_parts::<u32>(&t.handle, t.shape.num_elements() / 4, 4) }
 }
 
+/// Elements of the int32 partial products [`launch_int8_mma`] needs for an `[m, n]` product
+/// with `p` (`None`: it writes `out` directly), allocated by the caller with the output.
+pub(crate) fn partial_len(
+    m: usize,
+    n: usize,
+    k: usize,
+    p: MmaParams,
+    swiglu: bool,
+) -> Option<usize> {
+    let (_, splits) = k_slices(k / MMA8_BK as usize, p.splits);
+    // SwiGLU pairs outputs of both halves: only the reduction can, so it runs for one split too.
+    (splits > 1 || swiglu).then_some(splits * m * n)
+}
+
 /// Launches the dequantized product into `out` (`[m, n]`), or with `swiglu` its gated
 /// activation (`[m, n / 2]`, the split-K reduction pairing gate and up); adds `outliers` in the
-/// reduction when there is one. Returns whether it did.
+/// reduction when there is one. Returns whether it did. `partial` holds [`partial_len`] int32
+/// elements when that is `Some`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
     a: &Int8Matrix<R>,
@@ -274,6 +289,7 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
     bias: Option<&CubeTensor<R>>,
     outliers: Option<OutlierTerm<'_, R>>,
     out: &CubeTensor<R>,
+    partial: Option<&CubeTensor<R>>,
     m: usize,
     n: usize,
     k: usize,
@@ -300,8 +316,15 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
     }
     let groups = p.row_groups(n);
     let (steps_per_split, splits) = k_slices(k / MMA8_BK as usize, p.splits);
-    // SwiGLU pairs outputs of both halves: only the reduction can, so it runs for one split too.
-    let partial = (splits > 1 || swiglu).then(|| empty(&a.codes, vec![splits * m * n], DType::I32));
+    let needed = partial_len(m, n, k, p, swiglu);
+    if needed.is_some_and(|len| partial.is_none_or(|t| t.shape.num_elements() < len)) {
+        return Err(KernelError::Shape {
+            tensor: "partial",
+            expected: format!("{} int32 elements", needed.unwrap_or(0)),
+            actual: partial.map_or(vec![], |t| t.shape.dims.clone()),
+        });
+    }
+    let partial = needed.and(partial);
     let is_f16 = out.dtype == DType::F16;
     let cfg = Mma8Config {
         nt: p.nt,
@@ -325,7 +348,7 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
             f32_arg(&b.absmax),
             float_arg(bias_t, 1),
             float_arg(out, 1),
-            match &partial {
+            match partial {
                 Some(p) => ArrayArg::from_raw_parts::<i32>(&p.handle, splits * m * n, 1),
                 None => ArrayArg::from_raw_parts::<i32>(&a.absmax.handle, 1, 1),
             },
@@ -337,7 +360,7 @@ pub(crate) fn launch_int8_mma<R: CubeRuntime, F: Float + CubeElement>(
             cfg,
         )
         .map_err(|e| KernelError::launch("int8_matmul (mma)", e))?;
-        if let Some(partial) = &partial {
+        if let Some(partial) = partial {
             reduce_int8_splits::<R, F>(
                 partial,
                 a,

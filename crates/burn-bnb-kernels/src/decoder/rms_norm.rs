@@ -20,7 +20,7 @@ use crate::decode::{as_f16, segment_max};
 use crate::error::{KernelError, Result};
 use crate::int8::Int8Activations;
 use crate::int8::{compact_columns, int8_code};
-use crate::launch::{empty, empty_bytes, grid, line_size, plane_size, with_float};
+use crate::launch::{empty, grid, line_size, plane_size, with_float};
 use crate::layout::{Int8Matrix, f32_arg, float_arg, words_arg};
 
 /// One cube per row: the units stride over the row's lines twice (sum of squares, then the
@@ -755,15 +755,8 @@ fn launch_int8<R: CubeRuntime, F: Float + CubeElement>(
     let rows = x.shape.num_elements() / hidden;
     let sum = sum_buffer(x, residual);
     let client = &x.client;
-    let codes = empty_bytes(x, rows * hidden, DType::I8);
-    let codes = CubeTensor::new_contiguous(
-        client.clone(),
-        x.device.clone(),
-        vec![rows, hidden].into(),
-        codes.handle,
-        DType::I8,
-    );
-    let absmax = empty(x, vec![rows], DType::F32);
+    let (_, q) = crate::int8::empty_activations(x, rows, hidden, false, &[]);
+    let Int8Matrix { codes, absmax } = q.quantized;
     let g = row_geometry(x, hidden);
     if rows > 0 {
         let res_arg = float_arg(residual.unwrap_or(x), g.line);
@@ -971,8 +964,9 @@ fn launch_int8_outliers<R: CubeRuntime, F: Float + CubeElement>(
 ) -> Result<(CubeTensor<R>, CubeTensor<R>, Int8Activations<R>)> {
     let rows = x.shape.num_elements() / hidden;
     let sum = sum_buffer(x, residual);
-    let normed = empty(x, x.shape.dims.clone(), x.dtype);
-    let mut q = crate::int8::empty_activations(x, rows, hidden, true);
+    let (mut extra, mut q) =
+        crate::int8::empty_activations(x, rows, hidden, true, &[(x.shape.dims.clone(), x.dtype)]);
+    let normed = extra.pop().expect("allocated");
     let g = row_geometry(x, hidden);
     let num_words = hidden.div_ceil(32);
     let columns = q
