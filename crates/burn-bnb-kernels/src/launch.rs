@@ -327,3 +327,48 @@ pub(crate) fn split_k<R: CubeRuntime>(
     }
     splits as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+
+    /// The parts of one allocation are whole words, at aligned offsets, and do not overlap.
+    #[test]
+    fn carved_tensors_are_aligned_and_disjoint() {
+        let device = WgpuDevice::DefaultDevice;
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let client = std::panic::catch_unwind(|| WgpuRuntime::client(&device));
+        std::panic::set_hook(hook);
+        let Ok(client) = client else {
+            eprintln!("skipped: no wgpu adapter");
+            return;
+        };
+        let like: CubeTensor<WgpuRuntime> =
+            empty_device_dtype(client.clone(), device, Shape::from(vec![4]), DType::F32);
+        let parts = [
+            (vec![3, 5], DType::I8),
+            (vec![3], DType::F32),
+            (vec![0], DType::U32),
+            (vec![7], DType::U32),
+            (vec![1], DType::U32),
+        ];
+        let tensors = empty_tensors(&like, &parts);
+        let align = client.properties().memory.alignment.max(16);
+        let mut end = 0;
+        for ((shape, dtype), t) in parts.iter().zip(&tensors) {
+            assert_eq!(&t.shape.dims, shape);
+            assert_eq!(t.dtype, *dtype);
+            let bytes = (shape.iter().product::<usize>() * dtype.size()).div_ceil(4) as u64 * 4;
+            assert_eq!(t.handle.size(), bytes, "{shape:?} {dtype:?}");
+            let start = t.handle.offset_start.unwrap_or(0);
+            assert_eq!(start % align, 0, "offset {start} of {shape:?}");
+            assert!(
+                start >= end,
+                "{shape:?} starts at {start}, inside the part before"
+            );
+            end = start + bytes;
+        }
+    }
+}
