@@ -4,18 +4,10 @@
 # 1, 8, 32 (10 warm-up + 10 measured runs, 64 + 64 tokens), then bitsandbytes 0.50.2
 # (bnb_bench.py --warmup 1 --iters 1) on the same machine, rendered together.
 set -u
-OUT=${OUT:-/tmp/out}; FINAL=$OUT; OUT=$FINAL/r; mkdir -p "$OUT"
-DIR=.gpu/t1; DEADLINE=${DEADLINE:-560}  # seconds the call may run
-. benches/gpu/cubecl-cache.sh
-xz -d -k -f $DIR/llama_bench.xz && chmod +x $DIR/llama_bench; tar xJf $DIR/py.tar.xz -C $DIR
-uptime > "$OUT/uptime.txt"; nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt"
-( time timeout 220 $DIR/llama_bench --models llama-3.1-8b --verbose --out "$OUT/lb" ) > "$OUT/llama_bench.log" 2>&1
-echo "llama_bench rc=$? t=$SECONDS"; grep -h "s/step" "$OUT/llama_bench.log"
-uptime >> "$OUT/uptime.txt"
-save_cubecl_cache; mv "$OUT/cache.tgz" "$FINAL/" 2>/dev/null
-[ $((DEADLINE - 40 - SECONDS)) -gt 150 ] && LIMIT=$((DEADLINE - 40 - SECONDS)) benches/gpu/bnb_bench.sh $DIR --model llama-3.1-8b --warmup 1 --iters 1
-echo "bnb t=$SECONDS"
-uptime >> "$OUT/uptime.txt"
+OUT=${OUT:-/tmp/out}; FINAL=$OUT; export OUT=$FINAL/r; mkdir -p "$OUT"
+DEADLINE=${DEADLINE:-560}  # seconds the call may run
+DEADLINE=$((DEADLINE - 100)) benches/gpu/tables.sh .gpu/t1 .gpu/t1 llama-3.1-8b
+mv "$OUT/cache.tgz" "$FINAL/" 2>/dev/null
 # Where the wide one-launch norm's time goes (call 1's binary, `BURN_BNB_AB_OLD` unset): all
 # sections of one launch, beside call 2 of 2026-12-05b (256 units).
 if [ $SECONDS -lt $((DEADLINE - 100)) ] && [ -f .gpu/c6/llama_bench.xz ]; then
@@ -25,8 +17,4 @@ timeout 70 ncu --set full --kernel-name regex:rms_norm_int8_outliers --launch-sk
   --new-tokens 3 --out /tmp/ncu-full-lb > "$OUT/ncu-full-wide-norm-b8.txt" 2>&1
 echo "full rc=$? t=$SECONDS"; grep -E "Block Size|Duration|SM Active Cycles|Executed Instructions  |Achieved Occupancy|Warp Cycles Per Issued" "$OUT/ncu-full-wide-norm-b8.txt" | head -8
 fi
-cp "$OUT/lb/llama_bench.json" "$OUT/" 2>/dev/null; cp "$OUT"/bnb/*.json "$OUT/" 2>/dev/null
-$DIR/llama_bench --render "$OUT/llama_bench.json" --baseline "$OUT/bnb-llama-3.1-8b.json" --out "$OUT/render" > "$OUT/render.log" 2>&1
-cat "$OUT"/render/*.md 2>/dev/null | head -30
-rm -rf "$OUT/lb"
 tar czf "$FINAL/results.tgz" -C "$FINAL" r && rm -rf "$FINAL/r"; ls "$FINAL"

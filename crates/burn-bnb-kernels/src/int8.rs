@@ -1233,16 +1233,17 @@ pub(crate) fn quantize_rows_with_row_masks<R: CubeRuntime>(
 }
 
 /// Output buffers of a row quantization of `[M, K]` (with the outlier columns' when
-/// `decompose`), allocated on `like`'s device in one allocation, after the tensors of `extra`
-/// (returned first).
+/// `decompose`), allocated on `like`'s device in one allocation, with a tensor of `extra`'s
+/// shape and dtype before them when given (returned first).
 pub(crate) fn empty_activations<R: CubeRuntime>(
     like: &CubeTensor<R>,
     m: usize,
     k: usize,
     decompose: bool,
-    extra: &[(Vec<usize>, DType)],
-) -> (Vec<CubeTensor<R>>, Int8Activations<R>) {
-    let mut parts = extra.to_vec();
+    extra: Option<(Vec<usize>, DType)>,
+) -> (Option<CubeTensor<R>>, Int8Activations<R>) {
+    let with_extra = extra.is_some();
+    let mut parts: Vec<_> = extra.into_iter().collect();
     parts.push((vec![m, k], DType::I8));
     parts.push((vec![m], DType::F32));
     if decompose {
@@ -1250,19 +1251,22 @@ pub(crate) fn empty_activations<R: CubeRuntime>(
         parts.push((vec![k], DType::U32));
         parts.push((vec![1], DType::U32));
     }
-    let mut tensors = empty_tensors(like, &parts);
-    let outliers = decompose.then(|| {
-        let count = tensors.pop().expect("allocated");
-        let cols = tensors.pop().expect("allocated");
-        let mask = tensors.pop().expect("allocated");
-        OutlierColumns { mask, cols, count }
+    let mut tensors = empty_tensors(like, &parts).into_iter();
+    let mut next = || tensors.next().expect("one tensor a part");
+    let extra = with_extra.then(&mut next);
+    let quantized = Int8Matrix {
+        codes: next(),
+        absmax: next(),
+    };
+    let outliers = decompose.then(|| OutlierColumns {
+        mask: next(),
+        cols: next(),
+        count: next(),
     });
-    let absmax = tensors.pop().expect("allocated");
-    let codes = tensors.pop().expect("allocated");
     (
-        tensors,
+        extra,
         Int8Activations {
-            quantized: Int8Matrix { codes, absmax },
+            quantized,
             outliers,
         },
     )
@@ -1281,7 +1285,7 @@ fn quantize_rows<R: CubeRuntime>(
     let decompose = threshold > 0.0;
     let threshold_h = half::f16::from_f32(threshold).to_f32();
     let num_words = k.div_ceil(32);
-    let (_, q) = empty_activations(x, m, k, decompose, &[]);
+    let (_, q) = empty_activations(x, m, k, decompose, None);
     let build_mask = decompose && row_masks.is_none() && (1..=fused_mask_max_rows()).contains(&m);
     if let Some(o) = q.outliers.as_ref() {
         if !build_mask && row_masks.is_none() {
@@ -1597,9 +1601,9 @@ fn int8_product<R: CubeRuntime>(
     };
     let (out, partial) = match partial_len {
         Some(len) => {
-            let mut t = empty_tensors(&a.codes, &[(out_shape, dtype), (vec![len], DType::I32)]);
-            let partial = t.pop().expect("allocated");
-            (t.pop().expect("allocated"), Some(partial))
+            let parts = [(out_shape, dtype), (vec![len], DType::I32)];
+            let mut t = empty_tensors(&a.codes, &parts).into_iter();
+            (t.next().expect("one tensor a part"), t.next())
         }
         None => (empty(&a.codes, out_shape, dtype), None),
     };

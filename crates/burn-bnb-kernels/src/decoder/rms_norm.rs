@@ -755,7 +755,7 @@ fn launch_int8<R: CubeRuntime, F: Float + CubeElement>(
     let rows = x.shape.num_elements() / hidden;
     let sum = sum_buffer(x, residual);
     let client = &x.client;
-    let (_, q) = crate::int8::empty_activations(x, rows, hidden, false, &[]);
+    let (_, q) = crate::int8::empty_activations(x, rows, hidden, false, None);
     let Int8Matrix { codes, absmax } = q.quantized;
     let g = row_geometry(x, hidden);
     if rows > 0 {
@@ -964,9 +964,14 @@ fn launch_int8_outliers<R: CubeRuntime, F: Float + CubeElement>(
 ) -> Result<(CubeTensor<R>, CubeTensor<R>, Int8Activations<R>)> {
     let rows = x.shape.num_elements() / hidden;
     let sum = sum_buffer(x, residual);
-    let (mut extra, mut q) =
-        crate::int8::empty_activations(x, rows, hidden, true, &[(x.shape.dims.clone(), x.dtype)]);
-    let normed = extra.pop().expect("allocated");
+    let (normed, mut q) = crate::int8::empty_activations(
+        x,
+        rows,
+        hidden,
+        true,
+        Some((x.shape.dims.clone(), x.dtype)),
+    );
+    let normed = normed.expect("asked for");
     let g = row_geometry(x, hidden);
     let num_words = hidden.div_ceil(32);
     let columns = q
