@@ -1151,16 +1151,27 @@ pub fn matmul_4bit_swiglu<R: CubeRuntime>(
         ),
         s => s,
     };
-    let out = empty(&x, output_shape(&x, n / 2), x.dtype);
+    let out_shape = output_shape(&x, n / 2);
     if m == 0 || n == 0 {
-        return Ok(out);
+        return Ok(empty(&x, out_shape, x.dtype));
     }
     match strategy {
         Matmul4Strategy::Simt(p) if p.rows.is_multiple_of(2) => {
+            let out = empty(&x, out_shape, x.dtype);
             with_float!(x.dtype, "x", F => launch_simt::<R, F>(&x, weight, bias, &out, m, n, k, p, true)?);
+            Ok(out)
         }
         Matmul4Strategy::Mma(p) => {
-            with_float!(x.dtype, "x", F => crate::mma4::launch_mma::<R, F>(&x, weight, bias, &out, m, n, k, p, true)?);
+            let (outs, partial) = crate::mma4::empty_with_partial(
+                &x,
+                vec![(out_shape, x.dtype)],
+                crate::mma4::partial_len(m, n, k, p, true),
+            );
+            let [out] = <[_; 1]>::try_from(outs).expect("one output");
+            with_float!(x.dtype, "x", F => crate::mma4::launch_mma::<R, F>(
+                &x, weight, bias, &out, partial.as_ref(), m, n, k, p, true
+            )?);
+            Ok(out)
         }
         s => {
             // Auto's SIMT choice for several rows has even rows; the tensor-core tile kernel
@@ -1171,10 +1182,9 @@ pub fn matmul_4bit_swiglu<R: CubeRuntime>(
                 *ranges.last_mut().expect("at least one dimension") = cols;
                 burn_cubecl::kernel::slice(y.clone(), &ranges)
             };
-            return crate::decoder::swiglu(&half(0..n / 2), &half(n / 2..n));
+            crate::decoder::swiglu(&half(0..n / 2), &half(n / 2..n))
         }
     }
-    Ok(out)
 }
 
 /// The product followed by the residual add and RMSNorm that a decoder layer applies to it:
@@ -1233,12 +1243,24 @@ pub fn matmul_4bit_add_rms_norm<R: CubeRuntime>(
         && m > 0
         && n > 0
     {
-        // With the partial sums forced the kernel never writes its output, so `x` stands in.
-        let partial = with_float!(x.dtype, "x", F => crate::mma4::launch_mma_partial::<R, F>(
-            &x, weight, bias, &x, m, n, k, p, true
+        // The norm's two outputs and the product's partial sums: one allocation.
+        let len = crate::mma4::partial_len(m, n, k, p, true);
+        let part = (residual.shape.dims.clone(), residual.dtype);
+        let (outs, partial) = crate::mma4::empty_with_partial(&x, vec![part.clone(), part], len);
+        let [sum, normed] = <[_; 2]>::try_from(outs).expect("two outputs");
+        let (partial, (_, splits)) = partial.zip(len).expect("forced partial sums");
+        with_float!(x.dtype, "x", F => crate::mma4::launch_mma_kernel::<R, F>(
+            &x, weight, bias, crate::mma4::MmaDst::Partial(&partial), m, n, k, p
         )?);
-        let (partial, splits) = partial.expect("forced partial sums");
-        return crate::add_rms_norm_split_k(&partial, splits, bias, residual, norm_weight, eps);
+        return crate::decoder::add_rms_norm_split_k_into(
+            &partial,
+            splits,
+            bias,
+            residual,
+            norm_weight,
+            eps,
+            (sum, normed),
+        );
     }
     let y = product(&x, WeightOperand::Quant4(weight), bias, n, k, strategy)?;
     crate::add_rms_norm(&y, residual, norm_weight, eps)
@@ -1318,13 +1340,17 @@ pub fn matmul_4bit_rotary_kv<R: CubeRuntime>(
     if let Matmul4Strategy::Mma(p) = strategy
         && m > 0
     {
-        // With the partial sums forced the kernel never writes its output, so `x` stands in.
-        let partial = with_float!(x.dtype, "x", F => crate::mma4::launch_mma_partial::<R, F>(
-            &x, weight, bias, &x, m, n, k, p, true
+        // The rotated queries and the product's partial sums: one allocation.
+        let len = crate::mma4::partial_len(m, n, k, p, true);
+        let q_part = (vec![g.batch, g.seq, heads, g.dim], x.dtype);
+        let (outs, partial) = crate::mma4::empty_with_partial(&x, vec![q_part], len);
+        let [q] = <[_; 1]>::try_from(outs).expect("one output");
+        let (partial, (_, splits)) = partial.zip(len).expect("forced partial sums");
+        with_float!(x.dtype, "x", F => crate::mma4::launch_mma_kernel::<R, F>(
+            &x, weight, bias, crate::mma4::MmaDst::Partial(&partial), m, n, k, p
         )?);
-        let (partial, splits) = partial.expect("forced partial sums");
-        return crate::rotary_kv_split_k(
-            &partial, splits, bias, heads, cos, sin, k_cache, v_cache, start,
+        return crate::decoder::rotary_kv_split_k_into(
+            &partial, splits, bias, heads, cos, sin, k_cache, v_cache, start, q,
         );
     }
     if let Matmul4Strategy::Simt(p) = strategy
@@ -1386,9 +1412,8 @@ pub(crate) fn product<R: CubeRuntime>(
     strategy: Matmul4Strategy,
 ) -> Result<CubeTensor<R>> {
     let (m, x) = operands(x, bias, n, k)?;
-    let out = empty(&x, output_shape(&x, n), x.dtype);
     if m == 0 || n == 0 {
-        return Ok(out);
+        return Ok(empty(&x, output_shape(&x, n), x.dtype));
     }
     let strategy = match (strategy, &weight) {
         (Matmul4Strategy::Auto, WeightOperand::Quant4(w)) => auto_strategy_4bit(
@@ -1405,6 +1430,16 @@ pub(crate) fn product<R: CubeRuntime>(
         }
         (s, _) => s,
     };
+    // The register kernel's split-K partial sums share the output's allocation.
+    let partial_len = match (strategy, &weight) {
+        (Matmul4Strategy::Mma(p), WeightOperand::Quant4(_)) => {
+            crate::mma4::partial_len(m, n, k, p, false)
+        }
+        _ => None,
+    };
+    let (outs, partial) =
+        crate::mma4::empty_with_partial(&x, vec![(output_shape(&x, n), x.dtype)], partial_len);
+    let [out] = <[_; 1]>::try_from(outs).expect("one output");
     with_float!(x.dtype, "x", F => match (strategy, weight) {
         (Matmul4Strategy::Simt(p), WeightOperand::Quant4(w)) => {
             launch_simt::<R, F>(&x, w, bias, &out, m, n, k, p, false)?
@@ -1416,7 +1451,7 @@ pub(crate) fn product<R: CubeRuntime>(
             launch_cmma::<R, F>(&x, weight, bias, &out, m, n, k, p)?
         }
         (Matmul4Strategy::Mma(p), WeightOperand::Quant4(w)) => {
-            crate::mma4::launch_mma::<R, F>(&x, w, bias, &out, m, n, k, p, false)?
+            crate::mma4::launch_mma::<R, F>(&x, w, bias, &out, partial.as_ref(), m, n, k, p, false)?
         }
         (Matmul4Strategy::Mma(_), WeightOperand::Dense(_)) => {
             return Err(KernelError::Unsupported {

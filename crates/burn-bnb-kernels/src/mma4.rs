@@ -43,7 +43,7 @@ use cubecl::prelude::*;
 
 use crate::decode::byte_of;
 use crate::error::{KernelError, Result};
-use crate::launch::{ScaleArgs, batch_tiles, empty, grid, has_mma, k_slices};
+use crate::launch::{ScaleArgs, batch_tiles, grid, has_mma, k_slices};
 use crate::layout::{Quant4Weight, f32_arg, float_arg, words_arg};
 
 /// Activation rows the register-fragment kernels (4-bit and int8) take at most: four 8-row
@@ -101,7 +101,8 @@ struct MmaConfig {
     byte_addr: bool,
 }
 
-/// One warp: `16 * mt` weight rows against every activation row, over the cube's K slice.
+/// One warp: `16 * mt` weight rows against every activation row, over the cube's K slice; the
+/// product with its bias into `out` (no split-K).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn matmul4_mma_kernel<F: Float>(
@@ -115,6 +116,85 @@ fn matmul4_mma_kernel<F: Float>(
     offset: &Array<f32>,
     bias: &Array<F>,
     out: &mut Array<F>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    row_groups: u32,
+    steps_per_split: u32,
+    log2_bs: u32,
+    nested_shift: u32,
+    offset_shift: u32,
+    zero: u32,
+    #[comptime] cfg: MmaConfig,
+) {
+    mma_body::<F, u32, F, F>(
+        x,
+        packed,
+        code,
+        absmax,
+        dq_codes,
+        nested_absmax,
+        nested_code,
+        offset,
+        bias,
+        out,
+        (m_total, n_total, k_total),
+        (row_groups, steps_per_split, log2_bs),
+        (nested_shift, offset_shift, zero),
+        cfg,
+    );
+}
+
+/// [`matmul4_mma_kernel()`] writing its f32 partial sums (`[splits, m, n]`, no bias) for plain
+/// float32 absmax: 5 buffers to bind instead of 10, since every binding of a launch costs host
+/// time and the host bounds a decode step.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul4_mma_partial_kernel<F: Float>(
+    x: &Array<Line<u32>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    absmax: &Array<f32>,
+    partial: &mut Array<f32>,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    row_groups: u32,
+    steps_per_split: u32,
+    log2_bs: u32,
+    #[comptime] cfg: MmaConfig,
+) {
+    // The double-quantization operands (their shifts included: any runtime `u32` stands in)
+    // and the bias are never read (`cfg.dq`, `cfg.bias` false).
+    mma_body::<F, f32, f32, f32>(
+        x,
+        packed,
+        code,
+        absmax,
+        absmax,
+        absmax,
+        code,
+        code,
+        code,
+        partial,
+        (m_total, n_total, k_total),
+        (row_groups, steps_per_split, log2_bs),
+        (log2_bs, log2_bs, log2_bs),
+        cfg,
+    );
+}
+
+/// [`matmul4_mma_partial_kernel()`] for double-quantized absmax (8 buffers).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn matmul4_mma_partial_dq_kernel<F: Float>(
+    x: &Array<Line<u32>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    dq_codes: &Array<u32>,
+    nested_absmax: &Array<f32>,
+    nested_code: &Array<f32>,
+    offset: &Array<f32>,
     partial: &mut Array<f32>,
     m_total: u32,
     n_total: u32,
@@ -127,6 +207,50 @@ fn matmul4_mma_kernel<F: Float>(
     zero: u32,
     #[comptime] cfg: MmaConfig,
 ) {
+    // Plain absmax and the bias are never read (`cfg.dq` true, `cfg.bias` false).
+    mma_body::<F, u32, f32, f32>(
+        x,
+        packed,
+        code,
+        nested_absmax,
+        dq_codes,
+        nested_absmax,
+        nested_code,
+        offset,
+        code,
+        partial,
+        (m_total, n_total, k_total),
+        (row_groups, steps_per_split, log2_bs),
+        (nested_shift, offset_shift, zero),
+        cfg,
+    );
+}
+
+/// The kernels' body: the product of the cube's rows over its K slice, stored into `dst` as
+/// the output (`cfg.partial` false: plus the bias, in `O`) or as the split's f32 partial sums.
+/// `dims`: `(m, n, k)`; `slices`: `(row groups, K steps a split, log2 blocksize)`; `dq`:
+/// `(nested_shift, offset_shift, zero)`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mma_body<F: Float, D: CubePrimitive, B: CubePrimitive, O: CubePrimitive>(
+    x: &Array<Line<u32>>,
+    packed: &Array<Line<u32>>,
+    code: &Array<f32>,
+    absmax: &Array<f32>,
+    dq_codes: &Array<D>,
+    nested_absmax: &Array<f32>,
+    nested_code: &Array<f32>,
+    offset: &Array<f32>,
+    bias: &Array<B>,
+    dst: &mut Array<O>,
+    dims: (u32, u32, u32),
+    slices: (u32, u32, u32),
+    dq: (u32, u32, u32),
+    #[comptime] cfg: MmaConfig,
+) {
+    let (m_total, n_total, k_total) = dims;
+    let (row_groups, steps_per_split, log2_bs) = slices;
+    let (nested_shift, offset_shift, zero) = dq;
     let nt = comptime!(cfg.nt);
     let mt = comptime!(cfg.mt);
     let depth = comptime!(cfg.depth);
@@ -221,7 +345,7 @@ fn matmul4_mma_kernel<F: Float>(
     for d in 0..depth {
         let s = s_start + d;
         if s < s_end {
-            fetch_step(
+            fetch_step::<D>(
                 x,
                 packed,
                 absmax,
@@ -291,7 +415,7 @@ fn matmul4_mma_kernel<F: Float>(
                     xs[i as usize] = x_ring[(d * xl * nt + i) as usize];
                 }
                 if s + depth < s_end {
-                    fetch_step(
+                    fetch_step::<D>(
                         x,
                         packed,
                         absmax,
@@ -409,13 +533,14 @@ fn matmul4_mma_kernel<F: Float>(
                     let m = j * 8 + 2 * t + e;
                     if m < m_total && n < n_total {
                         if cfg.partial {
-                            partial[((split * m_total + m) * n_total + n) as usize] = v[e as usize];
+                            dst[((split * m_total + m) * n_total + n) as usize] =
+                                O::cast_from(v[e as usize]);
                         } else {
                             let mut y = v[e as usize];
                             if cfg.bias {
                                 y += f32::cast_from(bias[n as usize]);
                             }
-                            out[(m * n_total + n) as usize] = F::cast_from(y);
+                            dst[(m * n_total + n) as usize] = O::cast_from(y);
                         }
                     }
                 }
@@ -462,11 +587,11 @@ fn pair<F: Float>(
 /// narrow, 32 wide) of each of its activation rows (zeros past `M`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn fetch_step(
+fn fetch_step<D: CubePrimitive>(
     x: &Array<Line<u32>>,
     packed: &Array<Line<u32>>,
     absmax: &Array<f32>,
-    dq_codes: &Array<u32>,
+    dq_codes: &Array<D>,
     nested_absmax: &Array<f32>,
     offset: &Array<f32>,
     nested_shift: u32,
@@ -502,7 +627,7 @@ fn fetch_step(
         }
         let block = (r * k_total + k0) >> log2_bs;
         if dq {
-            q_ring[slot_i] = byte_of(dq_codes[(block / 4) as usize], block % 4);
+            q_ring[slot_i] = byte_of(u32::cast_from(dq_codes[(block / 4) as usize]), block % 4);
             s_ring[slot_i] = nested_absmax[(block >> nested_shift) as usize];
             o_ring[slot_i] = offset[(block >> offset_shift) as usize];
         } else {
@@ -654,47 +779,92 @@ impl MmaParams {
     }
 }
 
+/// The split-K partial sums a launch with these parameters writes: `(f32 elements, splits)`,
+/// or `None` where the kernel writes the output itself (one split, no `force`). With `swiglu`
+/// callers force them: only the reduction pairs gate and up.
+pub(crate) fn partial_len(
+    m: usize,
+    n: usize,
+    k: usize,
+    p: MmaParams,
+    force: bool,
+) -> Option<(usize, usize)> {
+    let (_, splits) = k_slices(k / step_and_min_blocksize(p.wide).0, p.splits);
+    (splits > 1 || force).then_some((splits * m * n, splits))
+}
+
+/// `parts` (outputs of the launch that finishes the product) and, where [`partial_len`] says
+/// the product writes them, its split-K partial sums last, in one allocation: every allocation
+/// walks CubeCL's memory pools on the host.
+pub(crate) fn empty_with_partial<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    mut parts: Vec<(Vec<usize>, DType)>,
+    partial_len: Option<(usize, usize)>,
+) -> (Vec<CubeTensor<R>>, Option<CubeTensor<R>>) {
+    let outputs = parts.len();
+    if let Some((len, _)) = partial_len {
+        parts.push((vec![len], DType::F32));
+    }
+    let mut tensors = crate::launch::empty_tensors(like, &parts);
+    let partial = (tensors.len() > outputs).then(|| tensors.pop().expect("the partial sums"));
+    (tensors, partial)
+}
+
 /// Launches the product into `out` (`[m, n]`), or with `swiglu` its gated activation into `out`
-/// (`[m, n / 2]`): the partial sums then always go through the split-K reduction, which
-/// combines gate and up (one split included).
+/// (`[m, n / 2]`). `partial` holds [`partial_len`]`(m, n, k, p, swiglu)` f32 elements when that
+/// is `Some` ([`empty_with_partial`]): the kernel writes its partial sums there and the split-K
+/// reduction (which combines gate and up) finishes them into `out`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_mma<R: CubeRuntime, F: Float + CubeElement>(
     x: &CubeTensor<R>,
     weight: &Quant4Weight<R>,
     bias: Option<&CubeTensor<R>>,
     out: &CubeTensor<R>,
+    partial: Option<&CubeTensor<R>>,
     m: usize,
     n: usize,
     k: usize,
     p: MmaParams,
     swiglu: bool,
 ) -> Result<()> {
-    if let Some((partial, splits)) =
-        launch_mma_partial::<R, F>(x, weight, bias, out, m, n, k, p, swiglu)?
-    {
-        // SAFETY: `partial` holds `splits` partial sums of the `[m, n]` product.
-        unsafe {
-            crate::matmul4::reduce_splits::<R, F>(&partial, bias, out, m, n, splits, swiglu)?
-        };
+    match (partial, partial_len(m, n, k, p, swiglu)) {
+        (Some(partial), Some((len, splits))) if partial.shape.num_elements() == len => {
+            launch_mma_kernel::<R, F>(x, weight, bias, MmaDst::Partial(partial), m, n, k, p)?;
+            // SAFETY: `partial` holds `splits` partial sums of the `[m, n]` product.
+            unsafe {
+                crate::matmul4::reduce_splits::<R, F>(partial, bias, out, m, n, splits, swiglu)
+            }
+        }
+        (None, None) => launch_mma_kernel::<R, F>(x, weight, bias, MmaDst::Out(out), m, n, k, p),
+        (partial, expected) => Err(KernelError::Shape {
+            tensor: "mma partial sums",
+            expected: format!("{expected:?} (elements, splits)"),
+            actual: partial.map(|t| t.shape.dims.clone()).unwrap_or_default(),
+        }),
     }
-    Ok(())
 }
 
-/// Launches the product's kernel alone: with split-K, or with `force_partial`, it writes f32
-/// partial sums (`[splits, m, n]`, without the bias) and returns them with the split count
-/// for a reduction to finish; otherwise the product (with its bias) is in `out`.
+/// Where the register-fragment kernel stores.
+#[derive(Clone, Copy)]
+pub(crate) enum MmaDst<'a, R: CubeRuntime> {
+    /// The product with its bias, `[m, n]` in the activations' dtype (one split).
+    Out(&'a CubeTensor<R>),
+    /// The f32 partial sums without the bias, `[splits, m, n]` ([`partial_len`] elements).
+    Partial(&'a CubeTensor<R>),
+}
+
+/// Launches the product's kernel alone, into `dst`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn launch_mma_partial<R: CubeRuntime, F: Float + CubeElement>(
+pub(crate) fn launch_mma_kernel<R: CubeRuntime, F: Float + CubeElement>(
     x: &CubeTensor<R>,
     weight: &Quant4Weight<R>,
     bias: Option<&CubeTensor<R>>,
-    out: &CubeTensor<R>,
+    dst: MmaDst<'_, R>,
     m: usize,
     n: usize,
     k: usize,
     p: MmaParams,
-    force_partial: bool,
-) -> Result<Option<(CubeTensor<R>, usize)>> {
+) -> Result<()> {
     let client = &x.client;
     p.check(m, "mma parameters")?;
     let (bk, min_blocksize) = step_and_min_blocksize(p.wide);
@@ -710,7 +880,16 @@ pub(crate) fn launch_mma_partial<R: CubeRuntime, F: Float + CubeElement>(
     }
     let groups = p.row_groups(n);
     let (steps_per_split, splits) = k_slices(k / bk, p.splits);
-    let partial = (splits > 1 || force_partial).then(|| empty(x, vec![splits * m * n], DType::F32));
+    let partial = match dst {
+        MmaDst::Partial(_) => true,
+        MmaDst::Out(_) if splits == 1 => false,
+        MmaDst::Out(_) => {
+            return Err(KernelError::Unsupported {
+                what: "mma strategy",
+                reason: format!("{splits} K splits need partial sums, not the output"),
+            });
+        }
+    };
     let scales = ScaleArgs::new(weight);
     let cfg = MmaConfig {
         wide: p.wide,
@@ -718,49 +897,101 @@ pub(crate) fn launch_mma_partial<R: CubeRuntime, F: Float + CubeElement>(
         mt: p.mt,
         depth: p.depth,
         dq: scales.dq,
-        bias: bias.is_some(),
-        partial: partial.is_some(),
+        bias: bias.is_some() && !partial,
+        partial,
         // Measured (H200, `13a4c8b`, kernel bench, both forms alternating twice in one call):
         // with double quantization at narrow steps (the 32-row shapes) 6% faster; plain NF4
         // there 2-4% slower, wide steps level. ncu: 11-17% fewer instructions for plain NF4 at
         // the same device time, so the product is not bound by issue.
         byte_addr: scales.dq && !p.wide,
     };
-    let bias_t = bias.unwrap_or(x);
+    let count = grid(client, groups * splits);
+    let dim = CubeDim::new_1d(32 * p.warps);
+    // A unit's codes of a step per row: 8 or 16 bytes.
+    let packed = words_arg(&weight.packed, bk / 32);
+    let (m_arg, n_arg, k_arg) = (
+        ScalarArg::new(m as u32),
+        ScalarArg::new(n as u32),
+        ScalarArg::new(k as u32),
+    );
+    let (groups_arg, steps_arg, log2_bs) = (
+        ScalarArg::new(groups as u32),
+        ScalarArg::new(steps_per_split as u32),
+        ScalarArg::new(weight.blocksize.trailing_zeros()),
+    );
     // SAFETY: weight rows are clamped to `N - 1`, activation rows past `M` read as zeros, K
-    // steps stop at `K / bk` (K % bk == 0 checked), and every store is bounds-checked.
-    unsafe {
-        matmul4_mma_kernel::launch_unchecked::<F, R>(
-            client,
-            grid(client, groups * splits),
-            CubeDim::new_1d(32 * p.warps),
-            words_arg(x, 4),
-            // A unit's codes of a step per row: 8 or 16 bytes.
-            words_arg(&weight.packed, bk / 32),
-            f32_arg(&weight.code),
-            scales.absmax,
-            scales.dq_codes,
-            scales.nested_absmax,
-            scales.nested_code,
-            scales.offset,
-            float_arg(bias_t, 1),
-            float_arg(out, 1),
-            match &partial {
-                Some(t) => f32_arg(t),
-                None => float_arg(out, 1),
-            },
-            ScalarArg::new(m as u32),
-            ScalarArg::new(n as u32),
-            ScalarArg::new(k as u32),
-            ScalarArg::new(groups as u32),
-            ScalarArg::new(steps_per_split as u32),
-            ScalarArg::new(weight.blocksize.trailing_zeros()),
-            ScalarArg::new(scales.nested_shift),
-            ScalarArg::new(scales.offset_shift),
-            ScalarArg::new(0u32),
-            cfg,
-        )
-        .map_err(|e| KernelError::launch("matmul_4bit (mma)", e))?;
-    }
-    Ok(partial.map(|partial| (partial, splits)))
+    // steps stop at `K / bk` (K % bk == 0 checked), every store is bounds-checked, and
+    // `partial` holds `splits * m * n` elements (the caller's contract, [`partial_len`]).
+    let launched = unsafe {
+        match dst {
+            MmaDst::Out(out) => matmul4_mma_kernel::launch_unchecked::<F, R>(
+                client,
+                count,
+                dim,
+                words_arg(x, 4),
+                packed,
+                f32_arg(&weight.code),
+                scales.absmax,
+                scales.dq_codes,
+                scales.nested_absmax,
+                scales.nested_code,
+                scales.offset,
+                float_arg(bias.unwrap_or(x), 1),
+                float_arg(out, 1),
+                m_arg,
+                n_arg,
+                k_arg,
+                groups_arg,
+                steps_arg,
+                log2_bs,
+                ScalarArg::new(scales.nested_shift),
+                ScalarArg::new(scales.offset_shift),
+                ScalarArg::new(0u32),
+                cfg,
+            ),
+            MmaDst::Partial(partial) if scales.dq => {
+                matmul4_mma_partial_dq_kernel::launch_unchecked::<F, R>(
+                    client,
+                    count,
+                    dim,
+                    words_arg(x, 4),
+                    packed,
+                    f32_arg(&weight.code),
+                    scales.dq_codes,
+                    scales.nested_absmax,
+                    scales.nested_code,
+                    scales.offset,
+                    f32_arg(partial),
+                    m_arg,
+                    n_arg,
+                    k_arg,
+                    groups_arg,
+                    steps_arg,
+                    log2_bs,
+                    ScalarArg::new(scales.nested_shift),
+                    ScalarArg::new(scales.offset_shift),
+                    ScalarArg::new(0u32),
+                    cfg,
+                )
+            }
+            MmaDst::Partial(partial) => matmul4_mma_partial_kernel::launch_unchecked::<F, R>(
+                client,
+                count,
+                dim,
+                words_arg(x, 4),
+                packed,
+                f32_arg(&weight.code),
+                scales.absmax,
+                f32_arg(partial),
+                m_arg,
+                n_arg,
+                k_arg,
+                groups_arg,
+                steps_arg,
+                log2_bs,
+                cfg,
+            ),
+        }
+    };
+    launched.map_err(|e| KernelError::launch("matmul_4bit (mma)", e))
 }

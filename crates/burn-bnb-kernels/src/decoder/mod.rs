@@ -31,11 +31,12 @@ mod swiglu;
 
 pub use argmax::argmax;
 pub use attention::{ATTENTION_MAX_KEYS, attention};
+pub(crate) use rms_norm::add_rms_norm_split_k_into;
 pub use rms_norm::{
     add_rms_norm, add_rms_norm_split_k, rms_norm, rms_norm_int8, rms_norm_int8_decomposed,
 };
 pub use rotary::rotary;
-pub(crate) use rotary_kv::{Stacked, store_rotated};
+pub(crate) use rotary_kv::{Stacked, rotary_kv_split_k_into, store_rotated};
 pub use rotary_kv::{rotary_kv, rotary_kv_split_k};
 pub(crate) use swiglu::silu_mul;
 pub use swiglu::swiglu;

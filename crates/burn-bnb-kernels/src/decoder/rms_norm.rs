@@ -871,8 +871,35 @@ pub fn add_rms_norm_split_k<R: CubeRuntime>(
     weight: &CubeTensor<R>,
     eps: f64,
 ) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
+    let part = (residual.shape.dims.clone(), residual.dtype);
+    let mut outputs = crate::launch::empty_tensors(residual, &[part.clone(), part]).into_iter();
+    let (sum, normed) = outputs.next().zip(outputs.next()).expect("two outputs");
+    add_rms_norm_split_k_into(partial, splits, bias, residual, weight, eps, (sum, normed))
+}
+
+/// [`add_rms_norm_split_k`] into `outputs` (`(sum, normed)`, contiguous, `residual`'s shape
+/// and dtype), which a caller may have carved from one allocation with other buffers.
+pub(crate) fn add_rms_norm_split_k_into<R: CubeRuntime>(
+    partial: &CubeTensor<R>,
+    splits: usize,
+    bias: Option<&CubeTensor<R>>,
+    residual: &CubeTensor<R>,
+    weight: &CubeTensor<R>,
+    eps: f64,
+    outputs: (CubeTensor<R>, CubeTensor<R>),
+) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
     let hidden = check(residual, weight)?;
     let rows = residual.shape.num_elements() / hidden;
+    for t in [&outputs.0, &outputs.1] {
+        check_contiguous(t, "add_rms_norm output", residual.dtype)?;
+        if t.shape != residual.shape {
+            return Err(KernelError::Shape {
+                tensor: "add_rms_norm output",
+                expected: format!("{:?} (the residual's shape)", residual.shape.dims),
+                actual: t.shape.dims.clone(),
+            });
+        }
+    }
     super::check_dtype(partial, "partial sums", DType::F32)?;
     if partial.shape.num_elements() != splits * rows * hidden {
         return Err(KernelError::Shape {
@@ -892,10 +919,11 @@ pub fn add_rms_norm_split_k<R: CubeRuntime>(
         }
     }
     with_float!(residual.dtype, "residual", F => launch_reduce::<R, F>(
-        partial, splits, bias, residual, weight, eps, hidden
+        partial, splits, bias, residual, weight, eps, hidden, outputs
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch_reduce<R: CubeRuntime, F: Float + CubeElement>(
     partial: &CubeTensor<R>,
     splits: usize,
@@ -904,10 +932,9 @@ fn launch_reduce<R: CubeRuntime, F: Float + CubeElement>(
     weight: &CubeTensor<R>,
     eps: f64,
     hidden: usize,
+    (sum, out): (CubeTensor<R>, CubeTensor<R>),
 ) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
     let rows = residual.shape.num_elements() / hidden;
-    let sum = empty(residual, residual.shape.dims.clone(), residual.dtype);
-    let out = empty(residual, residual.shape.dims.clone(), residual.dtype);
     if rows == 0 {
         return Ok((sum, out));
     }

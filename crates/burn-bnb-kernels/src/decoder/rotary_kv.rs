@@ -445,6 +445,36 @@ pub fn rotary_kv_split_k<R: CubeRuntime>(
     start: usize,
 ) -> Result<CubeTensor<R>> {
     let g = Stacked::new(heads, cos, sin, k_cache, v_cache, start)?;
+    let q = empty(k_cache, vec![g.batch, g.seq, g.heads, g.dim], k_cache.dtype);
+    rotary_kv_split_k_into(
+        partial, splits, bias, heads, cos, sin, k_cache, v_cache, start, q,
+    )
+}
+
+/// [`rotary_kv_split_k`] into `q` (`[batch, seq, heads, head_dim]`, contiguous, the caches'
+/// dtype), which a caller may have carved from one allocation with other buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rotary_kv_split_k_into<R: CubeRuntime>(
+    partial: &CubeTensor<R>,
+    splits: usize,
+    bias: Option<&CubeTensor<R>>,
+    heads: usize,
+    cos: &CubeTensor<R>,
+    sin: &CubeTensor<R>,
+    k_cache: &CubeTensor<R>,
+    v_cache: &CubeTensor<R>,
+    start: usize,
+    q: CubeTensor<R>,
+) -> Result<CubeTensor<R>> {
+    let g = Stacked::new(heads, cos, sin, k_cache, v_cache, start)?;
+    check_contiguous(&q, "queries", k_cache.dtype)?;
+    if q.shape.dims != [g.batch, g.seq, g.heads, g.dim] {
+        return Err(KernelError::Shape {
+            tensor: "queries",
+            expected: format!("[{}, {}, {}, {}]", g.batch, g.seq, g.heads, g.dim),
+            actual: q.shape.dims.clone(),
+        });
+    }
     check_contiguous(partial, "partial sums", DType::F32)?;
     if splits == 0 || partial.shape.num_elements() != splits * g.rows * g.n {
         return Err(KernelError::Shape {
@@ -464,7 +494,7 @@ pub fn rotary_kv_split_k<R: CubeRuntime>(
         }
     }
     with_float!(k_cache.dtype, "k_cache", F => launch_split_k::<R, F>(
-        partial, splits, bias, cos, sin, k_cache, v_cache, &g
+        partial, splits, bias, cos, sin, k_cache, v_cache, &g, q
     ))
 }
 
@@ -569,8 +599,8 @@ fn launch_split_k<R: CubeRuntime, F: Float + CubeElement>(
     k_cache: &CubeTensor<R>,
     v_cache: &CubeTensor<R>,
     g: &Stacked,
+    out: CubeTensor<R>,
 ) -> Result<CubeTensor<R>> {
-    let out = empty(k_cache, vec![g.batch, g.seq, g.heads, g.dim], k_cache.dtype);
     // One element pair a unit: a unit's time is its `2 * line * splits` partial-sum loads, and a
     // decode step has few tokens, so vector lines left most of the GPU idle (12 cubes at 8
     // tokens, 7.6 us against 6.2 for the reduction and rotary_kv it replaces, H200).
