@@ -103,6 +103,7 @@ pub mod matmul4;
 mod mma4;
 mod mma8;
 pub mod quant4;
+mod tables;
 
 pub use decoder::{
     ATTENTION_MAX_KEYS, add_rms_norm, add_rms_norm_split_k, argmax, attention, rms_norm,

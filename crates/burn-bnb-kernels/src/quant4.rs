@@ -14,14 +14,14 @@
 //! only for values within an ulp of a threshold, by one code step.
 
 use burn_backend::DType;
-use burn_bnb_formats::{NESTED_BLOCKSIZE, QuantType, dynamic_map_signed};
+use burn_bnb_formats::{NESTED_BLOCKSIZE, QuantType};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::decode::{quantize_fp4, quantize_nf4, segment_max};
 use crate::error::{KernelError, Result};
-use crate::launch::{empty, empty_bytes, grid, with_float};
+use crate::launch::{empty, empty_bytes, empty_tensors, grid, with_float};
 use crate::layout::{
     Absmax4, DoubleQuant4, Quant4Weight, check_float, f32_arg, float_arg, words_arg,
 };
@@ -253,18 +253,6 @@ impl Default for Quant4Options {
     }
 }
 
-/// Uploads host `f32` values as a new `F32` tensor on the device of `like`.
-pub(crate) fn upload_f32<R: CubeRuntime>(like: &CubeTensor<R>, values: &[f32]) -> CubeTensor<R> {
-    let handle = like.client.create_from_slice(bytemuck::cast_slice(values));
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        vec![values.len()].into(),
-        handle,
-        DType::F32,
-    )
-}
-
 /// Quantizes a float tensor (any shape, quantized in row-major order) to 4 bits on the device.
 ///
 /// Codes and absmax are the ones bitsandbytes' CUDA kernel computes, up to its approximate
@@ -328,7 +316,7 @@ pub fn quantize_4bit<R: CubeRuntime>(
         }
     });
 
-    let code = upload_f32(&input, options.quant_type.code());
+    let code = crate::tables::codebook(&input, options.quant_type);
     let absmax = if options.double_quant {
         Absmax4::Double(double_quantize(&absmax)?)
     } else {
@@ -364,7 +352,18 @@ pub fn double_quantize<R: CubeRuntime>(absmax: &CubeTensor<R>) -> Result<DoubleQ
     // torch's reduction: vectorized by 4 above 128 elements, at most 512 threads.
     let vec = if nb > 128 { 4 } else { 1 };
     let lanes = last_pow2((nb / vec).max(1)).min(512) as u32;
-    let offset = empty(absmax, vec![1], DType::F32);
+    let groups = nb.div_ceil(NESTED_BLOCKSIZE);
+    // One allocation: a 4-byte offset of its own would be a slice of the persistent pool's
+    // smallest size class, which every launch's metadata upload asks for (`crate::tables`).
+    let [codes, nested_absmax, offset] = <[_; 3]>::try_from(empty_tensors(
+        absmax,
+        &[
+            (vec![nb], DType::U8),
+            (vec![groups], DType::F32),
+            (vec![1], DType::F32),
+        ],
+    ))
+    .expect("three parts");
     // SAFETY: one cube; loads bounded by `nb`.
     unsafe {
         torch_mean_kernel::launch_unchecked::<R>(
@@ -381,10 +380,7 @@ pub fn double_quantize<R: CubeRuntime>(absmax: &CubeTensor<R>) -> Result<DoubleQ
         .map_err(|e| KernelError::launch("double_quantize (mean)", e))?;
     }
 
-    let groups = nb.div_ceil(NESTED_BLOCKSIZE);
-    let codes = empty_bytes(absmax, nb, DType::U8);
-    let nested_absmax = empty(absmax, vec![groups], DType::F32);
-    let nested_code = upload_f32(absmax, &dynamic_map_signed());
+    let nested_code = crate::tables::dynamic_map(absmax);
     let units = (NESTED_BLOCKSIZE / 4) as u32;
     // SAFETY: loads bounded by `nb`, stores by the word and group counts.
     unsafe {

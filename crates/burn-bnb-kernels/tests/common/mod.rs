@@ -421,6 +421,8 @@ pub fn random_quant_roundtrip<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (&[33, 264], 64, QuantType::Nf4, true),
         (&[1, 13], 32, QuantType::Fp4, false),
     ];
+    let mut codebooks = std::collections::HashMap::new();
+    let mut dynamic_map = None;
     for &(shape, blocksize, quant_type, double_quant) in cases {
         let numel: usize = shape.iter().product();
         let mut values = randn(&mut rng, numel, 0.5);
@@ -447,6 +449,17 @@ pub fn random_quant_roundtrip<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         .unwrap();
         let what = format!("{shape:?} bs {blocksize} {quant_type} dq {double_quant}");
         assert_eq!(dev.bytes_of(&q.packed), cpu.packed, "{what}: packed");
+        // One device codebook a type (and one dynamic map) for every weight quantized.
+        let code = &q.code.handle.memory;
+        let first = codebooks.entry(quant_type).or_insert_with(|| code.clone());
+        assert!(first == code, "{what}: a codebook of its own");
+        if let Absmax4::Double(dq) = &q.absmax {
+            let map = &dq.nested_code.handle.memory;
+            assert!(
+                dynamic_map.get_or_insert_with(|| map.clone()) == map,
+                "{what}: a map of its own"
+            );
+        }
         let back = dequantize_4bit(&q, F::KIND).unwrap();
         let expected: Vec<F> = cpu.dequantize().unwrap();
         let expected: Vec<f32> = expected.iter().map(|v| v.to_f32()).collect();

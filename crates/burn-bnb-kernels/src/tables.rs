@@ -1,0 +1,100 @@
+//! The constant lookup tables (the NF4 and FP4 codebooks, the double-quantization dynamic map):
+//! one device buffer per device, shared by every weight quantized there.
+//!
+//! bitsandbytes stores the tables with each weight. On the device that made a few hundred
+//! identical buffers per model in CubeCL's persistent pool (weights are built in it), each
+//! rounded up to the runtime's alignment (512 B on CUDA). The pool serves every later request
+//! whose rounded size it holds, walking all its slices of that size for a free one, and takes
+//! any such request it cannot serve as a new persistent slice (`MemoryManagement::reserve`,
+//! cubecl-runtime 0.9). A CUDA launch uploads its metadata as a buffer of a few bytes, a request
+//! of that smallest class: with the tables there, each launch walked one slice per weight and
+//! then allocated a slice of its own (filed under the unrounded size, so never found again).
+//! Here the three tables are parts of one buffer whose rounded size no metadata upload has.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+use burn_backend::{DType, Shape};
+use burn_bnb_formats::{QuantType, dynamic_map_signed};
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::device::Device;
+
+/// The tables of one device: the NF4 codebook, the FP4 codebook, the dynamic map.
+struct Tables<R: CubeRuntime> {
+    nf4: CubeTensor<R>,
+    fp4: CubeTensor<R>,
+    dynamic_map: CubeTensor<R>,
+}
+
+type Key = (TypeId, u16, u32);
+
+static TABLES: LazyLock<Mutex<HashMap<Key, Box<dyn Any + Send>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The `F32 [16]` codebook of `quant_type` on `like`'s device.
+pub(crate) fn codebook<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    quant_type: QuantType,
+) -> CubeTensor<R> {
+    with_tables(like, |t| match quant_type {
+        QuantType::Nf4 => t.nf4.clone(),
+        QuantType::Fp4 => t.fp4.clone(),
+    })
+}
+
+/// The `F32 [256]` signed dynamic map (double quantization's nested codebook) on `like`'s
+/// device.
+pub(crate) fn dynamic_map<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
+    with_tables(like, |t| t.dynamic_map.clone())
+}
+
+fn with_tables<R: CubeRuntime, T>(like: &CubeTensor<R>, f: impl FnOnce(&Tables<R>) -> T) -> T {
+    let id = like.device.to_id();
+    let key = (TypeId::of::<R>(), id.type_id, id.index_id);
+    let mut all = TABLES.lock().unwrap_or_else(PoisonError::into_inner);
+    let tables = all
+        .entry(key)
+        .or_insert_with(|| Box::new(upload::<R>(like)))
+        .downcast_ref::<Tables<R>>()
+        .expect("tables are keyed by their runtime type");
+    f(tables)
+}
+
+/// The three tables in one allocation, each at an offset the runtime can bind.
+fn upload<R: CubeRuntime>(like: &CubeTensor<R>) -> Tables<R> {
+    let align = (like.client.properties().memory.alignment as usize).max(16) / 4;
+    let parts: [&[f32]; 3] = [
+        QuantType::Nf4.code(),
+        QuantType::Fp4.code(),
+        &dynamic_map_signed(),
+    ];
+    let mut values = Vec::new();
+    let spans = parts.map(|part| {
+        values.resize(values.len().next_multiple_of(align), 0.0);
+        let span = (values.len() * 4, part.len());
+        values.extend_from_slice(part);
+        span
+    });
+    let buffer = like.client.create_from_slice(bytemuck::cast_slice(&values));
+    let full = buffer.size() as usize;
+    let [nf4, fp4, dynamic_map] = spans.map(|(offset, len)| {
+        let handle = buffer
+            .clone()
+            .offset_start(offset as u64)
+            .offset_end((full - offset - len * 4) as u64);
+        CubeTensor::new_contiguous(
+            like.client.clone(),
+            like.device.clone(),
+            Shape::from(vec![len]),
+            handle,
+            DType::F32,
+        )
+    });
+    Tables {
+        nf4,
+        fp4,
+        dynamic_map,
+    }
+}
