@@ -6,9 +6,10 @@
 //! rounded up to the runtime's alignment (512 B on CUDA). The pool serves every later request
 //! whose rounded size it holds, walking all its slices of that size for a free one, and takes
 //! any such request it cannot serve as a new persistent slice (`MemoryManagement::reserve`,
-//! cubecl-runtime 0.9). A CUDA launch uploads its metadata as a buffer of a few bytes, a request
-//! of that smallest class: with the tables there, each launch walked one slice per weight and
-//! then allocated a slice of its own (filed under the unrounded size, so never found again).
+//! cubecl-runtime 0.9). With the tables there, every request of 512 B or less (small outputs,
+//! the metadata a launch of a kernel with tensor arguments uploads) walked one slice per weight,
+//! and an upload of an unrounded size then kept a slice of its own for good (filed under that
+//! size, it is never found again).
 //! Here the three tables are parts of one buffer whose rounded size no metadata upload has.
 
 use std::any::{Any, TypeId};
