@@ -1244,14 +1244,18 @@ pub fn matmul_4bit_add_rms_norm<R: CubeRuntime>(
         && n > 0
     {
         // The norm's two outputs and the product's partial sums: one allocation.
-        let len = crate::mma4::partial_len(m, n, k, p, true);
         let part = (residual.shape.dims.clone(), residual.dtype);
-        let (outs, partial) = crate::mma4::empty_with_partial(&x, vec![part.clone(), part], len);
+        let (outs, partial, splits) = crate::mma4::launch_mma_partial_sums(
+            &x,
+            weight,
+            bias,
+            vec![part.clone(), part],
+            m,
+            n,
+            k,
+            p,
+        )?;
         let [sum, normed] = <[_; 2]>::try_from(outs).expect("two outputs");
-        let (partial, (_, splits)) = partial.zip(len).expect("forced partial sums");
-        with_float!(x.dtype, "x", F => crate::mma4::launch_mma_kernel::<R, F>(
-            &x, weight, bias, crate::mma4::MmaDst::Partial(&partial), m, n, k, p
-        )?);
         return crate::decoder::add_rms_norm_split_k_into(
             &partial,
             splits,
@@ -1341,16 +1345,12 @@ pub fn matmul_4bit_rotary_kv<R: CubeRuntime>(
         && m > 0
     {
         // The rotated queries and the product's partial sums: one allocation.
-        let len = crate::mma4::partial_len(m, n, k, p, true);
         let q_part = (vec![g.batch, g.seq, heads, g.dim], x.dtype);
-        let (outs, partial) = crate::mma4::empty_with_partial(&x, vec![q_part], len);
+        let (outs, partial, splits) =
+            crate::mma4::launch_mma_partial_sums(&x, weight, bias, vec![q_part], m, n, k, p)?;
         let [q] = <[_; 1]>::try_from(outs).expect("one output");
-        let (partial, (_, splits)) = partial.zip(len).expect("forced partial sums");
-        with_float!(x.dtype, "x", F => crate::mma4::launch_mma_kernel::<R, F>(
-            &x, weight, bias, crate::mma4::MmaDst::Partial(&partial), m, n, k, p
-        )?);
         return crate::decoder::rotary_kv_split_k_into(
-            &partial, splits, bias, heads, cos, sin, k_cache, v_cache, start, q,
+            &partial, splits, bias, cos, sin, k_cache, v_cache, &g, q,
         );
     }
     if let Matmul4Strategy::Simt(p) = strategy

@@ -810,6 +810,29 @@ pub(crate) fn empty_with_partial<R: CubeRuntime>(
     (tensors, partial)
 }
 
+/// Launches the product's kernel into split-K partial sums (forced, even for one split) for a
+/// launch that finishes them itself, with that launch's outputs `parts` carved from the same
+/// allocation: returns `(outputs, partial sums, splits)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_mma_partial_sums<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    weight: &Quant4Weight<R>,
+    bias: Option<&CubeTensor<R>>,
+    parts: Vec<(Vec<usize>, DType)>,
+    m: usize,
+    n: usize,
+    k: usize,
+    p: MmaParams,
+) -> Result<(Vec<CubeTensor<R>>, CubeTensor<R>, usize)> {
+    let len = partial_len(m, n, k, p, true);
+    let (outs, partial) = empty_with_partial(x, parts, len);
+    let (partial, (_, splits)) = partial.zip(len).expect("forced partial sums");
+    crate::launch::with_float!(x.dtype, "x", F => launch_mma_kernel::<R, F>(
+        x, weight, bias, MmaDst::Partial(&partial), m, n, k, p
+    )?);
+    Ok((outs, partial, splits))
+}
+
 /// Launches the product into `out` (`[m, n]`), or with `swiglu` its gated activation into `out`
 /// (`[m, n / 2]`). `partial` holds [`partial_len`]`(m, n, k, p, swiglu)` f32 elements when that
 /// is `Some` ([`empty_with_partial`]): the kernel writes its partial sums there and the split-K

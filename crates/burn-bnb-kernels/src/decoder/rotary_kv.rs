@@ -446,27 +446,24 @@ pub fn rotary_kv_split_k<R: CubeRuntime>(
 ) -> Result<CubeTensor<R>> {
     let g = Stacked::new(heads, cos, sin, k_cache, v_cache, start)?;
     let q = empty(k_cache, vec![g.batch, g.seq, g.heads, g.dim], k_cache.dtype);
-    rotary_kv_split_k_into(
-        partial, splits, bias, heads, cos, sin, k_cache, v_cache, start, q,
-    )
+    rotary_kv_split_k_into(partial, splits, bias, cos, sin, k_cache, v_cache, &g, q)
 }
 
 /// [`rotary_kv_split_k`] into `q` (`[batch, seq, heads, head_dim]`, contiguous, the caches'
-/// dtype), which a caller may have carved from one allocation with other buffers.
+/// dtype), which a caller may have carved from one allocation with other buffers; `g` is the
+/// caller's checked geometry of `cos`, `sin` and the caches.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rotary_kv_split_k_into<R: CubeRuntime>(
     partial: &CubeTensor<R>,
     splits: usize,
     bias: Option<&CubeTensor<R>>,
-    heads: usize,
     cos: &CubeTensor<R>,
     sin: &CubeTensor<R>,
     k_cache: &CubeTensor<R>,
     v_cache: &CubeTensor<R>,
-    start: usize,
+    g: &Stacked,
     q: CubeTensor<R>,
 ) -> Result<CubeTensor<R>> {
-    let g = Stacked::new(heads, cos, sin, k_cache, v_cache, start)?;
     check_contiguous(&q, "queries", k_cache.dtype)?;
     if q.shape.dims != [g.batch, g.seq, g.heads, g.dim] {
         return Err(KernelError::Shape {
@@ -494,7 +491,7 @@ pub(crate) fn rotary_kv_split_k_into<R: CubeRuntime>(
         }
     }
     with_float!(k_cache.dtype, "k_cache", F => launch_split_k::<R, F>(
-        partial, splits, bias, cos, sin, k_cache, v_cache, &g, q
+        partial, splits, bias, cos, sin, k_cache, v_cache, g, q
     ))
 }
 
