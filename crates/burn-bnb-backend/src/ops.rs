@@ -2,7 +2,7 @@
 //! a backend implements).
 
 use burn_backend::{FloatDType, TensorMetadata, tensor::FloatTensor};
-use burn_bnb_formats::Quant4Config;
+use burn_bnb_formats::{Quant4Config, Quantized4};
 
 use crate::decoder_ops::{DecoderKernels, DecoderOps, PreNorm};
 use crate::portable;
@@ -37,6 +37,25 @@ pub trait QuantizedOps: DecoderOps {
     /// tensor is non-empty, finite and F32, F16 or BF16.
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
         portable::quantize_4bit::<Self>(tensor, config)
+    }
+
+    /// Uploads a CPU-reference 4-bit tensor, e.g. a bitsandbytes checkpoint's weight
+    /// ([`Quant4Primitive::from_reference`]).
+    ///
+    /// The code table is the standard one of its [`QuantType`](burn_bnb_formats::QuantType).
+    /// The default uploads every tensor on its own. `CubeBackend` (CUDA, wgpu without fusion,
+    /// as `BnbCuda` is) gives every weight of a device the same code table and
+    /// dynamic map (one buffer a device) and a weight's nested scales and offset one
+    /// allocation, as its device quantizer does: each small buffer would otherwise be a slice
+    /// of CubeCL's persistent pool that later small allocations walk.
+    ///
+    /// # Preconditions
+    /// `quantized` is valid ([`Quantized4::validate`]).
+    fn quant4_from_reference(
+        quantized: &Quantized4,
+        device: &Self::Device,
+    ) -> Quant4Primitive<Self> {
+        Quant4Primitive::upload(quantized, device)
     }
 
     /// Dequantizes a 4-bit tensor (bitsandbytes' `dequantize_4bit`), double-quantized absmax
@@ -297,6 +316,14 @@ pub trait QuantizedKernels: DecoderKernels {
     /// See [`QuantizedOps::quantize_4bit`].
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
         portable::quantize_4bit::<Self>(tensor, config)
+    }
+
+    /// See [`QuantizedOps::quant4_from_reference`].
+    fn quant4_from_reference(
+        quantized: &Quantized4,
+        device: &Self::Device,
+    ) -> Quant4Primitive<Self> {
+        Quant4Primitive::upload(quantized, device)
     }
 
     /// See [`QuantizedOps::dequantize_4bit`].

@@ -148,12 +148,9 @@ impl<B: Backend> Quant4Primitive<B> {
         Ok(())
     }
 
-    /// Uploads a CPU-reference tensor.
-    ///
-    /// # Errors
-    /// If `quantized` is inconsistent ([`Quantized4::validate`]).
-    pub fn from_reference(quantized: &Quantized4, device: &B::Device) -> Result<Self> {
-        quantized.validate()?;
+    /// Uploads a valid CPU-reference tensor, every tensor on its own (the default of
+    /// [`QuantizedOps::quant4_from_reference`]).
+    pub(crate) fn upload(quantized: &Quantized4, device: &B::Device) -> Self {
         let absmax = match &quantized.absmax {
             Absmax::Plain(absmax) => {
                 Absmax4Primitive::Plain(float_primitive(f32_tensor::<B>(absmax, device)))
@@ -162,7 +159,7 @@ impl<B: Backend> Quant4Primitive<B> {
                 Absmax4Primitive::Double(DoubleQuantPrimitive::from_reference(dq, device))
             }
         };
-        Ok(Quant4Primitive {
+        Quant4Primitive {
             packed: byte_primitive::<B>(&quantized.packed, None, false, device),
             absmax,
             code: float_primitive(f32_tensor::<B>(quantized.quant_type.code(), device)),
@@ -170,7 +167,7 @@ impl<B: Backend> Quant4Primitive<B> {
             blocksize: quantized.blocksize,
             dtype: quantized.dtype,
             shape: Shape::from(quantized.shape.clone()),
-        })
+        }
     }
 
     /// Reads the tensor back into the CPU reference type (waits for the device).
@@ -234,6 +231,19 @@ impl<B: Backend> Quant4Primitive<B> {
             dtype: self.dtype,
             shape: self.shape,
         }
+    }
+}
+
+impl<B: crate::QuantizedOps> Quant4Primitive<B> {
+    /// Uploads a CPU-reference tensor (a checkpoint's weight) through
+    /// [`QuantizedOps::quant4_from_reference`](crate::QuantizedOps::quant4_from_reference),
+    /// which shares the code tables on CubeCL backends.
+    ///
+    /// # Errors
+    /// If `quantized` is inconsistent ([`Quantized4::validate`]).
+    pub fn from_reference(quantized: &Quantized4, device: &B::Device) -> Result<Self> {
+        quantized.validate()?;
+        Ok(B::quant4_from_reference(quantized, device))
     }
 }
 

@@ -60,6 +60,59 @@ mod wgpu {
         );
     }
 
+    /// Weights uploaded from the CPU reference (a checkpoint's) read one code table and one
+    /// dynamic map a device, and come back unchanged, a non-standard nested map included.
+    #[test]
+    fn uploaded_weights_share_the_tables() {
+        use burn_bnb_backend::Quant4Primitive;
+        use burn_bnb_backend::formats::{Absmax, Quant4Config, QuantType, Quantized4};
+        type B = Bnb<CubeBackend<WgpuRuntime, f32, i32, u32>>;
+        let device = WgpuDevice::default();
+        if !burn_bnb_backend::wgpu_available(&device) {
+            eprintln!("skipped: no wgpu adapter");
+            return;
+        }
+        let data: Vec<f32> = (0..64 * 256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let reference = |quant_type, double_quant| {
+            let config = Quant4Config {
+                quant_type,
+                blocksize: 64,
+                double_quant,
+            };
+            Quantized4::quantize(&data, &[64, 256], config).unwrap()
+        };
+        let upload = |q: &Quantized4| {
+            let w = Quant4Primitive::<B>::from_reference(q, &device).unwrap();
+            assert_eq!(&w.to_reference().unwrap(), q, "{:?}", q.quant_type);
+            w
+        };
+        let memory = |t: &burn_cubecl::tensor::CubeTensor<WgpuRuntime>| t.handle.memory.clone();
+        let nested_map = |w: &Quant4Primitive<B>| match &w.absmax {
+            burn_bnb_backend::Absmax4Primitive::Double(dq) => memory(&dq.nested_code),
+            _ => unreachable!("double-quantized"),
+        };
+        let [a, b] = [0, 1].map(|_| upload(&reference(QuantType::Nf4, true)));
+        assert!(memory(&a.code) == memory(&b.code), "NF4 code tables shared");
+        assert!(nested_map(&a) == nested_map(&b), "dynamic maps shared");
+        let fp4 = upload(&reference(QuantType::Fp4, false));
+        assert!(
+            memory(&fp4.code) == memory(&a.code),
+            "one buffer for every table"
+        );
+
+        let mut custom = reference(QuantType::Nf4, true);
+        if let Absmax::Double(dq) = &mut custom.absmax {
+            dq.nested_code[0] = -0.75;
+        }
+        let c = upload(&custom);
+        assert!(
+            nested_map(&c) != nested_map(&a),
+            "a checkpoint's own map kept"
+        );
+    }
+
     /// Every operation through the CubeCL kernels (and their portable fallbacks) on the fused
     /// (`Fusion<CubeBackend>`, custom operations) and the plain backend, against the CPU
     /// reference: (de)quantization bit-exact, products within bitsandbytes' tolerances.

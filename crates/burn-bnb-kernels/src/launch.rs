@@ -96,36 +96,99 @@ pub(crate) fn empty_tensors<R: CubeRuntime>(
     like: &CubeTensor<R>,
     parts: &[(Vec<usize>, DType)],
 ) -> Vec<CubeTensor<R>> {
-    let align = (like.client.properties().memory.alignment as usize).max(16);
-    let sizes: Vec<usize> = parts
-        .iter()
-        .map(|(shape, dtype)| (shape.iter().product::<usize>() * dtype.size()).div_ceil(4) * 4)
-        .collect();
-    let mut offsets = Vec::with_capacity(parts.len());
-    let mut total = 0usize;
-    for &size in &sizes {
-        offsets.push(total);
-        total += size.div_ceil(align) * align;
+    let spans = Spans::new(
+        like,
+        parts
+            .iter()
+            .map(|(shape, dtype)| numel(shape) * dtype.size()),
+    );
+    let buffer = like.client.empty(spans.total.max(4));
+    spans.carve(like, buffer, parts)
+}
+
+/// Tensors holding `parts` (shape, dtype, little-endian bytes of exactly that many elements)
+/// in one device allocation laid out as [`empty_tensors`] lays it out: one upload instead of
+/// one a part, for small tensors that live together (a weight's scales; the lookup tables).
+///
+/// # Panics
+/// If a part's bytes are not its shape's size in its dtype.
+pub fn tensors_from_data<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    parts: &[(Vec<usize>, DType, &[u8])],
+) -> Vec<CubeTensor<R>> {
+    for (shape, dtype, bytes) in parts {
+        assert_eq!(
+            bytes.len(),
+            numel(shape) * dtype.size(),
+            "{shape:?} {dtype:?} needs that many bytes"
+        );
     }
-    let buffer = like.client.empty(total.max(4));
-    let full = buffer.size() as usize;
-    parts
+    let spans = Spans::new(like, parts.iter().map(|(_, _, bytes)| bytes.len()));
+    let mut data = vec![0u8; spans.total.max(4)];
+    for ((_, _, bytes), &offset) in parts.iter().zip(&spans.offsets) {
+        data[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+    let buffer = like.client.create_from_slice(&data);
+    let shapes: Vec<_> = parts
         .iter()
-        .zip(offsets.iter().zip(&sizes))
-        .map(|((shape, dtype), (&offset, &size))| {
-            let handle = buffer
-                .clone()
-                .offset_start(offset as u64)
-                .offset_end((full - offset - size) as u64);
-            CubeTensor::new_contiguous(
-                like.client.clone(),
-                like.device.clone(),
-                Shape::from(shape.clone()),
-                handle,
-                *dtype,
-            )
-        })
-        .collect()
+        .map(|(shape, dtype, _)| (shape.clone(), *dtype))
+        .collect();
+    spans.carve(like, buffer, &shapes)
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Where the parts of one allocation start, and their sizes padded to whole words.
+struct Spans {
+    offsets: Vec<usize>,
+    sizes: Vec<usize>,
+    total: usize,
+}
+
+impl Spans {
+    fn new<R: CubeRuntime>(like: &CubeTensor<R>, bytes: impl Iterator<Item = usize>) -> Self {
+        let align = (like.client.properties().memory.alignment as usize).max(16);
+        let sizes: Vec<usize> = bytes.map(|b| b.div_ceil(4) * 4).collect();
+        let mut offsets = Vec::with_capacity(sizes.len());
+        let mut total = 0usize;
+        for &size in &sizes {
+            offsets.push(total);
+            total += size.div_ceil(align) * align;
+        }
+        Spans {
+            offsets,
+            sizes,
+            total,
+        }
+    }
+
+    fn carve<R: CubeRuntime>(
+        &self,
+        like: &CubeTensor<R>,
+        buffer: cubecl::server::Handle,
+        parts: &[(Vec<usize>, DType)],
+    ) -> Vec<CubeTensor<R>> {
+        let full = buffer.size() as usize;
+        parts
+            .iter()
+            .zip(self.offsets.iter().zip(&self.sizes))
+            .map(|((shape, dtype), (&offset, &size))| {
+                let handle = buffer
+                    .clone()
+                    .offset_start(offset as u64)
+                    .offset_end((full - offset - size) as u64);
+                CubeTensor::new_contiguous(
+                    like.client.clone(),
+                    like.device.clone(),
+                    Shape::from(shape.clone()),
+                    handle,
+                    *dtype,
+                )
+            })
+            .collect()
+    }
 }
 
 /// A new contiguous byte tensor of `numel` elements whose buffer is padded to a multiple of 4

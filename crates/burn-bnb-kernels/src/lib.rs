@@ -103,7 +103,7 @@ pub mod matmul4;
 mod mma4;
 mod mma8;
 pub mod quant4;
-mod tables;
+pub mod tables;
 
 pub use decoder::{
     ATTENTION_MAX_KEYS, add_rms_norm, add_rms_norm_split_k, argmax, attention, rms_norm,
@@ -119,6 +119,7 @@ pub use int8::{
     int8_matmul_i32, int8_quantize_rows, int8_reduce_split_k, linear_8bit_lt,
     linear_8bit_lt_decomposed, linear_8bit_lt_quantized, linear_8bit_lt_swiglu,
 };
+pub use launch::tensors_from_data;
 pub use layout::{Absmax4, DoubleQuant4, Int8Matrix, Quant4Weight};
 pub use matmul4::{
     CmmaParams, Matmul4Strategy, MmaParams, SimtParams, matmul_4bit, matmul_4bit_add_rms_norm,

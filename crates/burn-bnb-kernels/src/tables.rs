@@ -1,5 +1,5 @@
 //! The constant lookup tables (the NF4 and FP4 codebooks, the double-quantization dynamic map):
-//! one device buffer per device, shared by every weight quantized there.
+//! one device buffer per device, shared by every weight quantized or uploaded there.
 //!
 //! bitsandbytes stores the tables with each weight. On the device that made a few hundred
 //! identical buffers per model in CubeCL's persistent pool (weights are built in it), each
@@ -16,7 +16,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, PoisonError};
 
-use burn_backend::{DType, Shape};
+use burn_backend::DType;
 use burn_bnb_formats::{QuantType, dynamic_map_signed};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -35,10 +35,7 @@ static TABLES: LazyLock<Mutex<HashMap<Key, Box<dyn Any + Send>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The `F32 [16]` codebook of `quant_type` on `like`'s device.
-pub(crate) fn codebook<R: CubeRuntime>(
-    like: &CubeTensor<R>,
-    quant_type: QuantType,
-) -> CubeTensor<R> {
+pub fn codebook<R: CubeRuntime>(like: &CubeTensor<R>, quant_type: QuantType) -> CubeTensor<R> {
     with_tables(like, |t| match quant_type {
         QuantType::Nf4 => t.nf4.clone(),
         QuantType::Fp4 => t.fp4.clone(),
@@ -47,7 +44,7 @@ pub(crate) fn codebook<R: CubeRuntime>(
 
 /// The `F32 [256]` signed dynamic map (double quantization's nested codebook) on `like`'s
 /// device.
-pub(crate) fn dynamic_map<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
+pub fn dynamic_map<R: CubeRuntime>(like: &CubeTensor<R>) -> CubeTensor<R> {
     with_tables(like, |t| t.dynamic_map.clone())
 }
 
@@ -65,34 +62,11 @@ fn with_tables<R: CubeRuntime, T>(like: &CubeTensor<R>, f: impl FnOnce(&Tables<R
 
 /// The three tables in one allocation, each at an offset the runtime can bind.
 fn upload<R: CubeRuntime>(like: &CubeTensor<R>) -> Tables<R> {
-    let align = (like.client.properties().memory.alignment as usize).max(16) / 4;
-    let parts: [&[f32]; 3] = [
-        QuantType::Nf4.code(),
-        QuantType::Fp4.code(),
-        &dynamic_map_signed(),
-    ];
-    let mut values = Vec::new();
-    let spans = parts.map(|part| {
-        values.resize(values.len().next_multiple_of(align), 0.0);
-        let span = (values.len() * 4, part.len());
-        values.extend_from_slice(part);
-        span
-    });
-    let buffer = like.client.create_from_slice(bytemuck::cast_slice(&values));
-    let full = buffer.size() as usize;
-    let [nf4, fp4, dynamic_map] = spans.map(|(offset, len)| {
-        let handle = buffer
-            .clone()
-            .offset_start(offset as u64)
-            .offset_end((full - offset - len * 4) as u64);
-        CubeTensor::new_contiguous(
-            like.client.clone(),
-            like.device.clone(),
-            Shape::from(vec![len]),
-            handle,
-            DType::F32,
-        )
-    });
+    let map = dynamic_map_signed();
+    let parts = [QuantType::Nf4.code(), QuantType::Fp4.code(), &map[..]]
+        .map(|part| (vec![part.len()], DType::F32, bytemuck::cast_slice(part)));
+    let [nf4, fp4, dynamic_map] = <[_; 3]>::try_from(crate::tensors_from_data(like, &parts))
+        .unwrap_or_else(|_| unreachable!("three parts"));
     Tables {
         nf4,
         fp4,

@@ -10,7 +10,7 @@ use burn_autodiff::{
 use burn_backend::{
     AutodiffBackend, Backend, FloatDType, Shape, TensorMetadata, tensor::FloatTensor,
 };
-use burn_bnb_formats::Quant4Config;
+use burn_bnb_formats::{Quant4Config, Quantized4};
 
 use crate::ops::QuantizedOps;
 use crate::primitive::{Int8Primitive, Quant4Primitive};
@@ -190,6 +190,13 @@ impl<B: QuantizedOps, C: CheckpointStrategy> crate::DecoderOps for Autodiff<B, C
 impl<B: QuantizedOps, C: CheckpointStrategy> QuantizedOps for Autodiff<B, C> {
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
         B::quantize_4bit(inner::<B, C>(tensor), config).map_backend(outer::<B, C>, |t| t)
+    }
+
+    fn quant4_from_reference(
+        quantized: &Quantized4,
+        device: &Self::Device,
+    ) -> Quant4Primitive<Self> {
+        B::quant4_from_reference(quantized, device).map_backend(outer::<B, C>, |t| t)
     }
 
     fn dequantize_4bit(weight: Quant4Primitive<Self>, dtype: FloatDType) -> FloatTensor<Self> {

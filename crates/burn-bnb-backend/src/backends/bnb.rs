@@ -4,7 +4,7 @@ use burn_backend::{
     FloatDType,
     tensor::{FloatTensor, IntTensor},
 };
-use burn_bnb_formats::Quant4Config;
+use burn_bnb_formats::{Quant4Config, Quantized4};
 
 use crate::decoder_ops::{DecoderKernels, DecoderOps, PreNorm};
 use crate::decorator::Bnb;
@@ -28,6 +28,15 @@ impl<B: QuantizedKernels> QuantizedOps for Bnb<B> {
     fn quantize_4bit(tensor: FloatTensor<Self>, config: Quant4Config) -> Quant4Primitive<Self> {
         let _timer = crate::op_stats::Timer::start("quantize_4bit");
         from_inner_4bit(<B as QuantizedKernels>::quantize_4bit(tensor, config))
+    }
+
+    fn quant4_from_reference(
+        quantized: &Quantized4,
+        device: &Self::Device,
+    ) -> Quant4Primitive<Self> {
+        from_inner_4bit(<B as QuantizedKernels>::quant4_from_reference(
+            quantized, device,
+        ))
     }
 
     fn dequantize_4bit(weight: Quant4Primitive<Self>, dtype: FloatDType) -> FloatTensor<Self> {

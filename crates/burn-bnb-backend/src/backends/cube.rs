@@ -16,9 +16,10 @@
 use burn_backend::{
     Backend, DType, Element, FloatDType, Shape, ops::FloatTensorOps, tensor::FloatTensor,
 };
-use burn_bnb_formats::{FloatDtype, Quant4Config};
+use burn_bnb_formats::{Absmax, FloatDtype, Quant4Config, Quantized4, dynamic_map_signed};
 use burn_bnb_kernels::{
     self as kernels, Absmax4, DoubleQuant4, Int8Matrix, KernelError, Quant4Options, Quant4Weight,
+    tables, tensors_from_data,
 };
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -29,7 +30,9 @@ use crate::decoder_ops::{DecoderKernels, PreNorm};
 use crate::layout::ByteLayout;
 use crate::ops::QuantizedKernels;
 use crate::portable;
-use crate::primitive::{Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive};
+use crate::primitive::{
+    Absmax4Primitive, DoubleQuantPrimitive, Int8Primitive, Quant4Primitive, byte_primitive,
+};
 use crate::util::{formats_float_dtype, linear_output_shape, product_width};
 
 /// The most activation rows for which `matmul_4bit` runs the fused tensor-core GEMM (f16/bf16
@@ -222,6 +225,29 @@ fn kernel_weight<R: CubeRuntime, B: Cube<R>>(weight: &Quant4Primitive<B>) -> Qua
     }
 }
 
+/// `F32 [len]` tensors of `parts` in one allocation on `like`'s device.
+fn f32_parts<R: CubeRuntime, const P: usize>(
+    like: &CubeTensor<R>,
+    parts: [&[f32]; P],
+) -> [CubeTensor<R>; P] {
+    let bytes = parts.map(|part| {
+        part.iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    });
+    let parts: Vec<_> = parts
+        .iter()
+        .zip(&bytes)
+        .map(|(part, bytes)| (vec![part.len()], DType::F32, &bytes[..]))
+        .collect();
+    <[_; P]>::try_from(tensors_from_data(like, &parts))
+        .unwrap_or_else(|_| unreachable!("one tensor a part"))
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 /// The kernels' view of an int8 matrix whose rows hold whole words (`cols % 4 == 0`).
 fn kernel_int8<R: CubeRuntime, B: Cube<R>>(weight: &Int8Primitive<B>) -> Int8Matrix<R> {
     let [rows, cols] = weight.dims();
@@ -287,6 +313,51 @@ where
             blocksize: config.blocksize,
             dtype,
             shape,
+        }
+    }
+
+    fn quant4_from_reference(
+        quantized: &Quantized4,
+        device: &Self::Device,
+    ) -> Quant4Primitive<Self> {
+        let packed = byte_primitive::<Self>(&quantized.packed, None, false, device);
+        let absmax = match &quantized.absmax {
+            Absmax::Plain(absmax) => {
+                let [absmax] = f32_parts(&packed, [absmax]);
+                Absmax4Primitive::Plain(absmax)
+            }
+            Absmax::Double(dq) => {
+                // bitsandbytes' map is the standard one; keep another as the checkpoint has it.
+                let standard = dynamic_map_signed();
+                let (nested_absmax, offset, nested_code) =
+                    if same_bits(&dq.nested_code[..], &standard) {
+                        let [nested_absmax, offset] =
+                            f32_parts(&packed, [&dq.nested_absmax, &[dq.offset]]);
+                        (nested_absmax, offset, tables::dynamic_map(&packed))
+                    } else {
+                        let [nested_absmax, offset, map] = f32_parts(
+                            &packed,
+                            [&dq.nested_absmax, &[dq.offset], &dq.nested_code[..]],
+                        );
+                        (nested_absmax, offset, map)
+                    };
+                Absmax4Primitive::Double(DoubleQuantPrimitive {
+                    codes: byte_primitive::<Self>(&dq.codes, None, false, device),
+                    nested_absmax,
+                    nested_code,
+                    offset,
+                    nested_blocksize: dq.nested_blocksize,
+                })
+            }
+        };
+        Quant4Primitive {
+            code: tables::codebook(&packed, quantized.quant_type),
+            packed,
+            absmax,
+            quant_type: quantized.quant_type,
+            blocksize: quantized.blocksize,
+            dtype: quantized.dtype,
+            shape: Shape::from(quantized.shape.clone()),
         }
     }
 
