@@ -43,11 +43,12 @@ pub trait QuantizedOps: DecoderOps {
     /// ([`Quant4Primitive::from_reference`]).
     ///
     /// The code table is the standard one of its [`QuantType`](burn_bnb_formats::QuantType).
-    /// The default uploads every tensor on its own. `CubeBackend` (CUDA, wgpu without fusion,
-    /// as `BnbCuda` is) gives every weight of a device the same code table and
-    /// dynamic map (one buffer a device) and a weight's nested scales and offset one
-    /// allocation, as its device quantizer does: each small buffer would otherwise be a slice
-    /// of CubeCL's persistent pool that later small allocations walk.
+    /// The default uploads every tensor on its own. The CubeCL backends (`CubeBackend`, and
+    /// `Fusion<CubeBackend>`, which registers what its inner backend uploads) give every weight
+    /// of a device the same code table and dynamic map (one buffer a device) and a weight's
+    /// nested scales and offset one allocation, as their device quantizer does: each small
+    /// buffer would otherwise be a slice of CubeCL's persistent pool that later small
+    /// allocations walk.
     ///
     /// # Preconditions
     /// `quantized` is valid ([`Quantized4::validate`]).

@@ -61,17 +61,31 @@ mod wgpu {
     }
 
     /// Weights uploaded from the CPU reference (a checkpoint's) read one code table and one
-    /// dynamic map a device, and come back unchanged, a non-standard nested map included.
+    /// dynamic map a device, and come back unchanged, a non-standard nested map included: on
+    /// the plain and the fused backend.
     #[test]
     fn uploaded_weights_share_the_tables() {
-        use burn_bnb_backend::Quant4Primitive;
-        use burn_bnb_backend::formats::{Absmax, Quant4Config, QuantType, Quantized4};
-        type B = Bnb<CubeBackend<WgpuRuntime, f32, i32, u32>>;
+        type Cube = CubeBackend<WgpuRuntime, f32, i32, u32>;
         let device = WgpuDevice::default();
         if !burn_bnb_backend::wgpu_available(&device) {
             eprintln!("skipped: no wgpu adapter");
             return;
         }
+        share_tables::<Bnb<Cube>, _>(&device, |t| t.handle.memory.clone());
+        share_tables::<Bnb<Wgpu>, _>(&device, |t| {
+            t.client
+                .resolve_tensor_float::<Cube>(t.clone())
+                .handle
+                .memory
+        });
+    }
+
+    fn share_tables<B: QuantizedOps, M: PartialEq>(
+        device: &B::Device,
+        memory: impl Fn(&burn_backend::tensor::FloatTensor<B>) -> M,
+    ) {
+        use burn_bnb_backend::formats::{Absmax, Quant4Config, QuantType, Quantized4};
+        use burn_bnb_backend::{Absmax4Primitive, Quant4Primitive};
         let data: Vec<f32> = (0..64 * 256)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
             .collect();
@@ -84,14 +98,13 @@ mod wgpu {
             Quantized4::quantize(&data, &[64, 256], config).unwrap()
         };
         let upload = |q: &Quantized4| {
-            let w = Quant4Primitive::<B>::from_reference(q, &device).unwrap();
+            let w = Quant4Primitive::<B>::from_reference(q, device).unwrap();
             assert_eq!(&w.to_reference().unwrap(), q, "{:?}", q.quant_type);
             w
         };
-        let memory = |t: &burn_cubecl::tensor::CubeTensor<WgpuRuntime>| t.handle.memory.clone();
         let nested_map = |w: &Quant4Primitive<B>| match &w.absmax {
-            burn_bnb_backend::Absmax4Primitive::Double(dq) => memory(&dq.nested_code),
-            _ => unreachable!("double-quantized"),
+            Absmax4Primitive::Double(dq) => memory(&dq.nested_code),
+            Absmax4Primitive::Plain(_) => unreachable!("double-quantized"),
         };
         let [a, b] = [0, 1].map(|_| upload(&reference(QuantType::Nf4, true)));
         assert!(memory(&a.code) == memory(&b.code), "NF4 code tables shared");
@@ -99,7 +112,7 @@ mod wgpu {
         let fp4 = upload(&reference(QuantType::Fp4, false));
         assert!(
             memory(&fp4.code) == memory(&a.code),
-            "one buffer for every table"
+            "every table in one allocation"
         );
 
         let mut custom = reference(QuantType::Nf4, true);

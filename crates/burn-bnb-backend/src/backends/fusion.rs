@@ -8,12 +8,14 @@ use burn_backend::{
     Backend, DType, Element, FloatDType, Shape, TensorMetadata,
     tensor::{FloatTensor, IntTensor},
 };
-use burn_bnb_formats::{FloatDtype, NESTED_BLOCKSIZE, Quant4Config, QuantType};
+use burn_bnb_formats::{FloatDtype, NESTED_BLOCKSIZE, Quant4Config, QuantType, Quantized4};
 use burn_fusion::{
-    Fusion, FusionBackend, FusionRuntime, FusionTensor,
+    Fusion, FusionBackend, FusionRuntime, FusionTensor, NoOp, get_client,
     stream::{Operation, OperationStreams},
 };
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use burn_ir::{
+    CustomOpIr, HandleContainer, InitOperationIr, OperationIr, OperationOutput, TensorIr,
+};
 
 use crate::decoder_ops::{DecoderKernels, PreNorm};
 use crate::layout::ByteLayout;
@@ -626,6 +628,30 @@ impl<B: FusionBackend + QuantizedKernels> QuantizedKernels for Fusion<B> {
             }
         });
         layout.join(parts)
+    }
+
+    fn quant4_from_reference(
+        quantized: &Quantized4,
+        device: &Self::Device,
+    ) -> Quant4Primitive<Self> {
+        // `B`'s upload (shared tables on CubeCL), each tensor registered as Burn's fusion
+        // registers uploaded data: an initialized tensor, no operation to run.
+        let client = get_client::<B>(device);
+        let init = |shape: Shape, dtype: DType, handle| {
+            let desc =
+                InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
+            client
+                .register(
+                    OperationStreams::default(),
+                    OperationIr::Init(desc),
+                    NoOp::<B>::new(),
+                )
+                .output()
+        };
+        B::quant4_from_reference(quantized, device).map_backend(
+            |t| init(t.shape(), t.dtype(), B::float_tensor_handle(t)),
+            |t| init(t.shape(), t.dtype(), B::int_tensor_handle(t)),
+        )
     }
 
     fn dequantize_4bit(weight: Quant4Primitive<Self>, dtype: FloatDType) -> FloatTensor<Self> {
