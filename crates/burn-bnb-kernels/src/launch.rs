@@ -396,9 +396,8 @@ mod tests {
     use super::*;
     use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 
-    /// The parts of one allocation are whole words, at aligned offsets, and do not overlap.
-    #[test]
-    fn carved_tensors_are_aligned_and_disjoint() {
+    /// A tensor on the default wgpu device to carve beside, or `None` without an adapter.
+    fn wgpu_like() -> Option<CubeTensor<WgpuRuntime>> {
         let device = WgpuDevice::DefaultDevice;
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
@@ -406,10 +405,21 @@ mod tests {
         std::panic::set_hook(hook);
         let Ok(client) = client else {
             eprintln!("skipped: no wgpu adapter");
-            return;
+            return None;
         };
-        let like: CubeTensor<WgpuRuntime> =
-            empty_device_dtype(client.clone(), device, Shape::from(vec![4]), DType::F32);
+        Some(empty_device_dtype(
+            client,
+            device,
+            Shape::from(vec![4]),
+            DType::F32,
+        ))
+    }
+
+    /// The parts of one allocation are whole words, at aligned offsets, and do not overlap.
+    #[test]
+    fn carved_tensors_are_aligned_and_disjoint() {
+        let Some(like) = wgpu_like() else { return };
+        let client = like.client.clone();
         let parts = [
             (vec![3, 5], DType::I8),
             (vec![3], DType::F32),
@@ -432,6 +442,29 @@ mod tests {
                 "{shape:?} starts at {start}, inside the part before"
             );
             end = start + bytes;
+        }
+    }
+
+    /// Parts uploaded together read back as they were written, each from its own offset.
+    #[test]
+    fn uploaded_parts_read_back() {
+        let Some(like) = wgpu_like() else { return };
+        let floats: Vec<u8> = [1.5f32, -2.0, 3.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let bytes = [7u8, 8, 9, 10, 11];
+        let word = 0xdead_beef_u32.to_le_bytes();
+        let parts: [(Vec<usize>, DType, &[u8]); 3] = [
+            (vec![3], DType::F32, &floats),
+            (vec![5], DType::U8, &bytes),
+            (vec![1], DType::U32, &word),
+        ];
+        let tensors = tensors_from_data(&like, &parts);
+        for ((shape, dtype, data), t) in parts.iter().zip(&tensors) {
+            assert_eq!((&t.shape.dims, t.dtype), (shape, *dtype));
+            let read = like.client.read_one(t.handle.clone());
+            assert_eq!(&read[..data.len()], *data, "{shape:?} {dtype:?}");
         }
     }
 }
