@@ -136,6 +136,17 @@ pub fn tensors_from_data<R: CubeRuntime>(
     spans.carve(like, buffer, &shapes)
 }
 
+/// `F32 [len]` tensors of `parts` in one device allocation: [`tensors_from_data`] for float
+/// vectors (a weight's scales, the lookup tables).
+pub fn f32_tensors<R: CubeRuntime, const P: usize>(
+    like: &CubeTensor<R>,
+    parts: [&[f32]; P],
+) -> [CubeTensor<R>; P] {
+    let parts = parts.map(|part| (vec![part.len()], DType::F32, bytemuck::cast_slice(part)));
+    <[_; P]>::try_from(tensors_from_data(like, &parts))
+        .unwrap_or_else(|_| unreachable!("one tensor a part"))
+}
+
 fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }

@@ -119,7 +119,7 @@ pub use int8::{
     int8_matmul_i32, int8_quantize_rows, int8_reduce_split_k, linear_8bit_lt,
     linear_8bit_lt_decomposed, linear_8bit_lt_quantized, linear_8bit_lt_swiglu,
 };
-pub use launch::tensors_from_data;
+pub use launch::{f32_tensors, tensors_from_data};
 pub use layout::{Absmax4, DoubleQuant4, Int8Matrix, Quant4Weight};
 pub use matmul4::{
     CmmaParams, Matmul4Strategy, MmaParams, SimtParams, matmul_4bit, matmul_4bit_add_rms_norm,

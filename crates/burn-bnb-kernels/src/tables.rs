@@ -16,7 +16,6 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, PoisonError};
 
-use burn_backend::DType;
 use burn_bnb_formats::{QuantType, dynamic_map_signed};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -63,10 +62,10 @@ fn with_tables<R: CubeRuntime, T>(like: &CubeTensor<R>, f: impl FnOnce(&Tables<R
 /// The three tables in one allocation, each at an offset the runtime can bind.
 fn upload<R: CubeRuntime>(like: &CubeTensor<R>) -> Tables<R> {
     let map = dynamic_map_signed();
-    let parts = [QuantType::Nf4.code(), QuantType::Fp4.code(), &map[..]]
-        .map(|part| (vec![part.len()], DType::F32, bytemuck::cast_slice(part)));
-    let [nf4, fp4, dynamic_map] = <[_; 3]>::try_from(crate::tensors_from_data(like, &parts))
-        .unwrap_or_else(|_| unreachable!("three parts"));
+    let [nf4, fp4, dynamic_map] = crate::f32_tensors(
+        like,
+        [QuantType::Nf4.code(), QuantType::Fp4.code(), &map[..]],
+    );
     Tables {
         nf4,
         fp4,

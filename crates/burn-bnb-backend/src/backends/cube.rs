@@ -19,7 +19,7 @@ use burn_backend::{
 use burn_bnb_formats::{Absmax, FloatDtype, Quant4Config, Quantized4, dynamic_map_signed};
 use burn_bnb_kernels::{
     self as kernels, Absmax4, DoubleQuant4, Int8Matrix, KernelError, Quant4Options, Quant4Weight,
-    tables, tensors_from_data,
+    f32_tensors, tables,
 };
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -225,25 +225,6 @@ fn kernel_weight<R: CubeRuntime, B: Cube<R>>(weight: &Quant4Primitive<B>) -> Qua
     }
 }
 
-/// `F32 [len]` tensors of `parts` in one allocation on `like`'s device.
-fn f32_parts<R: CubeRuntime, const P: usize>(
-    like: &CubeTensor<R>,
-    parts: [&[f32]; P],
-) -> [CubeTensor<R>; P] {
-    let bytes = parts.map(|part| {
-        part.iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>()
-    });
-    let parts: Vec<_> = parts
-        .iter()
-        .zip(&bytes)
-        .map(|(part, bytes)| (vec![part.len()], DType::F32, &bytes[..]))
-        .collect();
-    <[_; P]>::try_from(tensors_from_data(like, &parts))
-        .unwrap_or_else(|_| unreachable!("one tensor a part"))
-}
-
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
@@ -323,7 +304,7 @@ where
         let packed = byte_primitive::<Self>(&quantized.packed, None, false, device);
         let absmax = match &quantized.absmax {
             Absmax::Plain(absmax) => {
-                let [absmax] = f32_parts(&packed, [absmax]);
+                let [absmax] = f32_tensors(&packed, [absmax]);
                 Absmax4Primitive::Plain(absmax)
             }
             Absmax::Double(dq) => {
@@ -332,10 +313,10 @@ where
                 let (nested_absmax, offset, nested_code) =
                     if same_bits(&dq.nested_code[..], &standard) {
                         let [nested_absmax, offset] =
-                            f32_parts(&packed, [&dq.nested_absmax, &[dq.offset]]);
+                            f32_tensors(&packed, [&dq.nested_absmax, &[dq.offset]]);
                         (nested_absmax, offset, tables::dynamic_map(&packed))
                     } else {
-                        let [nested_absmax, offset, map] = f32_parts(
+                        let [nested_absmax, offset, map] = f32_tensors(
                             &packed,
                             [&dq.nested_absmax, &[dq.offset], &dq.nested_code[..]],
                         );
