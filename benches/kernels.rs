@@ -564,6 +564,8 @@ fn cases<'a>(
     if sweep {
         if m == 1 {
             for (rows, cube_size) in [
+                (4, 32),
+                (8, 32),
                 (2, 64),
                 (2, 128),
                 (4, 64),
@@ -604,10 +606,13 @@ fn cases<'a>(
                 }),
             );
         }
+        // At one row the automatic choice is the SIMT GEMV; the register-fragment kernel's
+        // parameters are those it picks for two rows (one 8-row tile, wide steps), so that the
+        // sweep tells whether its pair table and tensor cores beat the GEMV's 16-entry table.
         if let Matmul4Strategy::Mma(auto) = burn_bnb_kernels::matmul4::auto_strategy_4bit(
             &ctx.client,
             DType::BF16,
-            m,
+            m.max(2),
             n,
             k,
             64,
@@ -615,7 +620,21 @@ fn cases<'a>(
         ) {
             // Every variant with double-quantized scales too: the best parameters of the two
             // instances differ (fourteenth session: NF4's four weight tiles did not carry over).
-            for p in mma_sweep(auto, true) {
+            let mut variants = mma_sweep(auto, true);
+            if m == 1 {
+                // One launch, no partial sums (what a fused epilogue needs at one row): the
+                // device filled by small cubes instead of split-K.
+                variants.extend(
+                    [(1, 1), (2, 1), (1, 2), (1, 4)].map(|(mt, warps)| MmaParams {
+                        mt,
+                        warps,
+                        splits: 1,
+                        depth: 2,
+                        ..auto
+                    }),
+                );
+            }
+            for p in variants {
                 q4("nf4", false, Matmul4Strategy::Mma(p));
                 q4("nf4-dq", true, Matmul4Strategy::Mma(p));
             }

@@ -667,8 +667,13 @@ pub fn supports_mma<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> 
 }
 
 /// Whether the kernel can compute `[m, k] x weight` for a weight of `blocksize` as
-/// [`MmaParams::auto`] would: `2..=32` activation rows (one row is the SIMT GEMV's, faster
-/// there), whole 64-wide K steps, and steps inside one quantization block.
+/// [`MmaParams::auto`] would: `2..=32` activation rows, whole 64-wide K steps, and steps inside
+/// one quantization block.
+///
+/// One row is the SIMT GEMV's. On an H100 (ncu, bf16 NF4) the best of 29 parameter sets of this
+/// kernel at one row took 25.0 µs on 14336x4096 and 23.2 on 4096x14336 against the GEMV's 22.6
+/// and 20.8, and in the model's fused products it adds the split-K launches the GEMV's epilogues
+/// avoid (Llama-3.1-8B NF4 at batch 1: 3.8 against 3.5 ms a step).
 pub(crate) fn fits(m: usize, k: usize, blocksize: usize) -> bool {
     (2..=MMA_MAX_ROWS).contains(&m)
         && k.is_multiple_of(MMA_BK as usize)
