@@ -545,6 +545,12 @@ fn strategies<R: CubeRuntime>(
             mt: 4,
             cube_size: 128,
         }));
+        // The automatic one-row shape at K <= 4096, N >= 8192 (the shapes here are smaller).
+        s.push(Matmul4Strategy::Simt(SimtParams {
+            rows: 8,
+            mt: 1,
+            cube_size: 64,
+        }));
     }
     if k.is_multiple_of(32) && burn_bnb_kernels::matmul4::supports_cmma(&dev.client, dtype) {
         s.push(Matmul4Strategy::Cmma(CmmaParams {
