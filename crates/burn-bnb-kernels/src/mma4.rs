@@ -18,12 +18,14 @@
 //!   a code byte as one fragment register: one shared load a byte instead of two loads and a
 //!   pack. Every lane has its own copy in its own bank (32 KiB a cube), so random bytes never
 //!   collide.
-//! - **The block scale is applied once per step or per fragment.** Narrow steps (64 wide,
-//!   blocksize >= 64) lie inside one quantization block: the step is multiplied with the bare
-//!   table values into a temporary f32 accumulator, then scaled by each row's absmax. Wide
-//!   steps (128 wide, 16-byte code loads, for one 8-row activation tile) give each lane 32
-//!   codes of one block and multiply its fragments by the scale (one packed multiply per
-//!   register), so products go straight into the accumulator.
+//! - **The block scale rides on the weight fragments.** A narrow step (64 wide, blocksize >=
+//!   64) lies inside one quantization block, and so do a lane's 32 codes of a wide step (128
+//!   wide, 16-byte code loads, for one 8-row activation tile): each fragment register is
+//!   multiplied by its row's scale (one packed multiply), as bitsandbytes dequantizes to the
+//!   compute dtype before its product, and products go straight into the f32 accumulator.
+//!   Scaling each narrow step's f32 product instead (an earlier form) kept a second set of
+//!   accumulators: NF4+DQ at batch 32 was 1-3% slower a decode step (H100, speed notes of the
+//!   thirty-fourth session), plain NF4 level.
 //!
 //! Warps of a cube own neighbouring weight rows over the same K range, so the activations they
 //! read come from L1 after the first warp; split-K over cubes fills the device, and a second
@@ -81,10 +83,9 @@ pub struct MmaParams {
     pub splits: u32,
     /// K steps whose loads are in flight per warp: 1 to 4.
     pub depth: u32,
-    /// 4-bit kernel only: 128-wide K steps (a 16-byte code load per row and lane, the block
-    /// scale applied to the weight fragments, `K % 128 == 0`, blocksize >= 32) instead of
-    /// 64-wide ones (8-byte loads, the scale applied to each step's f32 product, `K % 64 ==
-    /// 0`, blocksize >= 64). Fewer instructions a weight, more registers a unit.
+    /// 4-bit kernel only: 128-wide K steps (a 16-byte code load per row and lane, `K % 128 ==
+    /// 0`, blocksize >= 32) instead of 64-wide ones (8-byte loads, `K % 64 == 0`, blocksize >=
+    /// 64). Fewer instructions a weight, more registers a unit.
     pub wide: bool,
 }
 
@@ -254,7 +255,6 @@ fn mma_body<F: Float, D: CubePrimitive, B: CubePrimitive, O: CubePrimitive>(
     let nt = comptime!(cfg.nt);
     let mt = comptime!(cfg.mt);
     let depth = comptime!(cfg.depth);
-    let wide = comptime!(cfg.wide);
     // Step width, 16-byte activation lines a unit takes per step and row, k16 fragments a step.
     let bk = comptime!(if cfg.wide { MMA_BK_WIDE } else { MMA_BK });
     let xl = comptime!(bk / 32);
@@ -447,22 +447,12 @@ fn mma_body<F: Float, D: CubePrimitive, B: CubePrimitive, O: CubePrimitive>(
                 }
                 #[unroll]
                 for i in 0..mt {
-                    // Wide: the fragments carry the block scale (a unit's 32 codes of a row lie
-                    // in one block), so every product goes straight into the accumulator.
-                    // Narrow: the step lies in one block; its product with the bare table
-                    // values is scaled once per output.
+                    // The fragments carry the block scale (a step's codes of a row, narrow, or a
+                    // unit's 32 of them, wide, lie in one block), so every product goes straight
+                    // into the accumulator.
                     let s_lo = Line::<F>::empty(2usize).fill(F::cast_from(sc[(2 * i) as usize]));
                     let s_hi =
                         Line::<F>::empty(2usize).fill(F::cast_from(sc[(2 * i + 1) as usize]));
-                    let mut tmp = Array::<Line<f32>>::lined(comptime!((nt * 2) as usize), 2usize);
-                    #[unroll]
-                    for j in 0..comptime!(nt * 2) {
-                        if wide {
-                            tmp[j as usize] = acc[(i * nt * 2 + j) as usize];
-                        } else {
-                            tmp[j as usize] = Line::<f32>::empty(2usize).fill(0.0f32);
-                        }
-                    }
                     #[unroll]
                     for kk in 0..kks {
                         // Fragment A (weights): registers 0/1 hold K slots 2t, 2t+1 of rows g
@@ -473,16 +463,10 @@ fn mma_body<F: Float, D: CubePrimitive, B: CubePrimitive, O: CubePrimitive>(
                         let b_lo = (2 * kk) % 4;
                         let mut a = Array::<Line<F>>::lined(4usize, 2usize);
                         let by = cfg.byte_addr;
-                        a[0] = pair::<F>(&pairs, w_lo, b_lo, lane, by);
-                        a[1] = pair::<F>(&pairs, w_hi, b_lo, lane, by);
-                        a[2] = pair::<F>(&pairs, w_lo, b_lo + 1, lane, by);
-                        a[3] = pair::<F>(&pairs, w_hi, b_lo + 1, lane, by);
-                        if wide {
-                            a[0] = a[0] * s_lo;
-                            a[1] = a[1] * s_hi;
-                            a[2] = a[2] * s_lo;
-                            a[3] = a[3] * s_hi;
-                        }
+                        a[0] = pair::<F>(&pairs, w_lo, b_lo, lane, by) * s_lo;
+                        a[1] = pair::<F>(&pairs, w_hi, b_lo, lane, by) * s_hi;
+                        a[2] = pair::<F>(&pairs, w_lo, b_lo + 1, lane, by) * s_lo;
+                        a[3] = pair::<F>(&pairs, w_hi, b_lo + 1, lane, by) * s_hi;
                         #[unroll]
                         for j in 0..nt {
                             // Fragment B (activations): register 0 holds K slots 2t, 2t+1 of
@@ -492,26 +476,14 @@ fn mma_body<F: Float, D: CubePrimitive, B: CubePrimitive, O: CubePrimitive>(
                             let mut b = Array::<Line<F>>::lined(2usize, 2usize);
                             b[0] = Line::<F>::reinterpret(xw[((2 * kk) % 4) as usize]);
                             b[1] = Line::<F>::reinterpret(xw[((2 * kk) % 4 + 1) as usize]);
+                            // Accumulator registers: 0 = row g, 1 = row g + 8 (columns 2t, 2t+1).
+                            let a_i = ((i * nt + j) * 2) as usize;
                             let mut c = Array::<Line<f32>>::lined(2usize, 2usize);
-                            c[0] = tmp[(2 * j) as usize];
-                            c[1] = tmp[(2 * j + 1) as usize];
+                            c[0] = acc[a_i];
+                            c[1] = acc[a_i + 1];
                             let d_out = def.execute(&a, &b, &c);
-                            tmp[(2 * j) as usize] = d_out[0];
-                            tmp[(2 * j + 1) as usize] = d_out[1];
-                        }
-                    }
-                    // Accumulator registers: 0 = row g, 1 = row g + 8 (columns 2t, 2t+1).
-                    #[unroll]
-                    for j in 0..nt {
-                        let a_i = ((i * nt + j) * 2) as usize;
-                        if wide {
-                            acc[a_i] = tmp[(2 * j) as usize];
-                            acc[a_i + 1] = tmp[(2 * j + 1) as usize];
-                        } else {
-                            let f_lo = Line::<f32>::empty(2usize).fill(sc[(2 * i) as usize]);
-                            let f_hi = Line::<f32>::empty(2usize).fill(sc[(2 * i + 1) as usize]);
-                            acc[a_i] = acc[a_i] + tmp[(2 * j) as usize] * f_lo;
-                            acc[a_i + 1] = acc[a_i + 1] + tmp[(2 * j + 1) as usize] * f_hi;
+                            acc[a_i] = d_out[0];
+                            acc[a_i + 1] = d_out[1];
                         }
                     }
                 }
