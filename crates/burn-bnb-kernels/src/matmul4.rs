@@ -1469,10 +1469,11 @@ pub(crate) fn product<R: CubeRuntime>(
 /// it fits; for one row with `K <= 4096` and `N >= 8192` the SIMT GEMV with 8 weight rows a
 /// 64-unit cube; else [`auto_strategy`].
 ///
-/// The GEMV's narrow cubes, measured on an H100 (ncu, bf16 NF4): 14336x4096 20.3 against
-/// 22.6 µs with the default 4 rows a 128-unit cube, the stacked gate/up (28672x4096) of
-/// Llama-3.1-8B 33.4 against 38.0 µs, and that model's NF4 decode step at batch 1 3.43 against
-/// 3.53 ms. At K = 14336 they are slower (22.4 against 20.8 µs), and the dense bf16 head
+/// The GEMV's narrow cubes, measured on an H100 against the default 4 rows a 128-unit cube in
+/// the same call (bf16 NF4): 14336x4096 20.3 against 22.6 µs (kernel bench, `1c0e812`); the
+/// stacked gate/up (28672x4096) of Llama-3.1-8B 33.4 against 38.0 µs (ncu) and that model's NF4
+/// decode step at batch 1 3.43 against 3.53 ms (`dd1683a` with and without an experiment
+/// switch). At K = 14336 they are slower (22.4 against 20.8 µs), and the dense bf16 head
 /// (128256x4096) was 2% slower with them, so [`auto_strategy`] keeps its shape.
 pub fn auto_strategy_4bit<R: CubeRuntime>(
     client: &ComputeClient<R>,

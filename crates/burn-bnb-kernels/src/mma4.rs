@@ -24,8 +24,9 @@
 //!   multiplied by its row's scale (one packed multiply), as bitsandbytes dequantizes to the
 //!   compute dtype before its product, and products go straight into the f32 accumulator.
 //!   Scaling each narrow step's f32 product instead (an earlier form) kept a second set of
-//!   accumulators: NF4+DQ at batch 32 was 1-3% slower a decode step (H100, speed notes of the
-//!   thirty-fourth session), plain NF4 level.
+//!   accumulators: NF4+DQ at batch 32 was 1-3% slower a decode step (H100, `dd1683a` with and
+//!   without an experiment switch in one call; speed notes, thirty-fourth session), plain NF4
+//!   level.
 //!
 //! Warps of a cube own neighbouring weight rows over the same K range, so the activations they
 //! read come from L1 after the first warp; split-K over cubes fills the device, and a second
