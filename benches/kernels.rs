@@ -21,6 +21,8 @@
 //! BNB_SHAPES=57344x8192,8192x28672 ...             # these N x K weight shapes instead
 //! BNB_CASES=nf4,Mma ...                            # only cases whose "format variant" holds
 //!                                                  # one of these substrings
+//! BNB_MMA_SPLITS=3,6,12 ...                       # with BNB_SWEEP: the register-fragment
+//!                                                  # kernel at these split-K counts instead
 //! BNB_PATTERNS=1 ...                               # only the bandwidth of the 4-bit products'
 //!                                                  # weight access pattern, no compute
 //! ```
@@ -620,7 +622,22 @@ fn cases<'a>(
         ) {
             // Every variant with double-quantized scales too: the best parameters of the two
             // instances differ (fourteenth session: NF4's four weight tiles did not carry over).
-            let mut variants = mma_sweep(auto, true);
+            let mut variants = match split_list() {
+                // Split-K counts of any size (the automatic rule takes powers of two), at two
+                // and four weight tiles a warp: whether the grid's waves cost the product.
+                Some(splits) => splits
+                    .into_iter()
+                    .flat_map(|splits| {
+                        [2, 4].map(|mt| MmaParams {
+                            mt,
+                            splits,
+                            depth: 1,
+                            ..auto
+                        })
+                    })
+                    .collect(),
+                None => mma_sweep(auto, true),
+            };
             if m == 1 {
                 // One launch, no partial sums (what a fused epilogue needs at one row): the
                 // device filled by small cubes instead of split-K.
@@ -693,6 +710,15 @@ fn cases<'a>(
         }
     }
     cases
+}
+
+/// `BNB_MMA_SPLITS`: split-K counts that replace the register-fragment kernel's sweep.
+fn split_list() -> Option<Vec<u32>> {
+    std::env::var("BNB_MMA_SPLITS").is_ok().then(|| {
+        env_list("BNB_MMA_SPLITS", "split-K counts", &[], |s| {
+            s.parse().ok().filter(|&s: &u32| s >= 1)
+        })
+    })
 }
 
 /// Register-fragment kernel variants around the automatic choice `auto`: split-K doubled and
