@@ -714,11 +714,10 @@ fn cases<'a>(
 
 /// `BNB_MMA_SPLITS`: split-K counts that replace the register-fragment kernel's sweep.
 fn split_list() -> Option<Vec<u32>> {
-    std::env::var("BNB_MMA_SPLITS").is_ok().then(|| {
-        env_list("BNB_MMA_SPLITS", "split-K counts", &[], |s| {
-            s.parse().ok().filter(|&s: &u32| s >= 1)
-        })
-    })
+    let splits = env_list("BNB_MMA_SPLITS", "split-K counts", &[], |s| {
+        s.parse().ok().filter(|&s: &u32| s >= 1)
+    });
+    (!splits.is_empty()).then_some(splits)
 }
 
 /// Register-fragment kernel variants around the automatic choice `auto`: split-K doubled and
