@@ -107,7 +107,7 @@ pub(crate) fn empty_tensors<R: CubeRuntime>(
 }
 
 /// Tensors holding `parts` (shape, dtype, little-endian bytes of exactly that many elements)
-/// in one device allocation laid out as [`empty_tensors`] lays it out: one upload instead of
+/// in one device allocation laid out as `empty_tensors` lays it out: one upload instead of
 /// one a part, for small tensors that live together (a weight's scales; the lookup tables).
 ///
 /// # Panics

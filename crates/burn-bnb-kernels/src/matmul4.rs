@@ -1466,15 +1466,18 @@ pub(crate) fn product<R: CubeRuntime>(
 
 /// The strategy [`matmul_4bit`] uses for an `[M, K] x [N, K]ᵀ` product of `dtype` with a 4-bit
 /// weight of `blocksize`, its scales double-quantized or not: [`Matmul4Strategy::Mma`] where
-/// it fits; for one row with `K <= 4096` and `N >= 8192` the SIMT GEMV with 8 weight rows a
-/// 64-unit cube; else [`auto_strategy`].
+/// it fits; for one row with `K <= 4096` the SIMT GEMV with 64-unit cubes, 8 weight rows a
+/// cube for `N >= 8192` and 4 below; else [`auto_strategy`].
 ///
 /// The GEMV's narrow cubes, measured on an H100 against the default 4 rows a 128-unit cube in
 /// the same call (bf16 NF4): 14336x4096 20.3 against 22.6 µs (kernel bench, `1c0e812`); the
 /// stacked gate/up (28672x4096) of Llama-3.1-8B 33.4 against 38.0 µs (ncu) and that model's NF4
 /// decode step at batch 1 3.43 against 3.53 ms (`dd1683a` with and without an experiment
-/// switch). At K = 14336 they are slower (22.4 against 20.8 µs), and the dense bf16 head
-/// (128256x4096) was 2% slower with them, so [`auto_strategy`] keeps its shape.
+/// switch); its stacked q/k/v (6144x4096) 11.9 against 13.8 µs with 4 rows (kernel bench, ncu)
+/// and 11.9 against 13.7 in the model's step (ncu; speed notes 2026-12-07d), where 8 rows a
+/// 64-unit cube (768 cubes) took 15.1. 4096x4096 is level (10.2 against 10.4 µs). At K = 14336
+/// they are slower (22.4 against 20.8 µs), and the dense bf16 head (128256x4096) was 2% slower
+/// with them, so [`auto_strategy`] keeps its shape.
 pub fn auto_strategy_4bit<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
@@ -1489,9 +1492,9 @@ pub fn auto_strategy_4bit<R: CubeRuntime>(
         // Partial sums (4 bytes per output and split) at most half the packed weight bytes.
         return Matmul4Strategy::Mma(MmaParams::auto(client, m, n, k, k / (16 * m), kind));
     }
-    if m == 1 && k <= 4096 && n >= 8192 {
+    if m == 1 && k <= 4096 {
         return Matmul4Strategy::Simt(SimtParams {
-            rows: 8,
+            rows: if n >= 8192 { 8 } else { 4 },
             mt: 1,
             cube_size: 64,
         });

@@ -666,8 +666,8 @@ pub(crate) enum MmaWeight {
 }
 
 /// K steps a split needs before four 16-row weight tiles a warp beat two at four activation
-/// tiles (plain scales), as measured on Llama-3.1-8B's shapes: with 8 steps two tiles (twice
-/// the cubes) were faster, with 14 and 16 four.
+/// tiles, as measured on Llama-3.1-8B's shapes: with 8 steps two tiles (twice the cubes) were
+/// faster, with 14 and 16 four (plain scales; double-quantized ones agree since 2026-12-07d).
 const FOUR_TILE_MIN_STEPS: usize = 12;
 
 impl MmaParams {
@@ -679,8 +679,8 @@ impl MmaParams {
     ///   fragments serve both) and a one-step load ring;
     /// - two activation tiles (9-16 rows): two weight tiles a warp, a two-step ring;
     /// - four activation tiles (17-32 rows): four weight tiles a warp with a one-step ring,
-    ///   except with plain scales and splits of fewer than [`FOUR_TILE_MIN_STEPS`] K steps (the
-    ///   small layers), which take two.
+    ///   except for splits of fewer than [`FOUR_TILE_MIN_STEPS`] K steps (the small layers),
+    ///   which take two.
     ///
     /// The int8 kernel has one step width, two weight tiles a warp and a two-step ring.
     ///
@@ -688,6 +688,9 @@ impl MmaParams {
     /// q/k/v, o, gate/up and down shapes; speed notes, twenty-fifth session): the one-step ring at one activation
     /// tile 1-11% faster on every shape, NF4 and NF4+DQ; two weight tiles at 32 rows 10-14%
     /// faster for plain NF4 on 6144x4096 and 4096x4096, but 17% slower for NF4+DQ on 6144x4096.
+    /// Since the block scales ride on the fragments (2026-12-07b) two tiles also win for NF4+DQ
+    /// (ncu, H100, product and reduction at 32 rows: 6144x4096 22.8 against 25.4 us, 4096x4096
+    /// 19.0 against 20.8; NF4+DQ batch 32 6.02 -> 5.87 ms a step; speed notes 2026-12-07d).
     pub(crate) fn auto<R: CubeRuntime>(
         client: &ComputeClient<R>,
         m: usize,
@@ -711,8 +714,8 @@ impl MmaParams {
         // weight tiles a warp halve it, with a one-step ring to keep the registers near the
         // two-tile kernel's; the int8 kernel measured no gain from four tiles.
         let (mt, depth) = match weight {
-            MmaWeight::FourBit { double_quant } if nt == 4 => {
-                if double_quant || k_steps >= FOUR_TILE_MIN_STEPS * splits as usize {
+            MmaWeight::FourBit { .. } if nt == 4 => {
+                if k_steps >= FOUR_TILE_MIN_STEPS * splits as usize {
                     (4, 1)
                 } else {
                     (2, 1)

@@ -28,6 +28,11 @@ use crate::layout::{Int8Matrix, f32_arg, float_arg, words_arg};
 /// size works with one kernel. With `add`, the first pass adds `residual` and writes the sum,
 /// which the second pass reads back (each unit its own lines, so no barrier is needed).
 ///
+/// With `held > 0` (at most `held` lines a unit, no `row_mask`) each unit loads its lines of
+/// `x`, `residual` and `weight` at once and keeps them in registers: one round trip to memory
+/// before the reduction instead of one a line and pass (at one decode row the norm is a single
+/// cube bound by those round trips). Its lines and their order are the loop's, so are its bits.
+///
 /// With `row_mask`, a third pass writes the row's outlier bits (`ceil(hidden / 32)` words a
 /// row, as [`outlier_word()`]) to `row_masks`, which LLM.int8()'s row quantization then ORs over
 /// the rows instead of reading every row for its mask.
@@ -51,49 +56,69 @@ fn rms_norm_kernel<F: Float>(
     #[comptime] add: bool,
     #[comptime] row_mask: bool,
     #[comptime] round: bool,
+    #[comptime] held: u32,
 ) {
     let row = CUBE_POS as u32;
     if row >= rows {
         terminate!();
     }
     let base = row * lines_per_row;
-    let inv = inverse_rms::<F>(
-        x,
-        residual,
-        sum,
-        base,
-        lines_per_row,
-        hidden,
-        eps,
-        line,
-        cube_size,
-        plane,
-        add,
-        true,
-    );
-    let mut i = UNIT_POS;
-    while i < lines_per_row {
-        out[(base + i) as usize] = normed_line::<F>(x, sum, weight, base, i, inv, line, add);
-        i += cube_size;
-    }
-    if row_mask {
-        let num_words = hidden.div_ceil(32);
-        let mut w = UNIT_POS;
-        while w < num_words {
-            row_masks[(row * num_words + w) as usize] = outlier_word::<F>(
-                x,
-                residual,
-                weight,
-                base,
-                w,
-                lines_per_row,
-                inv,
-                threshold_h,
-                line,
-                add,
-                round,
-            );
-            w += cube_size;
+    if comptime!(held > 0) {
+        held_rms_norm::<F>(
+            x,
+            residual,
+            weight,
+            sum,
+            out,
+            base,
+            lines_per_row,
+            hidden,
+            eps,
+            line,
+            cube_size,
+            plane,
+            add,
+            held,
+        );
+    } else {
+        let inv = inverse_rms::<F>(
+            x,
+            residual,
+            sum,
+            base,
+            lines_per_row,
+            hidden,
+            eps,
+            line,
+            cube_size,
+            plane,
+            add,
+            true,
+        );
+        let mut i = UNIT_POS;
+        while i < lines_per_row {
+            out[(base + i) as usize] = normed_line::<F>(x, sum, weight, base, i, inv, line, add);
+            i += cube_size;
+        }
+        if row_mask {
+            let num_words = hidden.div_ceil(32);
+            let mut w = UNIT_POS;
+            while w < num_words {
+                row_masks[(row * num_words + w) as usize] = outlier_word::<F>(
+                    x,
+                    residual,
+                    weight,
+                    base,
+                    w,
+                    lines_per_row,
+                    inv,
+                    threshold_h,
+                    line,
+                    add,
+                    round,
+                );
+                w += cube_size;
+            }
         }
     }
 }
@@ -409,6 +434,64 @@ fn reduce_add_rms_norm_kernel<F: Float>(
     }
 }
 
+/// [`rms_norm_kernel()`]'s row with each unit's (at most `held`) lines in registers: every
+/// load is issued before the first use, the sums are written and squared in the loop's order
+/// (so the statistic has [`inverse_rms()`]'s bits), and the output is scaled from registers.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn held_rms_norm<F: Float>(
+    x: &Array<Line<F>>,
+    residual: &Array<Line<F>>,
+    weight: &Array<Line<F>>,
+    sum: &mut Array<Line<F>>,
+    out: &mut Array<Line<F>>,
+    base: u32,
+    lines_per_row: u32,
+    hidden: u32,
+    eps: f32,
+    #[comptime] line: u32,
+    #[comptime] cube_size: u32,
+    #[comptime] plane: u32,
+    #[comptime] add: bool,
+    #[comptime] held: u32,
+) {
+    let mut v = Array::<Line<F>>::lined(comptime!(held as usize), comptime!(line as usize));
+    let mut w = Array::<Line<F>>::lined(comptime!(held as usize), comptime!(line as usize));
+    #[unroll]
+    for t in 0..held {
+        let i = UNIT_POS + t * cube_size;
+        if i < lines_per_row {
+            v[t as usize] = summed_line::<F>(x, residual, base + i, add);
+            w[t as usize] = weight[i as usize];
+        }
+    }
+    let mut acc = 0.0f32;
+    #[unroll]
+    for t in 0..held {
+        let i = UNIT_POS + t * cube_size;
+        if i < lines_per_row {
+            let vt = v[t as usize];
+            if add {
+                sum[(base + i) as usize] = vt;
+            }
+            #[unroll]
+            for e in 0..line {
+                let f = f32::cast_from(vt[e as usize]);
+                acc += f * f;
+            }
+        }
+    }
+    let total = all_sum(acc, cube_size, plane);
+    let inv = 1.0f32 / f32::sqrt(total / f32::cast_from(hidden) + eps);
+    #[unroll]
+    for t in 0..held {
+        let i = UNIT_POS + t * cube_size;
+        if i < lines_per_row {
+            out[(base + i) as usize] = scaled::<F>(v[t as usize], w[t as usize], inv, line);
+        }
+    }
+}
+
 /// `1 / sqrt(mean(x32²) + eps)` of a row over the whole cube (with `add`, of `x + residual`,
 /// which it writes to `sum` when `write_sum`).
 #[cube]
@@ -718,6 +801,10 @@ struct RowGeometry {
     plane: u32,
 }
 
+/// The most lines a unit of [`rms_norm_kernel()`] keeps in registers (a 4096-wide f32 row in
+/// 256 units); wider rows take the passes that re-read them.
+const MAX_HELD_LINES: usize = 4;
+
 fn row_geometry<R: CubeRuntime>(x: &CubeTensor<R>, hidden: usize) -> RowGeometry {
     let line = line_size::<R>(x.dtype.size(), hidden);
     let lines_per_row = hidden / line;
@@ -818,6 +905,10 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
         None => (float_arg(x, line), float_arg(&out, line)),
     };
     let (masks, threshold_h) = row_masks.unwrap_or((&out, 0.0));
+    let held = match lines_per_row.div_ceil(cube_size) {
+        n if row_masks.is_none() && n <= MAX_HELD_LINES => n as u32,
+        _ => 0,
+    };
     // SAFETY: every index is below `rows * lines_per_row` (x, residual, sum, out),
     // `lines_per_row` (weight) or, with row masks, `rows * ceil(hidden / 32)`.
     unsafe {
@@ -842,6 +933,7 @@ fn launch<R: CubeRuntime, F: Float + CubeElement>(
             residual.is_some(),
             row_masks.is_some(),
             x.dtype != DType::F16,
+            held,
         )
         .map_err(|e| KernelError::launch("rms_norm", e))?;
     }
