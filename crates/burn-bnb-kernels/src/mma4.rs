@@ -690,7 +690,8 @@ impl MmaParams {
     /// faster for plain NF4 on 6144x4096 and 4096x4096, but 17% slower for NF4+DQ on 6144x4096.
     /// Since the block scales ride on the fragments (2026-12-07b) two tiles also win for NF4+DQ
     /// (ncu, H100, product and reduction at 32 rows: 6144x4096 22.8 against 25.4 us, 4096x4096
-    /// 19.0 against 20.8; NF4+DQ batch 32 6.02 -> 5.87 ms a step; speed notes 2026-12-07d).
+    /// 19.0 against 20.8; NF4+DQ batch 32 6.02 -> 5.87 ms a step; `68a76b2` with an experiment
+    /// switch, speed notes 2026-12-07d).
     pub(crate) fn auto<R: CubeRuntime>(
         client: &ComputeClient<R>,
         m: usize,
