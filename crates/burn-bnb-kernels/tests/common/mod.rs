@@ -583,6 +583,8 @@ pub fn add_rms_norm_split_k<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         (8, 8, 1024, true),
         (5, 32, 4100, false),
         (2, 3, 37, true),
+        // More lines a row than a cube's units, several a unit.
+        (2, 2, 17000, true),
     ] {
         let what = format!(
             "splits {splits} rows {rows} hidden {hidden} bias {use_bias} {}",
