@@ -24,6 +24,7 @@ for i in $(seq 1 "${REPEATS:-2}"); do
     for v in a b; do
         d=$A_DIR; c=${A:-base}
         [ $v = b ] && d=$B_DIR && c=${B:-change}
+        cubecl_cache_for "$d/llama_bench"
         BURN_BNB_COMMIT=$c timeout "${LIMIT:-120}" "$d/llama_bench" "$@" --verbose \
             --out "/tmp/ab-$v-$i" > "$OUT/ab-$v-$i.log" 2>&1
         echo "$v ($c) $i rc=$? t=$SECONDS"

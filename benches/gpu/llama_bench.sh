@@ -9,6 +9,7 @@ DIR=${1:?the folder holding llama_bench}; shift
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . "$(dirname "$0")/cubecl-cache.sh"
 [ -f "$DIR/llama_bench" ] || xz -d -k -f "$DIR/llama_bench.xz"; chmod +x "$DIR/llama_bench"
+cubecl_cache_for "$DIR/llama_bench"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 ( time timeout "${LIMIT:-520}" "$DIR/llama_bench" "$@" --verbose --out "$OUT/lb" ) > "$OUT/llama_bench.log" 2>&1
 grep -v "^  batch" "$OUT/llama_bench.log" | tail -40

@@ -10,6 +10,7 @@
 set -u
 LB=${1:?llama_bench executable}; FORMAT=${2:?format}; BATCH=${3:?batch}; LAYERS=${4:-4}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+. "$(dirname "$0")/cubecl-cache.sh"; cubecl_cache_for "$LB"
 timeout "${LIMIT:-90}" ncu --clock-control none --metrics gpu__time_duration.sum --csv \
     "$LB" --models "${MODEL:-llama-3.1-8b}" --layers "$LAYERS" --formats "$FORMAT" \
     --batches "$BATCH" --warmup 0 --runs 1 --new-tokens 4 --out /tmp/ncu-step-lb \

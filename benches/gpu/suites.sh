@@ -14,6 +14,7 @@ export BURN_BNB_GOLDEN=$PWD/tests/fixtures/golden
 for f in "$DIR"/*.xz; do [ -e "$f" ] && xz -d -k -f "$f"; done
 for t in kernels-cuda backend-cuda nn-gpu; do
     [ -x "$DIR/$t" ] || chmod +x "$DIR/$t" 2>/dev/null || continue
+    cubecl_cache_for "$DIR/$t"
     ( time timeout "${SUITE_LIMIT:-200}" "$DIR/$t" --ignored --test-threads=1 $FILTER ) > "$OUT/$t.log" 2>&1
     grep -h "test result\|panicked" -A1 "$OUT/$t.log"
 done

@@ -12,6 +12,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 DIR=$L; [ -f "$L/cache.tgz" ] || DIR=$P
 . "$(dirname "$0")/cubecl-cache.sh"
 xz -d -k -f "$L/llama_bench.xz" && chmod +x "$L/llama_bench"; tar xJf "$P/py.tar.xz" -C "$P"
+cubecl_cache_for "$L/llama_bench"
 uptime > "$OUT/uptime.txt"; nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt"
 ( time timeout 220 "$L/llama_bench" --models "$MODEL" --verbose --out "$OUT/lb" ) > "$OUT/llama_bench.log" 2>&1
 echo "llama_bench rc=$? t=$SECONDS"; grep -h "s/step" "$OUT/llama_bench.log"
