@@ -16,6 +16,7 @@ echo "backend rc=$? t=$SECONDS"; grep -h "^test \|test result\|panicked" "$FINAL
 OUT=$FINAL/r
 common="--models llama-3.1-8b --warmup 2 --runs 8 --verbose"
 run() { local name=$1 b=$2 f=$3; shift 3
+  cubecl_cache_for $DIR/llama_bench_b
   env "$@" BURN_BNB_COMMIT=held-switch-$name timeout 60 $DIR/llama_bench_b $common --batches $b --formats $f --out /tmp/lb-$name > "$OUT/ll-$name.log" 2>&1
   echo "$name rc=$? t=$SECONDS"; }
 S0=$SECONDS
