@@ -31,7 +31,7 @@ file = "$CC_DIR/$key/autotune.log"
 T
 }
 save_cubecl_cache() {
-    (cd "$CC_DIR" && tar czf "$OUT/cache.tgz" --exclude='*.log' --exclude=.restored \
+    (cd "$CC_DIR" && tar czf "$OUT/cache.tgz" --exclude='*.log' \
         $(ls -d */ 2>/dev/null | grep -E '^[0-9a-f]{16}/$')) 2>/dev/null
     for d in "$CC_DIR"/*/; do
         for f in "$d"*.log; do [ -f "$f" ] && cp "$f" "$OUT/$(basename "$d")-$(basename "$f")"; done

@@ -1475,10 +1475,9 @@ pub(crate) fn product<R: CubeRuntime>(
 /// decode step at batch 1 3.43 against 3.53 ms (`dd1683a` with and without an experiment
 /// switch); its stacked q/k/v (6144x4096) 11.9 against 13.8 µs with 4 rows (kernel bench, ncu)
 /// and 11.9 against 13.7 in the model's step (ncu; `68a76b2` with an experiment switch, speed
-/// notes 2026-12-07d), where 8 rows a
-/// 64-unit cube (768 cubes) took 15.1. 4096x4096 is level (10.2 against 10.4 µs). At K = 14336
-/// they are slower (22.4 against 20.8 µs), and the dense bf16 head (128256x4096) was 2% slower
-/// with them, so [`auto_strategy`] keeps its shape.
+/// notes 2026-12-07d), where 8 rows a 64-unit cube (768 cubes) took 15.1. 4096x4096 is level
+/// (10.2 against 10.4 µs). At K = 14336 they are slower (22.4 against 20.8 µs), and the dense
+/// bf16 head (128256x4096) was 2% slower with them, so [`auto_strategy`] keeps its shape.
 pub fn auto_strategy_4bit<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
