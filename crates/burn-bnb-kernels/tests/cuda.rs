@@ -38,29 +38,4 @@ macro_rules! cuda_tests {
     };
 }
 
-cuda_tests!(
-    golden_dequantize,
-    golden_quantize,
-    random_quant_roundtrip,
-    matmul4_random,
-    matmul4_swiglu,
-    matmul4_add_rms_norm,
-    add_rms_norm_split_k,
-    rotary_kv_split_k,
-    matmul4_rotary_kv,
-    matmul4_group_offsets,
-    matmul_dense_random,
-    hopper_gemm_random,
-    golden_matmul4,
-    golden_int8,
-    int8_random,
-    int8_strategies,
-    int8_reduce_split_k_random,
-    argmax_rows
-);
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn errors() {
-    common::errors(&device());
-}
+common::for_each_suite!(cuda_tests);

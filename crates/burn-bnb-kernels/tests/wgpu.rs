@@ -31,35 +31,20 @@ fn device() -> Option<Dev<WgpuRuntime>> {
     available.then(|| Dev::new(WgpuDevice::DefaultDevice))
 }
 
-macro_rules! wgpu_test {
-    ($name:ident) => {
-        #[test]
-        fn $name() {
-            if let Some(dev) = device() {
-                common::$name::<WgpuRuntime, f32>(&dev);
+macro_rules! wgpu_tests {
+    ($($name:ident),*) => {
+        $(
+            #[test]
+            fn $name() {
+                if let Some(dev) = device() {
+                    common::$name::<WgpuRuntime, f32>(&dev);
+                }
             }
-        }
+        )*
     };
 }
 
-wgpu_test!(golden_dequantize);
-wgpu_test!(golden_quantize);
-wgpu_test!(random_quant_roundtrip);
-wgpu_test!(matmul4_random);
-wgpu_test!(matmul4_swiglu);
-wgpu_test!(matmul4_add_rms_norm);
-wgpu_test!(add_rms_norm_split_k);
-wgpu_test!(rotary_kv_split_k);
-wgpu_test!(matmul4_rotary_kv);
-wgpu_test!(matmul4_group_offsets);
-wgpu_test!(matmul_dense_random);
-wgpu_test!(hopper_gemm_random);
-wgpu_test!(golden_matmul4);
-wgpu_test!(golden_int8);
-wgpu_test!(int8_random);
-wgpu_test!(int8_strategies);
-wgpu_test!(int8_reduce_split_k_random);
-wgpu_test!(argmax_rows);
+common::for_each_suite!(wgpu_tests);
 
 #[test]
 fn errors() {

@@ -32,6 +32,73 @@ use rand_distr::StandardNormal;
 use safetensors::{Dtype, SafeTensors};
 
 // ---------------------------------------------------------------------------------------------
+// Compile-only runs
+
+thread_local! {
+    static COMPILE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread's runs as compile-only: the runtime (`tests/codegen`) compiles every kernel
+/// and runs none, so the suite launches exactly what it launches on a GPU while the checks of
+/// computed values ([`assert_out!`], [`assert_out_eq!`] and the helpers built on them) pass.
+/// Shapes, typed errors and everything decided on the host are still checked.
+pub fn set_compile_only() {
+    COMPILE_ONLY.with(|c| c.set(true));
+}
+
+/// Whether kernels' outputs hold computed values (false on the compile-only runtime).
+pub fn outputs_computed() -> bool {
+    !COMPILE_ONLY.with(|c| c.get())
+}
+
+/// `assert!` on values a kernel computed: skipped where kernels only compile.
+macro_rules! assert_out {
+    ($($t:tt)*) => {
+        if $crate::common::outputs_computed() {
+            assert!($($t)*);
+        }
+    };
+}
+
+/// `assert_eq!` on values a kernel computed: skipped where kernels only compile.
+macro_rules! assert_out_eq {
+    ($($t:tt)*) => {
+        if $crate::common::outputs_computed() {
+            assert_eq!($($t)*);
+        }
+    };
+}
+
+/// Calls `$tests!(a, b, ...)` with the name of every suite function generic over the runtime and
+/// the float type, so that each runtime's test file instantiates all of them.
+macro_rules! for_each_suite {
+    ($tests:ident $(, $extra:ident)*) => {
+        $tests!(
+            golden_dequantize,
+            golden_quantize,
+            random_quant_roundtrip,
+            matmul4_random,
+            matmul4_swiglu,
+            matmul4_add_rms_norm,
+            add_rms_norm_split_k,
+            rotary_kv_split_k,
+            matmul4_rotary_kv,
+            matmul4_group_offsets,
+            matmul_dense_random,
+            hopper_gemm_random,
+            golden_matmul4,
+            golden_int8,
+            int8_random,
+            int8_strategies,
+            int8_reduce_split_k_random,
+            argmax_rows
+            $(, $extra)*
+        );
+    };
+}
+pub(crate) use for_each_suite;
+
+// ---------------------------------------------------------------------------------------------
 // Float types under test
 
 /// A float type the kernels compute in, with host conversions.
@@ -291,8 +358,9 @@ pub fn golden_dequantize<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             .zip(expected.chunks(F::KIND.size()))
             .filter(|(a, b)| a != b)
             .count();
-        assert_eq!(
-            mismatches, 0,
+        assert_out_eq!(
+            mismatches,
+            0,
             "{}: {mismatches} elements differ from bitsandbytes",
             case.prefix
         );
@@ -336,7 +404,7 @@ pub fn golden_quantize<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         } else {
             0
         };
-        assert!(
+        assert_out!(
             code_mismatches <= allowed,
             "{}: {code_mismatches} codes differ from bitsandbytes",
             case.prefix
@@ -353,16 +421,17 @@ pub fn golden_quantize<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             },
         )
         .unwrap();
-        assert_eq!(
-            packed, cpu.packed,
+        assert_out_eq!(
+            packed,
+            cpu.packed,
             "{}: packed codes differ from burn-bnb-formats",
             case.prefix
         );
         match (&q.absmax, &cpu.absmax) {
             (Absmax4::Plain(a), Absmax::Plain(b)) => {
                 let a = dev.read_f32(a);
-                assert_eq!(a, *b, "{}: absmax", case.prefix);
-                assert_eq!(
+                assert_out_eq!(a, *b, "{}: absmax", case.prefix);
+                assert_out_eq!(
                     a,
                     view_f32(&st, &format!("{}.absmax", case.prefix)),
                     "{}: absmax vs bnb",
@@ -372,23 +441,23 @@ pub fn golden_quantize<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             (Absmax4::Double(a), Absmax::Double(b)) => {
                 let offset = dev.read_f32(&a.offset)[0];
                 let golden_offset = view_f32(&st, &format!("{}.offset", case.prefix))[0];
-                assert_eq!(
+                assert_out_eq!(
                     offset.to_bits(),
                     golden_offset.to_bits(),
                     "{}: offset vs bnb",
                     case.prefix
                 );
-                assert_eq!(
+                assert_out_eq!(
                     offset.to_bits(),
                     b.offset.to_bits(),
                     "{}: offset vs formats",
                     case.prefix
                 );
                 let codes = dev.bytes_of(&a.codes);
-                assert_eq!(codes, b.codes, "{}: absmax codes", case.prefix);
+                assert_out_eq!(codes, b.codes, "{}: absmax codes", case.prefix);
                 let (golden_codes, _) = view_raw(&st, &format!("{}.absmax_q", case.prefix));
-                assert_eq!(codes, golden_codes, "{}: absmax codes vs bnb", case.prefix);
-                assert_eq!(
+                assert_out_eq!(codes, golden_codes, "{}: absmax codes vs bnb", case.prefix);
+                assert_out_eq!(
                     dev.read_f32(&a.nested_absmax),
                     b.nested_absmax,
                     "{}: nested absmax",
@@ -448,7 +517,7 @@ pub fn random_quant_roundtrip<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         )
         .unwrap();
         let what = format!("{shape:?} bs {blocksize} {quant_type} dq {double_quant}");
-        assert_eq!(dev.bytes_of(&q.packed), cpu.packed, "{what}: packed");
+        assert_out_eq!(dev.bytes_of(&q.packed), cpu.packed, "{what}: packed");
         // One device codebook a type (and one dynamic map) for every weight quantized.
         let code = &q.code.handle.memory;
         let first = codebooks.entry(quant_type).or_insert_with(|| code.clone());
@@ -466,7 +535,7 @@ pub fn random_quant_roundtrip<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         let actual = dev.read_f32(&back);
         assert_eq!(actual.len(), expected.len());
         for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
-            assert_eq!(a.to_bits(), e.to_bits(), "{what}: element {i}: {a} vs {e}");
+            assert_out_eq!(a.to_bits(), e.to_bits(), "{what}: element {i}: {a} vs {e}");
         }
     }
 }
@@ -501,6 +570,9 @@ fn reference_matmul(
 /// `rtol * (|ref| + rms(ref))` (an absolute floor at the output's scale, for cancellations).
 fn check_close(actual: &[f32], reference: &[f64], rtol: f64, what: &str) {
     assert_eq!(actual.len(), reference.len(), "{what}: length");
+    if !outputs_computed() {
+        return;
+    }
     let rms = (reference.iter().map(|r| r * r).sum::<f64>() / reference.len().max(1) as f64).sqrt();
     let mut err2 = 0.0;
     let mut ref2 = 0.0;
@@ -707,7 +779,7 @@ fn assert_bits(what: &str, actual: [Vec<f32>; 3], expected: [Vec<f32>; 3]) {
     {
         assert_eq!(a.len(), e.len(), "{what}: {name} length");
         for (i, (a, e)) in a.iter().zip(e).enumerate() {
-            assert_eq!(a.to_bits(), e.to_bits(), "{what}: {name} {i}: {a} vs {e}");
+            assert_out_eq!(a.to_bits(), e.to_bits(), "{what}: {name} {i}: {a} vs {e}");
         }
     }
 }
@@ -946,7 +1018,7 @@ fn assert_rows_bits<R: CubeRuntime>(
         assert_eq!(a.shape.dims, shape.to_vec(), "{what}: {name}");
         let (a, e) = (dev.read_f32(a), dev.read_f32(e));
         for (i, (a, e)) in a.iter().zip(&e).enumerate() {
-            assert_eq!(a.to_bits(), e.to_bits(), "{what}: {name} {i}: {a} vs {e}");
+            assert_out_eq!(a.to_bits(), e.to_bits(), "{what}: {name} {i}: {a} vs {e}");
         }
     }
 }
@@ -1130,7 +1202,7 @@ pub fn matmul4_group_offsets<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             .count()
     };
     let deq = |w| dequantize_4bit(w, F::KIND).unwrap();
-    assert_eq!(
+    assert_out_eq!(
         differ(&deq(&grouped), &deq(&plain)),
         0,
         "dequantize_4bit with an offset per nested group ({})",
@@ -1147,7 +1219,7 @@ pub fn matmul4_group_offsets<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         for strategy in all {
             let a = matmul_4bit_with(&xt, &grouped, None, strategy).unwrap();
             let b = matmul_4bit_with(&xt, &plain, None, strategy).unwrap();
-            assert_eq!(
+            assert_out_eq!(
                 differ(&a, &b),
                 0,
                 "m {m} {strategy:?} with an offset per nested group ({})",
@@ -1225,7 +1297,7 @@ pub fn matmul4_swiglu<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             assert_eq!(fused.shape.dims, vec![m, half], "{what}");
             let actual = dev.read_f32(&fused);
             for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
-                assert_eq!(a.to_bits(), e.to_bits(), "{what}: output {i}: {a} vs {e}");
+                assert_out_eq!(a.to_bits(), e.to_bits(), "{what}: output {i}: {a} vs {e}");
             }
         }
     }
@@ -1543,12 +1615,12 @@ pub fn golden_int8<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             .zip(expected)
             .filter(|(a, b)| (**a as i8 as i32 - **b as i8 as i32).abs() > 1)
             .count();
-        assert_eq!(worse, 0, "{codes_key}: codes more than one step away");
-        assert!(
+        assert_out_eq!(worse, 0, "{codes_key}: codes more than one step away");
+        assert_out!(
             off_by_one * 500 <= codes.len(),
             "{codes_key}: {off_by_one} codes differ by one"
         );
-        assert_eq!(
+        assert_out_eq!(
             dev.read_f32(&q.absmax),
             view_f32(&st, scale_key),
             "{scale_key}"
@@ -1560,7 +1632,7 @@ pub fn golden_int8<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
     let xq = golden_int8_matrix(dev, &st, "int8.x_q", "int8.x_scale");
     let acc = int8_matmul_i32(&xq, &wq).unwrap();
     let (expected_acc, _) = view_raw(&st, "int8.acc");
-    assert_eq!(
+    assert_out_eq!(
         dev.bytes_of(&acc),
         expected_acc,
         "int8.acc: the int32 product must be exact"
@@ -1583,7 +1655,7 @@ pub fn golden_int8<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             }
         })
         .count();
-    assert!(
+    assert_out!(
         ulp_off * 1000 <= y.len(),
         "int8.y: {ulp_off} of {} elements differ",
         y.len()
@@ -1660,7 +1732,7 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         // Its dequantization, bit for bit.
         let deq = dev.read_f32(&int8_dequantize(&weight, F::KIND).unwrap());
         let expected: Vec<f32> = wq.dequantize().into_iter().map(round::<F>).collect();
-        assert_eq!(
+        assert_out_eq!(
             deq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             "int8_dequantize {n}x{k}"
@@ -1669,8 +1741,8 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         let wt = dev.floats::<F>(&w, vec![n, k]);
         let wdev = int8_quantize_rows(&wt, 0.0).unwrap().quantized;
         let codes: Vec<i8> = bytemuck::cast_slice(&dev.bytes_of(&wdev.codes)).to_vec();
-        assert_eq!(codes, wq.codes, "weight codes {n}x{k}");
-        assert_eq!(
+        assert_out_eq!(codes, wq.codes, "weight codes {n}x{k}");
+        assert_out_eq!(
             dev.read_f32(&wdev.absmax),
             wq.absmax,
             "weight absmax {n}x{k}"
@@ -1714,7 +1786,7 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
                     .zip(&expected)
                     .filter(|(a, e)| **a as f64 == **e)
                     .count();
-                assert_eq!(
+                assert_out_eq!(
                     exact,
                     actual.len(),
                     "{what}: {} elements differ",
@@ -1730,7 +1802,7 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
                         int8_matmul_dequant(&q.quantized, &weight, Some(&bt), F::KIND).unwrap();
                     int8_add_outliers(&steps, &xt, &weight, q.outliers.as_ref().unwrap()).unwrap();
                     let bits = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(
+                    assert_out_eq!(
                         bits(actual),
                         bits(dev.read_f32(&steps)),
                         "{what}: vs the steps"
@@ -1758,7 +1830,7 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
                 assert_eq!(fused.shape.dims, vec![m, half], "{what}: swiglu shape");
                 let actual = dev.read_f32(&fused);
                 for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
-                    assert_eq!(
+                    assert_out_eq!(
                         a.to_bits(),
                         e.to_bits(),
                         "{what}: swiglu output {i}: {a} vs {e}"
@@ -1774,13 +1846,13 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         let reference = Int8Rows::quantize(&xh, m, k, 6.0).unwrap();
         let codes: Vec<i8> =
             bytemuck::cast_slice(&dev.bytes_of(&decomposed.quantized.codes)).to_vec();
-        assert_eq!(
+        assert_out_eq!(
             codes,
             reference.codes,
             "decomposed codes m {m} k {k} {}",
             F::NAME
         );
-        assert_eq!(
+        assert_out_eq!(
             dev.read_f32(&decomposed.quantized.absmax),
             reference.absmax,
             "decomposed absmax m {m} k {k} {}",
@@ -1792,8 +1864,8 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
             .map(|c| c as u32)
             .collect();
         let words = |t| -> Vec<u32> { bytemuck::cast_slice(&dev.bytes_of(t)).to_vec() };
-        let count = words(&outliers.count)[0] as usize;
-        assert_eq!(
+        let count = (words(&outliers.count)[0] as usize).min(k);
+        assert_out_eq!(
             &words(&outliers.cols)[..count],
             &expected_cols[..],
             "outlier columns m {m} k {k} {}",
@@ -1802,7 +1874,7 @@ pub fn int8_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         let mask = words(&outliers.mask);
         for c in 0..k {
             let set = (mask[c / 32] >> (c % 32)) & 1 == 1;
-            assert_eq!(
+            assert_out_eq!(
                 set,
                 expected_cols.contains(&(c as u32)),
                 "mask bit {c}, m {m} k {k}"
@@ -1886,7 +1958,7 @@ pub fn int8_reduce_split_k_random<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
                     let differ: Vec<usize> = (0..a.len())
                         .filter(|&i| a[i].to_bits() != e[i].to_bits())
                         .collect();
-                    assert!(
+                    assert_out!(
                         differ.is_empty(),
                         "{what}: {} of {} outputs differ, first at {}: {} against {}",
                         differ.len(),
@@ -1986,7 +2058,7 @@ pub fn int8_strategies<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         let bt = dev.floats::<F>(&bias, vec![n]);
         let raw = int8_matmul_i32(&da, &db).unwrap();
         let raw: Vec<i32> = bytemuck::cast_slice(&dev.bytes_of(&raw)).to_vec();
-        assert_eq!(raw, acc, "int32 product {m}x{n}x{k}");
+        assert_out_eq!(raw, acc, "int32 product {m}x{n}x{k}");
         let mut strategies = vec![
             Int8Strategy::Auto,
             Int8Strategy::Simt {
@@ -2034,7 +2106,7 @@ pub fn int8_strategies<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
                 .zip(&expected)
                 .filter(|(a, e)| a.to_bits() != e.to_bits())
                 .count();
-            assert_eq!(
+            assert_out_eq!(
                 bad,
                 0,
                 "int8 {m}x{n}x{k} {strategy:?} {}: {bad} elements differ",
@@ -2185,6 +2257,6 @@ pub fn argmax_rows<R: CubeRuntime, F: TestFloat>(dev: &Dev<R>) {
         let out = burn_bnb_kernels::argmax(&t, DType::I32).unwrap();
         assert_eq!(out.shape.dims, vec![rows, 1]);
         let actual: Vec<i32> = bytemuck::cast_slice(&dev.bytes_of(&out)).to_vec();
-        assert_eq!(actual, expected, "argmax {rows}x{width} {}", F::NAME);
+        assert_out_eq!(actual, expected, "argmax {rows}x{width} {}", F::NAME);
     }
 }
