@@ -322,8 +322,8 @@ pub(crate) fn measure_model<B: burn_bnb::QuantizedOps>(
     keep: &mut dyn FnMut(Row) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let weight_bytes = build::weight_bytes(model);
-    // The commit label: BURN_BNB_COMMIT at run time (a binary carried to a machine without the
-    // repository), then at build time, then `git describe`.
+    // The commit label: BURN_BNB_COMMIT at run time, then the build's (`build.rs`: `git
+    // describe` where the binary was built), then `git describe` here.
     let commit = std::env::var("BURN_BNB_COMMIT")
         .ok()
         .or_else(|| option_env!("BURN_BNB_COMMIT").map(str::to_string))
