@@ -16,6 +16,8 @@ cubecl_cache_for "$L/llama_bench"
 uptime > "$OUT/uptime.txt"; nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt"
 ( time timeout 220 "$L/llama_bench" --models "$MODEL" --verbose --out "$OUT/lb" ) > "$OUT/llama_bench.log" 2>&1
 echo "llama_bench rc=$? t=$SECONDS"; grep -h "s/step" "$OUT/llama_bench.log"
+python3 "$(dirname "$0")/host_bound.py" "$OUT/llama_bench.log" > "$OUT/host-bound.txt" 2>&1
+tail -1 "$OUT/host-bound.txt"
 uptime >> "$OUT/uptime.txt"
 save_cubecl_cache
 if [ $((DEADLINE - 30 - SECONDS)) -gt 150 ]; then
