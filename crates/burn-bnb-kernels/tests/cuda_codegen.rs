@@ -24,7 +24,7 @@ fn compile(suite: impl FnOnce(&Dev<CudaCodegen>)) {
 /// The suite function: the kernel suite's, or this file's for what only the backend's covers.
 macro_rules! suite {
     (decoder_ops, $f:ty) => {
-        common_ext::decoder_ops::<$f>
+        backend_only::decoder_ops::<$f>
     };
     ($name:ident, $f:ty) => {
         common::$name::<CudaCodegen, $f>
@@ -55,7 +55,7 @@ macro_rules! codegen_tests {
 
 common::for_each_suite!(codegen_tests, decoder_ops);
 
-mod common_ext {
+mod backend_only {
     //! Launches of the decoder kernels the kernel suite leaves to the backend's CUDA suite
     //! (attention, RoPE, the INT8 norms), in the decode and prefill shapes the models use.
     use super::*;
