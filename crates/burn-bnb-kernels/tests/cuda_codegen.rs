@@ -1,13 +1,12 @@
 //! The CUDA suite's launches compiled on the CPU by CubeCL's CUDA compiler for an H100
-//! (`codegen::CudaCodegen`: `cubecl-opt` and the C++ generator run, no kernel executes), in
-//! f32, f16 and bf16. CI has no GPU, and its wgpu runtime skips both (and the tensor-core
+//! (`burn_bnb_cuda_codegen::CudaCodegen`: `cubecl-opt` and the C++ generator run, no kernel
+//! executes), in f32, f16 and bf16. CI has no GPU, and its wgpu runtime skips both (and the tensor-core
 //! kernels): this is where a kernel CUDA cannot compile fails without one. The checks of
 //! computed values are skipped (`common::set_compile_only`); shapes and typed errors are not.
 
-mod codegen;
 mod common;
 
-use codegen::{CodegenDevice, CudaCodegen};
+use burn_bnb_cuda_codegen::{CodegenDevice, CudaCodegen};
 use common::Dev;
 use half::{bf16, f16};
 

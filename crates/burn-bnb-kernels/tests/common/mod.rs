@@ -38,10 +38,10 @@ thread_local! {
     static COMPILE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Marks this thread's runs as compile-only: the runtime (`tests/codegen`) compiles every kernel
-/// and runs none, so the suite launches exactly what it launches on a GPU while the checks of
-/// computed values ([`assert_out!`], [`assert_out_eq!`] and the helpers built on them) pass.
-/// Shapes, typed errors and everything decided on the host are still checked.
+/// Marks this thread's runs as compile-only: the runtime (`burn_bnb_cuda_codegen::CudaCodegen`)
+/// compiles every kernel and runs none, so the suite launches exactly what it launches on a GPU
+/// while the checks of computed values ([`assert_out!`], [`assert_out_eq!`] and the helpers built
+/// on them) pass. Shapes, typed errors and everything decided on the host are still checked.
 pub fn set_compile_only() {
     COMPILE_ONLY.with(|c| c.set(true));
 }

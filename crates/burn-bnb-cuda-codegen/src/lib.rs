@@ -1,17 +1,34 @@
-//! `CudaCodegen`: a CubeCL runtime that stands in for an H100 (sm_90) and, at every launch,
+//! [`CudaCodegen`]: a CubeCL runtime that stands in for an H100 (sm_90) and, at every launch,
 //! compiles the kernel with CubeCL's CUDA compiler (the IR optimizer `cubecl-opt`, then the CUDA
-//! C++ code generator) exactly as `cubecl-cuda` would before handing the source to NVRTC, and then
-//! runs nothing. Buffers live in host memory, so launchers that upload tables or read nothing
-//! back work unchanged.
+//! C++ code generator) exactly as `cubecl-cuda` does before handing the source to NVRTC, and then
+//! runs nothing. Buffers live in host memory; reads return whatever they hold (uploads, or
+//! zeros).
 //!
-//! Why: CI has no GPU, and its wgpu runtime (lavapipe) compiles WGSL without `cubecl-opt` and
-//! without the tensor-core paths, so a kernel that CUDA cannot compile passes CI (a branch that
-//! went on after `terminate!()` did, thirty-seventh session). NVRTC itself is not run: code it
-//! would reject (rare: CubeCL emits the C++) still needs the GPU suite.
+//! Two uses without a GPU:
+//! - **CUDA compile checks in CI.** Lavapipe's WGSL path runs neither `cubecl-opt` nor the
+//!   tensor-core kernels, so a kernel CUDA cannot compile passed CI (code after `terminate!()`
+//!   in a block did, speed notes 2026-12-07e). `burn-bnb-kernels`' `cuda_codegen` test runs the
+//!   kernel suite on this runtime. A compile error or a compiler panic becomes the launch's
+//!   [`LaunchError`]. NVRTC itself is not run.
+//! - **The host's share of a decode step.** After the first launch of each kernel (compiled once,
+//!   then looked up), a launch costs only the launch path of Burn, CubeCL and this project,
+//!   which is what bounds host-bound decode steps; the CUDA driver's own launch cost is not
+//!   included.
+//!
+//! ```
+//! use burn_bnb_cuda_codegen::{CodegenDevice, CudaCodegen};
+//! use cubecl::Runtime;
+//!
+//! let client = CudaCodegen::client(&CodegenDevice);
+//! assert_eq!(client.properties().hardware.num_streaming_multiprocessors, Some(132));
+//! ```
+
+#![warn(missing_docs)]
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cubecl::CompilationError;
 use cubecl::CubeTask;
@@ -55,7 +72,7 @@ type CudaCompiler = CppCompiler<CudaDialect<CudaWmmaCompiler>>;
 /// The compute capability the properties describe: the H100's.
 const ARCH: u32 = 90;
 
-/// The runtime; see the module documentation.
+/// The runtime; see the crate documentation.
 #[derive(Debug)]
 pub struct CudaCodegen;
 
@@ -89,6 +106,7 @@ pub struct CodegenServer {
     utilities: Arc<ServerUtilities<Self>>,
     options: CompilationOptions,
     seen: HashSet<KernelId>,
+    profiles: Vec<(u64, Instant)>,
 }
 
 impl DeviceState for CodegenServer {
@@ -188,6 +206,7 @@ impl DeviceState for CodegenServer {
             utilities: Arc::new(ServerUtilities::new(props, logger, ())),
             options,
             seen: HashSet::new(),
+            profiles: Vec::new(),
         }
     }
 }
@@ -333,18 +352,25 @@ impl ComputeServer for CodegenServer {
         self.memory.cleanup(true);
     }
 
+    /// Host time: nothing runs on a device (autotuners then compare launch costs only).
     fn start_profile(&mut self, _stream_id: StreamId) -> ProfilingToken {
-        ProfilingToken { id: 0 }
+        let id = self.profiles.last().map_or(0, |(id, _)| id + 1);
+        self.profiles.push((id, Instant::now()));
+        ProfilingToken { id }
     }
 
     fn end_profile(
         &mut self,
         _stream_id: StreamId,
-        _token: ProfilingToken,
+        token: ProfilingToken,
     ) -> Result<ProfileDuration, ProfileError> {
-        Err(ProfileError::NotRegistered {
-            backtrace: BackTrace::capture(),
-        })
+        let at = self.profiles.iter().position(|(id, _)| *id == token.id);
+        let (_, start) =
+            at.map(|i| self.profiles.remove(i))
+                .ok_or_else(|| ProfileError::NotRegistered {
+                    backtrace: BackTrace::capture(),
+                })?;
+        Ok(ProfileDuration::new_system_time(start, Instant::now()))
     }
 
     fn allocation_mode(&mut self, mode: MemoryAllocationMode, _stream_id: StreamId) {
