@@ -402,6 +402,34 @@ where
     )
 }
 
+/// A CubeCL runtime's device name and memory in use, for the rows.
+trait CubeDeviceInfo: cubecl::Runtime {
+    fn device_name() -> String;
+}
+
+#[cfg(feature = "cuda")]
+impl CubeDeviceInfo for cubecl::cuda::CudaRuntime {
+    fn device_name() -> String {
+        gpu_name().unwrap_or_else(|| "CUDA GPU".into())
+    }
+}
+
+impl CubeDeviceInfo for burn_bnb_cuda_codegen::CudaCodegen {
+    fn device_name() -> String {
+        "CUDA codegen (host only, no GPU)".into()
+    }
+}
+
+struct Cube<R>(std::marker::PhantomData<R>);
+impl<R: CubeDeviceInfo, B: Backend<Device = R::Device>> DeviceInfo<B> for Cube<R> {
+    fn name(_device: &R::Device) -> String {
+        R::device_name()
+    }
+    fn in_use_bytes(device: &R::Device) -> u64 {
+        R::client(device).memory_usage().bytes_in_use
+    }
+}
+
 /// CUDA: BF16 and 4-bit rows on `Bnb<Cuda<bf16>>`, INT8 rows on `Bnb<Cuda<f16>>`.
 #[cfg(feature = "cuda")]
 pub fn run_cuda(
@@ -411,46 +439,66 @@ pub fn run_cuda(
     rows: &mut Vec<Row>,
     save: &mut Save<'_>,
 ) -> Result<(), Error> {
-    use burn::backend::cuda::CudaDevice;
-    struct Cuda;
-    impl<B: Backend<Device = CudaDevice>> DeviceInfo<B> for Cuda {
-        fn name(_device: &CudaDevice) -> String {
-            gpu_name().unwrap_or_else(|| "CUDA GPU".into())
-        }
-        fn in_use_bytes(device: &CudaDevice) -> u64 {
-            use cubecl::Runtime;
-            cubecl::cuda::CudaRuntime::client(device)
-                .memory_usage()
-                .bytes_in_use
-        }
-    }
-    let device = CudaDevice::default();
+    use cubecl::cuda::CudaRuntime;
     if args.fusion {
         return run_cuda_with::<
             burn_bnb::Bnb<burn::backend::Cuda<half::bf16, i32>>,
             burn_bnb::Bnb<burn::backend::Cuda<half::f16, i32>>,
-            Cuda,
-        >(model, args, plan, &device, rows, save);
+            Cube<CudaRuntime>,
+        >(model, args, plan, &Default::default(), rows, save);
     }
-    type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
-    run_cuda_with::<burn_bnb::Bnb<Unfused<half::bf16>>, burn_bnb::Bnb<Unfused<half::f16>>, Cuda>(
-        model, args, plan, &device, rows, save,
-    )
+    run_unfused::<CudaRuntime>(model, args, plan, rows, save)
 }
 
-/// The BF16 and 4-bit rows on `Bf16`, the INT8 rows on `F16`.
-#[cfg(feature = "cuda")]
-fn run_cuda_with<Bf16, F16, D>(
+/// The host's share of a CUDA step: `run_cuda`'s backends on `CudaCodegen`, which compiles every
+/// kernel for an H100 and runs none.
+pub fn run_cuda_codegen(
     model: &str,
     args: &Args,
     plan: bench::Plan,
-    device: &burn::backend::cuda::CudaDevice,
+    rows: &mut Vec<Row>,
+    save: &mut Save<'_>,
+) -> Result<(), Error> {
+    if args.fusion {
+        return Err("--device cuda-codegen runs without Burn's fusion; drop --fusion".into());
+    }
+    run_unfused::<burn_bnb_cuda_codegen::CudaCodegen>(model, args, plan, rows, save)
+}
+
+/// `Bnb<CubeBackend<R>>` without Burn's fusion on `R`'s default device.
+fn run_unfused<R: CubeDeviceInfo>(
+    model: &str,
+    args: &Args,
+    plan: bench::Plan,
     rows: &mut Vec<Row>,
     save: &mut Save<'_>,
 ) -> Result<(), Error>
 where
-    Bf16: QuantizedOps<Device = burn::backend::cuda::CudaDevice>,
-    F16: QuantizedOps<Device = burn::backend::cuda::CudaDevice>,
+    R::Device: burn::tensor::backend::DeviceOps,
+{
+    type Unfused<R, F> = burn_bnb::Bnb<burn_cubecl::CubeBackend<R, F, i32, u8>>;
+    run_cuda_with::<Unfused<R, half::bf16>, Unfused<R, half::f16>, Cube<R>>(
+        model,
+        args,
+        plan,
+        &Default::default(),
+        rows,
+        save,
+    )
+}
+
+/// The BF16 and 4-bit rows on `Bf16`, the INT8 rows on `F16`.
+fn run_cuda_with<Bf16, F16, D>(
+    model: &str,
+    args: &Args,
+    plan: bench::Plan,
+    device: &Bf16::Device,
+    rows: &mut Vec<Row>,
+    save: &mut Save<'_>,
+) -> Result<(), Error>
+where
+    Bf16: QuantizedOps,
+    F16: QuantizedOps<Device = Bf16::Device>,
     D: DeviceInfo<Bf16> + DeviceInfo<F16>,
 {
     let (int8, other): (Vec<Format>, Vec<Format>) = args.formats.iter().partition(|f| f.is_int8());

@@ -156,6 +156,11 @@ enum DeviceArg {
     Wgpu,
     /// The CPU (burn-ndarray).
     Cpu,
+    /// No GPU: every kernel compiled for an H100 by CubeCL's CUDA compiler and none run
+    /// (`burn-bnb-cuda-codegen`), weights in host memory. Steps time the host's launch work
+    /// alone (Burn, CubeCL and this project; not the CUDA driver's), the bound of host-bound
+    /// decode steps; outputs are meaningless.
+    CudaCodegen,
 }
 
 fn main() -> ExitCode {
@@ -226,6 +231,9 @@ fn run(mut args: Args) -> Result<(), Error> {
             )?,
             #[cfg(feature = "cuda")]
             DeviceArg::Cuda => build::run_cuda(model, &args, plan, &mut rows, &mut save)?,
+            DeviceArg::CudaCodegen => {
+                build::run_cuda_codegen(model, &args, plan, &mut rows, &mut save)?
+            }
             #[cfg(feature = "wgpu")]
             DeviceArg::Wgpu => build::run_default::<Bnb<burn::backend::Wgpu<f32, i32>>>(
                 model, &args, plan, &mut rows, &mut save,
@@ -449,4 +457,38 @@ fn git_commit() -> String {
 
 fn today() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark's CUDA path without a GPU: every format at batch 1, 8 and 32 on the tiny
+    /// model with `--device cuda-codegen`, so each kernel a CUDA run launches (ours and Burn's)
+    /// is compiled for an H100 by CubeCL's CUDA compiler, and the rows come out.
+    #[test]
+    fn cuda_path_compiles_without_a_gpu() {
+        let out = std::env::temp_dir().join(format!("llama_bench-codegen-{}", std::process::id()));
+        let args = Args::parse_from([
+            "llama_bench",
+            "--device",
+            "cuda-codegen",
+            "--models",
+            "tiny",
+            "--warmup",
+            "0",
+            "--runs",
+            "1",
+            "--new-tokens",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        run(args).unwrap();
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(out.join("llama_bench.json")).unwrap())
+                .unwrap();
+        std::fs::remove_dir_all(&out).ok();
+        assert_eq!(rows.len(), 5 * 3, "every format at three batch sizes");
+    }
 }

@@ -1,8 +1,8 @@
 //! [`CudaCodegen`]: a CubeCL runtime that stands in for an H100 (sm_90) and, at every launch,
 //! compiles the kernel with CubeCL's CUDA compiler (the IR optimizer `cubecl-opt`, then the CUDA
 //! C++ code generator) exactly as `cubecl-cuda` does before handing the source to NVRTC, and then
-//! runs nothing. Buffers live in host memory; reads return whatever they hold (uploads, or
-//! zeros).
+//! runs nothing. Buffers live in host memory, zeroed; reads return what was uploaded, or
+//! zeros.
 //!
 //! Two uses without a GPU:
 //! - **CUDA compile checks in CI.** Lavapipe's WGSL path runs neither `cubecl-opt` nor the
@@ -64,7 +64,9 @@ use cubecl_runtime::logging::ServerLogger;
 use cubecl_runtime::memory_management::{
     MemoryAllocationMode, MemoryManagement, MemoryManagementOptions,
 };
-use cubecl_runtime::storage::{BindingResource, BytesStorage, ComputeStorage};
+use cubecl_runtime::storage::{
+    BindingResource, BytesResource, BytesStorage, ComputeStorage, StorageHandle, StorageId,
+};
 
 /// `cubecl-cuda`'s compiler type (its default, non-PTX WMMA path).
 type CudaCompiler = CppCompiler<CudaDialect<CudaWmmaCompiler>>;
@@ -99,10 +101,37 @@ impl Device for CodegenDevice {
 
 impl burn_backend::DeviceOps for CodegenDevice {}
 
+/// Host memory, zeroed when allocated: no kernel ever writes a buffer, and host-side checks of
+/// device results (a weight's non-finite count before quantizing it) must read something valid.
+#[derive(Debug, Default)]
+pub struct ZeroedBytes(BytesStorage);
+
+impl ComputeStorage for ZeroedBytes {
+    type Resource = BytesResource;
+
+    fn alignment(&self) -> usize {
+        self.0.alignment()
+    }
+
+    fn get(&mut self, handle: &StorageHandle) -> Self::Resource {
+        self.0.get(handle)
+    }
+
+    fn alloc(&mut self, size: u64) -> Result<StorageHandle, IoError> {
+        let handle = self.0.alloc(size)?;
+        self.0.get(&handle).write().fill(0);
+        Ok(handle)
+    }
+
+    fn dealloc(&mut self, id: StorageId) {
+        self.0.dealloc(id)
+    }
+}
+
 /// The server: host memory for buffers, the CUDA compiler for kernels.
 #[derive(Debug)]
 pub struct CodegenServer {
-    memory: MemoryManagement<BytesStorage>,
+    memory: MemoryManagement<ZeroedBytes>,
     utilities: Arc<ServerUtilities<Self>>,
     options: CompilationOptions,
     seen: HashSet<KernelId>,
@@ -195,7 +224,7 @@ impl DeviceState for CodegenServer {
 
         let logger = Arc::new(ServerLogger::default());
         let memory = MemoryManagement::from_configuration(
-            BytesStorage::default(),
+            ZeroedBytes::default(),
             &mem_properties,
             MemoryConfiguration::default(),
             logger.clone(),
@@ -215,7 +244,7 @@ impl CodegenServer {
     fn resource(
         &mut self,
         binding: &Binding,
-    ) -> Result<<BytesStorage as ComputeStorage>::Resource, IoError> {
+    ) -> Result<<ZeroedBytes as ComputeStorage>::Resource, IoError> {
         self.memory
             .get_resource(
                 binding.memory.clone(),
@@ -231,7 +260,7 @@ impl CodegenServer {
 impl ComputeServer for CodegenServer {
     type Kernel = Box<dyn CubeTask<CudaCompiler>>;
     type Info = ();
-    type Storage = BytesStorage;
+    type Storage = ZeroedBytes;
 
     fn create(
         &mut self,
