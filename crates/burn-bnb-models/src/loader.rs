@@ -255,7 +255,8 @@ pub fn load_model<B: Backend>(
         ProgressBar::hidden()
     };
     // Norms outside the persistent pool (see `burn_bnb_backend::memory::persistent`: their size
-    // is a token's activations'), everything else in it.
+    // is a token's activations'), then packed into one buffer of their own; everything else in
+    // it.
     let mut norms = (0..config.num_hidden_layers)
         .flat_map(DecoderLayer::<B>::norm_names)
         .chain(["model.norm.weight".to_string()])
@@ -268,7 +269,8 @@ pub fn load_model<B: Backend>(
         .collect::<Result<HashMap<_, _>, LoadError>>()?;
     let model = burn_bnb_backend::memory::persistent::<B, _>(device, || {
         build(config, checkpoint, projections, &mut norms, &bar, device)
-    })?;
+    })?
+    .pack_norms(device);
     bar.finish_and_clear();
     Ok(model)
 }

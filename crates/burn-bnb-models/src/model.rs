@@ -171,7 +171,8 @@ impl<B: Backend> CausalLm<B> {
     /// [`Projection::random_in`]).
     ///
     /// The norms are ordinary parameters (`layers[i].input_layernorm.weight`, ...,
-    /// `norm.weight`) that the caller may replace.
+    /// `norm.weight`) that the caller may replace (then [`pack_norms`](Self::pack_norms)
+    /// again).
     ///
     /// # Panics
     /// If a projection's shape differs from its spec's.
@@ -183,7 +184,7 @@ impl<B: Backend> CausalLm<B> {
         let h = config.hidden_size;
         let eps = config.rms_norm_eps;
         // Norms outside the persistent pool (see `burn_bnb_backend::memory::persistent`: their
-        // size is a token's activations').
+        // size is a token's activations'), then packed into one buffer of their own.
         let mut norms: Vec<RmsNorm<B>> = (0..2 * config.num_hidden_layers + 1)
             .map(|_| RmsNorm::new(h, eps, device))
             .collect();
@@ -193,6 +194,28 @@ impl<B: Backend> CausalLm<B> {
         burn_bnb_backend::memory::persistent::<B, _>(device, || {
             Self::build_random(config, device, &mut norms, norm, projection)
         })
+        .pack_norms(device)
+    }
+
+    /// The model with every norm weight a view of one buffer
+    /// ([`burn_bnb_backend::memory::packed`]), where their size allows: separate buffers, one
+    /// per norm, would be walked by most allocations of a decode step. The builders
+    /// ([`random_with`](Self::random_with), [`load_model`](crate::load_model)) pack; call it
+    /// again after replacing norm weights.
+    pub fn pack_norms(mut self, device: &B::Device) -> Self {
+        let mut norms = Vec::with_capacity(2 * self.layers.len() + 1);
+        for layer in &mut self.layers {
+            norms.push(&mut layer.input_layernorm);
+            norms.push(&mut layer.post_attention_layernorm);
+        }
+        norms.push(&mut self.norm);
+        let weights = norms.iter().map(|n| n.weight.val()).collect();
+        let packed = burn_bnb_backend::memory::packed::<B>(weights, device);
+        for (norm, weight) in norms.into_iter().zip(packed) {
+            // `map` keeps the parameter's id.
+            norm.weight = norm.weight.clone().map(|_| weight);
+        }
+        self
     }
 
     fn build_random(
