@@ -466,6 +466,7 @@ pub fn run_cuda_codegen(
     if args.fusion {
         return Err("--device cuda-codegen runs without Burn's fusion; drop --fusion".into());
     }
+    burn_bnb::backend::op_stats::count_launches_with(burn_bnb_cuda_codegen::launches);
     run_unfused::<burn_bnb_cuda_codegen::CudaCodegen>(model, args, plan, rows, save)
 }
 

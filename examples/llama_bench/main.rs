@@ -416,15 +416,30 @@ fn print_op_stats(
     let steps = steps.max(1) as f64;
     let calls: u64 = ops.iter().map(|o| o.calls).sum();
     let host: f64 = ops.iter().map(|o| o.host.as_secs_f64()).sum();
+    // Counted only where the runtime counts them (`--device cuda-codegen`).
+    let launches: u64 = ops.iter().map(|o| o.launches).sum();
+    let per_step = if launches > 0 {
+        format!(", {:.0} launches", launches as f64 / steps)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "  {:.0} operations per step, {:.2} ms of host time in them per step (step {:.2} ms)",
+        "  {:.0} operations per step{per_step}, {:.2} ms of host time in them per step (step {:.2} ms)",
         calls as f64 / steps,
         1e3 * host / steps,
         1e3 * step_s
     );
     for op in ops.iter().take(shown) {
+        let per_call = if launches > 0 {
+            format!(
+                " {:>5.1} launches/call",
+                op.launches as f64 / op.calls.max(1) as f64
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "    {:<28} {:>7.1} calls/step {:>9.1} us/step {:>7.1} us/call",
+            "    {:<28} {:>7.1} calls/step {:>9.1} us/step {:>7.1} us/call{per_call}",
             op.name,
             op.calls as f64 / steps,
             1e6 * op.host.as_secs_f64() / steps,

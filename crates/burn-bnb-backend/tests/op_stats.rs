@@ -1,6 +1,8 @@
 //! `op_stats` counts the operations through `Bnb<B>` in a process-wide table: its test lives in
 //! a binary of its own, so that no other test's operations land in the counts while it runs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use burn_bnb_backend::Bnb;
 use burn_ndarray::NdArray;
 use burn_tensor::{Tensor, TensorData};
@@ -17,6 +19,10 @@ fn data(shape: [usize; 2], seed: u64) -> TensorData {
 #[test]
 fn op_stats_count_the_operations_through_the_decorator() {
     use burn_bnb_backend::op_stats;
+    // A stand-in launch counter that moves by one each time it is read: every operation then
+    // records one launch a call, whatever the backend does.
+    static READS: AtomicU64 = AtomicU64::new(0);
+    op_stats::count_launches_with(|| READS.fetch_add(1, Ordering::Relaxed));
     let device = Default::default();
     let a = Tensor::<Decorated, 2>::from_data(data([4, 4], 1), &device);
     op_stats::enable(true);
@@ -30,6 +36,7 @@ fn op_stats_count_the_operations_through_the_decorator() {
     assert!(calls("float_mul") >= 1, "{stats:?}");
     assert!(calls("float_matmul") >= 1, "{stats:?}");
     assert!(calls("float_into_data") >= 1, "{stats:?}");
+    assert!(stats.iter().all(|s| s.launches == s.calls), "{stats:?}");
     // Off again: nothing more is counted.
     let _ = Tensor::<Decorated, 2>::from_data(data([2, 2], 2), &device).exp();
     assert!(

@@ -28,6 +28,7 @@
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use cubecl::CompilationError;
@@ -77,6 +78,15 @@ const ARCH: u32 = 90;
 /// The runtime; see the crate documentation.
 #[derive(Debug)]
 pub struct CudaCodegen;
+
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Kernel launches on this runtime so far, in this process (a running total; compare two
+/// readings). A decode step on a GPU is bound by its launches, so this is how many a step makes,
+/// counted without one (see `burn_bnb_backend::op_stats::count_launches_with`).
+pub fn launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
+}
 
 /// Its only device.
 #[derive(Clone, Default, Debug, PartialEq, Eq, Hash)]
@@ -335,6 +345,7 @@ impl ComputeServer for CodegenServer {
         mode: ExecutionMode,
         _stream_id: StreamId,
     ) -> Result<(), LaunchError> {
+        LAUNCHES.fetch_add(1, Ordering::Relaxed);
         let mut id = kernel.id();
         id.mode(mode);
         if self.seen.contains(&id) {

@@ -54,6 +54,15 @@ macro_rules! codegen_tests {
 
 common::for_each_suite!(codegen_tests, decoder_ops);
 
+/// The runtime counts launches (`llama_bench --op-stats` reports launches a step from it).
+#[test]
+fn launches_are_counted() {
+    let before = burn_bnb_cuda_codegen::launches();
+    compile(suite!(decoder_ops, bf16));
+    // Other tests launch meanwhile: at least this suite's launches, one per kernel call.
+    assert!(burn_bnb_cuda_codegen::launches() >= before + 8);
+}
+
 mod backend_only {
     //! Launches of the decoder kernels the kernel suite leaves to the backend's CUDA suite
     //! (attention, RoPE, the INT8 norms), in the decode and prefill shapes the models use.
