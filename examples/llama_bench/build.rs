@@ -216,7 +216,7 @@ pub fn random_model<B: QuantizedOps>(
     if format == Format::Int8Decomp {
         plant_outlier_features(&mut model, outlier_dims);
         // The new norm weights are separate buffers again; every allocation of a step walked
-        // them (INT8+Decomp's launch time +17% at batch 8, `--device cuda-codegen`).
+        // them (INT8+Decomp's launch time +23% at batch 8, `--device cuda-codegen`).
         let device = model.norm.weight.device();
         model = model.pack_norms(&device);
     }

@@ -63,9 +63,8 @@ pub const PACK_ALIGNMENT: usize = 512;
 /// Each separate buffer is a slice of CubeCL's pages that every later allocation of a similar
 /// size walks (`MemoryPage::coalesce` and `try_reserve`, cubecl-runtime 0.9) or, in the
 /// persistent pool, a bin that every allocation of its size walks (see [`persistent`]). 65
-/// norm weights (Llama-3.1-8B) in the pages cost an INT8 decode step at batch 8 about 17% of
-/// its launch time (`llama_bench --device cuda-codegen`, `benches/speed-notes.md`); packed
-/// they are one buffer.
+/// norm weights (Llama-3.1-8B) in the pages cost an INT8 decode step at batch 8 19% more
+/// launch time than packed (`llama_bench --device cuda-codegen`, `benches/speed-notes.md`).
 ///
 /// ```
 /// use burn_ndarray::NdArray;
