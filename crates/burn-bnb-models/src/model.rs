@@ -212,8 +212,15 @@ impl<B: Backend> CausalLm<B> {
         let weights = norms.iter().map(|n| n.weight.val()).collect();
         let packed = burn_bnb_backend::memory::packed::<B>(weights, device);
         for (norm, weight) in norms.into_iter().zip(packed) {
-            // `map` keeps the parameter's id.
-            norm.weight = norm.weight.clone().map(|_| weight);
+            // `map` keeps the parameter's id; a trainable norm stays a trainable leaf (still a
+            // view of the packed buffer until an update replaces it).
+            norm.weight = norm.weight.clone().map(|old| {
+                if old.is_require_grad() {
+                    weight.detach().require_grad()
+                } else {
+                    weight
+                }
+            });
         }
         self
     }
@@ -352,6 +359,61 @@ mod tests {
         assert!(diff < 1e-5, "{diff}");
     }
 
+    /// A projection of `spec`'s shape with random weights in `format`.
+    fn random_projection<Bk: QuantizedOps>(
+        spec: &ProjectionSpec<'_>,
+        format: crate::format::WeightFormat,
+        device: &Bk::Device,
+    ) -> Projection<Bk> {
+        Projection::random_in(
+            spec.in_features,
+            spec.out_features,
+            spec.bias,
+            format,
+            device,
+        )
+        .unwrap()
+    }
+
+    /// Packed norms keep their values, and under autodiff they stay trainable parameters.
+    #[test]
+    fn packed_norms_keep_values_and_stay_trainable() {
+        type Ad = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        // 256 f32 = 1 KiB rows: packed (a multiple of 512 bytes).
+        let config =
+            ModelConfig::new(Family::Llama, 40, 256, 96, 2, 4, 2).with_max_position_embeddings(32);
+        let model = CausalLm::<Ad>::random(&config, &device);
+        let mut weights: Vec<_> = model
+            .layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    &l.input_layernorm.weight,
+                    &l.post_attention_layernorm.weight,
+                ]
+            })
+            .collect();
+        weights.push(&model.norm.weight);
+        for weight in weights {
+            let w = weight.val();
+            assert!(w.is_require_grad());
+            assert_eq!(
+                w.clone().inner().into_data(),
+                Tensor::<B, 1>::ones([256], &device).into_data()
+            );
+            let grads = (w.clone() * 2.0).sum().backward();
+            assert!(w.grad(&grads).is_some());
+        }
+        // Every format builds (and stacks its projections) under autodiff.
+        for format in crate::format::WeightFormat::ALL {
+            let model = CausalLm::<Ad>::random_with(&config, &device, |spec| {
+                random_projection(spec, format, &device)
+            });
+            assert!(model.norm.weight.val().is_require_grad(), "{format}");
+        }
+    }
+
     #[test]
     fn random_with_builds_every_format() {
         use crate::format::WeightFormat;
@@ -365,14 +427,7 @@ mod tests {
             let mut kinds = Vec::new();
             let mut model = CausalLm::<B>::random_with(&config, &device, |spec| {
                 kinds.push((spec.layer, spec.kind));
-                Projection::random_in(
-                    spec.in_features,
-                    spec.out_features,
-                    spec.bias,
-                    format,
-                    &device,
-                )
-                .unwrap()
+                random_projection(spec, format, &device)
             });
             assert_eq!(kinds.len(), 14, "{format}");
             assert_eq!(kinds[0], (0, ProjectionKind::Query));

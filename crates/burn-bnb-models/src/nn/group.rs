@@ -133,7 +133,9 @@ fn stack<B: Backend>(parts: &[Projection<B>]) -> Option<Projection<B>> {
     }
     let biases = |bias: Vec<Option<Tensor<B, 1>>>| -> Option<Tensor<B, 1>> {
         let bias: Option<Vec<_>> = bias.into_iter().collect();
-        bias.map(|b| Tensor::cat(b, 0))
+        // Detached: a parameter is a leaf (under autodiff, `Param::from_tensor` marks it
+        // trainable, which a tensor computed from the parts' parameters cannot be).
+        bias.map(|b| Tensor::cat(b, 0).detach())
     };
     match &parts[0] {
         Projection::Dense(_) => {
@@ -148,7 +150,7 @@ fn stack<B: Backend>(parts: &[Projection<B>]) -> Option<Projection<B>> {
                 bias.push(linear.bias.as_ref().map(|b| b.val()));
             }
             Some(Projection::Dense(Linear {
-                weight: Param::from_tensor(Tensor::cat(weights, 0).transpose()),
+                weight: Param::from_tensor(Tensor::cat(weights, 0).transpose().detach()),
                 bias: biases(bias).map(Param::from_tensor),
             }))
         }

@@ -158,10 +158,11 @@ impl<B: QuantizedOps> Projection<B> {
         format: WeightFormat,
     ) -> Result<Self, BnbError> {
         // Burn's `[in, out]` view of the `[out, in]` weight; the layers transpose it back, so no
-        // copy is made.
+        // copy is made. Detached: parameters are leaves (under autodiff, `Param::from_tensor`
+        // marks them trainable, which a tensor computed from another parameter cannot be).
         let linear = Linear {
-            weight: Param::from_tensor(weight.transpose()),
-            bias: bias.map(Param::from_tensor),
+            weight: Param::from_tensor(weight.transpose().detach()),
+            bias: bias.map(|b| Param::from_tensor(b.detach())),
         };
         Ok(match format {
             WeightFormat::Dense => Projection::Dense(linear),
